@@ -1,0 +1,1 @@
+"""The ``catenary`` command line."""
