@@ -47,6 +47,7 @@ LAYERS: dict[str, int] = {
     "storage": 1,
     "core": 1,
     "persist": 2,
+    "api": 2,
     "runtime": 3,
     "testing": 3,
     "server": 4,

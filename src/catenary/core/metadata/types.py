@@ -112,12 +112,12 @@ class Event(msgspec.Struct, array_like=True, frozen=True):
     version: int
 
 
-class WatchBatch(msgspec.Struct, array_like=True, frozen=True):
+class WatchBatch(msgspec.Struct, tag="wb", array_like=True, frozen=True):
     events: tuple[Event, ...]
     revision: int  # the revision the watcher is now caught up to
 
 
-class Compacted(msgspec.Struct, array_like=True, frozen=True):
+class Compacted(msgspec.Struct, tag="compacted", array_like=True, frozen=True):
     """The requested start version is older than the kept history: resync from a list."""
 
     oldest_version: int

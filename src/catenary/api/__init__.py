@@ -1,0 +1,1 @@
+"""The client-facing request/reply protocol, shared by the server and the client."""

@@ -1,0 +1,267 @@
+"""Requests a client sends to any node, and the replies.
+
+Transport: the wire layer's length-prefixed frames after a handshake whose
+role is "client".  Every request carries a connection-local ``id``; every
+reply to it carries the same ``id``, so one connection multiplexes many
+requests (replies may arrive out of order).  A watch answers with a stream of
+``WatchReply`` frames under the request's id until ``CancelWatch`` or the
+connection closes.
+
+Errors are ``ErrorReply`` with a ``code`` from ``ErrorCode``.  The one a
+client must treat with care is ``INDETERMINATE``: the write may or may not
+have been applied (its leader was lost mid-flight); it is never reported as
+a plain failure.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import msgspec
+
+from catenary.core.metadata.types import (
+    Compacted,
+    KeyValue,
+    Precondition,
+    Result,
+    WatchBatch,
+)
+
+
+class ErrorCode(StrEnum):
+    NOT_LEADER = "not_leader"  # retry at leader_address (may be empty: unknown yet)
+    INDETERMINATE = "indeterminate"  # a write whose outcome is unknown
+    UNAVAILABLE = "unavailable"  # no quorum / shutting down / not provisioned; safe to retry
+    BAD_REQUEST = "bad_request"  # malformed or invalid argument; do not retry
+    TOO_LARGE = "too_large"  # key or value above the configured limit; do not retry
+    OVERLOADED = "overloaded"  # a bounded queue is full; retry with backoff
+    NOT_FOUND = "not_found"  # unknown node, lease or resource
+    REFUSED = "refused"  # an operator action refused for safety (e.g. would lose quorum)
+    INTERNAL = "internal"
+
+
+# ---------------------------------------------------------------- requests
+
+
+class Get(msgspec.Struct, tag="get", array_like=True, frozen=True):
+    id: int
+    key: str
+    stale: bool = False  # True: any member may answer from its applied state
+
+
+class List(msgspec.Struct, tag="list", array_like=True, frozen=True):
+    id: int
+    prefix: str
+    stale: bool = False
+    limit: int = 0  # 0 = no limit (the server still bounds the reply size)
+
+
+class Put(msgspec.Struct, tag="put", array_like=True, frozen=True):
+    id: int
+    key: str
+    value: bytes
+    precondition: Precondition = Precondition()
+    lease: int = 0
+
+
+class Delete(msgspec.Struct, tag="delete", array_like=True, frozen=True):
+    id: int
+    key: str
+    precondition: Precondition = Precondition()
+
+
+class Watch(msgspec.Struct, tag="watch", array_like=True, frozen=True):
+    id: int
+    key: str
+    prefix: bool = False  # True: watch every key starting with ``key``
+    from_version: int = 0  # deliver changes with version > from_version; 0 = from now
+
+
+class CancelWatch(msgspec.Struct, tag="unwatch", array_like=True, frozen=True):
+    id: int  # the id of the Watch request
+
+
+class GrantLease(msgspec.Struct, tag="lgrant", array_like=True, frozen=True):
+    id: int
+    ttl_ms: int
+
+
+class KeepAlive(msgspec.Struct, tag="lkeep", array_like=True, frozen=True):
+    id: int
+    lease: int
+
+
+class RevokeLease(msgspec.Struct, tag="lrevoke", array_like=True, frozen=True):
+    id: int
+    lease: int
+
+
+class GetStatus(msgspec.Struct, tag="status", array_like=True, frozen=True):
+    id: int
+
+
+class ListNodes(msgspec.Struct, tag="nodes", array_like=True, frozen=True):
+    id: int
+
+
+class Provision(msgspec.Struct, tag="provision", array_like=True, frozen=True):
+    id: int
+    cluster_name: str = ""
+
+
+class ListServers(msgspec.Struct, tag="msrv", array_like=True, frozen=True):
+    """Members of the metadata Raft group."""
+
+    id: int
+
+
+class AddServer(msgspec.Struct, tag="madd", array_like=True, frozen=True):
+    id: int
+    node: int  # added as learner, promoted to voter once caught up
+
+
+class RemoveServer(msgspec.Struct, tag="mremove", array_like=True, frozen=True):
+    id: int
+    node: int
+
+
+class Join(msgspec.Struct, tag="join", array_like=True, frozen=True):
+    """Sent by a new node to a seed: register me, give me a NodeId (or confirm mine)."""
+
+    id: int
+    cluster_name: str
+    node: int  # 0 for a node that has none yet
+    peer_address: str
+    client_address: str
+    admin_address: str
+
+
+Request = (
+    Get
+    | List
+    | Put
+    | Delete
+    | Watch
+    | CancelWatch
+    | GrantLease
+    | KeepAlive
+    | RevokeLease
+    | GetStatus
+    | ListNodes
+    | Provision
+    | ListServers
+    | AddServer
+    | RemoveServer
+    | Join
+)
+
+
+# ----------------------------------------------------------------- replies
+
+
+class GetReply(msgspec.Struct, tag="getr", array_like=True, frozen=True):
+    id: int
+    kv: KeyValue | None
+    revision: int  # applied revision of the answering member
+    behind: int = 0  # for stale reads: entries the member knows it has not applied yet
+
+
+class ListReply(msgspec.Struct, tag="listr", array_like=True, frozen=True):
+    id: int
+    kvs: tuple[KeyValue, ...]
+    revision: int
+    more: bool = False  # truncated by limit
+
+
+class WriteReply(msgspec.Struct, tag="writer", array_like=True, frozen=True):
+    id: int
+    result: Result
+
+
+class WatchReply(msgspec.Struct, tag="watchr", array_like=True, frozen=True):
+    id: int
+    batch: WatchBatch | Compacted
+
+
+class NodeInfo(msgspec.Struct, array_like=True, frozen=True):
+    node: int
+    generation: int
+    peer_address: str
+    client_address: str
+    admin_address: str
+    state: str = "alive"  # alive | suspect | dead | failing-over
+
+
+class RaftMember(msgspec.Struct, array_like=True, frozen=True):
+    node: int
+    role: str  # voter | learner
+    match_index: int = 0  # as seen by the leader (0 elsewhere)
+
+
+class NodeStatus(msgspec.Struct, array_like=True, frozen=True):
+    cluster_name: str
+    node: int
+    generation: int
+    metadata_server: str  # "replicated" | "local"
+    raft_state: str  # leader | follower | candidate | pre-candidate | learner | none
+    term: int
+    leader: int
+    commit_index: int
+    applied_index: int
+    members: tuple[RaftMember, ...]
+    provisioned: bool
+
+
+class StatusReply(msgspec.Struct, tag="statusr", array_like=True, frozen=True):
+    id: int
+    status: NodeStatus
+
+
+class NodesReply(msgspec.Struct, tag="nodesr", array_like=True, frozen=True):
+    id: int
+    nodes: tuple[NodeInfo, ...]
+
+
+class ServersReply(msgspec.Struct, tag="msrvr", array_like=True, frozen=True):
+    id: int
+    members: tuple[RaftMember, ...]
+    leader: int
+
+
+class JoinReply(msgspec.Struct, tag="joinr", array_like=True, frozen=True):
+    id: int
+    node: int
+    generation: int
+    members: tuple[NodeInfo, ...]
+
+
+class OkReply(msgspec.Struct, tag="okr", array_like=True, frozen=True):
+    id: int
+    detail: str = ""
+
+
+class ErrorReply(msgspec.Struct, tag="err", array_like=True, frozen=True):
+    id: int
+    code: str  # an ErrorCode value
+    message: str
+    leader: int = 0
+    leader_address: str = ""  # client address of the leader, when known
+    current_version: int = 0  # for failed preconditions reported as errors
+
+
+Reply = (
+    GetReply
+    | ListReply
+    | WriteReply
+    | WatchReply
+    | StatusReply
+    | NodesReply
+    | ServersReply
+    | JoinReply
+    | OkReply
+    | ErrorReply
+)
+
+request_encoder = msgspec.msgpack.Encoder()
+request_decoder: msgspec.msgpack.Decoder[Request] = msgspec.msgpack.Decoder(Request)
+reply_decoder: msgspec.msgpack.Decoder[Reply] = msgspec.msgpack.Decoder(Reply)
