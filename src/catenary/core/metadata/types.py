@@ -53,9 +53,15 @@ class LeaseCheckpoint(msgspec.Struct, tag="lc", array_like=True, frozen=True):
 
 
 class LeaseExpire(msgspec.Struct, tag="lx", array_like=True, frozen=True):
-    """Leader-proposed: these leases ran out; delete them and their keys."""
+    """Leader-proposed: these leases ran out; delete them and their keys.
+
+    ``applied_index`` is the proposer's applied index when it decided: a lease
+    refreshed (granted or kept alive) by a later entry is spared, so a
+    keep-alive that races the expiry and succeeds is never undone.
+    """
 
     leases: tuple[int, ...]
+    applied_index: int = 0
 
 
 Command = Put | Delete | LeaseGrant | LeaseKeepAlive | LeaseRevoke | LeaseCheckpoint | LeaseExpire
@@ -100,7 +106,20 @@ class Done(msgspec.Struct, tag="done", array_like=True, frozen=True):
     pass
 
 
-Result = Written | PreconditionFailed | LeaseGranted | LeaseNotFound | Done
+class Rejected(msgspec.Struct, tag="rej", array_like=True, frozen=True):
+    """The command was refused as invalid; nothing changed.
+
+    ``code`` is ``"bad_request"`` (undecodable entry, empty key, bad
+    precondition or TTL) or ``"too_large"`` (key or value above the limit), or
+    ``"limit"`` (a configured count bound, e.g. leases, is reached).  Every
+    member rejects the same entry the same way.
+    """
+
+    code: str
+    message: str
+
+
+Result = Written | PreconditionFailed | LeaseGranted | LeaseNotFound | Done | Rejected
 
 
 class Event(msgspec.Struct, array_like=True, frozen=True):

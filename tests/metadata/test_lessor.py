@@ -1,0 +1,141 @@
+"""The leader-side lease clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from catenary.core.metadata.lessor import Lessor, LessorConfig
+from catenary.core.metadata.state import MetadataStateMachine
+from catenary.core.metadata.types import (
+    Command,
+    LeaseCheckpoint,
+    LeaseExpire,
+    LeaseGrant,
+    LeaseGranted,
+    LeaseKeepAlive,
+    LeaseRevoke,
+    Put,
+    Request,
+    Result,
+    encode_request,
+)
+
+
+class Member:
+    """A state machine plus a lessor, fed the same way a replica would."""
+
+    def __init__(self, config: LessorConfig | None = None) -> None:
+        self.sm = MetadataStateMachine()
+        self.lessor = Lessor(config)
+        self.index = 0
+
+    def apply(self, command: Command, now_ms: int) -> Result:
+        self.index += 1
+        _, result = self.sm.apply(self.index, encode_request(Request(1, command)))
+        self.lessor.observe(self.index, self.sm.last_command, result, now_ms)
+        return result
+
+    def promote(self, now_ms: int) -> None:
+        self.lessor.become_leader(self.sm, now_ms)
+
+
+def test_follower_lessor_proposes_nothing() -> None:
+    m = Member()
+    m.apply(LeaseGrant(100), now_ms=0)
+    assert not m.lessor.is_leader
+    assert m.lessor.expired(10_000) is None
+    assert m.lessor.checkpoint(10_000) is None
+
+
+def test_grant_and_keepalive_set_deadline_now_plus_ttl() -> None:
+    m = Member()
+    m.promote(0)
+    assert m.apply(LeaseGrant(100), now_ms=50) == LeaseGranted(1, 100)
+    assert m.lessor.deadline_ms(1) == 150
+    assert m.lessor.expired(149) is None
+    m.apply(LeaseKeepAlive(1), now_ms=140)
+    assert m.lessor.deadline_ms(1) == 240
+    assert m.lessor.expired(239) is None
+    expire = m.lessor.expired(240)
+    assert expire == LeaseExpire((1,), applied_index=2)
+    m.apply(expire, now_ms=241)
+    assert m.sm.lease(1) is None
+    assert m.lessor.deadline_ms(1) is None
+
+
+def test_new_leader_resumes_from_checkpoint_not_full_ttl() -> None:
+    old = Member(LessorConfig(checkpoint_interval_ms=100))
+    new = Member()
+    old.promote(0)
+
+    def both(command: Command, now_ms: int) -> None:
+        old.apply(command, now_ms)
+        new.apply(command, now_ms)
+
+    both(LeaseGrant(1000), now_ms=0)
+    assert old.lessor.checkpoint(99) is None  # not due yet
+    checkpoint = old.lessor.checkpoint(300)
+    assert checkpoint == LeaseCheckpoint(((1, 700),))
+    both(checkpoint, now_ms=300)
+    old.lessor.step_down()
+    assert old.lessor.expired(5000) is None
+    new.promote(10_000)
+    assert new.lessor.deadline_ms(1) == 10_700
+
+
+def test_expiry_is_not_reproposed_until_retry_and_spares_raced_keepalive() -> None:
+    m = Member(LessorConfig(expire_retry_ms=50))
+    m.promote(0)
+    m.apply(LeaseGrant(10), now_ms=0)
+    m.apply(Put("k", b"v", lease=1), now_ms=0)
+    expire = m.lessor.expired(10)
+    assert expire is not None and expire.leases == (1,)
+    assert m.lessor.expired(20) is None  # in flight
+    assert m.lessor.expired(60) == expire  # retried
+    # a keep-alive applied before the expiry wins
+    m.apply(LeaseKeepAlive(1), now_ms=61)
+    m.apply(expire, now_ms=62)
+    assert m.sm.lease(1) is not None and m.sm.get("k") is not None
+    assert m.lessor.deadline_ms(1) == 71
+    assert m.lessor.expired(70) is None
+
+
+def test_revoke_forgets_lease() -> None:
+    m = Member()
+    m.promote(0)
+    m.apply(LeaseGrant(10), now_ms=0)
+    m.apply(LeaseRevoke(1), now_ms=1)
+    assert m.lessor.deadline_ms(1) is None
+    assert m.lessor.expired(100) is None
+
+
+def test_batches_are_bounded_and_in_id_order() -> None:
+    m = Member(LessorConfig(expire_batch_max=2, checkpoint_batch_max=2, checkpoint_interval_ms=10))
+    m.promote(0)
+    for _ in range(5):
+        m.apply(LeaseGrant(100), now_ms=0)
+    first = m.lessor.checkpoint(10)
+    second = m.lessor.checkpoint(10)
+    third = m.lessor.checkpoint(10)
+    assert [c.remaining_ms if c else None for c in (first, second, third)] == [
+        ((1, 90), (2, 90)),
+        ((3, 90), (4, 90)),
+        ((5, 90),),
+    ]
+    assert m.lessor.checkpoint(19) is None  # the round is done; next one in an interval
+    assert m.lessor.checkpoint(20) is not None
+    first_expire = m.lessor.expired(100)
+    second_expire = m.lessor.expired(100)
+    third_expire = m.lessor.expired(100)
+    assert [e.leases if e else None for e in (first_expire, second_expire, third_expire)] == [
+        (1, 2),
+        (3, 4),
+        (5,),
+    ]
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError):
+        LessorConfig(checkpoint_interval_ms=0)
+    with pytest.raises(ValueError):
+        LessorConfig(expire_batch_max=0)
