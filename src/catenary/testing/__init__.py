@@ -1,0 +1,1 @@
+"""Test-support code that runs beside the system: checkers and the simulator."""
