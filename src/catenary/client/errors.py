@@ -1,0 +1,113 @@
+"""Typed errors of the catenary client.
+
+Every error the client raises derives from ``CatenaryError``.  The one that
+needs care is ``IndeterminateError``: a write was sent and its outcome is
+unknown (the connection was lost after sending, the leader answered
+``INDETERMINATE``, or the deadline passed while the write was in flight).
+It may or may not have been applied; the caller must read to find out, and
+must never treat it as a plain failure.
+"""
+
+from __future__ import annotations
+
+from catenary.api.messages import ErrorCode
+
+
+class CatenaryError(Exception):
+    """Base of every error raised by the catenary client."""
+
+    code: str = ErrorCode.INTERNAL.value
+
+
+class PreconditionFailedError(CatenaryError):
+    """A conditional write found another version than asked for."""
+
+    code = "precondition_failed"
+
+    def __init__(self, key: str, current_version: int) -> None:
+        state = "absent" if current_version == 0 else f"at version {current_version}"
+        super().__init__(f"precondition failed: key {key!r} is {state}")
+        self.key = key
+        self.current_version = current_version
+
+
+class NotFoundError(CatenaryError):
+    """An unknown node, lease or resource."""
+
+    code = ErrorCode.NOT_FOUND.value
+
+
+class LeaseNotFoundError(NotFoundError):
+    """The lease does not exist (never granted, expired or revoked)."""
+
+    def __init__(self, lease: int) -> None:
+        super().__init__(f"lease {lease} not found (expired, revoked or never granted)")
+        self.lease = lease
+
+
+class UnavailableError(CatenaryError):
+    """No node could serve the request in time; the request surely did not take effect."""
+
+    code = ErrorCode.UNAVAILABLE.value
+
+
+class DeadlineExceededError(UnavailableError, TimeoutError):
+    """The deadline passed before any attempt could be answered (nothing was in flight)."""
+
+    code = "deadline_exceeded"
+
+
+class OverloadedError(UnavailableError):
+    """The node's bounded queues stayed full until the deadline."""
+
+    code = ErrorCode.OVERLOADED.value
+
+
+class BadRequestError(CatenaryError):
+    """The request is malformed or an argument is invalid; retrying cannot help."""
+
+    code = ErrorCode.BAD_REQUEST.value
+
+
+class TooLargeError(BadRequestError):
+    """A key or value above the configured limit."""
+
+    code = ErrorCode.TOO_LARGE.value
+
+
+class RefusedError(CatenaryError):
+    """An operator action refused for safety (for example: it would lose quorum)."""
+
+    code = ErrorCode.REFUSED.value
+
+
+class InternalError(CatenaryError):
+    """The node reported an internal error."""
+
+    code = ErrorCode.INTERNAL.value
+
+
+class IndeterminateError(CatenaryError):
+    """A write whose outcome is unknown: it may or may not have been applied."""
+
+    code = ErrorCode.INDETERMINATE.value
+
+
+class CompactedError(CatenaryError):
+    """A watch asked for history older than the node keeps: resync with a list."""
+
+    code = "compacted"
+
+    def __init__(self, oldest_version: int, revision: int) -> None:
+        super().__init__(
+            f"watch history compacted: oldest kept version is {oldest_version}, "
+            f"current revision {revision}; resync by listing"
+        )
+        self.oldest_version = oldest_version
+        self.revision = revision
+
+
+class ConnectionRefusedByNodeError(CatenaryError):
+    """The node refused the handshake (another cluster, unsupported protocol)."""
+
+    code = "handshake_refused"

@@ -1,0 +1,378 @@
+"""The client against a fake node: semantics, leader hints, retries, the indeterminate outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import pytest
+
+from catenary.api import messages as m
+from catenary.client import (
+    BadRequestError,
+    Client,
+    CompactedError,
+    ConnectionRefusedByNodeError,
+    DeadlineExceededError,
+    IndeterminateError,
+    LeaseNotFoundError,
+    PreconditionFailedError,
+    SyncClient,
+    TooLargeError,
+    UnavailableError,
+)
+from catenary.client.client import split_addresses
+
+from .fakenode import FakeNode, not_leader
+
+pytestmark = pytest.mark.timeout(30)
+
+T = TypeVar("T")
+
+
+def run(body: Callable[..., Awaitable[T]], nodes: int = 1) -> T:
+    async def main() -> T:
+        fakes = [await FakeNode(node_id=i + 1).start() for i in range(nodes)]
+        try:
+            async with asyncio.timeout(20):
+                return await body(*fakes)
+        finally:
+            for fake in fakes:
+                await fake.stop()
+
+    return asyncio.run(main())
+
+
+def closed_port_address() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_put_get_delete_list_round_trip() -> None:
+    async def body(node: FakeNode) -> None:
+        async with Client([node.address], timeout_s=2) as client:
+            v1 = await client.metadata.put("/a", b"1")
+            v2 = await client.metadata.put("/a", b"2", if_version=v1)
+            assert v2 > v1
+            kv = await client.metadata.get("/a")
+            assert kv is not None and kv.value == b"2" and kv.version == v2
+            await client.metadata.put("/b", b"x", if_absent=True)
+            listed = await client.metadata.list("/")
+            assert [kv.key for kv in listed.kvs] == ["/a", "/b"] and not listed.more
+            limited = await client.metadata.list("/", limit=1)
+            assert len(limited.kvs) == 1 and limited.more
+            await client.metadata.delete("/a", if_version=v2)
+            assert await client.metadata.get("/a") is None
+            assert client.cluster_name == "test"  # learnt in the handshake
+
+    run(body)
+
+
+def test_failed_precondition_names_the_current_version() -> None:
+    async def body(node: FakeNode) -> None:
+        async with Client([node.address], timeout_s=2) as client:
+            v1 = await client.metadata.put("/k", b"1")
+            with pytest.raises(PreconditionFailedError) as info:
+                await client.metadata.put("/k", b"2", if_absent=True)
+            assert info.value.current_version == v1 and info.value.key == "/k"
+            with pytest.raises(PreconditionFailedError) as info:
+                await client.metadata.delete("/k", if_version=v1 + 7)
+            assert info.value.current_version == v1
+            with pytest.raises(PreconditionFailedError) as info:
+                await client.metadata.put("/absent", b"2", if_version=3)
+            assert info.value.current_version == 0
+            with pytest.raises(BadRequestError):
+                await client.metadata.put("/k", b"2", if_absent=True, if_version=1)
+
+    run(body)
+
+
+def test_not_leader_hint_leads_to_the_leader() -> None:
+    async def body(follower: FakeNode, leader: FakeNode) -> None:
+        follower.hook = lambda req: (
+            not_leader(req, leader.address) if not isinstance(req, m.GetStatus) else None
+        )
+        async with Client([follower.address], timeout_s=2) as client:
+            await client.metadata.put("/k", b"v")
+            assert client.leader_address == leader.address
+            assert (await client.metadata.get("/k")) is not None
+            # Only the first request went to the follower; the rest went straight to the leader.
+            assert len(follower.received) == 1
+            assert [type(r) for r in leader.received] == [m.Put, m.Get]
+            assert "/k" in leader.kv and "/k" not in follower.kv
+
+    run(body, nodes=2)
+
+
+def test_not_leader_without_hint_tries_the_next_node() -> None:
+    async def body(follower: FakeNode, leader: FakeNode) -> None:
+        follower.hook = lambda req: not_leader(req, "")
+        async with Client([follower.address, leader.address], timeout_s=2) as client:
+            await client.metadata.put("/k", b"v")
+            assert "/k" in leader.kv
+
+    run(body, nodes=2)
+
+
+def test_dead_node_in_the_list_is_skipped() -> None:
+    async def body(node: FakeNode) -> None:
+        async with Client([closed_port_address(), node.address], timeout_s=2) as client:
+            assert await client.metadata.put("/k", b"v") == 1
+            assert (await client.status()).node == node.node_id
+
+    run(body)
+
+
+def test_write_lost_after_sending_is_indeterminate() -> None:
+    async def body(node: FakeNode) -> None:
+        node.hook = lambda req: "drop" if isinstance(req, m.Put) else None
+        async with Client([node.address], timeout_s=2) as client:
+            with pytest.raises(IndeterminateError):
+                await client.metadata.put("/k", b"v")
+            assert sum(isinstance(r, m.Put) for r in node.received) == 1  # never retried
+
+    run(body)
+
+
+def test_read_lost_after_sending_is_retried() -> None:
+    async def body(node: FakeNode) -> None:
+        drops = [1]
+
+        def hook(req: m.Request) -> str | None:
+            if isinstance(req, m.Get) and drops:
+                drops.pop()
+                return "drop"
+            return None
+
+        node.hook = hook
+        async with Client([node.address], timeout_s=2) as client:
+            assert await client.metadata.get("/k") is None
+            assert sum(isinstance(r, m.Get) for r in node.received) == 2
+
+    run(body)
+
+
+def test_indeterminate_reply_is_never_a_plain_failure() -> None:
+    async def body(node: FakeNode) -> None:
+        node.hook = lambda req: (
+            m.ErrorReply(req.id, m.ErrorCode.INDETERMINATE, "leader lost")
+            if isinstance(req, m.Put | m.Delete | m.GrantLease)
+            else None
+        )
+        async with Client([node.address], timeout_s=2) as client:
+            with pytest.raises(IndeterminateError):
+                await client.metadata.put("/k", b"v")
+            with pytest.raises(IndeterminateError):
+                await client.metadata.delete("/k")
+            with pytest.raises(IndeterminateError):
+                await client.metadata.grant(1000)
+
+    run(body)
+
+
+def test_write_in_flight_at_the_deadline_is_indeterminate() -> None:
+    async def body(node: FakeNode) -> None:
+        node.hook = lambda req: "ignore" if isinstance(req, m.Put) else None
+        async with Client([node.address], timeout_s=0.3) as client:
+            with pytest.raises(IndeterminateError):
+                await client.metadata.put("/k", b"v")
+
+    run(body)
+
+
+def test_read_without_answer_times_out_as_unavailable() -> None:
+    async def body(node: FakeNode) -> None:
+        node.hook = lambda req: "ignore"
+        async with Client([node.address], timeout_s=0.4, attempt_timeout_s=0.1) as client:
+            with pytest.raises(DeadlineExceededError) as info:
+                await client.metadata.get("/k")
+            assert isinstance(info.value, UnavailableError) and isinstance(info.value, TimeoutError)
+            assert sum(isinstance(r, m.Get) for r in node.received) >= 2  # retried
+
+    run(body)
+
+
+def test_unavailable_and_overloaded_writes_are_retried() -> None:
+    async def body(node: FakeNode) -> None:
+        codes = [m.ErrorCode.UNAVAILABLE, m.ErrorCode.OVERLOADED]
+
+        def hook(req: m.Request) -> m.Reply | None:
+            if isinstance(req, m.Put) and codes:
+                return m.ErrorReply(req.id, codes.pop(0), "busy")
+            return None
+
+        node.hook = hook
+        async with Client([node.address], timeout_s=2) as client:
+            assert await client.metadata.put("/k", b"v") == 1
+            assert sum(isinstance(r, m.Put) for r in node.received) == 3
+
+    run(body)
+
+
+def test_nothing_reachable_is_a_deadline_not_indeterminate() -> None:
+    async def body() -> None:
+        async with Client([closed_port_address()], timeout_s=0.3) as client:
+            with pytest.raises(DeadlineExceededError):
+                await client.metadata.put("/k", b"v")
+
+    asyncio.run(body())
+
+
+def test_bad_request_and_too_large_are_not_retried() -> None:
+    async def body(node: FakeNode) -> None:
+        node.hook = lambda req: (
+            m.ErrorReply(req.id, m.ErrorCode.TOO_LARGE, "value too large")
+            if isinstance(req, m.Put)
+            else m.ErrorReply(req.id, m.ErrorCode.BAD_REQUEST, "bad key")
+        )
+        async with Client([node.address], timeout_s=2) as client:
+            with pytest.raises(TooLargeError):
+                await client.metadata.put("/k", b"v")
+            with pytest.raises(BadRequestError):
+                await client.metadata.get("")
+            assert len(node.received) == 2
+
+    run(body)
+
+
+def test_oversized_request_is_refused_before_sending() -> None:
+    async def body(node: FakeNode) -> None:
+        async with Client([node.address], timeout_s=2, frame_bytes_max=1024) as client:
+            with pytest.raises(TooLargeError):
+                await client.metadata.put("/k", b"x" * 2048)
+            assert await client.metadata.put("/k", b"small") == 1
+            assert [type(r) for r in node.received] == [m.Put]
+
+    run(body)
+
+
+def test_many_concurrent_requests_share_one_connection() -> None:
+    async def body(node: FakeNode) -> None:
+        async with Client([node.address], timeout_s=5) as client:
+            versions = await asyncio.gather(
+                *(client.metadata.put(f"/k{i}", b"v") for i in range(200))
+            )
+            assert sorted(versions) == list(range(1, 201))
+            assert node.connections_accepted == 1
+
+    run(body)
+
+
+def test_leases() -> None:
+    async def body(node: FakeNode) -> None:
+        async with Client([node.address], timeout_s=2) as client:
+            lease = await client.metadata.grant(5000)
+            await client.metadata.put("/l", b"v", lease=lease)
+            await client.metadata.keep_alive(lease)
+            await client.metadata.revoke(lease)
+            with pytest.raises(LeaseNotFoundError):
+                await client.metadata.keep_alive(lease)
+            with pytest.raises(LeaseNotFoundError):
+                await client.metadata.put("/l", b"v", lease=lease)
+
+    run(body)
+
+
+def test_watch_survives_a_lost_connection_without_gaps_or_repeats() -> None:
+    async def body(node: FakeNode) -> None:
+        async with Client([node.address], timeout_s=2) as client:
+            v0 = await client.metadata.put("/w/0", b"before")
+            async with client.metadata.watch("/w/", prefix=True, from_version=v0) as watcher:
+                seen: list[str] = []
+
+                async def consume() -> None:
+                    async for event in watcher:
+                        seen.append(event.key)
+                        if len(seen) == 4:
+                            return
+
+                task = asyncio.create_task(consume())
+                for i in (1, 2):
+                    await client.metadata.put(f"/w/{i}", b"v")
+                while len(seen) < 2:
+                    await asyncio.sleep(0.01)
+                old = list(client._conns.values())
+                node.drop_connections()  # watch and client connection both lost
+                while not all(conn.closed for conn in old):
+                    await asyncio.sleep(0.005)
+                await client.metadata.put("/w/3", b"v")  # happens while the watch is away
+                await client.metadata.put("/other", b"v")
+                await client.metadata.put("/w/4", b"v")
+                await task
+            assert seen == ["/w/1", "/w/2", "/w/3", "/w/4"]
+            assert watcher.revision >= 5
+
+    run(body)
+
+
+def test_watch_from_compacted_history_raises_compacted() -> None:
+    async def body(node: FakeNode) -> None:
+        node.history_oldest = 50
+        node.revision = 60
+        async with Client([node.address], timeout_s=2) as client:
+            with pytest.raises(CompactedError) as info:
+                async for _event in client.metadata.watch("/k", from_version=3):
+                    pass
+            assert info.value.oldest_version == 50
+
+    run(body)
+
+
+def test_another_clusters_node_is_refused() -> None:
+    async def body(node: FakeNode) -> None:
+        async with Client([node.address], cluster_name="other", timeout_s=1) as client:
+            with pytest.raises(ConnectionRefusedByNodeError, match="cluster"):
+                await client.metadata.get("/k")
+        node.accept_any_cluster = False
+        async with Client([node.address], timeout_s=1) as client:
+            with pytest.raises(ConnectionRefusedByNodeError, match="cluster"):
+                await client.metadata.get("/k")
+        async with Client([node.address], cluster_name="test", timeout_s=1) as client:
+            assert await client.metadata.get("/k") is None
+
+    run(body)
+
+
+def test_admin_requests() -> None:
+    async def body(node: FakeNode) -> None:
+        async with Client([node.address], timeout_s=2) as client:
+            status = await client.status(node.address)
+            assert status.provisioned and status.leader == node.node_id
+            assert [n.node for n in await client.nodes()] == [node.node_id]
+            servers = await client.servers()
+            assert servers.leader == node.node_id and servers.members[0].role == "voter"
+            assert await client.provision() == "done"
+            assert await client.add_server(2) == "done"
+            assert await client.remove_server(2) == "done"
+
+    run(body)
+
+
+def test_sync_client() -> None:
+    async def body(node: FakeNode) -> None:
+        def script() -> None:
+            with SyncClient([node.address], timeout_s=2) as client:
+                version = client.metadata.put("/s", b"1")
+                kv = client.metadata.get("/s")
+                assert kv is not None and kv.version == version
+                events = client.metadata.watch("/s", from_version=version)
+                client.metadata.put("/s", b"2")
+                first = next(events)
+                assert first.value == b"2"
+                events.close()  # type: ignore[attr-defined]
+                with pytest.raises(PreconditionFailedError):
+                    client.metadata.put("/s", b"3", if_absent=True)
+
+        await asyncio.to_thread(script)
+
+    run(body)
+
+
+def test_addresses_are_validated() -> None:
+    assert split_addresses(["a:1,b:2", "a:1", " c:3 "]) == ["a:1", "b:2", "c:3"]
+    for bad in ("", "nohost", "h:0", "h:99999", "h:x"):
+        with pytest.raises(ValueError):
+            split_addresses(bad)
