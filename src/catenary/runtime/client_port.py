@@ -1,0 +1,399 @@
+"""The client-facing port: handshake, request frames in, reply frames out.
+
+Theory of operation
+-------------------
+1. Each connection starts with the wire handshake (role "client").  A client
+   that names no cluster (``""``) is accepted and learns the name from the
+   ack; one that names another cluster is refused with the reason.  A
+   connection that has not said hello within ``handshake_timeout_ms`` is
+   closed.
+2. After the handshake every frame must be a REQUEST carrying one
+   ``catenary.api.messages.Request``.  Anything else (bad frame, unknown kind,
+   oversized length, undecodable payload) drops *that* connection with a
+   logged reason; the node keeps serving every other connection.
+3. Requests are served concurrently (replies may leave out of order, matched
+   by id).  At most ``inflight_max`` requests per connection are in progress;
+   past it a request is answered ``OVERLOADED`` at once (it surely did not
+   happen, so the client may retry it).  Open connections are bounded by
+   ``connections_max``; past it a new connection is refused at the handshake.
+4. Replies are queued and written in one ``writelines`` per event-loop
+   iteration.  While the socket's write buffer is above its high-water mark
+   the connection stops reading, so a slow reader cannot make the node buffer
+   without bound.
+5. A watch runs as its own task, emitting ``WatchReply`` frames under the
+   watch's id until ``CancelWatch`` (answered ``OkReply`` under the watch's id)
+   or the connection closes.  Watches per connection are bounded.
+6. The handler never crashes the connection: an unexpected exception in it is
+   logged and answered ``INTERNAL``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import msgspec
+
+from catenary.api.messages import (
+    CancelWatch,
+    ErrorCode,
+    ErrorReply,
+    OkReply,
+    Reply,
+    Request,
+    Watch,
+    request_decoder,
+)
+from catenary.runtime.metrics import ServerMetrics
+from catenary.wire import (
+    HELLO_FRAME_BYTES_MAX_DEFAULT,
+    FrameDecoder,
+    FrameKind,
+    FrameTooLarge,
+    Hello,
+    HelloAck,
+    HelloRefused,
+    RefusalCode,
+    Role,
+    WireError,
+    check_hello,
+    decode_hello,
+    decode_payload,
+    encode_hello_reply,
+    encode_message,
+)
+from catenary.wire.handshake import PROTOCOL_VERSION
+
+log = logging.getLogger(__name__)
+
+_reply_encoder = msgspec.msgpack.Encoder()
+
+Emit = Callable[[Reply], None]
+
+
+class ServiceError(Exception):
+    """A request failed with a protocol error code (becomes an ``ErrorReply``)."""
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        leader: int = 0,
+        leader_address: str = "",
+        current_version: int = 0,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.leader = leader
+        self.leader_address = leader_address
+        self.current_version = current_version
+
+    def reply(self, request_id: int) -> ErrorReply:
+        return ErrorReply(
+            id=request_id,
+            code=str(self.code),
+            message=self.message,
+            leader=self.leader,
+            leader_address=self.leader_address,
+            current_version=self.current_version,
+        )
+
+
+class RequestHandler(Protocol):
+    """What the port serves; implemented by the node."""
+
+    def identity(self) -> tuple[str, int, int]:
+        """(cluster name, node id, generation) for the handshake ack."""
+        ...
+
+    async def handle(self, request: Request) -> Reply:
+        """Answer one request (not Watch/CancelWatch); may raise ServiceError."""
+        ...
+
+    def watch(self, request: Watch, emit: Emit) -> Awaitable[None]:
+        """Run a watch, calling ``emit`` for each reply, until cancelled."""
+        ...
+
+
+class ClientPortConfig(msgspec.Struct, frozen=True, kw_only=True):
+    frame_bytes_max: int = 16 << 20
+    handshake_timeout_ms: int = 5000
+    connections_max: int = 1024
+    inflight_max: int = 1024
+    watches_max: int = 1000
+    write_buffer_high_bytes: int = 4 << 20
+
+
+def _kind_of(request: Request) -> str:
+    return type(request).__name__.lower()
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, port: ClientPort) -> None:
+        self._port = port
+        self._config = port.config
+        self._decoder = FrameDecoder(
+            self._config.frame_bytes_max,
+            first_frame_bytes_max=min(HELLO_FRAME_BYTES_MAX_DEFAULT, self._config.frame_bytes_max),
+        )
+        self._transport: asyncio.Transport | None = None
+        self._handshaken = False
+        self._closed = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._watches: dict[int, asyncio.Task[None]] = {}
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._handshake_timer: asyncio.TimerHandle | None = None
+        self.peer = "?"
+
+    # ------------------------------------------------------ asyncio hooks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        transport.set_write_buffer_limits(high=self._config.write_buffer_high_bytes)
+        loop = asyncio.get_running_loop()
+        self._handshake_timer = loop.call_later(
+            self._config.handshake_timeout_ms / 1000, self._handshake_timed_out
+        )
+        self._port._connections.add(self)
+        self._port.metrics.client_connections.inc()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+        if self in self._port._connections:
+            self._port._connections.discard(self)
+            self._port.metrics.client_connections.dec()
+        for task in list(self._tasks) + list(self._watches.values()):
+            task.cancel()
+        self._watches.clear()
+
+    def pause_writing(self) -> None:
+        # The client does not read its replies fast enough: stop taking requests.
+        if self._transport is not None and not self._closed:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None and not self._closed:
+            self._transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
+        try:
+            frames = self._decoder.feed(data)
+            for frame in frames:
+                if self._transport is None or self._transport.is_closing():
+                    return  # dropped or refused by an earlier frame of this chunk
+                if not self._handshaken:
+                    self._on_hello(decode_hello(frame))
+                    continue
+                if frame.kind != FrameKind.REQUEST:
+                    self.drop(f"unexpected frame kind {frame.kind} (expected REQUEST)", "kind")
+                    return
+                self._on_request(decode_payload(frame, request_decoder))
+        except WireError as exc:
+            self.drop(f"{type(exc).__name__}: {exc}", type(exc).__name__)
+
+    # -------------------------------------------------------- handshake
+
+    def _handshake_timed_out(self) -> None:
+        if not self._handshaken:
+            self.drop("no hello within the handshake timeout", "handshake_timeout")
+
+    def _on_hello(self, hello: Hello) -> None:
+        cluster_name, node_id, generation = self._port.handler.identity()
+        refusal: HelloRefused | None
+        if len(self._port._connections) > self._config.connections_max:
+            refusal = HelloRefused(
+                RefusalCode.OTHER,
+                f"too many client connections (limit {self._config.connections_max})",
+            )
+        elif self._port.closing:
+            refusal = HelloRefused(RefusalCode.SHUTTING_DOWN, "the node is shutting down")
+        else:
+            # A client that does not know the cluster's name may still connect; one
+            # that names another cluster is refused.
+            expected = cluster_name if hello.cluster_name else ""
+            refusal = check_hello(hello, cluster_name=expected, roles=frozenset({Role.CLIENT}))
+        assert self._transport is not None
+        if refusal is not None:
+            log.warning("refusing client %s: %s (%s)", self.peer, refusal.reason, refusal.code)
+            self._transport.write(encode_hello_reply(refusal))
+            self._close_transport()
+            return
+        self._transport.write(
+            encode_hello_reply(HelloAck(PROTOCOL_VERSION, cluster_name, node_id, generation))
+        )
+        self._handshaken = True
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+
+    # ---------------------------------------------------------- requests
+
+    def _on_request(self, request: Request) -> None:
+        if isinstance(request, CancelWatch):
+            task = self._watches.pop(request.id, None)
+            if task is None:
+                self.send(
+                    ErrorReply(
+                        request.id, str(ErrorCode.NOT_FOUND), f"no watch with id {request.id}"
+                    )
+                )
+            else:
+                task.cancel()
+                self.send(OkReply(request.id, "watch cancelled"))
+            return
+        if isinstance(request, Watch):
+            if request.id in self._watches:
+                self.send(
+                    ErrorReply(
+                        request.id, str(ErrorCode.BAD_REQUEST), "a watch with this id is open"
+                    )
+                )
+                return
+            if len(self._watches) >= self._config.watches_max:
+                self.send(
+                    ErrorReply(
+                        request.id,
+                        str(ErrorCode.OVERLOADED),
+                        f"too many watches on this connection (limit {self._config.watches_max})",
+                    )
+                )
+                return
+            task = asyncio.get_running_loop().create_task(self._run_watch(request))
+            self._watches[request.id] = task
+            return
+        if len(self._tasks) >= self._config.inflight_max:
+            self._port.metrics.observe(_kind_of(request), str(ErrorCode.OVERLOADED), 0.0)
+            self.send(
+                ErrorReply(
+                    request.id,
+                    str(ErrorCode.OVERLOADED),
+                    f"too many requests in flight on this connection (limit {self._config.inflight_max})",
+                )
+            )
+            return
+        task = asyncio.get_running_loop().create_task(self._serve(request))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, request: Request) -> None:
+        started = time.perf_counter()
+        try:
+            reply: Reply = await self._port.handler.handle(request)
+        except ServiceError as exc:
+            reply = exc.reply(request.id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("internal error serving %s", _kind_of(request))
+            reply = ErrorReply(
+                request.id, str(ErrorCode.INTERNAL), "internal error; see the node's log"
+            )
+        outcome = reply.code if isinstance(reply, ErrorReply) else "ok"
+        self._port.metrics.observe(_kind_of(request), outcome, time.perf_counter() - started)
+        self.send(reply)
+
+    async def _run_watch(self, request: Watch) -> None:
+        try:
+            await self._port.handler.watch(request, self.send)
+        except ServiceError as exc:
+            self.send(exc.reply(request.id))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("internal error in a watch")
+            self.send(
+                ErrorReply(request.id, str(ErrorCode.INTERNAL), "internal error in the watch")
+            )
+        finally:
+            if self._watches.get(request.id) is asyncio.current_task():
+                del self._watches[request.id]
+
+    # ------------------------------------------------------------ output
+
+    def send(self, reply: Reply) -> None:
+        if self._closed:
+            return
+        try:
+            frame = encode_message(
+                FrameKind.REPLY, reply, _reply_encoder, self._config.frame_bytes_max
+            )
+        except FrameTooLarge as exc:
+            frame = encode_message(
+                FrameKind.REPLY,
+                ErrorReply(reply.id, str(ErrorCode.TOO_LARGE), f"reply too large: {exc}"),
+                _reply_encoder,
+            )
+        self._out.append(frame)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out, self._out = self._out, []
+        if out and self._transport is not None and not self._closed:
+            self._transport.writelines(out)
+
+    def drop(self, reason: str, label: str) -> None:
+        if self._closed:
+            return
+        log.warning("dropping client connection %s: %s", self.peer, reason)
+        self._port.metrics.connections_dropped.labels(label).inc()
+        self._close_transport()
+
+    def _close_transport(self) -> None:
+        self._closed = True
+        if self._transport is not None:
+            # close() still flushes what was written (e.g. a refusal).
+            self._transport.close()
+        for task in list(self._tasks) + list(self._watches.values()):
+            task.cancel()
+
+
+class ClientPort:
+    """Listens on the client address; one ``_Connection`` per accepted socket."""
+
+    def __init__(
+        self, handler: RequestHandler, metrics: ServerMetrics, config: ClientPortConfig
+    ) -> None:
+        self.handler = handler
+        self.metrics = metrics
+        self.config = config
+        self.closing = False
+        self._server: asyncio.Server | None = None
+        self._connections: set[_Connection] = set()
+
+    async def start(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self), host, port, reuse_address=True
+        )
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    async def close(self) -> None:
+        """Stop accepting, close every connection, wait for the listener to go."""
+        self.closing = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._connections):
+            conn._close_transport()
+        if self._server is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)

@@ -1,0 +1,497 @@
+"""``MetadataHost``: the asyncio task that owns one ``MetadataReplica``.
+
+Theory of operation
+-------------------
+1. One owner.  Only the host's task calls the replica's mutating methods
+   (``tick``, ``step``, ``propose*``, ``read``, ``ready``/``advance``, membership
+   and transfer calls).  Everyone else — client requests, peer messages, admin
+   actions — puts an input on one bounded queue (``queue_max``) and, if it
+   wants an answer, awaits a future.  A full queue answers ``OVERLOADED`` to a
+   client (the request surely did not happen) and drops a peer message (Raft
+   tolerates loss).  Read-only looks at the replica (stale reads, status) are
+   plain synchronous calls: the loop is single-threaded and the replica is
+   only ever changed by synchronous calls of the owner, so a reader sees a
+   consistent state.
+2. Batching.  The owner waits for one input, then drains up to ``batch_max``
+   more without waiting, feeds them all (writes of the batch in one
+   ``propose_batch``), ticks if a tick is due, and only then asks for a Ready:
+   many inputs, one Ready, one write and one fsync.  Inputs that arrive while
+   a Ready is being persisted wait for the next batch, so the batch grows with
+   the load (group commit).
+3. Ready order (the replica's documented host order): send ``messages``;
+   persist (``RaftStorage.save``) in the single writer thread, awaiting it —
+   the event loop never blocks on fsync; send ``messages_after_persist``;
+   ``advance`` (applies committed entries, serves reads); persist a compaction
+   snapshot if one was produced, then ``compacted``; deliver completions.
+4. Time.  A ticker wakes the owner every ``tick_ms``; the owner calls
+   ``replica.tick(now_ms)`` once per elapsed tick interval on the monotonic
+   clock, at most ``tick_catch_up_max`` at once (after a long stall, a burst
+   of ticks would only start needless elections).
+5. Outcomes.  A write is answered with its result when applied; a write whose
+   leader was lost (or that timed out, or was in flight at shutdown) is
+   ``INDETERMINATE``; a write refused before proposing (not leader, queue
+   full, shutting down) surely did not happen and says so.  A read that
+   cannot be confirmed is ``UNAVAILABLE`` (safe to retry).
+6. Stop.  ``stop()`` lets the owner finish the Ready in hand, then fails what
+   is still waiting (per rule 5), stops the writer thread and closes storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from catenary.api.messages import ErrorCode
+from catenary.core.metadata.replica import (
+    Completion,
+    MetadataReplica,
+    Query,
+    ReadCompleted,
+    ReadFailed,
+    WriteCompleted,
+    WriteIndeterminate,
+)
+from catenary.core.metadata.types import Command, Result
+from catenary.core.raft.types import (
+    ConfChange,
+    Message,
+    NotLeader,
+    ProposalDropped,
+    Ready,
+    Snapshot,
+)
+from catenary.persist.raft_storage import RaftStorage
+from catenary.runtime.client_port import ServiceError
+from catenary.runtime.metrics import ServerMetrics
+
+log = logging.getLogger(__name__)
+
+
+class HostConfig(msgspec.Struct, frozen=True, kw_only=True):
+    tick_ms: int = 50
+    queue_max: int = 20_000
+    batch_max: int = 4096
+    request_timeout_ms: int = 10_000
+    tick_catch_up_max: int = 3
+
+
+@dataclass(slots=True)
+class _Write:
+    command: Command
+    future: asyncio.Future[Result]
+
+
+@dataclass(slots=True)
+class _Read:
+    query: Query
+    future: asyncio.Future[ReadCompleted]
+
+
+@dataclass(slots=True)
+class _Step:
+    message: Message
+
+
+@dataclass(slots=True)
+class _Call:
+    """Run ``fn(replica)`` in the owner task (membership changes, transfers)."""
+
+    fn: Callable[[MetadataReplica], Any]
+    future: asyncio.Future[Any]
+
+
+class _Wake:
+    pass
+
+
+_WAKE = _Wake()
+_Input = _Write | _Read | _Step | _Call | _Wake
+
+
+class MetadataHost:
+    """Owns a MetadataReplica (see the module rules)."""
+
+    def __init__(
+        self,
+        replica: MetadataReplica,
+        storage: RaftStorage,
+        send: Callable[[Message], None],
+        config: HostConfig,
+        metrics: ServerMetrics,
+        *,
+        leader_address: Callable[[int], str] = lambda node: "",
+        on_applied: Callable[[], None] | None = None,
+    ) -> None:
+        self.replica = replica
+        self._storage = storage
+        self._send = send
+        self.config = config
+        self._metrics = metrics
+        self._leader_address = leader_address
+        self._on_applied = on_applied
+        self._queue: asyncio.Queue[_Input] = asyncio.Queue(config.queue_max)
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raft-writer")
+        self._next_request_id = 1
+        self._writes: dict[int, asyncio.Future[Result]] = {}
+        self._reads: dict[int, asyncio.Future[ReadCompleted]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._stopped = False
+        self._wake_pending = False
+        self._clock_origin = time.monotonic()
+        self._next_tick_s = 0.0
+        self._changed: asyncio.Future[None] | None = None
+        self._last_revision = replica.state.revision
+        self.peer_messages_dropped = 0
+        self.failure: BaseException | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._changed = loop.create_future()
+        self._next_tick_s = time.monotonic() + self.config.tick_ms / 1000
+        self._task = loop.create_task(self._run(), name="metadata-host")
+        self._ticker = loop.create_task(self._tick_loop(), name="metadata-ticker")
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def wait(self) -> None:
+        """Return when the owner task ends (stopped, or failed: see ``failure``)."""
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._task)
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopping = True
+        self._wake()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), 10.0)
+            except (TimeoutError, asyncio.CancelledError):
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._task
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        self._fail_waiting("the node is shutting down")
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._writer.shutdown, True)
+        self._storage.close()
+        self._stopped = True
+
+    # -------------------------------------------------------------- clients
+
+    def _now_ms(self) -> int:
+        return int((time.monotonic() - self._clock_origin) * 1000)
+
+    def _not_leader(self, hint: int) -> ServiceError:
+        address = self._leader_address(hint) if hint else ""
+        return ServiceError(
+            ErrorCode.NOT_LEADER,
+            f"this node is not the metadata leader (leader: {f'n{hint}' if hint else 'unknown'})",
+            leader=hint,
+            leader_address=address,
+        )
+
+    def _enqueue(self, item: _Input) -> None:
+        if self._stopping:
+            raise ServiceError(ErrorCode.UNAVAILABLE, "the node is shutting down")
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            raise ServiceError(
+                ErrorCode.OVERLOADED,
+                f"the metadata host's input queue is full (limit {self.config.queue_max})",
+            ) from None
+
+    async def write(self, command: Command) -> Result:
+        """Propose a write and await its applied result (see rule 5 for the errors)."""
+        if not self.replica.is_leader:
+            raise self._not_leader(self.replica.leader)
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Write(command, future))
+        try:
+            return await asyncio.wait_for(
+                asyncio.shield(future), self.config.request_timeout_ms / 1000
+            )
+        except TimeoutError:
+            raise ServiceError(
+                ErrorCode.INDETERMINATE,
+                f"the write did not complete within {self.config.request_timeout_ms} ms; "
+                "it may or may not have been applied",
+            ) from None
+
+    async def read(self, query: Query) -> ReadCompleted:
+        """A linearizable read (ReadIndex on the leader)."""
+        if not self.replica.is_leader:
+            raise self._not_leader(self.replica.leader)
+        future: asyncio.Future[ReadCompleted] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Read(query, future))
+        try:
+            return await asyncio.wait_for(
+                asyncio.shield(future), self.config.request_timeout_ms / 1000
+            )
+        except TimeoutError:
+            raise ServiceError(
+                ErrorCode.UNAVAILABLE,
+                f"the read was not confirmed within {self.config.request_timeout_ms} ms",
+            ) from None
+
+    def read_stale(self, query: Query) -> ReadCompleted:
+        return self.replica.read_stale(0, query)
+
+    async def call(self, fn: Callable[[MetadataReplica], Any]) -> Any:
+        """Run ``fn(replica)`` in the owner task; its exception is re-raised here."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Call(fn, future))
+        return await asyncio.wait_for(future, self.config.request_timeout_ms / 1000)
+
+    async def conf_change(self, change: ConfChange) -> int:
+        """Propose a membership change; returns its index (not yet committed)."""
+
+        def propose(replica: MetadataReplica) -> int:
+            return replica.propose_conf_change(change)
+
+        try:
+            index: int = await self.call(propose)
+        except NotLeader as exc:
+            raise self._not_leader(exc.leader_hint) from None
+        except ProposalDropped as exc:
+            raise ServiceError(
+                ErrorCode.UNAVAILABLE, f"membership change not accepted now: {exc}"
+            ) from None
+        return index
+
+    def step(self, message: Message) -> None:
+        """A peer message arrived (called by the transport; never blocks)."""
+        if self._stopping:
+            return
+        try:
+            self._queue.put_nowait(_Step(message))
+        except asyncio.QueueFull:
+            self.peer_messages_dropped += 1
+
+    async def changed(self) -> None:
+        """Wait until the applied state changes (new revision or applied index)."""
+        assert self._changed is not None
+        await asyncio.shield(self._changed)
+
+    # ------------------------------------------------------------ the owner
+
+    def _wake(self) -> None:
+        if self._wake_pending:
+            return
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(_WAKE)
+            self._wake_pending = True
+
+    async def _tick_loop(self) -> None:
+        interval = self.config.tick_ms / 1000
+        while True:
+            await asyncio.sleep(max(0.0, self._next_tick_s - time.monotonic()))
+            self._wake()
+            # The owner moves _next_tick_s forward; wait at least a fraction of
+            # a tick so a stalled owner is not flooded with wake-ups.
+            await asyncio.sleep(interval / 4)
+
+    async def _run(self) -> None:
+        try:
+            await self._loop()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            # The node cannot go on without its metadata replica: record why, so
+            # the server stops (never half-alive).
+            log.critical("metadata host failed: %s", exc, exc_info=True)
+            self.failure = exc
+            self._stopping = True
+
+    async def _loop(self) -> None:
+        queue = self._queue
+        replica = self.replica
+        batch_max = self.config.batch_max
+        while not self._stopping:
+            item = await queue.get()
+            inputs = 1
+            writes: list[_Write] = []
+            self._feed(item, writes)
+            while inputs < batch_max and not queue.empty():
+                self._feed(queue.get_nowait(), writes)
+                inputs += 1
+            if writes:
+                self._propose(writes)
+            self._maybe_tick()
+            self._metrics.ready_inputs.inc(inputs)
+            while replica.has_ready() and not self._stopping:
+                await self._handle_ready()
+
+    def _feed(self, item: _Input, writes: list[_Write]) -> None:
+        replica = self.replica
+        if isinstance(item, _Step):
+            replica.step(item.message)
+        elif isinstance(item, _Write):
+            if not item.future.done():
+                writes.append(item)
+        elif isinstance(item, _Read):
+            if item.future.done():
+                return
+            request_id = self._next_request_id
+            self._next_request_id += 1
+            try:
+                replica.read(request_id, item.query)
+            except NotLeader as exc:
+                item.future.set_exception(self._not_leader(exc.leader_hint))
+            except ProposalDropped as exc:
+                item.future.set_exception(
+                    ServiceError(ErrorCode.OVERLOADED, f"read not accepted: {exc}")
+                )
+            else:
+                self._reads[request_id] = item.future
+        elif isinstance(item, _Call):
+            if item.future.done():
+                return
+            try:
+                item.future.set_result(item.fn(replica))
+            except Exception as exc:
+                item.future.set_exception(exc)
+        else:
+            self._wake_pending = False
+
+    def _propose(self, writes: list[_Write]) -> None:
+        first_id = self._next_request_id
+        self._next_request_id += len(writes)
+        try:
+            self.replica.propose_batch(
+                [(first_id + offset, w.command) for offset, w in enumerate(writes)]
+            )
+        except NotLeader as exc:
+            error = self._not_leader(exc.leader_hint)
+            for w in writes:
+                w.future.set_exception(error)
+            return
+        except ProposalDropped as exc:
+            # Not proposed at all: the client may retry safely.
+            dropped = ServiceError(ErrorCode.OVERLOADED, f"write not accepted now: {exc}")
+            for w in writes:
+                w.future.set_exception(dropped)
+            return
+        for offset, w in enumerate(writes):
+            self._writes[first_id + offset] = w.future
+
+    def _maybe_tick(self) -> None:
+        now_s = time.monotonic()
+        if now_s < self._next_tick_s:
+            return
+        interval_s = self.config.tick_ms / 1000
+        due = int((now_s - self._next_tick_s) / interval_s) + 1
+        for _ in range(min(due, self.config.tick_catch_up_max)):
+            self.replica.tick(self._now_ms())
+        self._next_tick_s += due * interval_s
+
+    async def _handle_ready(self) -> None:
+        replica = self.replica
+        ready = replica.ready()
+        self._metrics.ready_batches.inc()
+        send = self._send
+        for message in ready.messages:
+            send(message)
+        if ready.entries or ready.snapshot is not None or ready.hard_state is not None:
+            await self._persist(self._storage.save, ready)
+        for message in ready.messages_after_persist:
+            send(message)
+        out = replica.advance(ready)
+        if out.snapshot is not None:
+            snapshot = out.snapshot
+            await self._persist(self._compact, snapshot)
+            replica.compacted(snapshot)
+        self._deliver(out.completions)
+        revision = replica.state.revision
+        if ready.committed or ready.snapshot is not None:
+            if self._on_applied is not None:
+                self._on_applied()
+            if revision != self._last_revision or ready.snapshot is not None:
+                self._last_revision = revision
+                self._notify_changed()
+
+    def _compact(self, snapshot: Snapshot) -> None:
+        self._storage.compact(snapshot.meta.index, snapshot)
+
+    async def _persist(self, fn: Callable[[Any], None], arg: Ready | Snapshot) -> None:
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        # Shielded: a cancelled owner must not leave the writer thread mid-save
+        # while the loop goes on as if it had finished.
+        await asyncio.shield(loop.run_in_executor(self._writer, fn, arg))
+        self._metrics.persist_seconds.observe(time.perf_counter() - started)
+
+    def _notify_changed(self) -> None:
+        changed = self._changed
+        if changed is not None and not changed.done():
+            changed.set_result(None)
+        self._changed = asyncio.get_running_loop().create_future()
+
+    def _deliver(self, completions: list[Completion]) -> None:
+        for completion in completions:
+            if isinstance(completion, WriteCompleted):
+                future = self._writes.pop(completion.request_id, None)
+                if future is not None and not future.done():
+                    future.set_result(completion.result)
+            elif isinstance(completion, WriteIndeterminate):
+                wfuture = self._writes.pop(completion.request_id, None)
+                if wfuture is not None and not wfuture.done():
+                    wfuture.set_exception(
+                        ServiceError(
+                            ErrorCode.INDETERMINATE,
+                            f"the write may or may not have been applied: {completion.reason}",
+                            leader=self.replica.leader,
+                            leader_address=self._leader_address(self.replica.leader)
+                            if self.replica.leader
+                            else "",
+                        )
+                    )
+            elif isinstance(completion, ReadCompleted):
+                rfuture = self._reads.pop(completion.request_id, None)
+                if rfuture is not None and not rfuture.done():
+                    rfuture.set_result(completion)
+            elif isinstance(completion, ReadFailed):
+                rfuture = self._reads.pop(completion.request_id, None)
+                if rfuture is not None and not rfuture.done():
+                    rfuture.set_exception(self._not_leader(completion.leader_hint))
+
+    def _fail_waiting(self, reason: str) -> None:
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if isinstance(item, _Write | _Read | _Call) and not item.future.done():
+                # Never proposed: surely not applied.
+                item.future.set_exception(ServiceError(ErrorCode.UNAVAILABLE, reason))
+        for wfuture in self._writes.values():
+            if not wfuture.done():
+                wfuture.set_exception(
+                    ServiceError(
+                        ErrorCode.INDETERMINATE,
+                        f"{reason}; the write may or may not have been applied",
+                    )
+                )
+        self._writes.clear()
+        for rfuture in self._reads.values():
+            if not rfuture.done():
+                rfuture.set_exception(ServiceError(ErrorCode.UNAVAILABLE, reason))
+        self._reads.clear()
+        if self._changed is not None and not self._changed.done():
+            self._changed.set_result(None)

@@ -1,0 +1,1 @@
+"""The node: configuration, data directory, wiring and lifecycle of one ``catenary server``."""

@@ -1,0 +1,536 @@
+"""Configuration of one ``catenary server``: one TOML file, environment, flags.
+
+Theory of operation
+-------------------
+1. Every option has a default; with no file, no environment and no flags the
+   node runs a replicated metadata server as a Raft group of one and
+   provisions itself (unless ``production``).
+2. Sources, lowest precedence first: defaults, the TOML file (``--config``),
+   ``CATENARY_…`` environment variables, command-line flags.  A top-level option
+   ``data_dir`` is ``CATENARY_DATA_DIR``; an option in a section, e.g.
+   ``[raft] tick_ms``, is ``CATENARY_RAFT_TICK_MS``.  The generic flag
+   ``--set raft.tick_ms=20`` reaches every option.
+3. Text values (environment, ``--set``) are parsed by the option's type:
+   integers (``1_000`` allowed), booleans (true/false/1/0/yes/no/on/off) and
+   lists (comma-separated).
+4. Validation collects every problem before giving up: one line per bad value,
+   naming the option, the value, what is expected and where the value came
+   from.  The caller exits with code 2.  Unknown options are errors (a typo
+   must not be silently ignored).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from catenary.core.raft.types import RaftConfig
+
+ROLES = ("metadata-server", "log-server", "sequencer", "admin")
+METADATA_SERVERS = ("replicated", "local")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+ENV_PREFIX = "CATENARY_"
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``problems`` has one line per bad value."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class MetadataOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    server: str = "replicated"  # "replicated" (Raft) | "local" (one node, no Raft)
+    key_bytes_max: int = 4096
+    value_bytes_max: int = 1 << 20
+    request_timeout_ms: int = 10_000  # a client op not finished by then: UNAVAILABLE/INDETERMINATE
+    queue_max: int = 20_000  # inputs waiting for the host task (client ops, peer messages)
+    batch_max: int = 4096  # inputs drained into one Ready (one fsync)
+    list_limit_max: int = 10_000  # keys in one List reply
+    watch_batch_max: int = 1000  # events in one WatchReply
+    watch_history_max: int = 10_000  # events kept for watchers that resume
+    watches_per_connection_max: int = 1000
+    lease_checkpoint_interval_ms: int = 5000
+    local_snapshot_every_writes: int = 10_000  # local mode: snapshot + log truncation period
+
+
+class RaftOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    tick_ms: int = 50
+    election_timeout_ticks: int = 10
+    heartbeat_interval_ticks: int = 2
+    max_entries_per_message: int = 512
+    max_bytes_per_message: int = 1 << 20
+    max_inflight_messages: int = 64
+    snapshot_chunk_bytes: int = 256 << 10
+    compact_after_entries: int = 10_000
+    compact_after_bytes: int = 64 << 20
+    pre_vote: bool = True
+    check_quorum: bool = True
+    lease_reads: bool = False
+    lease_drift_ticks: int = 2
+    max_pending_proposals: int = 10_000
+    max_pending_reads: int = 10_000
+    # A learner is promoted to voter once its match index is within this many
+    # entries of the leader's last index.
+    promote_lag_entries_max: int = 64
+
+    def raft_config(self) -> RaftConfig:
+        return RaftConfig(
+            election_timeout_ticks=self.election_timeout_ticks,
+            heartbeat_interval_ticks=self.heartbeat_interval_ticks,
+            max_entries_per_message=self.max_entries_per_message,
+            max_bytes_per_message=self.max_bytes_per_message,
+            max_inflight_messages=self.max_inflight_messages,
+            snapshot_chunk_bytes=self.snapshot_chunk_bytes,
+            compact_after_entries=self.compact_after_entries,
+            compact_after_bytes=self.compact_after_bytes,
+            pre_vote=self.pre_vote,
+            check_quorum=self.check_quorum,
+            lease_reads=self.lease_reads,
+            lease_drift_ticks=self.lease_drift_ticks,
+            max_pending_proposals=self.max_pending_proposals,
+            max_pending_reads=self.max_pending_reads,
+        )
+
+
+class NetworkOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    frame_bytes_max: int = 16 << 20
+    handshake_timeout_ms: int = 5000
+    client_connections_max: int = 1024
+    client_inflight_per_connection_max: int = 1024
+    peer_send_queue_max: int = 4096  # messages queued per peer before the oldest are dropped
+    reconnect_backoff_min_ms: int = 50
+    reconnect_backoff_max_ms: int = 2000
+
+
+class StorageOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    segment_bytes_max: int = 64 << 20
+    index_checkpoint_records: int = 100_000
+    record_bytes_max: int = 32 << 20
+
+
+class JoinOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    retry_interval_ms: int = 500
+    request_timeout_ms: int = 5000
+    timeout_ms: int = 0  # give up joining after this long; 0 = keep trying
+
+
+class ShutdownOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    transfer_timeout_ms: int = 3000  # leadership transfer before stopping
+    drain_timeout_ms: int = 2000  # in-flight client requests before stopping
+
+
+class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    cluster_name: str = "catenary"
+    node_name: str = ""  # free text shown in status; "" = "n<id>"
+    data_dir: str = "catenary-data"
+    peer_address: str = "127.0.0.1:5122"
+    client_address: str = "127.0.0.1:5123"
+    admin_address: str = "127.0.0.1:5124"  # HTTP admin; "" disables it
+    seeds: list[str] = msgspec.field(default_factory=list)  # client addresses of members
+    roles: list[str] = msgspec.field(default_factory=lambda: list(ROLES))
+    production: bool = False
+    auto_provision: bool | None = None  # None: on unless production
+    log_level: str = "info"
+    metadata: MetadataOptions = msgspec.field(default_factory=MetadataOptions)
+    raft: RaftOptions = msgspec.field(default_factory=RaftOptions)
+    network: NetworkOptions = msgspec.field(default_factory=NetworkOptions)
+    storage: StorageOptions = msgspec.field(default_factory=StorageOptions)
+    join: JoinOptions = msgspec.field(default_factory=JoinOptions)
+    shutdown: ShutdownOptions = msgspec.field(default_factory=ShutdownOptions)
+
+    @property
+    def provision_automatically(self) -> bool:
+        if self.auto_provision is not None:
+            return self.auto_provision
+        return not self.production
+
+
+_SECTIONS: dict[str, type[msgspec.Struct]] = {
+    "metadata": MetadataOptions,
+    "raft": RaftOptions,
+    "network": NetworkOptions,
+    "storage": StorageOptions,
+    "join": JoinOptions,
+    "shutdown": ShutdownOptions,
+}
+
+
+def _field_types(cls: type[msgspec.Struct]) -> dict[str, Any]:
+    return {f.name: f.type for f in msgspec.structs.fields(cls)}
+
+
+def option_types() -> dict[str, Any]:
+    """Every option's dotted path (``raft.tick_ms``) and its type, in declaration order."""
+    out: dict[str, Any] = {}
+    for name, typ in _field_types(ServerConfig).items():
+        if name in _SECTIONS:
+            for sub, subtyp in _field_types(_SECTIONS[name]).items():
+                out[f"{name}.{sub}"] = subtyp
+        else:
+            out[name] = typ
+    return out
+
+
+def env_name(path: str) -> str:
+    return ENV_PREFIX + path.replace(".", "_").upper()
+
+
+def env_names() -> dict[str, str]:
+    """CATENARY_… variable -> option path."""
+    return {env_name(path): path for path in option_types()}
+
+
+def _type_name(typ: Any) -> str:
+    if typ is int:
+        return "an integer"
+    if typ is bool:
+        return "a boolean (true/false)"
+    if typ is str:
+        return "a string"
+    if typing.get_origin(typ) is list:
+        return "a list of strings"
+    if isinstance(typ, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(typ) if a is not type(None))
+    return str(typ)
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def parse_text(text: str, typ: Any) -> Any:
+    """Parse a text value (environment, ``--set``) for an option of type ``typ``.
+
+    Raises ValueError with a short reason.
+    """
+    if isinstance(typ, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if text.strip().lower() in ("", "none", "auto"):
+            return None
+        assert len(args) == 1
+        return parse_text(text, args[0])
+    if typ is bool:
+        low = text.strip().lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise ValueError("expected a boolean (true/false)")
+    if typ is int:
+        try:
+            return int(text.strip(), 10)
+        except ValueError:
+            raise ValueError("expected an integer") from None
+    if typing.get_origin(typ) is list:
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return text
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _convert(path: str, value: Any, typ: Any, source: str, problems: list[str]) -> Any:
+    try:
+        return msgspec.convert(value, typ, strict=True)
+    except msgspec.ValidationError:
+        problems.append(f"{path}: expected {_type_name(typ)}, got {_describe(value)} ({source})")
+        return _MISSING
+
+
+_MISSING = object()
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``host:port`` -> (host, port); raises ValueError with a reason."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError("expected host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not port_text.isdigit():
+        raise ValueError("the port must be a number")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError("the port must be between 1 and 65535")
+    return host, port
+
+
+def load_config(
+    path: str | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+    flag_texts: Mapping[str, str] | None = None,
+) -> ServerConfig:
+    """Merge defaults, file, environment and flags; validate; raise ConfigError.
+
+    ``flags`` are typed values keyed by option path (from click options);
+    ``flag_texts`` are ``--set path=value`` texts, parsed like environment values.
+    """
+    problems: list[str] = []
+    types_by_path = option_types()
+    values: dict[str, tuple[Any, str]] = {}  # path -> (typed value, source)
+
+    if path is not None:
+        _read_file(path, types_by_path, values, problems)
+
+    env = os.environ if env is None else env
+    by_env = env_names()
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        option = by_env.get(name)
+        if option is None:
+            # Variables of other tools (e.g. the client's CATENARY_ADDRESS) share the
+            # prefix, so an unknown name is not an error here.
+            continue
+        _set_text(option, env[name], f"environment {name}", types_by_path, values, problems)
+
+    for option, text in (flag_texts or {}).items():
+        if option not in types_by_path:
+            problems.append(f"{option}: unknown option (flag --set)")
+            continue
+        _set_text(option, text, "flag --set", types_by_path, values, problems)
+
+    for option, value in (flags or {}).items():
+        assert option in types_by_path, option
+        converted = _convert(option, value, types_by_path[option], "flag", problems)
+        if converted is not _MISSING:
+            values[option] = (converted, "flag")
+
+    # Values of the wrong type were left out, so the semantic checks below still
+    # report every other bad value in the same run.
+    tree: dict[str, Any] = {}
+    for option, (value, _source) in values.items():
+        section, _, key = option.rpartition(".")
+        (tree.setdefault(section, {}) if section else tree)[key] = value
+    config = msgspec.convert(tree, ServerConfig)
+    sources = {option: source for option, (_value, source) in values.items()}
+    problems += validate(config, sources)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _read_file(
+    path: str,
+    types_by_path: dict[str, Any],
+    values: dict[str, tuple[Any, str]],
+    problems: list[str],
+) -> None:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        problems.append(f"config file {path}: cannot read: {exc.strerror or exc}")
+        return
+    except tomllib.TOMLDecodeError as exc:
+        problems.append(f"config file {path}: not valid TOML: {exc}")
+        return
+    source = f"file {path}"
+    for key in data:
+        value = data[key]
+        if key in _SECTIONS:
+            if not isinstance(value, dict):
+                problems.append(
+                    f"{key}: expected a table [{key}], got {_describe(value)} ({source})"
+                )
+                continue
+            for sub in value:
+                option = f"{key}.{sub}"
+                if option not in types_by_path:
+                    problems.append(f"{option}: unknown option ({source})")
+                    continue
+                converted = _convert(option, value[sub], types_by_path[option], source, problems)
+                if converted is not _MISSING:
+                    values[option] = (converted, source)
+        elif key in types_by_path:
+            converted = _convert(key, value, types_by_path[key], source, problems)
+            if converted is not _MISSING:
+                values[key] = (converted, source)
+        else:
+            problems.append(f"{key}: unknown option ({source})")
+
+
+def _set_text(
+    option: str,
+    text: str,
+    source: str,
+    types_by_path: dict[str, Any],
+    values: dict[str, tuple[Any, str]],
+    problems: list[str],
+) -> None:
+    typ = types_by_path[option]
+    try:
+        parsed = parse_text(text, typ)
+    except ValueError as exc:
+        problems.append(f"{option}: {exc}, got {_describe(text)} ({source})")
+        return
+    values[option] = (parsed, source)
+
+
+def validate(config: ServerConfig, sources: Mapping[str, str] | None = None) -> list[str]:
+    """Semantic checks: one line per bad value."""
+    sources = sources or {}
+    problems: list[str] = []
+
+    def bad(option: str, value: Any, why: str) -> None:
+        where = sources.get(option, "default")
+        problems.append(f"{option}: {why}, got {_describe(value)} ({where})")
+
+    if not _NAME_RE.match(config.cluster_name):
+        bad(
+            "cluster_name",
+            config.cluster_name,
+            "must be 1-64 characters of letters, digits, '.', '_' or '-'",
+        )
+    if len(config.node_name) > 64:
+        bad("node_name", config.node_name, "must be at most 64 characters")
+    if not config.data_dir:
+        bad("data_dir", config.data_dir, "must not be empty")
+    for option in ("peer_address", "client_address"):
+        value = getattr(config, option)
+        try:
+            parse_address(value)
+        except ValueError as exc:
+            bad(option, value, str(exc))
+    if config.admin_address:
+        try:
+            parse_address(config.admin_address)
+        except ValueError as exc:
+            bad("admin_address", config.admin_address, f"{exc} (or empty to disable)")
+    listen = [config.peer_address, config.client_address]
+    if config.admin_address:
+        listen.append(config.admin_address)
+    if len(set(listen)) != len(listen):
+        bad("client_address", config.client_address, "peer, client and admin addresses must differ")
+    for seed in config.seeds:
+        try:
+            parse_address(seed)
+        except ValueError as exc:
+            bad("seeds", seed, f"each seed: {exc}")
+    if not config.roles:
+        bad("roles", config.roles, f"must name at least one of {', '.join(ROLES)}")
+    for role in config.roles:
+        if role not in ROLES:
+            bad("roles", role, f"unknown role; expected one of {', '.join(ROLES)}")
+    if len(set(config.roles)) != len(config.roles):
+        bad("roles", config.roles, "roles must not repeat")
+    if "metadata-server" not in config.roles:
+        bad("roles", config.roles, "this version needs the metadata-server role on every node")
+    if config.log_level not in LOG_LEVELS:
+        bad("log_level", config.log_level, f"expected one of {', '.join(LOG_LEVELS)}")
+
+    md = config.metadata
+    if md.server not in METADATA_SERVERS:
+        bad("metadata.server", md.server, 'expected "replicated" or "local"')
+    elif md.server == "local" and config.seeds:
+        bad("seeds", config.seeds, 'a node with metadata.server = "local" cannot join a cluster')
+
+    def positive(option: str, value: int, high: int | None = None) -> None:
+        if value < 1 or (high is not None and value > high):
+            limit = f"between 1 and {high}" if high is not None else "at least 1"
+            bad(option, value, f"must be {limit}")
+
+    for section_name, section in (
+        ("metadata", md),
+        ("raft", config.raft),
+        ("network", config.network),
+        ("storage", config.storage),
+        ("join", config.join),
+        ("shutdown", config.shutdown),
+    ):
+        for field in msgspec.structs.fields(type(section)):
+            value = getattr(section, field.name)
+            if field.type is int and f"{section_name}.{field.name}" not in _ZERO_OK:
+                positive(f"{section_name}.{field.name}", value)
+    if config.join.timeout_ms < 0:
+        bad("join.timeout_ms", config.join.timeout_ms, "must be 0 (no limit) or positive")
+    if config.raft.lease_drift_ticks < 0:
+        bad("raft.lease_drift_ticks", config.raft.lease_drift_ticks, "must be 0 or positive")
+    if config.raft.promote_lag_entries_max < 0:
+        bad("raft.promote_lag_entries_max", config.raft.promote_lag_entries_max, "must be >= 0")
+    positive("raft.tick_ms", config.raft.tick_ms, 60_000)
+    if config.raft.election_timeout_ticks <= config.raft.heartbeat_interval_ticks:
+        bad(
+            "raft.election_timeout_ticks",
+            config.raft.election_timeout_ticks,
+            f"must exceed raft.heartbeat_interval_ticks ({config.raft.heartbeat_interval_ticks})",
+        )
+    if md.batch_max > md.queue_max:
+        bad(
+            "metadata.batch_max",
+            md.batch_max,
+            f"must not exceed metadata.queue_max ({md.queue_max})",
+        )
+    if md.value_bytes_max + md.key_bytes_max + 1024 > config.network.frame_bytes_max:
+        bad(
+            "metadata.value_bytes_max",
+            md.value_bytes_max,
+            f"a key and value must fit in network.frame_bytes_max ({config.network.frame_bytes_max})",
+        )
+    if config.network.reconnect_backoff_min_ms > config.network.reconnect_backoff_max_ms:
+        bad(
+            "network.reconnect_backoff_min_ms",
+            config.network.reconnect_backoff_min_ms,
+            "must not exceed network.reconnect_backoff_max_ms",
+        )
+    return problems
+
+
+_ZERO_OK = {"join.timeout_ms", "raft.lease_drift_ticks", "raft.promote_lag_entries_max"}
+
+
+# ------------------------------------------------------------------ writing
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return msgspec.json.encode(value).decode()
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def to_toml(config: ServerConfig, *, only_changed: bool = False) -> str:
+    """The configuration as TOML (every option, or those differing from the defaults)."""
+    default = ServerConfig()
+    top: list[str] = []
+    sections: list[str] = []
+    for field in msgspec.structs.fields(ServerConfig):
+        value = getattr(config, field.name)
+        if field.name in _SECTIONS:
+            lines = []
+            default_section = getattr(default, field.name)
+            for sub in msgspec.structs.fields(type(value)):
+                subvalue = getattr(value, sub.name)
+                if only_changed and subvalue == getattr(default_section, sub.name):
+                    continue
+                lines.append(f"{sub.name} = {_toml_value(subvalue)}")
+            if lines:
+                sections.append(f"\n[{field.name}]\n" + "\n".join(lines) + "\n")
+        else:
+            if only_changed and value == getattr(default, field.name):
+                continue
+            if value is None:
+                top.append(f"# {field.name} = (automatic)")
+                continue
+            top.append(f"{field.name} = {_toml_value(value)}")
+    return "\n".join(top) + "\n" + "".join(sections)
