@@ -134,6 +134,9 @@ class Join(msgspec.Struct, tag="join", array_like=True, frozen=True):
     peer_address: str
     client_address: str
     admin_address: str
+    # The joiner's generation, bumped and persisted on each of its starts (0 = not
+    # given); the node record keeps the newest one and refuses an older one.
+    generation: int = 0
 
 
 Request = (
