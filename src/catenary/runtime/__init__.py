@@ -1,0 +1,1 @@
+"""asyncio hosts: the only layer (with the faces above it) that awaits."""

@@ -1,0 +1,266 @@
+"""asyncio facade over a :class:`SegmentedStore` and its group-commit writer thread.
+
+Theory of operation
+-------------------
+1. ``append``/``append_many`` never block the event loop: they add the payloads to a batch
+   owned by the loop and return a future; the first append of a loop iteration schedules one
+   ``call_soon`` that hands the whole batch to the writer thread as ONE submission.
+2. The writer thread appends, fsyncs, and reports back. Completions are collected under a
+   small lock and the loop is woken with at most one ``call_soon_threadsafe`` per writer batch
+   (fewer when the loop is slower than the disk), which resolves every future of the batch in
+   position order. No future is resolved before its record is durable.
+3. Truncations and reset go through the same writer queue (:meth:`GroupCommitWriter.run`)
+   after flushing the loop's batch, so they are ordered with the appends around them.
+4. Reads run inline when they are small (``read_inline_bytes_max``), else in a worker thread;
+   the store's lock makes them safe beside the writer.
+5. Bounds: at most ``inflight_records_max`` records may be waiting for durability; beyond that
+   ``append`` raises :class:`Overloaded` at once instead of queueing without limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from catenary.storage.errors import Overloaded, StoreClosedError
+from catenary.storage.fs import FileSystem
+from catenary.storage.store import SegmentedStore, StoreConfig
+from catenary.storage.writer import GroupCommitWriter
+
+__all__ = ["AsyncStore"]
+
+T = TypeVar("T")
+
+
+class AsyncStore:
+    """``await store.append(payload) -> position`` over a group-committing writer thread."""
+
+    def __init__(
+        self,
+        store: SegmentedStore,
+        *,
+        batch_records_max: int = 8192,
+        batch_bytes_max: int = 8 * 1024 * 1024,
+        batch_delay_us: int = 0,
+        queue_records_max: int = 65536,
+        inflight_records_max: int = 65536,
+        read_inline_bytes_max: int = 64 * 1024,
+    ) -> None:
+        """Must be created inside the running event loop that will use it."""
+        self._loop = asyncio.get_running_loop()
+        self._store = store
+        self._writer = GroupCommitWriter(
+            store,
+            batch_records_max=batch_records_max,
+            batch_bytes_max=batch_bytes_max,
+            batch_delay_us=batch_delay_us,
+            queue_records_max=queue_records_max,
+        )
+        self._inflight_records_max = inflight_records_max
+        self._read_inline_bytes_max = read_inline_bytes_max
+        self._inflight = 0
+        # The loop's current batch: one future per record, None for the 2nd.. records of an
+        # append_many (whose single future gets the first position).
+        self._payloads: list[bytes] = []
+        self._futures: list[asyncio.Future[int] | None] = []
+        self._flush_scheduled = False
+        # Completions handed over by the writer thread.
+        self._done_lock = threading.Lock()
+        self._done: list[tuple[list[asyncio.Future[int] | None], int | None, BaseException | None]]
+        self._done = []
+        self._wake_scheduled = False
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        fs: FileSystem,
+        directory: str,
+        config: StoreConfig | None = None,
+        *,
+        first_position: int = 1,
+        batch_records_max: int = 8192,
+        batch_bytes_max: int = 8 * 1024 * 1024,
+        batch_delay_us: int = 0,
+        queue_records_max: int = 65536,
+        inflight_records_max: int = 65536,
+        read_inline_bytes_max: int = 64 * 1024,
+    ) -> AsyncStore:
+        """Open (and recover) the store off the event loop, then start its writer."""
+        store = await asyncio.to_thread(
+            SegmentedStore.open, fs, directory, config, first_position=first_position
+        )
+        return cls(
+            store,
+            batch_records_max=batch_records_max,
+            batch_bytes_max=batch_bytes_max,
+            batch_delay_us=batch_delay_us,
+            queue_records_max=queue_records_max,
+            inflight_records_max=inflight_records_max,
+            read_inline_bytes_max=read_inline_bytes_max,
+        )
+
+    @property
+    def store(self) -> SegmentedStore:
+        return self._store
+
+    @property
+    def writer(self) -> GroupCommitWriter:
+        return self._writer
+
+    @property
+    def first_position(self) -> int:
+        return self._store.first_position
+
+    @property
+    def next_position(self) -> int:
+        """Next position to be assigned by the writer (appends still in the loop's batch or
+        queue are not counted)."""
+        return self._store.next_position
+
+    # -- appends ------------------------------------------------------------------------
+
+    def append(self, payload: bytes) -> asyncio.Future[int]:
+        """Append one record; the future resolves to its position once it is durable."""
+        if self._closed:
+            raise StoreClosedError("store is closed")
+        if self._inflight >= self._inflight_records_max:
+            raise Overloaded(f"{self._inflight} records already waiting for the disk")
+        self._inflight += 1
+        fut: asyncio.Future[int] = self._loop.create_future()
+        self._payloads.append(payload)
+        self._futures.append(fut)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        return fut
+
+    def append_many(self, payloads: Sequence[bytes]) -> asyncio.Future[int]:
+        """Append records in order; the future resolves to the first one's position."""
+        if self._closed:
+            raise StoreClosedError("store is closed")
+        n = len(payloads)
+        if n == 0:
+            raise ValueError("append_many needs at least one payload")
+        if self._inflight and self._inflight + n > self._inflight_records_max:
+            raise Overloaded(f"{self._inflight} records already waiting for the disk")
+        self._inflight += n
+        fut: asyncio.Future[int] = self._loop.create_future()
+        self._payloads.extend(payloads)
+        self._futures.append(fut)
+        self._futures.extend([None] * (n - 1))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        return fut
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._payloads:
+            return
+        payloads, futures = self._payloads, self._futures
+        self._payloads, self._futures = [], []
+
+        def done(first: int | None, exc: BaseException | None) -> None:  # writer thread
+            with self._done_lock:
+                self._done.append((futures, first, exc))
+                if self._wake_scheduled:
+                    return
+                self._wake_scheduled = True
+            # A closed loop raises RuntimeError: nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._resolve)
+
+        try:
+            self._writer.submit(payloads, done, block=False)
+        except Exception as exc:
+            self._fail(futures, exc)
+
+    def _fail(self, futures: list[asyncio.Future[int] | None], exc: BaseException) -> None:
+        self._inflight -= len(futures)
+        for fut in futures:
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
+
+    def _resolve(self) -> None:
+        with self._done_lock:
+            done, self._done = self._done, []
+            self._wake_scheduled = False
+        for futures, first, exc in done:
+            if exc is not None or first is None:
+                self._fail(futures, exc or RuntimeError("no position"))
+                continue
+            self._inflight -= len(futures)
+            position = first
+            for fut in futures:
+                if fut is not None and not fut.done():
+                    fut.set_result(position)
+                position += 1
+
+    # -- operations ordered with appends ------------------------------------------------
+
+    async def _run(self, fn: Callable[[SegmentedStore], T]) -> T:
+        if self._closed:
+            raise StoreClosedError("store is closed")
+        self._flush()
+        fut: asyncio.Future[T] = self._loop.create_future()
+
+        def done(value: T | None, exc: BaseException | None) -> None:  # writer thread
+            def settle() -> None:
+                if fut.done():
+                    return
+                if exc is not None:
+                    fut.set_exception(exc)
+                else:
+                    fut.set_result(value)  # type: ignore[arg-type]
+
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(settle)
+
+        self._writer.run(fn, done, block=False)
+        return await fut
+
+    async def truncate_prefix(self, position: int) -> None:
+        await self._run(lambda s: s.truncate_prefix(position))
+
+    async def truncate_suffix(self, position: int) -> None:
+        await self._run(lambda s: s.truncate_suffix(position))
+
+    async def reset(self, next_position: int) -> None:
+        await self._run(lambda s: s.reset(next_position))
+
+    async def sync(self) -> None:
+        """Wait until everything appended before this call is durable."""
+        await self._run(lambda s: s.sync())
+
+    # -- reads --------------------------------------------------------------------------
+
+    async def read(self, position: int) -> bytes:
+        store = self._store
+        if store.range_bytes(position, position + 1) <= self._read_inline_bytes_max:
+            return store.read(position)
+        return await asyncio.to_thread(store.read, position)
+
+    async def read_range(self, start: int, end: int, bytes_max: int | None = None) -> list[bytes]:
+        store = self._store
+        estimate = store.range_bytes(start, end)
+        if bytes_max is not None:
+            estimate = min(estimate, bytes_max)
+        if estimate <= self._read_inline_bytes_max:
+            return store.read_range(start, end, bytes_max)
+        return await asyncio.to_thread(store.read_range, start, end, bytes_max)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Finish queued appends (their futures resolve), stop the writer, close the store."""
+        if self._closed:
+            return
+        self._flush()
+        self._closed = True
+        await asyncio.to_thread(self._writer.close)
+        self._resolve()
+        await asyncio.to_thread(self._store.close)

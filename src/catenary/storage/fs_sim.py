@@ -1,0 +1,280 @@
+"""A deterministic, in-memory file system that forgets what was never synced.
+
+Theory of operation
+-------------------
+Every file is an *inode* with two contents: ``data`` (what reads see now) and ``durable``
+(what survives a crash: the content at the last ``fsync`` of that file). Every directory entry
+lives in two namespaces: ``current`` (what ``open``/``listdir`` see now) and ``durable`` (the
+entries as of the last ``fsync_dir`` of their parent directory).
+
+1. ``File.write``/``truncate`` change ``data`` only; ``File.fsync`` copies ``data`` to ``durable``.
+2. ``open(create=True)`` of a new name, ``rename`` and ``remove`` change ``current`` only;
+   ``fsync_dir(d)`` copies every entry whose parent is ``d`` from ``current`` to ``durable``
+   (including the absence of removed entries).
+3. ``crash()`` replaces ``current`` with ``durable`` and every inode's ``data`` with its
+   ``durable`` content - except that, with probability ``tear_probability`` per file whose
+   unsynced change is a pure append, a random prefix of the unsynced appended bytes survives
+   (a torn write). All handles opened before the crash become invalid (``EBADF``).
+4. ``flip_bit`` corrupts both contents (media corruption survives crashes).
+5. With ``capacity_bytes`` set, a write that would make the live files exceed it raises
+   ``OSError(ENOSPC)`` and writes nothing.
+6. Every random choice comes from the injected ``Random``; iteration is in sorted path order.
+   The same seed and the same calls give the same result.
+
+Simplification (documented, deliberate): directories are durable as soon as ``mkdir`` returns;
+only file entries are subject to rule 2.
+"""
+
+from __future__ import annotations
+
+import errno
+import posixpath
+import threading
+from random import Random
+
+
+def _norm(path: str) -> str:
+    return posixpath.normpath(path)
+
+
+def _parent(path: str) -> str:
+    return posixpath.dirname(path)
+
+
+class _Inode:
+    __slots__ = ("data", "durable")
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.durable = b""
+
+
+class SimFile:
+    """A handle on a simulated file; invalid after the file system's next ``crash()``."""
+
+    __slots__ = ("_fs", "_generation", "_inode", "_open", "path")
+
+    def __init__(self, fs: SimFileSystem, inode: _Inode, path: str) -> None:
+        self._fs = fs
+        self._inode = inode
+        self._generation = fs._generation
+        self._open = True
+        self.path = path
+
+    def _check(self) -> _Inode:
+        if not self._open:
+            raise OSError(errno.EBADF, "file is closed", self.path)
+        if self._generation != self._fs._generation:
+            raise OSError(errno.EBADF, "file handle invalidated by a simulated crash", self.path)
+        return self._inode
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        with self._fs._lock:
+            inode = self._check()
+            n = len(data)
+            cap = self._fs.capacity_bytes
+            if cap is not None and self._fs._used_bytes_locked() + n > cap:
+                raise OSError(errno.ENOSPC, "No space left on device (simulated)", self.path)
+            inode.data += data
+            self._fs.write_count += 1
+
+    def pread(self, offset: int, n: int) -> bytes:
+        with self._fs._lock:
+            inode = self._check()
+            if offset < 0 or n < 0:
+                raise OSError(errno.EINVAL, "negative offset or length", self.path)
+            return bytes(inode.data[offset : offset + n])
+
+    def fsync(self) -> None:
+        with self._fs._lock:
+            inode = self._check()
+            if self._fs._fsync_errors > 0:
+                self._fs._fsync_errors -= 1
+                raise OSError(errno.EIO, "Input/output error (simulated fsync failure)", self.path)
+            inode.durable = bytes(inode.data)
+            self._fs.fsync_count += 1
+
+    def truncate(self, size: int) -> None:
+        with self._fs._lock:
+            inode = self._check()
+            if size < 0:
+                raise OSError(errno.EINVAL, "negative size", self.path)
+            if size <= len(inode.data):
+                del inode.data[size:]
+            else:
+                inode.data += bytes(size - len(inode.data))
+
+    def size(self) -> int:
+        with self._fs._lock:
+            return len(self._check().data)
+
+    def close(self) -> None:
+        self._open = False
+
+
+class SimFileSystem:
+    """In-memory :class:`~catenary.storage.fs.FileSystem` with crash, tear, bit-flip and ENOSPC."""
+
+    def __init__(
+        self,
+        rng: Random,
+        *,
+        tear_probability: float = 0.5,
+        capacity_bytes: int | None = None,
+    ) -> None:
+        if not 0.0 <= tear_probability <= 1.0:
+            raise ValueError("tear_probability must be within [0, 1]")
+        self._rng = rng
+        self.tear_probability = tear_probability
+        self.capacity_bytes = capacity_bytes
+        self._lock = threading.RLock()
+        self._current: dict[str, _Inode] = {}
+        self._durable: dict[str, _Inode] = {}
+        self._dirs: set[str] = {"/", "."}
+        self._generation = 0
+        self._fsync_errors = 0
+        # Counters for tests and the simulator's statistics.
+        self.fsync_count = 0
+        self.fsync_dir_count = 0
+        self.write_count = 0
+        self.crash_count = 0
+
+    # -- FileSystem -----------------------------------------------------------------------
+
+    def open(self, path: str, create: bool) -> SimFile:
+        path = _norm(path)
+        with self._lock:
+            inode = self._current.get(path)
+            if inode is None:
+                if path in self._dirs:
+                    raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+                if not create:
+                    raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+                if _parent(path) not in self._dirs:
+                    raise FileNotFoundError(errno.ENOENT, "No such directory", _parent(path))
+                inode = _Inode()
+                self._current[path] = inode
+            return SimFile(self, inode, path)
+
+    def exists(self, path: str) -> bool:
+        path = _norm(path)
+        with self._lock:
+            return path in self._current or path in self._dirs
+
+    def listdir(self, path: str) -> list[str]:
+        path = _norm(path)
+        with self._lock:
+            if path not in self._dirs:
+                raise FileNotFoundError(errno.ENOENT, "No such directory", path)
+            names = {posixpath.basename(p) for p in self._current if _parent(p) == path}
+            names |= {posixpath.basename(d) for d in self._dirs if d != path and _parent(d) == path}
+            return sorted(names)
+
+    def mkdir(self, path: str) -> None:
+        path = _norm(path)
+        with self._lock:
+            if path in self._current:
+                raise FileExistsError(errno.EEXIST, "A file has that name", path)
+            while path not in self._dirs:
+                self._dirs.add(path)
+                path = _parent(path)
+
+    def remove(self, path: str) -> None:
+        path = _norm(path)
+        with self._lock:
+            if path not in self._current:
+                raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+            del self._current[path]
+
+    def rename(self, src: str, dst: str) -> None:
+        src, dst = _norm(src), _norm(dst)
+        with self._lock:
+            if src not in self._current:
+                raise FileNotFoundError(errno.ENOENT, "No such file or directory", src)
+            if _parent(dst) not in self._dirs:
+                raise FileNotFoundError(errno.ENOENT, "No such directory", _parent(dst))
+            if dst in self._dirs:
+                raise IsADirectoryError(errno.EISDIR, "Is a directory", dst)
+            self._current[dst] = self._current.pop(src)
+
+    def fsync_dir(self, path: str) -> None:
+        path = _norm(path)
+        with self._lock:
+            if path not in self._dirs:
+                raise FileNotFoundError(errno.ENOENT, "No such directory", path)
+            for name in sorted(set(self._current) | set(self._durable)):
+                if _parent(name) != path:
+                    continue
+                inode = self._current.get(name)
+                if inode is None:
+                    del self._durable[name]
+                else:
+                    self._durable[name] = inode
+            self.fsync_dir_count += 1
+
+    def file_size(self, path: str) -> int:
+        path = _norm(path)
+        with self._lock:
+            inode = self._current.get(path)
+            if inode is None:
+                raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+            return len(inode.data)
+
+    # -- Faults ---------------------------------------------------------------------------
+
+    def crash(self) -> None:
+        """Lose everything unsynced (rule 3); may keep a random prefix of unsynced appends."""
+        with self._lock:
+            self._generation += 1
+            self.crash_count += 1
+            self._current = dict(self._durable)
+            for path in sorted(self._current):
+                inode = self._current[path]
+                durable = inode.durable
+                extra = len(inode.data) - len(durable)
+                torn = (
+                    extra > 0
+                    and inode.data.startswith(durable)
+                    and self._rng.random() < self.tear_probability
+                )
+                if torn:
+                    keep = self._rng.randrange(extra + 1)
+                    inode.durable = bytes(inode.data[: len(durable) + keep])
+                inode.data = bytearray(inode.durable)
+
+    def flip_bit(self, path: str, offset: int, bit: int | None = None) -> None:
+        """Flip one bit of byte ``offset`` (random bit unless given), durably."""
+        path = _norm(path)
+        with self._lock:
+            inode = self._current[path]
+            if not 0 <= offset < len(inode.data):
+                raise ValueError(f"offset {offset} outside {path} ({len(inode.data)} bytes)")
+            if bit is None:
+                bit = self._rng.randrange(8)
+            mask = 1 << bit
+            inode.data[offset] ^= mask
+            if offset < len(inode.durable):
+                durable = bytearray(inode.durable)
+                durable[offset] ^= mask
+                inode.durable = bytes(durable)
+
+    def flip_random_bit(self, path: str, start: int = 0) -> int:
+        """Flip a random bit at or after ``start``; returns the byte offset flipped."""
+        size = self.file_size(path)
+        if size <= start:
+            raise ValueError(f"{path} has no byte at or after {start}")
+        offset = self._rng.randrange(start, size)
+        self.flip_bit(path, offset)
+        return offset
+
+    def inject_fsync_errors(self, count: int = 1) -> None:
+        """Make the next ``count`` file fsyncs fail with ``EIO``."""
+        with self._lock:
+            self._fsync_errors = count
+
+    def used_bytes(self) -> int:
+        with self._lock:
+            return self._used_bytes_locked()
+
+    def _used_bytes_locked(self) -> int:
+        return sum(len(inode.data) for inode in self._current.values())
