@@ -1,0 +1,444 @@
+"""``catenary status``, ``nodes``, ``provision`` and ``metadata-server``: the operator's commands.
+
+Every command reaches the cluster through any node named by ``--address``
+(repeatable or comma-separated; default ``$CATENARY_ADDRESS`` or
+127.0.0.1:5123), prints a human table by default and one JSON document with
+``--json``.  Exit codes mean the same everywhere:
+
+    0 ok, 1 the operation failed (precondition failed, not found, refused),
+    2 usage or bad input, 3 unavailable or timed out, 4 indeterminate
+    (a write that may or may not have been applied).
+
+A failure prints one line with the reason on stderr.  These helpers are
+shared with ``catenary.cli.metadata``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn, ParamSpec, TypeVar
+
+import click
+import msgspec
+
+from catenary.api import messages as m
+from catenary.client import (
+    BadRequestError,
+    CatenaryError,
+    Client,
+    ConnectionRefusedByNodeError,
+    IndeterminateError,
+    NotFoundError,
+    PreconditionFailedError,
+    RefusedError,
+    UnavailableError,
+)
+from catenary.client.client import split_addresses
+
+ADDRESS_DEFAULT = "127.0.0.1:5123"
+VOTERS_FOR_ONE_FAILURE = 3
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+EXIT_INDETERMINATE = 4
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Options:
+    addresses: list[str]
+    json: bool
+    timeout_s: float
+    cluster_name: str | None
+
+
+def client_options(command: Callable[P, T]) -> Callable[P, T]:
+    """Adds ``--address``, ``--json``, ``--timeout`` and ``--cluster-name``."""
+    decorators = [
+        click.option(
+            "--address",
+            "addresses",
+            multiple=True,
+            envvar="CATENARY_ADDRESS",
+            help="client address of any node (host:port); repeatable or comma-separated "
+            f"[env CATENARY_ADDRESS; default {ADDRESS_DEFAULT}]",
+        ),
+        click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table"),
+        click.option(
+            "--timeout",
+            "timeout_s",
+            type=click.FloatRange(min=0.001),
+            default=5.0,
+            show_default=True,
+            help="deadline in seconds for the whole operation, retries included",
+        ),
+        click.option(
+            "--cluster-name",
+            envvar="CATENARY_CLUSTER_NAME",
+            default=None,
+            help="refuse nodes of any other cluster (default: learn it from the first node)",
+        ),
+    ]
+    for decorator in reversed(decorators):
+        command = decorator(command)
+    return command
+
+
+def make_options(
+    addresses: Sequence[str], as_json: bool, timeout_s: float, cluster_name: str | None
+) -> Options:
+    try:
+        parsed = split_addresses(list(addresses) or [ADDRESS_DEFAULT])
+    except ValueError as exc:
+        fail(EXIT_USAGE, str(exc))
+    return Options(parsed, as_json, timeout_s, cluster_name or None)
+
+
+def fail(code: int, message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def exit_code_of(exc: BaseException) -> int:
+    if isinstance(exc, IndeterminateError):
+        return EXIT_INDETERMINATE
+    if isinstance(exc, UnavailableError):
+        return EXIT_UNAVAILABLE
+    if isinstance(exc, BadRequestError | ConnectionRefusedByNodeError | ValueError):
+        return EXIT_USAGE
+    return EXIT_FAILED  # precondition failed, not found, refused, internal, compacted
+
+
+def run(options: Options, action: Callable[[Client], Awaitable[T]]) -> T:
+    """Run ``action`` with a client; turn every error into its exit code and one line."""
+
+    async def main() -> T:
+        async with Client(
+            options.addresses, cluster_name=options.cluster_name, timeout_s=options.timeout_s
+        ) as client:
+            return await action(client)
+
+    try:
+        return asyncio.run(main())
+    except IndeterminateError as exc:
+        fail(EXIT_INDETERMINATE, f"outcome unknown (it may or may not have happened): {exc}")
+    except PreconditionFailedError as exc:
+        if options.json:
+            emit_json(
+                {
+                    "error": "precondition_failed",
+                    "key": exc.key,
+                    "current_version": exc.current_version,
+                }
+            )
+        fail(EXIT_FAILED, str(exc))
+    except (NotFoundError, RefusedError) as exc:
+        fail(EXIT_FAILED, str(exc))
+    except (CatenaryError, ValueError) as exc:
+        fail(exit_code_of(exc), str(exc))
+
+
+def emit_json(data: object) -> None:
+    click.echo(msgspec.json.encode(data).decode())
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(c) for c in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+    return "\n".join(lines)
+
+
+def value_text(value: bytes) -> str:
+    """Printable text for a value: itself if it is clean UTF-8, else hex."""
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        return "0x" + value.hex()
+    return text if text.isprintable() else repr(text)
+
+
+def value_json(value: bytes) -> dict[str, Any]:
+    try:
+        text: str | None = value.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    return {"value": text, "value_base64": base64.b64encode(value).decode()}
+
+
+def status_json(status: m.NodeStatus) -> dict[str, Any]:
+    return {
+        "cluster_name": status.cluster_name,
+        "node": status.node,
+        "generation": status.generation,
+        "metadata_server": status.metadata_server,
+        "raft_state": status.raft_state,
+        "term": status.term,
+        "leader": status.leader,
+        "commit_index": status.commit_index,
+        "applied_index": status.applied_index,
+        "members": [
+            {"node": x.node, "role": x.role, "match_index": x.match_index} for x in status.members
+        ],
+        "provisioned": status.provisioned,
+    }
+
+
+def node_json(node: m.NodeInfo) -> dict[str, Any]:
+    return {
+        "node": node.node,
+        "generation": node.generation,
+        "state": node.state,
+        "peer_address": node.peer_address,
+        "client_address": node.client_address,
+        "admin_address": node.admin_address,
+    }
+
+
+def survival_warning(members: Sequence[m.RaftMember]) -> str | None:
+    voters = sum(1 for x in members if x.role == "voter")
+    if voters >= VOTERS_FOR_ONE_FAILURE:
+        return None
+    return (
+        f"{voters} voter(s): the metadata service cannot survive the loss of a node "
+        f"(at least {VOTERS_FOR_ONE_FAILURE} voters are needed)"
+    )
+
+
+# --------------------------------------------------------------- status
+
+
+@dataclass(frozen=True)
+class _NodeReport:
+    address: str
+    node: int
+    status: m.NodeStatus | None
+    error: str
+
+
+async def _gather_status(client: Client) -> tuple[list[_NodeReport], list[str]]:
+    first = await client.status()
+    warnings: list[str] = []
+    try:
+        nodes = await client.nodes(timeout_s=min(client.timeout_s, 2.0))
+    except CatenaryError as exc:
+        nodes = ()
+        warnings.append(f"could not list nodes: {exc}")
+    targets = [(n.client_address, n.node) for n in sorted(nodes, key=lambda n: n.node)]
+    if not targets:
+        targets = [(client.addresses[0], first.node)]
+
+    async def one(address: str, node: int) -> _NodeReport:
+        try:
+            status = await client.status(address, timeout_s=min(client.timeout_s, 1.0))
+        except CatenaryError as exc:
+            return _NodeReport(address, node, None, str(exc))
+        return _NodeReport(address, node, status, "")
+
+    reports = list(await asyncio.gather(*(one(a, n) for a, n in targets)))
+    leader_view = next(
+        (r.status for r in reports if r.status is not None and r.status.raft_state == "leader"),
+        first,
+    )
+    if leader_view.leader == 0:
+        warnings.append("no metadata leader is known")
+    if not leader_view.provisioned:
+        warnings.append("the cluster is not provisioned (run: catenary provision)")
+    warning = survival_warning(leader_view.members)
+    if warning is not None:
+        warnings.append(warning)
+    for report in reports:
+        if report.status is None:
+            warnings.append(
+                f"node {report.node} at {report.address} is unreachable: {report.error}"
+            )
+    return reports, warnings
+
+
+@click.command()
+@client_options
+def status(
+    addresses: tuple[str, ...], as_json: bool, timeout_s: float, cluster_name: str | None
+) -> None:
+    """Show every node's Raft state and warn when the cluster cannot survive a failure."""
+    options = make_options(addresses, as_json, timeout_s, cluster_name)
+    reports, warnings = run(options, _gather_status)
+    if options.json:
+        emit_json(
+            {
+                "nodes": [
+                    {
+                        "address": r.address,
+                        "node": r.node,
+                        "reachable": r.status is not None,
+                        "error": r.error,
+                        "status": status_json(r.status) if r.status is not None else None,
+                    }
+                    for r in reports
+                ],
+                "warnings": warnings,
+            }
+        )
+    else:
+        rows = []
+        for r in reports:
+            s = r.status
+            if s is None:
+                rows.append([r.node, "-", "unreachable", "-", "-", "-", "-", r.address])
+                continue
+            voters = sum(1 for x in s.members if x.role == "voter")
+            rows.append(
+                [
+                    s.node,
+                    s.generation,
+                    s.raft_state,
+                    s.term,
+                    s.leader or "-",
+                    s.commit_index,
+                    s.applied_index,
+                    f"{r.address} ({voters} voters, {s.metadata_server})",
+                ]
+            )
+        click.echo(
+            table(["NODE", "GEN", "STATE", "TERM", "LEADER", "COMMIT", "APPLIED", "ADDRESS"], rows)
+        )
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+
+
+# ---------------------------------------------------------------- nodes
+
+
+@click.group()
+def nodes() -> None:
+    """Nodes registered in the cluster."""
+
+
+@nodes.command("list")
+@client_options
+def nodes_list(
+    addresses: tuple[str, ...], as_json: bool, timeout_s: float, cluster_name: str | None
+) -> None:
+    """List every node with its generation, state and addresses."""
+    options = make_options(addresses, as_json, timeout_s, cluster_name)
+    infos = run(options, lambda client: client.nodes())
+    if options.json:
+        emit_json([node_json(n) for n in infos])
+        return
+    rows = [
+        [n.node, n.generation, n.state, n.peer_address, n.client_address, n.admin_address]
+        for n in sorted(infos, key=lambda n: n.node)
+    ]
+    click.echo(table(["NODE", "GEN", "STATE", "PEER", "CLIENT", "ADMIN"], rows))
+
+
+# ------------------------------------------------------------ provision
+
+
+@click.command()
+@client_options
+def provision(
+    addresses: tuple[str, ...], as_json: bool, timeout_s: float, cluster_name: str | None
+) -> None:
+    """Provision the cluster (idempotent)."""
+    options = make_options(addresses, as_json, timeout_s, cluster_name)
+    detail = run(options, lambda client: client.provision(cluster_name or ""))
+    if options.json:
+        emit_json({"provisioned": True, "detail": detail})
+    else:
+        click.echo(detail or "provisioned")
+
+
+# ------------------------------------------------------- metadata-server
+
+
+@click.group("metadata-server")
+def metadata_server() -> None:
+    """Members of the metadata Raft group."""
+
+
+@metadata_server.command("list-servers")
+@client_options
+def list_servers(
+    addresses: tuple[str, ...], as_json: bool, timeout_s: float, cluster_name: str | None
+) -> None:
+    """List the metadata group's members as the leader sees them."""
+    options = make_options(addresses, as_json, timeout_s, cluster_name)
+    servers = run(options, lambda client: client.servers())
+    warning = survival_warning(servers.members)
+    if options.json:
+        emit_json(
+            {
+                "leader": servers.leader,
+                "members": [
+                    {"node": x.node, "role": x.role, "match_index": x.match_index}
+                    for x in servers.members
+                ],
+                "warnings": [warning] if warning else [],
+            }
+        )
+    else:
+        rows = [
+            [x.node, x.role, x.match_index, "yes" if x.node == servers.leader else ""]
+            for x in sorted(servers.members, key=lambda x: x.node)
+        ]
+        click.echo(table(["NODE", "ROLE", "MATCH", "LEADER"], rows))
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
+
+
+@metadata_server.command("add-node")
+@click.argument("node", type=click.IntRange(min=1))
+@client_options
+def add_node(
+    node: int, addresses: tuple[str, ...], as_json: bool, timeout_s: float, cluster_name: str | None
+) -> None:
+    """Add NODE to the metadata group (a learner, promoted to voter once caught up)."""
+    options = make_options(addresses, as_json, timeout_s, cluster_name)
+    detail = run(options, lambda client: client.add_server(node))
+    if options.json:
+        emit_json({"node": node, "added": True, "detail": detail})
+    else:
+        click.echo(detail or f"node {node} added as a learner")
+
+
+@metadata_server.command("remove-node")
+@click.argument("node", type=click.IntRange(min=1))
+@client_options
+def remove_node(
+    node: int, addresses: tuple[str, ...], as_json: bool, timeout_s: float, cluster_name: str | None
+) -> None:
+    """Remove NODE from the metadata group (refused if it would lose quorum)."""
+    options = make_options(addresses, as_json, timeout_s, cluster_name)
+    detail = run(options, lambda client: client.remove_server(node))
+    if options.json:
+        emit_json({"node": node, "removed": True, "detail": detail})
+    else:
+        click.echo(detail or f"node {node} removed")
+
+
+__all__ = [
+    "Options",
+    "client_options",
+    "emit_json",
+    "fail",
+    "make_options",
+    "metadata_server",
+    "nodes",
+    "provision",
+    "run",
+    "status",
+    "table",
+    "value_json",
+    "value_text",
+]
