@@ -1,0 +1,1 @@
+"""Durable homes of the cores' state: Raft storage and the local metadata store."""

@@ -1,0 +1,201 @@
+"""Invariant checkers that run beside the simulated cluster.
+
+Each check raises ``Violation`` with a message naming the members, terms and
+indexes involved; the simulator stops the run there and reports it.
+
+1. Election safety: at most one leader per term.
+2. Log matching: two persisted entries with the same index and term carry
+   the same kind and data (checked on every entry as it is persisted).
+3. State-machine safety: every member applies entries in index order without
+   gaps, and the entry applied at an index is the same on every member
+   (so applied sequences are prefixes of one another).
+4. No committed entry lost: every entry ever applied (hence committed) is
+   remembered up to the highest commit seen; a member that becomes leader
+   must hold each of them (leader completeness), and no member may later
+   apply anything else at those indexes.
+5. Durability across crashes: what a member's storage acknowledged (a
+   completed save) is what it loads after a crash: the same term and vote,
+   a snapshot at least as new, and the same entries -- except what a
+   persistence step cut short by the crash was rewriting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from catenary.core.raft.types import Entry, HardState, Ready, Snapshot
+
+
+class Violation(Exception):
+    """An invariant failed."""
+
+
+def _digest(entry: Entry) -> bytes:
+    return hashlib.blake2b(b"%d:" % entry.kind + entry.data, digest_size=12).digest()
+
+
+@dataclass
+class DurableModel:
+    """What one member's storage has acknowledged as durable."""
+
+    term: int = 0
+    vote: int = 0
+    snapshot_index: int = 0
+    entries: dict[int, int] = field(default_factory=dict)  # index -> term
+
+    def saved(self, ready: Ready) -> None:
+        if ready.snapshot is not None:
+            self.snapshot_index = ready.snapshot.meta.index
+            self.entries.clear()
+        if ready.entries:
+            first = ready.entries[0].index
+            for index in [i for i in self.entries if i >= first]:
+                del self.entries[index]
+            for entry in ready.entries:
+                self.entries[entry.index] = entry.term
+        if ready.hard_state is not None:
+            self.term = ready.hard_state.term
+            self.vote = ready.hard_state.vote
+
+    def compacted(self, snapshot: Snapshot) -> None:
+        self.snapshot_index = max(self.snapshot_index, snapshot.meta.index)
+
+    def reload(
+        self, hard_state: HardState, snapshot: Snapshot | None, entries: list[Entry]
+    ) -> None:
+        self.term = hard_state.term
+        self.vote = hard_state.vote
+        self.snapshot_index = snapshot.meta.index if snapshot else 0
+        self.entries = {e.index: e.term for e in entries}
+
+
+class SafetyChecker:
+    def __init__(self) -> None:
+        self.leaders: dict[int, int] = {}  # term -> leader
+        self.persisted: dict[tuple[int, int], bytes] = {}  # (index, term) -> digest
+        self.committed: dict[int, tuple[int, bytes]] = {}  # index -> (term, digest)
+        self.highest_commit = 0
+        self.applied: dict[int, int] = {}  # node -> last applied index
+        self.durable: dict[int, DurableModel] = {}
+        self.checks = 0
+
+    # ------------------------------------------------------------ election
+
+    def observe_leader(self, node: int, term: int) -> bool:
+        """Record that ``node`` leads ``term``; True when this is news."""
+        self.checks += 1
+        known = self.leaders.get(term)
+        if known is None:
+            self.leaders[term] = node
+            return True
+        if known != node:
+            raise Violation(f"election safety: term {term} has two leaders, {known} and {node}")
+        return False
+
+    def check_leader_log(self, node: int, term: int, log: dict[int, int], first_index: int) -> None:
+        """Leader completeness: the new leader holds every committed entry it has not compacted."""
+        for index in range(max(first_index, 1), self.highest_commit + 1):
+            known = self.committed.get(index)
+            if known is None:
+                continue
+            held = log.get(index)
+            if held != known[0]:
+                raise Violation(
+                    f"committed entry lost: leader {node} of term {term} holds term {held} at "
+                    f"index {index}, but an entry of term {known[0]} was committed there"
+                )
+
+    # ----------------------------------------------------------------- logs
+
+    def observe_persisted(self, node: int, entries: list[Entry]) -> None:
+        for entry in entries:
+            self.checks += 1
+            digest = _digest(entry)
+            known = self.persisted.setdefault((entry.index, entry.term), digest)
+            if known != digest:
+                raise Violation(
+                    f"log matching: node {node} persisted a different entry at index "
+                    f"{entry.index} term {entry.term}"
+                )
+
+    def observe_commit(self, commit_index: int) -> None:
+        self.highest_commit = max(self.highest_commit, commit_index)
+
+    def observe_installed(self, node: int, snapshot: Snapshot) -> None:
+        last = self.applied.get(node, 0)
+        if snapshot.meta.index < last:
+            raise Violation(
+                f"state-machine safety: node {node} installed a snapshot at "
+                f"{snapshot.meta.index} after applying up to {last}"
+            )
+        self.applied[node] = snapshot.meta.index
+
+    def observe_applied(self, node: int, entries: list[Entry]) -> None:
+        last = self.applied.get(node, 0)
+        for entry in entries:
+            if entry.index <= last:
+                continue  # covered by an installed snapshot
+            self.checks += 1
+            if entry.index != last + 1:
+                raise Violation(
+                    f"state-machine safety: node {node} applied index {entry.index} after {last}"
+                )
+            digest = _digest(entry)
+            known = self.committed.setdefault(entry.index, (entry.term, digest))
+            if known != (entry.term, digest):
+                raise Violation(
+                    f"state-machine safety: node {node} applied term {entry.term} at index "
+                    f"{entry.index}, another member applied term {known[0]} there"
+                    + (" (same term, different data)" if known[0] == entry.term else "")
+                )
+            last = entry.index
+        self.applied[node] = last
+        self.highest_commit = max(self.highest_commit, last)
+
+    def restarted(self, node: int) -> None:
+        """A restarted member re-applies from its snapshot: forget its applied position."""
+        self.applied[node] = 0
+
+    # ----------------------------------------------------------- durability
+
+    def model(self, node: int) -> DurableModel:
+        return self.durable.setdefault(node, DurableModel())
+
+    def check_recovered(
+        self,
+        node: int,
+        hard_state: HardState,
+        snapshot: Snapshot | None,
+        entries: list[Entry],
+        interrupted: Ready | None,
+    ) -> None:
+        """Compare what a member loads after a crash with what it had made durable."""
+        model = self.model(node)
+        allowed = {(model.term, model.vote)}
+        if interrupted is not None and interrupted.hard_state is not None:
+            allowed.add((interrupted.hard_state.term, interrupted.hard_state.vote))
+        if (hard_state.term, hard_state.vote) not in allowed:
+            raise Violation(
+                f"durability: node {node} recovered term {hard_state.term} vote {hard_state.vote}"
+                f", but had made term {model.term} vote {model.vote} durable"
+            )
+        snapshot_index = snapshot.meta.index if snapshot else 0
+        if snapshot_index < model.snapshot_index:
+            raise Violation(
+                f"durability: node {node} recovered snapshot {snapshot_index}, "
+                f"but snapshot {model.snapshot_index} was durable"
+            )
+        if interrupted is not None and interrupted.snapshot is not None:
+            return  # an install was cut short: the log may be the old or the new one
+        touched = interrupted.entries[0].index if interrupted and interrupted.entries else None
+        loaded = {e.index: e.term for e in entries}
+        for index in sorted(model.entries):
+            if index <= snapshot_index or (touched is not None and index >= touched):
+                continue
+            if loaded.get(index) != model.entries[index]:
+                raise Violation(
+                    f"durability: node {node} recovered term {loaded.get(index)} at index "
+                    f"{index}, but term {model.entries[index]} was durable there"
+                )
+        model.reload(hard_state, snapshot, entries)

@@ -1,0 +1,897 @@
+"""Deterministic simulation of the replicated metadata service.
+
+Theory of operation
+-------------------
+The real ``MetadataReplica`` (Raft core + state machine + lessor) and the real
+``RaftStorage`` (segmented store + atomic files) run against a simulated
+network, disk and clock, all derived from one seed:
+
+* One ``Random(seed)`` hands out the seeds of every other generator: the
+  network, each member's disk and Raft, the workload, the fault schedule and
+  the fault mix.  Same seed, same options -> the same run, event for event
+  (the event-trace digest proves it).
+* Time is the event loop's (``EventLoop``); each member ticks every
+  ``tick_ms`` with its own phase.  Nothing reads a wall clock.
+* A member's persistence takes simulated time: when it has a Ready, its
+  ``messages`` leave at once, and ``RaftStorage.save`` runs at the moment the
+  simulated fsync completes (``fsync_us``); only then do
+  ``messages_after_persist`` leave and ``advance`` run.  One persistence step
+  is in flight per member at a time.  Compaction snapshots are a second step.
+* A crash drops every in-memory object of the member.  If a persistence step
+  was in flight, it runs with a crash point armed (``CrashPointFileSystem``):
+  it stops after a random number of mutating file operations; the simulated
+  file system then loses what was not synced and may tear the last write.
+  The restart goes through the real recovery path: ``RaftStorage.open`` and
+  ``load`` -> ``MetadataReplica(...)`` (the state machine is restored from the
+  snapshot and committed entries are re-applied through Ready).
+* Clients issue gets, puts, conditional puts (absent / version == v) and
+  deletes with unique values on a few keys, one operation at a time each,
+  with a timeout; every invocation and response goes into the history.
+* The safety phase injects faults (partitions, crashes, loss, duplication,
+  reordering, torn writes); the liveness phase heals everything and requires
+  a leader, a fresh successful write and all members converged (identical
+  state-machine snapshots) within ``liveness_bound_ms``.
+* Checkers (``checkers.py``) run on every step; the client history is checked
+  for linearizability at the end.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from random import Random
+
+import msgspec
+
+from catenary.core.metadata.replica import (
+    Completion,
+    GetQuery,
+    MetadataReplica,
+    ReadCompleted,
+    ReadFailed,
+    ReplicaConfig,
+    WriteCompleted,
+    WriteIndeterminate,
+)
+from catenary.core.metadata.types import (
+    Command,
+    Delete,
+    Precondition,
+    PreconditionFailed,
+    Put,
+    Written,
+)
+from catenary.core.raft.types import (
+    Membership,
+    Message,
+    NotLeader,
+    ProposalDropped,
+    RaftConfig,
+    Ready,
+    Snapshot,
+)
+from catenary.persist.raft_storage import RaftStorage
+from catenary.storage.fs_sim import SimFileSystem
+from catenary.storage.store import StoreConfig
+from catenary.testing.sim.checkers import SafetyChecker, Violation
+from catenary.testing.sim.crashfs import CrashPointFileSystem, SimulatedCrash
+from catenary.testing.sim.history import Op
+from catenary.testing.sim.linearizable import check_history
+from catenary.testing.sim.loop import EventLoop
+from catenary.testing.sim.network import NetworkFaults, SimNetwork, split_links
+
+_message_encoder = msgspec.msgpack.Encoder()
+RAFT_DIR = "/raft"
+
+
+# ------------------------------------------------------------------ options
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    seed: int
+    nodes: int = 3
+    steps: int = 1000  # length of the safety phase, in ticks
+    tick_ms: int = 10
+    clients: int = 3
+    keys: int = 3
+    op_timeout_ms: int = 1_000
+    liveness_bound_ms: int = 10_000
+    op_attempts_max: int = 8  # redirects/refusals per operation before it gives up
+
+    def replay_command(self) -> str:
+        return f"catenary sim metadata --seed {self.seed} --nodes {self.nodes} --steps {self.steps}"
+
+
+@dataclass
+class FaultPlan:
+    """The fault mix of one run, drawn from the seed (a different mix per seed)."""
+
+    network: NetworkFaults
+    crashes: bool
+    partitions: bool
+    fault_gap_ms: tuple[int, int]
+    downtime_ms: tuple[int, int]
+    partition_ms: tuple[int, int]
+    fsync_us: tuple[int, int]
+    tear_probability: float
+    compact_after_entries: int
+    segment_bytes_max: int
+
+    @classmethod
+    def draw(cls, rng: Random) -> FaultPlan:
+        network = NetworkFaults(
+            loss=rng.choice([0.0, 0.01, 0.05, 0.15]),
+            duplicate=rng.choice([0.0, 0.02, 0.1]),
+            reorder=rng.choice([0.0, 0.05, 0.2]),
+            delay_us_min=rng.choice([100, 500]),
+            delay_us_max=rng.choice([2_000, 8_000, 20_000]),
+            reorder_delay_us_max=rng.choice([10_000, 60_000]),
+        )
+        return cls(
+            network=network,
+            crashes=rng.random() < 0.85,
+            partitions=rng.random() < 0.85,
+            fault_gap_ms=rng.choice([(100, 600), (300, 1500), (800, 3000)]),
+            downtime_ms=rng.choice([(20, 300), (100, 1500)]),
+            partition_ms=rng.choice([(50, 500), (300, 3000)]),
+            fsync_us=rng.choice([(100, 1_000), (500, 5_000), (2_000, 20_000)]),
+            tear_probability=rng.choice([0.0, 0.5, 1.0]),
+            compact_after_entries=rng.choice([8, 32, 128, 100_000]),
+            segment_bytes_max=rng.choice([1 << 12, 1 << 14, 1 << 20]),
+        )
+
+
+@dataclass
+class SimCounters:
+    ops: int = 0
+    ops_ok: int = 0
+    ops_indeterminate: int = 0
+    ops_failed: int = 0
+    leaders: int = 0
+    crashes: int = 0
+    crashes_mid_persist: int = 0
+    restarts: int = 0
+    torn_tails: int = 0
+    partitions: int = 0
+    messages_sent: int = 0
+    messages_dropped: int = 0
+    messages_duplicated: int = 0
+    commits: int = 0
+    snapshots: int = 0
+    snapshots_installed: int = 0
+    checks: int = 0
+
+
+@dataclass
+class SimResult:
+    seed: int
+    nodes: int
+    steps: int
+    ok: bool
+    violation: str | None
+    counters: SimCounters
+    digest: str
+    sim_time_ms: int
+    events: int
+    liveness_ms: int | None  # from the end of the safety phase to the fresh write
+    linearizability: str  # "ok" | "violation" | "unknown" (search bound hit) | "not checked"
+    replay: str
+    faults: str
+    history_tail: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        return json.dumps(data, sort_keys=True)
+
+
+# -------------------------------------------------------------- the members
+
+
+@dataclass
+class _Job:
+    """One persistence step in flight on a member."""
+
+    ready: Ready | None = None
+    snapshot: Snapshot | None = None  # a compaction snapshot to persist
+
+
+class _Member:
+    def __init__(self, node_id: int, disk_seed: int, raft_seed: int, tear: float) -> None:
+        self.node_id = node_id
+        self.disk = SimFileSystem(Random(disk_seed), tear_probability=tear)
+        self.fs = CrashPointFileSystem(self.disk)
+        self.raft_seeds = Random(raft_seed)
+        self.storage: RaftStorage | None = None
+        self.replica: MetadataReplica | None = None
+        self.incarnation = 0
+        self.job: _Job | None = None
+        # request id -> (client, op id) of requests this member accepted
+        self.requests: dict[int, tuple[int, int]] = {}
+
+    @property
+    def up(self) -> bool:
+        return self.replica is not None
+
+
+@dataclass
+class _Client:
+    client_id: int
+    target: int
+    probe: bool = False  # the liveness probe: puts until one succeeds
+    op: Op | None = None
+    request_id: int = 0
+    attempts: int = 0
+    accepted: bool = False  # some attempt was accepted: the outcome may be unknown
+    versions: dict[str, int] = field(default_factory=dict)
+
+
+class _Stop(Exception):
+    pass
+
+
+# ------------------------------------------------------------ the simulator
+
+
+class MetadataSim:
+    def __init__(self, options: SimOptions) -> None:
+        if options.nodes < 1:
+            raise ValueError("nodes must be >= 1")
+        self.options = options
+        seeds = Random(options.seed)
+        self.plan = FaultPlan.draw(Random(seeds.getrandbits(64)))
+        self.loop = EventLoop()
+        self.network = SimNetwork(Random(seeds.getrandbits(64)), self.plan.network)
+        self.nemesis_rng = Random(seeds.getrandbits(64))
+        self.workload_rng = Random(seeds.getrandbits(64))
+        self.timing_rng = Random(seeds.getrandbits(64))
+        self.ids = list(range(1, options.nodes + 1))
+        self.members = {
+            i: _Member(i, seeds.getrandbits(64), seeds.getrandbits(64), self.plan.tear_probability)
+            for i in self.ids
+        }
+        self.membership = Membership(voters=tuple(self.ids))
+        self.raft_config = RaftConfig(
+            election_timeout_ticks=10,
+            heartbeat_interval_ticks=2,
+            max_entries_per_message=64,
+            max_bytes_per_message=64 << 10,
+            max_inflight_messages=8,
+            snapshot_chunk_bytes=512,
+            compact_after_entries=self.plan.compact_after_entries,
+            compact_after_bytes=64 << 10,
+        )
+        self.store_config = StoreConfig(segment_bytes_max=self.plan.segment_bytes_max)
+        self.checker = SafetyChecker()
+        self.counters = SimCounters()
+        self.history: list[Op] = []
+        self.clients: list[_Client] = []
+        self.next_request_id = 1
+        self.phase = "safety"
+        self.safety_end_us = options.steps * options.tick_ms * 1000
+        self.liveness_deadline_us = self.safety_end_us + options.liveness_bound_ms * 1000
+        self.probe_done_us: int | None = None
+        self.converged = False
+        self.violation: str | None = None
+        self.interrupted: dict[int, Ready | None] = {}
+        self.linearizability = "not checked"
+        p = self.plan
+        self.fault_summary = (
+            f"loss={p.network.loss} dup={p.network.duplicate} reorder={p.network.reorder} "
+            f"delay_us=[{p.network.delay_us_min},{p.network.delay_us_max}] "
+            f"crashes={p.crashes} partitions={p.partitions} fsync_us={list(p.fsync_us)} "
+            f"tear={p.tear_probability} compact_after={p.compact_after_entries}"
+        )
+
+    # ------------------------------------------------------------------ run
+
+    def run(self) -> SimResult:
+        try:
+            self._start()
+            self.loop.run_until(self.safety_end_us, self._stopped)
+            if self.violation is None:
+                self._begin_liveness()
+                self.loop.run_until(self.liveness_deadline_us, self._stopped)
+                if self.violation is None and not self.converged:
+                    self._fail_liveness()
+            if self.violation is None:
+                self._finish_history()
+                self._check_history()
+        except _Stop:
+            pass
+        except Violation as exc:
+            self.violation = str(exc)
+        except Exception as exc:  # a crash of the code under test is a finding too
+            self.violation = (
+                "exception: "
+                + "".join(traceback.format_exception_only(type(exc), exc)).strip()
+                + "\n"
+                + "".join(traceback.format_tb(exc.__traceback__)[-4:])
+            )
+        return self._result()
+
+    def _stopped(self) -> bool:
+        return self.violation is not None or self.converged
+
+    def _result(self) -> SimResult:
+        c = self.counters
+        net = self.network.counters
+        c.messages_sent = net.sent
+        c.messages_dropped = net.dropped
+        c.messages_duplicated = net.duplicated
+        c.leaders = len(self.checker.leaders)
+        c.commits = self.checker.highest_commit
+        c.checks = self.checker.checks
+        liveness = None
+        if self.probe_done_us is not None:
+            liveness = (self.probe_done_us - self.safety_end_us) // 1000
+        tail: list[str] = []
+        if self.violation is not None:
+            tail = [op.describe() for op in self.history[-20:]]
+        return SimResult(
+            seed=self.options.seed,
+            nodes=self.options.nodes,
+            steps=self.options.steps,
+            ok=self.violation is None,
+            violation=self.violation,
+            counters=c,
+            digest=self.loop.digest(),
+            sim_time_ms=self.loop.now_ms,
+            events=self.loop.events_run,
+            liveness_ms=liveness,
+            linearizability=self.linearizability,
+            replay=self.options.replay_command(),
+            faults=self.fault_summary,
+            history_tail=tail,
+        )
+
+    def _fail(self, message: str) -> None:
+        if self.violation is None:
+            self.violation = message
+            self.loop.note("violation " + message)
+
+    # ---------------------------------------------------------------- start
+
+    def _start(self) -> None:
+        for node_id in self.ids:
+            self._boot(self.members[node_id])
+        for client_id in range(self.options.clients):
+            client = _Client(client_id, target=self.workload_rng.choice(self.ids))
+            self.clients.append(client)
+            self.loop.after(
+                self.workload_rng.randint(0, 50_000),
+                f"client{client_id}.start",
+                functools.partial(self._client_next, client),
+            )
+        if self.plan.crashes or self.plan.partitions:
+            self._schedule_nemesis()
+
+    def _boot(self, member: _Member) -> None:
+        """Open storage and build the replica from what is on disk (the recovery path)."""
+        member.fs.disarm()
+        storage = RaftStorage.open(member.fs, RAFT_DIR, self.store_config)
+        if storage.store_recovery.torn_tail:
+            self.counters.torn_tails += 1
+        hard_state, snapshot, entries = storage.load()
+        self.checker.check_recovered(
+            member.node_id,
+            hard_state,
+            snapshot,
+            entries,
+            self.interrupted.pop(member.node_id, None),
+        )
+        self.checker.restarted(member.node_id)
+        if snapshot is not None:
+            self.checker.observe_installed(member.node_id, snapshot)
+        member.storage = storage
+        member.incarnation += 1
+        member.job = None
+        member.requests = {}
+        member.replica = MetadataReplica(
+            member.node_id,
+            self.raft_config,
+            Random(member.raft_seeds.getrandbits(64)),
+            hard_state=hard_state,
+            snapshot=snapshot,
+            entries=entries,
+            initial_membership=self.membership,
+            config=ReplicaConfig(),
+            now_ms=self.loop.now_ms,
+        )
+        incarnation = member.incarnation
+        phase_us = self.timing_rng.randint(0, self.options.tick_ms * 1000 - 1)
+        self.loop.after(
+            phase_us,
+            f"tick{member.node_id}",
+            lambda: self._tick(member, incarnation),
+        )
+        self._after_input(member)
+
+    # ---------------------------------------------------------------- ticks
+
+    def _tick(self, member: _Member, incarnation: int) -> None:
+        if member.incarnation != incarnation or member.replica is None:
+            return
+        member.replica.tick(self.loop.now_ms)
+        self._after_input(member)
+        self.loop.after(
+            self.options.tick_ms * 1000,
+            f"tick{member.node_id}",
+            lambda: self._tick(member, incarnation),
+        )
+
+    # -------------------------------------------------------------- network
+
+    def _send(self, message: Message) -> None:
+        detail = _message_encoder.encode(message)
+
+        def schedule(delay_us: int) -> None:
+            self.loop.after(delay_us, "deliver", lambda: self._deliver(message), detail)
+
+        self.network.send(message.src, message.dst, schedule)
+
+    def _deliver(self, message: Message) -> None:
+        member = self.members.get(message.dst)
+        if member is None or member.replica is None:
+            return
+        member.replica.step(message)
+        self._after_input(member)
+
+    # ---------------------------------------------------------- ready/persist
+
+    def _after_input(self, member: _Member) -> None:
+        replica = member.replica
+        assert replica is not None
+        if replica.is_leader:
+            term = replica.term
+            if self.checker.observe_leader(member.node_id, term):
+                self.loop.note(f"leader {member.node_id} term {term}")
+                self._check_leader_log(member)
+        self.checker.observe_commit(replica.raft.commit_index)
+        self._pump(member)
+
+    def _check_leader_log(self, member: _Member) -> None:
+        replica = member.replica
+        assert replica is not None
+        raft = replica.raft
+        first = raft.snapshot_index + 1
+        held = raft.entries(first, self.checker.highest_commit + 1)
+        terms = {e.index: e.term for e in held}
+        self.checker.check_leader_log(member.node_id, replica.term, terms, first)
+
+    def _pump(self, member: _Member) -> None:
+        """Take Readies while no persistence step is in flight."""
+        while member.replica is not None and member.job is None and member.replica.has_ready():
+            replica = member.replica
+            ready = replica.ready()
+            for message in ready.messages:
+                self._send(message)
+            if ready.snapshot is not None or ready.entries or ready.hard_state is not None:
+                member.job = _Job(ready=ready)
+                self._schedule_job(member)
+                return
+            self._finish_ready(member, ready)
+
+    def _schedule_job(self, member: _Member) -> None:
+        incarnation = member.incarnation
+        delay = self.timing_rng.randint(*self.plan.fsync_us)
+        self.loop.after(
+            delay, f"fsync{member.node_id}", lambda: self._job_done(member, incarnation)
+        )
+
+    def _job_done(self, member: _Member, incarnation: int) -> None:
+        if member.incarnation != incarnation or member.job is None:
+            return
+        job = member.job
+        member.job = None
+        storage = member.storage
+        assert storage is not None
+        if job.ready is not None:
+            storage.save(job.ready)
+            self.checker.model(member.node_id).saved(job.ready)
+            self.checker.observe_persisted(member.node_id, job.ready.entries)
+            self._finish_ready(member, job.ready)
+        elif job.snapshot is not None:
+            storage.compact(job.snapshot.meta.index, job.snapshot)
+            self.checker.model(member.node_id).compacted(job.snapshot)
+            assert member.replica is not None
+            member.replica.compacted(job.snapshot)
+            self.counters.snapshots += 1
+        self._pump(member)
+
+    def _finish_ready(self, member: _Member, ready: Ready) -> None:
+        replica = member.replica
+        assert replica is not None
+        for message in ready.messages_after_persist:
+            self._send(message)
+        if ready.snapshot is not None:
+            self.checker.observe_installed(member.node_id, ready.snapshot)
+            self.counters.snapshots_installed += 1
+        self.checker.observe_applied(member.node_id, ready.committed)
+        out = replica.advance(ready)
+        if replica.state.applied_index != self.checker.applied.get(member.node_id, 0):
+            raise Violation(
+                f"node {member.node_id}: state machine at {replica.state.applied_index}, "
+                f"applied entries end at {self.checker.applied.get(member.node_id, 0)}"
+            )
+        for completion in out.completions:
+            self._complete(member, completion)
+        if out.snapshot is not None:
+            member.job = _Job(snapshot=out.snapshot)
+            self._schedule_job(member)
+        if replica.is_leader:
+            self.checker.observe_leader(member.node_id, replica.term)
+
+    # -------------------------------------------------------------- crashes
+
+    def _crash(self, member: _Member) -> None:
+        if member.replica is None:
+            return
+        self.counters.crashes += 1
+        job = member.job
+        interrupted: Ready | None = None
+        if job is not None and member.storage is not None:
+            self.counters.crashes_mid_persist += 1
+            member.fs.arm(self.nemesis_rng.randint(0, 12))
+            try:
+                if job.ready is not None:
+                    interrupted = job.ready
+                    member.storage.save(job.ready)
+                elif job.snapshot is not None:
+                    member.storage.compact(job.snapshot.meta.index, job.snapshot)
+            except SimulatedCrash:
+                pass
+            member.fs.disarm()
+        self.loop.note(f"crash {member.node_id}")
+        member.disk.crash()
+        self.interrupted[member.node_id] = interrupted
+        member.replica = None
+        member.storage = None
+        member.job = None
+        member.requests = {}
+        member.incarnation += 1
+
+    def _restart(self, member: _Member) -> None:
+        if member.replica is not None:
+            return
+        self.counters.restarts += 1
+        self._boot(member)
+
+    # -------------------------------------------------------------- nemesis
+
+    def _schedule_nemesis(self) -> None:
+        gap_ms = self.nemesis_rng.randint(*self.plan.fault_gap_ms)
+        self.loop.after(gap_ms * 1000, "nemesis", self._nemesis)
+
+    def _nemesis(self) -> None:
+        if self.phase != "safety":
+            return
+        rng = self.nemesis_rng
+        actions: list[str] = []
+        if self.plan.crashes:
+            actions += ["crash", "crash"]
+        if self.plan.partitions:
+            actions += ["partition", "partition"]
+        action = rng.choice(actions)
+        if action == "crash":
+            self._nemesis_crash(rng)
+        else:
+            self._nemesis_partition(rng)
+        self._schedule_nemesis()
+
+    def _nemesis_crash(self, rng: Random) -> None:
+        up = [i for i in self.ids if self.members[i].up]
+        if not up:
+            return
+        busy = [i for i in up if self.members[i].job is not None]
+        leaders = [i for i in up if (r := self.members[i].replica) is not None and r.is_leader]
+        pick = rng.random()
+        if busy and pick < 0.4:
+            victim = rng.choice(busy)
+        elif leaders and pick < 0.7:
+            victim = rng.choice(leaders)
+        else:
+            victim = rng.choice(up)
+        member = self.members[victim]
+        self._crash(member)
+        downtime_ms = rng.randint(*self.plan.downtime_ms)
+        self.loop.after(downtime_ms * 1000, f"restart{victim}", lambda: self._restart(member))
+
+    def _nemesis_partition(self, rng: Random) -> None:
+        ids = self.ids
+        if len(ids) < 2:
+            return
+        kind = rng.choice(["split", "isolate", "one-way", "links"])
+        if kind == "split":
+            shuffled = ids[:]
+            rng.shuffle(shuffled)
+            cut = rng.randint(1, len(ids) - 1)
+            links = split_links(shuffled[:cut], shuffled[cut:])
+        elif kind == "isolate":
+            victim = rng.choice(ids)
+            links = split_links([victim], [i for i in ids if i != victim])
+        elif kind == "one-way":
+            victim = rng.choice(ids)
+            others = [i for i in ids if i != victim]
+            if rng.random() < 0.5:
+                links = [(victim, o) for o in others]
+            else:
+                links = [(o, victim) for o in others]
+        else:
+            links = [(a, b) for a in ids for b in ids if a != b and rng.random() < 0.3]
+        self.counters.partitions += 1
+        self.network.partition(links)
+        self.loop.note(f"partition {kind} {links}")
+        duration_ms = rng.randint(*self.plan.partition_ms)
+        self.loop.after(duration_ms * 1000, "heal", self._heal)
+
+    def _heal(self) -> None:
+        self.network.heal()
+
+    # ------------------------------------------------------------- liveness
+
+    def _begin_liveness(self) -> None:
+        self.phase = "liveness"
+        self.loop.note("liveness")
+        self.network.heal()
+        faults = self.network.faults
+        faults.loss = 0.0
+        faults.duplicate = 0.0
+        faults.reorder = 0.0
+        for node_id in self.ids:
+            self._restart(self.members[node_id])
+        probe = _Client(len(self.clients), target=self.workload_rng.choice(self.ids), probe=True)
+        self.clients.append(probe)
+        self._client_next(probe)
+
+    def _check_converged(self) -> None:
+        if self.violation is not None or self.converged:
+            return
+        replicas = [self.members[i].replica for i in self.ids]
+        live = [r for r in replicas if r is not None]
+        if len(live) == len(replicas) and self.probe_done_us is not None:
+            applied = {r.state.applied_index for r in live}
+            commits = {r.raft.commit_index for r in live}
+            if len(applied) == 1 and commits == applied:
+                snapshots = {r.state.snapshot() for r in live}
+                if len(snapshots) != 1:
+                    raise Violation(
+                        f"members applied up to {applied.pop()} but their states differ"
+                    )
+                self.converged = True
+                self.loop.note("converged")
+                return
+        self.loop.after(20_000, "converge?", self._check_converged)
+
+    def _fail_liveness(self) -> None:
+        bound = self.options.liveness_bound_ms
+        if self.probe_done_us is None:
+            leaders = [
+                i for i in self.ids if (r := self.members[i].replica) is not None and r.is_leader
+            ]
+            self._fail(
+                f"liveness: no successful write within {bound} ms after faults healed "
+                f"(leaders now: {leaders})"
+            )
+        else:
+            states = [
+                (i, r.state.applied_index, r.raft.commit_index, r.raft.role)
+                for i in self.ids
+                if (r := self.members[i].replica) is not None
+            ]
+            self._fail(
+                f"liveness: members did not converge within {bound} ms after faults "
+                f"healed (node, applied, commit, role): {states}"
+            )
+
+    # ---------------------------------------------------------------- clients
+
+    def _client_delay_us(self) -> int:
+        return self.workload_rng.randint(100, 1_000)
+
+    def _client_next(self, client: _Client) -> None:
+        if self.violation is not None or self.converged:
+            return
+        if self.probe_done_us is not None:
+            return  # the cluster is asked to quiesce and converge
+        rng = self.workload_rng
+        key = f"k{rng.randrange(self.options.keys)}"
+        value = f"c{client.client_id}-{len(self.history)}".encode()
+        op_id = len(self.history)
+        if client.probe:
+            op = Op(op_id, client.client_id, "put", "probe", self.loop.now_us, value=value)
+        else:
+            roll = rng.random()
+            if roll < 0.4:
+                op = Op(op_id, client.client_id, "get", key, self.loop.now_us)
+            elif roll < 0.65:
+                op = Op(op_id, client.client_id, "put", key, self.loop.now_us, value=value)
+            elif roll < 0.75:
+                op = Op(
+                    op_id,
+                    client.client_id,
+                    "put",
+                    key,
+                    self.loop.now_us,
+                    value=value,
+                    precondition=Precondition("absent"),
+                )
+            elif roll < 0.9:
+                version = client.versions.get(key, 0)
+                if rng.random() < 0.2:
+                    version += rng.randint(1, 3)
+                op = Op(
+                    op_id,
+                    client.client_id,
+                    "put",
+                    key,
+                    self.loop.now_us,
+                    value=value,
+                    precondition=Precondition("version", version),
+                )
+            else:
+                pre = Precondition()
+                if rng.random() < 0.3:
+                    pre = Precondition("version", client.versions.get(key, 0))
+                op = Op(op_id, client.client_id, "delete", key, self.loop.now_us, precondition=pre)
+        self.history.append(op)
+        self.counters.ops += 1
+        client.op = op
+        client.attempts = 0
+        client.accepted = False
+        timeout_us = self.options.op_timeout_ms * 1000
+        self.loop.after(timeout_us, "timeout", lambda: self._client_timeout(client, op.op_id))
+        self._client_send(client)
+
+    def _client_send(self, client: _Client) -> None:
+        op = client.op
+        assert op is not None
+        client.attempts += 1
+        request_id = self.next_request_id
+        self.next_request_id += 1
+        client.request_id = request_id
+        target = client.target
+        self.loop.after(
+            self._client_delay_us(),
+            f"request{target}",
+            lambda: self._request_arrives(target, client, op, request_id),
+        )
+
+    def _request_arrives(self, node_id: int, client: _Client, op: Op, request_id: int) -> None:
+        member = self.members[node_id]
+        replica = member.replica
+        if replica is None:
+            return  # the client's timeout will tell
+        try:
+            if op.kind == "get":
+                replica.read(request_id, GetQuery(op.key))
+            else:
+                command: Command
+                if op.kind == "put":
+                    command = Put(op.key, op.value, op.precondition)
+                else:
+                    command = Delete(op.key, op.precondition)
+                replica.propose(request_id, command)
+        except NotLeader as exc:
+            self._reply(client, op, request_id, ("redirect", exc.leader_hint))
+            return
+        except ProposalDropped:
+            self._reply(client, op, request_id, ("redirect", node_id))
+            return
+        member.requests[request_id] = (client.client_id, op.op_id)
+        self._after_input(member)
+
+    def _complete(self, member: _Member, completion: Completion) -> None:
+        where = member.requests.pop(completion.request_id, None)
+        if where is None:
+            return
+        client = self.clients[where[0]]
+        op = self.history[where[1]]
+        self._reply(client, op, completion.request_id, completion)
+
+    def _reply(
+        self,
+        client: _Client,
+        op: Op,
+        request_id: int,
+        answer: Completion | tuple[str, int],
+    ) -> None:
+        self.loop.after(
+            self._client_delay_us(),
+            f"reply{client.client_id}",
+            lambda: self._client_reply(client, op, request_id, answer),
+        )
+
+    def _client_reply(
+        self,
+        client: _Client,
+        op: Op,
+        request_id: int,
+        answer: Completion | tuple[str, int],
+    ) -> None:
+        if client.op is not op or client.request_id != request_id:
+            return  # an answer to an attempt the client gave up on
+        if isinstance(answer, tuple | ReadFailed):
+            hint = answer[1] if isinstance(answer, tuple) else answer.leader_hint
+            if client.attempts >= self.options.op_attempts_max:
+                self._close(client, "failed")
+                return
+            if hint and hint in self.members:
+                client.target = hint
+                backoff_us = self.workload_rng.randint(1_000, 5_000)
+            else:
+                client.target = self.workload_rng.choice(self.ids)
+                backoff_us = self.workload_rng.randint(10_000, 50_000)
+            self.loop.after(backoff_us, "retry", lambda: self._retry(client, op))
+            return
+        if isinstance(answer, WriteCompleted):
+            op.write_result = answer.result
+            if isinstance(answer.result, Written):
+                client.versions[op.key] = answer.result.version if op.kind == "put" else 0
+            elif isinstance(answer.result, PreconditionFailed):
+                client.versions[op.key] = answer.result.current_version
+            self._close(client, "ok")
+            if client.probe:
+                self.probe_done_us = self.loop.now_us
+                self.loop.note("probe done")
+                self._check_converged()
+        elif isinstance(answer, WriteIndeterminate):
+            self._close(client, "indeterminate")
+        elif isinstance(answer, ReadCompleted):
+            op.read_result = answer.kv
+            client.versions[op.key] = answer.kv.version if answer.kv else 0
+            self._close(client, "ok")
+
+    def _retry(self, client: _Client, op: Op) -> None:
+        if client.op is op:
+            self._client_send(client)
+
+    def _client_timeout(self, client: _Client, op_id: int) -> None:
+        op = client.op
+        if op is None or op.op_id != op_id:
+            return
+        self._close(client, "indeterminate" if op.is_write else "failed")
+
+    def _close(self, client: _Client, status: str) -> None:
+        op = client.op
+        assert op is not None
+        op.status = status
+        if status == "ok":
+            op.return_us = self.loop.now_us
+            self.counters.ops_ok += 1
+        elif status == "indeterminate":
+            self.counters.ops_indeterminate += 1
+        else:
+            self.counters.ops_failed += 1
+        client.op = None
+        client.request_id = 0
+        think_us = self.workload_rng.randint(0, 20_000)
+        self.loop.after(think_us, f"client{client.client_id}", lambda: self._client_next(client))
+
+    def _finish_history(self) -> None:
+        for client in self.clients:
+            if client.op is not None:
+                op = client.op
+                op.status = "indeterminate" if op.is_write else "failed"
+                client.op = None
+
+    def _check_history(self) -> None:
+        result = check_history(self.history)
+        self.linearizability = result.outcome
+        if result.outcome == "violation":
+            raise Violation(f"linearizability (key {result.key!r}): {result.explanation}")
+
+
+def run_metadata_sim(options: SimOptions) -> SimResult:
+    """Run one seed; never raises for a finding (it is in the result)."""
+    return MetadataSim(options).run()
+
+
+def sweep(
+    seeds: list[int],
+    make: Callable[[int], SimOptions],
+) -> list[SimResult]:
+    return [run_metadata_sim(make(seed)) for seed in seeds]
