@@ -1,0 +1,445 @@
+"""``catenary bench metadata``: metadata put and linearizable get throughput and latency.
+
+Setup: without ``--address`` it starts its own cluster of ``catenary server``
+processes on 127.0.0.1 (free ports, a temporary data directory, fsync on as
+always), the way ``catenary dev`` does: node 1 provisions a cluster of one,
+the others join through it and become voters.  Every process it started is
+stopped by PID afterwards (SIGTERM, then SIGKILL after a bound).
+
+For each concurrency (1, 16, 64 by default) it runs puts, then linearizable
+gets of the keys just written, each for ``--seconds``; the client tasks share
+one ``Client`` (one multiplexed connection per node).  Latency is measured
+per operation on the client (so it includes the client's own overhead, on the
+same machine as the nodes); ops/s is completed operations over wall time.
+
+``LocalCluster`` is also what the end-to-end tests use to run real nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from catenary.client import CatenaryError, Client
+
+_LAUNCH = "import sys; from catenary.cli.main import main; sys.argv[0] = 'catenary'; main()"
+STOP_GRACE_S_DEFAULT = 5.0
+
+
+def free_port() -> int:
+    """A port free right now on 127.0.0.1 (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class NodeProcess:
+    """One ``catenary server`` process of a ``LocalCluster`` (``index`` is 1-based launch order)."""
+
+    index: int
+    data_dir: Path
+    peer_address: str
+    client_address: str
+    admin_address: str
+    seeds: list[str]
+    extra_args: list[str] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir.parent / f"node{self.index}.log"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+class LocalCluster:
+    """Real ``catenary server`` processes on loopback, controlled one by one by PID."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        cluster_name: str = "local",
+        settings: Sequence[str] = (),
+        stop_grace_s: float = STOP_GRACE_S_DEFAULT,
+    ) -> None:
+        self.root = root
+        self.cluster_name = cluster_name
+        self.settings = list(settings)  # "--set option=value" for every node
+        self.stop_grace_s = stop_grace_s
+        self.nodes: list[NodeProcess] = []
+
+    @property
+    def client_addresses(self) -> list[str]:
+        return [n.client_address for n in self.nodes]
+
+    def node(self, index: int) -> NodeProcess:
+        return self.nodes[index - 1]
+
+    def add_node(self, *, seeds: Sequence[str] = (), extra_args: Sequence[str] = ()) -> NodeProcess:
+        """Define and start one more node (with ``seeds`` it joins; without, it provisions)."""
+        index = len(self.nodes) + 1
+        node = NodeProcess(
+            index=index,
+            data_dir=self.root / f"node{index}",
+            peer_address=f"127.0.0.1:{free_port()}",
+            client_address=f"127.0.0.1:{free_port()}",
+            admin_address=f"127.0.0.1:{free_port()}",
+            seeds=list(seeds),
+            extra_args=list(extra_args),
+        )
+        self.nodes.append(node)
+        self.start(node)
+        return node
+
+    def command(self, node: NodeProcess) -> list[str]:
+        args = [
+            sys.executable,
+            "-c",
+            _LAUNCH,
+            "server",
+            "--cluster-name",
+            self.cluster_name,
+            "--data-dir",
+            str(node.data_dir),
+            "--peer-address",
+            node.peer_address,
+            "--client-address",
+            node.client_address,
+            "--admin-address",
+            node.admin_address,
+        ]
+        for seed in node.seeds:
+            args += ["--seed", seed]
+        if node.seeds:
+            args.append("--no-auto-provision")
+        for setting in self.settings:
+            args += ["--set", setting]
+        return args + node.extra_args
+
+    def start(self, node: NodeProcess) -> None:
+        """(Re)start ``node`` on its data directory and addresses."""
+        assert not node.running(), f"node {node.index} is already running"
+        node.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        with node.log_path.open("ab") as log:
+            node.process = subprocess.Popen(
+                self.command(node),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+
+    def kill(self, node: NodeProcess, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to the node's process (by PID) and, for SIGKILL, reap it."""
+        if node.process is None or node.process.poll() is not None:
+            return
+        os.kill(node.process.pid, sig)
+        if sig == signal.SIGKILL:
+            node.process.wait(timeout=10)
+
+    def stop(self, node: NodeProcess) -> int | None:
+        """SIGTERM, then SIGKILL after ``stop_grace_s``; returns the exit code."""
+        if node.process is None:
+            return None
+        if node.process.poll() is None:
+            os.kill(node.process.pid, signal.SIGTERM)
+            try:
+                node.process.wait(timeout=self.stop_grace_s)
+            except subprocess.TimeoutExpired:
+                os.kill(node.process.pid, signal.SIGKILL)
+                node.process.wait(timeout=10)
+        return node.process.returncode
+
+    def stop_all(self) -> None:
+        """Stop every process this cluster started (by PID), in parallel."""
+        running = [n for n in self.nodes if n.running()]
+        for node in running:
+            assert node.process is not None
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(node.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_grace_s
+        for node in running:
+            assert node.process is not None
+            try:
+                node.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(node.process.pid, signal.SIGKILL)
+                node.process.wait(timeout=10)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "cluster_name": self.cluster_name,
+            "nodes": [
+                {
+                    "index": n.index,
+                    "pid": n.process.pid if n.process is not None else 0,
+                    "peer_address": n.peer_address,
+                    "client_address": n.client_address,
+                    "admin_address": n.admin_address,
+                }
+                for n in self.nodes
+            ],
+        }
+
+    # ------------------------------------------------------------- waiting
+
+    async def wait_serving(self, node: NodeProcess, *, timeout_s: float = 20.0) -> None:
+        """Until ``node`` answers a status with a known leader in a provisioned cluster."""
+        await self._wait(
+            lambda s: s.provisioned and s.leader != 0, [node.client_address], node, timeout_s
+        )
+
+    async def wait_voters(self, count: int, *, timeout_s: float = 30.0) -> None:
+        """Until the leader reports ``count`` voters (learners promoted)."""
+        live = [n for n in self.nodes if n.running()]
+        await self._wait(
+            lambda s: (
+                s.raft_state == "leader" and sum(1 for x in s.members if x.role == "voter") == count
+            ),
+            [n.client_address for n in live],
+            None,
+            timeout_s,
+        )
+
+    async def _wait(
+        self,
+        ready: Any,
+        addresses: list[str],
+        node: NodeProcess | None,
+        timeout_s: float,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        last = "no answer yet"
+        async with Client(
+            addresses, cluster_name=self.cluster_name, timeout_s=1.0, connect_timeout_s=0.5
+        ) as client:
+            while loop.time() < deadline:
+                if (
+                    node is not None
+                    and node.process is not None
+                    and node.process.poll() is not None
+                ):
+                    raise RuntimeError(
+                        f"node {node.index} exited with {node.process.returncode}; "
+                        f"log tail:\n{node.log_text()[-2000:]}"
+                    )
+                for address in addresses:
+                    try:
+                        status = await client.status(address, timeout_s=0.5)
+                    except CatenaryError as exc:
+                        last = f"{address}: {exc}"
+                        continue
+                    if ready(status):
+                        return
+                    last = f"{address}: {status}"
+                await asyncio.sleep(0.05)
+        raise TimeoutError(f"cluster not ready after {timeout_s}s; last: {last}")
+
+    async def start_cluster(self, size: int, *, timeout_s: float = 60.0) -> None:
+        """Node 1 provisions a cluster of one; the others join through it and become voters."""
+        first = self.add_node()
+        await self.wait_serving(first, timeout_s=timeout_s)
+        for _ in range(size - 1):
+            self.add_node(seeds=[first.client_address])
+        await self.wait_voters(size, timeout_s=timeout_s)
+
+
+# ------------------------------------------------------------------ bench
+
+
+@dataclass(frozen=True)
+class Figure:
+    figure: str
+    value: float
+    unit: str
+    clients: int
+
+
+def _percentile_ms(samples_s: list[float], q: float) -> float:
+    if not samples_s:
+        return 0.0
+    ordered = sorted(samples_s)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000.0
+
+
+async def _phase(
+    client: Client, kind: str, clients: int, seconds: float, value: bytes, keys_per_client: int
+) -> list[Figure]:
+    loop = asyncio.get_running_loop()
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    stop_at = loop.time() + seconds
+    metadata = client.metadata
+
+    async def worker(w: int) -> None:
+        samples = latencies[w]
+        i = 0
+        clock = loop.time
+        while True:
+            key = f"/bench/{clients}/{w}/{i % keys_per_client}"
+            start = clock()
+            if start >= stop_at:
+                return
+            if kind == "put":
+                await metadata.put(key, value)
+            else:
+                await metadata.get(key)
+            samples.append(clock() - start)
+            i += 1
+
+    started = loop.time()
+    await asyncio.gather(*(worker(w) for w in range(clients)))
+    elapsed = loop.time() - started
+    merged = [x for samples in latencies for x in samples]
+    return [
+        Figure(f"{kind}_ops_per_s", len(merged) / elapsed, "ops/s", clients),
+        Figure(f"{kind}_p50_ms", _percentile_ms(merged, 0.50), "ms", clients),
+        Figure(f"{kind}_p99_ms", _percentile_ms(merged, 0.99), "ms", clients),
+    ]
+
+
+async def bench_metadata(
+    addresses: list[str],
+    *,
+    cluster_name: str | None,
+    seconds: float,
+    concurrency: Sequence[int],
+    value_bytes: int,
+) -> tuple[list[Figure], int]:
+    """Run every phase against ``addresses``; returns the figures and the voter count."""
+    value = b"v" * value_bytes
+    async with Client(addresses, cluster_name=cluster_name, timeout_s=10.0) as client:
+        servers = await client.servers()
+        voters = sum(1 for x in servers.members if x.role == "voter")
+        figures: list[Figure] = []
+        for clients in concurrency:
+            # Warm-up: connections open, keys exist for the get phase.
+            await asyncio.gather(
+                *(client.metadata.put(f"/bench/{clients}/{w}/0", value) for w in range(clients))
+            )
+            figures += await _phase(client, "put", clients, seconds, value, keys_per_client=64)
+            figures += await _phase(client, "get", clients, seconds, value, keys_per_client=1)
+        return figures, voters
+
+
+def run_bench(
+    *,
+    address: Sequence[str],
+    seconds: float,
+    as_json: bool,
+    nodes: int = 3,
+    concurrency: Sequence[int] = (1, 16, 64),
+    value_bytes: int = 100,
+    cluster_name: str | None = None,
+    out: Any = None,
+) -> int:
+    """The ``catenary bench metadata`` command body; returns the exit code."""
+    stream = out if out is not None else sys.stdout
+
+    def say(text: str) -> None:
+        print(text, file=stream, flush=True)
+
+    new_loop: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        new_loop = uvloop.new_event_loop
+
+    def run(coro: Any) -> Any:
+        with asyncio.Runner(loop_factory=new_loop) as runner:
+            return runner.run(coro)
+
+    root: Path | None = None
+    cluster: LocalCluster | None = None
+    try:
+        if address:
+            addresses = list(address)
+            setup = f"cluster at {','.join(addresses)}"
+        else:
+            root = Path(tempfile.mkdtemp(prefix="catenary-bench-"))
+            cluster = LocalCluster(root, cluster_name="bench")
+            cluster_name = cluster.cluster_name
+            if not as_json:
+                say(f"starting {nodes} local nodes in {root} ...")
+            run(cluster.start_cluster(nodes))
+            addresses = cluster.client_addresses
+            pids = ",".join(str(n.pid) for n in cluster.nodes)
+            setup = f"{nodes} local catenary server processes (pids {pids})"
+        figures, voters = run(
+            bench_metadata(
+                addresses,
+                cluster_name=cluster_name,
+                seconds=seconds,
+                concurrency=concurrency,
+                value_bytes=value_bytes,
+            )
+        )
+    finally:
+        if cluster is not None:
+            cluster.stop_all()
+        if root is not None:
+            shutil.rmtree(root, ignore_errors=True)
+    extra = {
+        "nodes": voters,
+        "fsync": True,
+        "value_bytes": value_bytes,
+        "seconds": seconds,
+        "client_tasks_share_one_client": True,
+    }
+    if as_json:
+        for f in figures:
+            say(
+                msgspec.json.encode(
+                    {
+                        "figure": f.figure,
+                        "value": round(f.value, 3),
+                        "unit": f.unit,
+                        "clients": f.clients,
+                        **extra,
+                    }
+                ).decode()
+            )
+        return 0
+    say(
+        f"metadata bench: {setup}; {voters} voters; fsync on; value {value_bytes} B; "
+        f"{seconds:g} s per figure; one client process on the same machine"
+    )
+    say(f"{'operation':<18} {'clients':>7} {'ops/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
+    by_key = {(f.figure, f.clients): f.value for f in figures}
+    for clients in concurrency:
+        for kind, label in (("put", "put"), ("get", "get (linearizable)")):
+            say(
+                f"{label:<18} {clients:>7} {by_key[(f'{kind}_ops_per_s', clients)]:>10.0f} "
+                f"{by_key[(f'{kind}_p50_ms', clients)]:>8.2f} {by_key[(f'{kind}_p99_ms', clients)]:>8.2f}"
+            )
+    return 0
