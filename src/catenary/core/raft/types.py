@@ -216,3 +216,7 @@ class NotLeader(Exception):
 
 class ProposalDropped(Exception):
     """A proposal could not be accepted (queue full, transfer in progress, change in flight)."""
+
+
+class InvalidConfChange(ValueError):
+    """A membership change that cannot apply to the current membership."""

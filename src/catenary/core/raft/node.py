@@ -1,0 +1,1184 @@
+"""Raft consensus as a pure state machine (``RaftNode``), after etcd-io/raft's RawNode.
+
+Theory of operation
+-------------------
+The host feeds the node three kinds of input -- ``tick()`` (logical time),
+``step(message)`` (a message from a peer) and requests (``propose``,
+``propose_conf_change``, ``read_index``, ``transfer_leadership``) -- then drains the
+output with ``ready()``, does the work it describes in the order documented on
+``Ready`` (send, persist + fsync, send-after-persist, apply, serve reads) and calls
+``advance(ready)``.  The node performs no I/O, reads no clock and draws randomness only
+from the injected ``Random``: the same inputs give the same outputs, byte for byte.
+
+Rules (numbered so tests and comments can cite them):
+
+R1  Terms never decrease; a node votes at most once per term; commit never decreases;
+    nothing at or below commit is ever truncated (asserted).
+R2  Persist before you depend on it: vote grants, append/snapshot acknowledgements and
+    vote requests go to ``messages_after_persist``, so no peer sees a promise that a
+    crash could take back.  Pre-vote traffic and the leader's appends depend on nothing
+    unpersisted (the leader's term was persisted before it could win), so they go to
+    ``messages`` and leave at once.
+R3  The leader counts its own log toward commit only up to what the host made durable
+    (``advance``); it commits by counting only entries of its own term (Raft §5.4.2), so
+    every new leader appends a NOOP.
+R4  Elections: randomized timeout in ``[t, 2t)`` from the injected rng.  With pre-vote a
+    node first asks "would you vote for me at term+1?" without changing any state, and
+    only a quorum of yeses lets it bump its term, so a partitioned node never inflates
+    terms.  Leader stickiness: a node that heard from a leader within the election
+    timeout ignores (pre-)vote requests unless the campaign is a transfer (TimeoutNow).
+R5  Check-quorum: every election timeout the leader checks that a quorum of voters was
+    heard from since the last check, else it steps down.
+R6  Replication: per follower a Progress (see progress.py): probe one message at a time,
+    replicate with at most ``max_inflight_messages`` unacknowledged appends, snapshot when
+    the needed entries are compacted.  Rejects carry a hint (index, term) for fast
+    backup: the leader skips a whole conflicting term per round trip.  Proposals made
+    between two ``ready()`` calls leave in one message per follower (batching).
+R7  Reads (ReadIndex): a read is registered with the commit index (once the leader has
+    committed an entry of its term) and is released as a ``ReadState`` after a quorum of
+    voters answered an append carrying a ``read_ctx`` >= its ctx; reads registered while
+    a round is in flight share the next round.  With ``lease_reads`` and check-quorum the
+    leader answers at once while a quorum answered within ``election_timeout -
+    lease_drift_ticks`` ticks (followers reject votes for a full election timeout after
+    hearing the leader, R4); never during a transfer.  Reads pending when the node stops
+    leading are dropped: the host fails any read whose ReadState has not arrived when the
+    term or the leader changes.
+R8  Membership: one change at a time (at most one uncommitted CONFIG entry, and none
+    before the leader committed an entry of its term); a change takes effect when its
+    entry is appended, and is rolled back if that entry is truncated.  Learners never
+    vote or count toward quorum.  A leader that removed itself steps down once the
+    removal commits.  Vote requests from non-voters are ignored (a removed node cannot
+    disrupt the cluster); responses from nodes the leader does not track are ignored.
+R9  Snapshots: the host produces them (``Ready.want_snapshot`` -> ``compact``); the
+    leader streams its latest snapshot in ``snapshot_chunk_bytes`` chunks, one chunk in
+    flight, resuming at the follower's ``next_offset``; the follower hands the whole
+    snapshot to the host in ``Ready.snapshot`` and acknowledges it after persistence.
+R10 Leadership transfer: the leader refuses proposals, catches the target up, sends
+    TimeoutNow (after which it serves no lease reads this term) and gives up after an
+    election timeout.
+
+Bootstrap: a brand-new cluster's nodes get ``initial_membership``; a node started with it
+and with nothing persisted writes the membership into its log as committed CONFIG entries
+of term 1 (every bootstrapping node writes the same ones), so a restart needs only what
+was persisted.  CONFIG entries carry a msgpack-encoded ``ConfChange``
+(``encode_conf_change``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from random import Random
+
+import msgspec
+
+from catenary.core.raft.log import RaftLog
+from catenary.core.raft.progress import PROBE, REPLICATE, SNAPSHOT, Progress
+from catenary.core.raft.types import (
+    AppendEntries,
+    AppendEntriesResponse,
+    ConfChange,
+    ConfChangeKind,
+    Entry,
+    EntryKind,
+    HardState,
+    InstallSnapshot,
+    InstallSnapshotResponse,
+    InvalidConfChange,
+    Membership,
+    Message,
+    NotLeader,
+    ProposalDropped,
+    RaftConfig,
+    ReadState,
+    Ready,
+    RequestVote,
+    RequestVoteResponse,
+    Snapshot,
+    SnapshotMeta,
+    TimeoutNow,
+)
+
+LEADER = "leader"
+FOLLOWER = "follower"
+CANDIDATE = "candidate"
+PRE_CANDIDATE = "pre-candidate"
+
+_INF = 1 << 62
+
+_conf_encoder = msgspec.msgpack.Encoder()
+_conf_decoder = msgspec.msgpack.Decoder(ConfChange)
+
+
+def encode_conf_change(cc: ConfChange) -> bytes:
+    return _conf_encoder.encode(cc)
+
+
+def decode_conf_change(data: bytes) -> ConfChange:
+    try:
+        return _conf_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"corrupt CONFIG entry: {exc}") from exc
+
+
+def apply_conf_change(m: Membership, cc: ConfChange) -> Membership:
+    """The membership after ``cc``; a change that does not apply leaves it unchanged."""
+    voters, learners = set(m.voters), set(m.learners)
+    if cc.kind == ConfChangeKind.ADD_LEARNER:
+        if cc.node not in voters:
+            learners.add(cc.node)
+    elif cc.kind == ConfChangeKind.PROMOTE:
+        if cc.node in learners:
+            learners.discard(cc.node)
+            voters.add(cc.node)
+    elif cc.kind == ConfChangeKind.REMOVE:
+        voters.discard(cc.node)
+        learners.discard(cc.node)
+    return Membership(voters=tuple(sorted(voters)), learners=tuple(sorted(learners)))
+
+
+class PeerStatus(msgspec.Struct, frozen=True):
+    match: int
+    next: int
+    state: str  # "probe" | "replicate" | "snapshot"
+    learner: bool
+    recent_active: bool
+
+
+class RaftStatus(msgspec.Struct, frozen=True):
+    node_id: int
+    role: str
+    term: int
+    leader: int
+    commit: int
+    applied: int
+    last_index: int
+    membership: Membership
+    # Leader only: every other member (voters and learners), by id.
+    peers: dict[int, PeerStatus] = msgspec.field(default_factory=dict)
+    transfer_target: int = 0
+
+
+class _PendingRead:
+    __slots__ = ("confirmed", "ctx", "index")
+
+    def __init__(self, ctx: int, index: int | None) -> None:
+        self.ctx = ctx
+        self.index = index
+        self.confirmed = False
+
+
+class _IncomingSnapshot:
+    __slots__ = ("buf", "meta")
+
+    def __init__(self, meta: SnapshotMeta) -> None:
+        self.meta = meta
+        self.buf = bytearray()
+
+
+class RaftNode:
+    def __init__(
+        self,
+        node_id: int,
+        config: RaftConfig,
+        rng: Random,
+        *,
+        hard_state: HardState = HardState(),  # noqa: B008 - frozen struct
+        snapshot: Snapshot | None = None,
+        entries: Sequence[Entry] = (),
+        initial_membership: Membership | None = None,
+    ) -> None:
+        if node_id <= 0:
+            raise ValueError("node_id must be positive")
+        if config.election_timeout_ticks < 1 or config.heartbeat_interval_ticks < 1:
+            raise ValueError("election and heartbeat ticks must be positive")
+        if config.heartbeat_interval_ticks >= config.election_timeout_ticks:
+            raise ValueError("heartbeat_interval_ticks must be below election_timeout_ticks")
+        if config.max_entries_per_message < 1 or config.max_inflight_messages < 1:
+            raise ValueError("per-message and in-flight bounds must be positive")
+        if config.snapshot_chunk_bytes < 1:
+            raise ValueError("snapshot_chunk_bytes must be positive")
+        self._id = node_id
+        self._cfg = config
+        self._rng = rng
+
+        snap_index = snapshot.meta.index if snapshot else 0
+        snap_term = snapshot.meta.term if snapshot else 0
+        self._log = RaftLog(snap_index, snap_term, entries)
+        self._snapshot: Snapshot | None = snapshot
+        self._unstable_snapshot: Snapshot | None = None
+        self._incoming: _IncomingSnapshot | None = None
+
+        self._term = hard_state.term
+        self._vote = hard_state.vote
+        # Commit need not be durable: clamp what was saved to what the log can show.
+        self._commit = max(snap_index, min(hard_state.commit, self._log.last_index))
+        self._applied = snap_index
+        self._applying = snap_index  # highest committed index handed to the host
+        self._applied_bytes = 0  # payload bytes of (snap_index, applied]
+        self._snapshot_requested = False
+
+        # Membership: the one at the snapshot, then one per CONFIG entry in the log.
+        self._base_membership = snapshot.meta.membership if snapshot else Membership()
+        self._configs: list[tuple[int, Membership]] = []
+        bootstrap = (
+            initial_membership is not None
+            and snapshot is None
+            and not entries
+            and hard_state == HardState()
+        )
+        for e in self._log.slice(snap_index + 1, self._log.last_index + 1):
+            if e.kind == EntryKind.CONFIG:
+                self._record_config(e)
+
+        self._role = FOLLOWER
+        self._leader = 0
+        self._election_elapsed = 0
+        self._heartbeat_elapsed = 0
+        self._ticks = 0
+        self._randomized_timeout = 0
+        self._reset_randomized_timeout()
+        # With lease reads on, a (re)started node refuses votes for one election timeout,
+        # as if it had just heard from a leader: its memory of that leader was lost.
+        self._start_sticky = config.lease_reads
+
+        self._votes: dict[int, bool] = {}
+        self._progress: dict[int, Progress] = {}
+        self._pending_conf_index = 0
+        self._transfer_target = 0
+        self._transfer_elapsed = 0
+        self._lease_disabled = False
+        self._bcast_append = False
+        self._bcast_heartbeat = False
+
+        self._pending_reads: list[_PendingRead] = []
+        self._reads_ready: list[ReadState] = []
+        self._read_latest_ctx = 0
+        self._read_round_ctx = 0
+        self._read_confirmed_ctx = 0
+
+        self._msgs: list[Message] = []
+        self._msgs_after: list[Message] = []
+
+        # The last hard state handed to the host (what it holds durably, or soon will).
+        self._prev_hs = hard_state
+        if bootstrap:
+            assert initial_membership is not None
+            self._bootstrap(initial_membership)
+
+    def _bootstrap(self, m: Membership) -> None:
+        changes: list[ConfChange] = []
+        for v in sorted(m.voters):
+            changes.append(ConfChange(ConfChangeKind.ADD_LEARNER, v))
+            changes.append(ConfChange(ConfChangeKind.PROMOTE, v))
+        for lrn in sorted(m.learners):
+            changes.append(ConfChange(ConfChangeKind.ADD_LEARNER, lrn))
+        entries = [
+            Entry(1, k + 1, EntryKind.CONFIG, encode_conf_change(cc))
+            for k, cc in enumerate(changes)
+        ]
+        self._log.append(entries)
+        self._log.handed_index = 0
+        self._log.stable_index = 0
+        for e in entries:
+            self._record_config(e)
+        self._term = 1
+        self._commit = len(entries)
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def node_id(self) -> int:
+        return self._id
+
+    @property
+    def term(self) -> int:
+        return self._term
+
+    @property
+    def leader(self) -> int:
+        return self._leader
+
+    @property
+    def role(self) -> str:
+        return self._role
+
+    @property
+    def membership(self) -> Membership:
+        return self._configs[-1][1] if self._configs else self._base_membership
+
+    @property
+    def commit_index(self) -> int:
+        return self._commit
+
+    @property
+    def applied_index(self) -> int:
+        return self._applied
+
+    @property
+    def last_index(self) -> int:
+        return self._log.last_index
+
+    @property
+    def vote(self) -> int:
+        return self._vote
+
+    @property
+    def snapshot_index(self) -> int:
+        return self._log.snap_index
+
+    @property
+    def latest_snapshot(self) -> Snapshot | None:
+        """The newest snapshot (from ``compact`` or installed from the leader)."""
+        return self._snapshot
+
+    def entries(self, lo: int, hi: int) -> list[Entry]:
+        """Entries ``[lo, hi)`` still held in memory (for tests and inspection)."""
+        return self._log.slice(max(lo, self._log.snap_index + 1), hi)
+
+    def status(self) -> RaftStatus:
+        peers: dict[int, PeerStatus] = {}
+        if self._role == LEADER:
+            for pid in sorted(self._progress):
+                pr = self._progress[pid]
+                peers[pid] = PeerStatus(pr.match, pr.next, pr.state, pr.learner, pr.recent_active)
+        return RaftStatus(
+            node_id=self._id,
+            role=self._role,
+            term=self._term,
+            leader=self._leader,
+            commit=self._commit,
+            applied=self._applied,
+            last_index=self._log.last_index,
+            membership=self.membership,
+            peers=peers,
+            transfer_target=self._transfer_target,
+        )
+
+    # ---------------------------------------------------------------- inputs
+
+    def tick(self) -> None:
+        self._ticks += 1
+        self._election_elapsed += 1
+        if self._election_elapsed >= self._cfg.election_timeout_ticks:
+            self._start_sticky = False
+        if self._role == LEADER:
+            self._tick_leader()
+            return
+        if self._promotable() and self._election_elapsed >= self._randomized_timeout:
+            self.campaign()
+
+    def _tick_leader(self) -> None:
+        cfg = self._cfg
+        if self._transfer_target:
+            self._transfer_elapsed += 1
+            if self._transfer_elapsed >= cfg.election_timeout_ticks:
+                self._transfer_target = 0  # R10: give up; proposals flow again
+        if self._election_elapsed >= cfg.election_timeout_ticks:
+            self._election_elapsed = 0
+            if cfg.check_quorum:
+                if not self._quorum_active():
+                    self._become_follower(self._term, 0)  # R5
+                    return
+                for pr in self._progress.values():
+                    pr.recent_active = False
+        self._heartbeat_elapsed += 1
+        if self._heartbeat_elapsed >= cfg.heartbeat_interval_ticks:
+            self._heartbeat_elapsed = 0
+            self._bcast_heartbeat = True
+
+    def campaign(self, *, transfer: bool = False) -> None:
+        """Start an election now (as if the election timeout fired)."""
+        if not self._promotable() or self._role == LEADER:
+            return
+        if self._cfg.pre_vote and not transfer:
+            self._become_pre_candidate()
+        else:
+            self._become_candidate(transfer)
+
+    def propose(self, data: bytes) -> int:
+        return self.propose_batch((data,))
+
+    def propose_batch(self, datas: Sequence[bytes]) -> int:
+        if not datas:
+            raise ValueError("propose_batch needs at least one proposal")
+        self._check_can_propose(len(datas))
+        first = self._log.last_index + 1
+        self._append_own(
+            [Entry(self._term, first + k, EntryKind.NORMAL, bytes(d)) for k, d in enumerate(datas)]
+        )
+        return first
+
+    def propose_conf_change(self, cc: ConfChange) -> int:
+        self._check_can_propose(1)
+        if self._pending_conf_index > self._commit:
+            raise ProposalDropped("a membership change is already in flight")
+        if not self._committed_in_term():
+            raise ProposalDropped("the leader has not committed an entry of its term yet")
+        m = self.membership
+        members = set(m.voters) | set(m.learners)
+        if cc.node <= 0:
+            raise InvalidConfChange(f"bad node id {cc.node}")
+        if cc.kind == ConfChangeKind.ADD_LEARNER:
+            if cc.node in members:
+                raise InvalidConfChange(f"node {cc.node} is already a member")
+        elif cc.kind == ConfChangeKind.PROMOTE:
+            if cc.node not in m.learners:
+                raise InvalidConfChange(f"node {cc.node} is not a learner")
+        elif cc.kind == ConfChangeKind.REMOVE:
+            if cc.node not in members:
+                raise InvalidConfChange(f"node {cc.node} is not a member")
+            if m.voters == (cc.node,):
+                raise InvalidConfChange("cannot remove the last voter")
+        else:
+            raise InvalidConfChange(f"unknown change kind {cc.kind}")
+        index = self._log.last_index + 1
+        self._append_own([Entry(self._term, index, EntryKind.CONFIG, encode_conf_change(cc))])
+        return index
+
+    def read_index(self, ctx: int) -> None:
+        if self._role != LEADER:
+            raise NotLeader(self._leader)
+        if ctx <= self._read_latest_ctx:
+            raise ValueError(f"read ctx must increase: {ctx} <= {self._read_latest_ctx}")
+        if len(self._pending_reads) >= self._cfg.max_pending_reads:
+            raise ProposalDropped("too many pending reads")
+        self._read_latest_ctx = ctx
+        if self._committed_in_term() and self._lease_valid():
+            self._reads_ready.append(ReadState(ctx, self._commit))
+            return
+        self._pending_reads.append(
+            _PendingRead(ctx, self._commit if self._committed_in_term() else None)
+        )
+        if self._read_round_ctx <= self._read_confirmed_ctx:
+            self._bcast_heartbeat = True  # start a round now; later reads share the next one
+        self._check_reads()
+
+    def transfer_leadership(self, target: int) -> None:
+        if self._role != LEADER:
+            raise NotLeader(self._leader)
+        if target == self._id:
+            return
+        if target not in self.membership.voters:
+            raise ValueError(f"transfer target {target} is not a voter")
+        if self._transfer_target == target:
+            return
+        self._transfer_target = target
+        self._transfer_elapsed = 0
+        pr = self._progress[target]
+        if pr.match == self._log.last_index:
+            self._send_timeout_now(target)
+        else:
+            self._send_append(target)
+
+    def compact(self, index: int, data: bytes) -> None:
+        """The host persisted a state-machine snapshot at ``index`` (<= applied)."""
+        if index > self._applying:
+            raise ValueError(f"cannot compact to {index}: only {self._applying} handed to apply")
+        self._snapshot_requested = False
+        if index <= self._log.snap_index:
+            return
+        term = self._log.term_at(index)
+        assert term is not None
+        m = self._membership_at(index)
+        dropped_bytes = self._log.bytes_between(self._log.snap_index + 1, index + 1)
+        self._applied_bytes = max(0, self._applied_bytes - dropped_bytes)
+        self._log.compact_to(index)
+        self._base_membership = m
+        self._configs = [(i, cm) for i, cm in self._configs if i > index]
+        self._snapshot = Snapshot(SnapshotMeta(index, term, m), bytes(data))
+        # Followers receiving an older snapshot restart with this one.
+        for pid in sorted(self._progress):
+            pr = self._progress[pid]
+            if pr.state == SNAPSHOT and pr.snap_index != index:
+                pr.become_snapshot(index)
+                self._send_snapshot_chunk(pid)
+
+    # ---------------------------------------------------------------- output
+
+    def has_ready(self) -> bool:
+        if self._bcast_append or self._bcast_heartbeat:
+            return True
+        return bool(
+            self._msgs
+            or self._msgs_after
+            or self._reads_ready
+            or self._unstable_snapshot is not None
+            or self._log.handed_index < self._log.last_index
+            or HardState(self._term, self._vote, self._commit) != self._prev_hs
+            or self._commit > self._applying
+            or self._wants_snapshot()
+        )
+
+    def ready(self) -> Ready:
+        self._flush()
+        rd = Ready()
+        hs = HardState(self._term, self._vote, self._commit)
+        if hs != self._prev_hs:
+            rd.hard_state = hs
+            self._prev_hs = hs
+        if self._unstable_snapshot is not None:
+            rd.snapshot = self._unstable_snapshot
+            self._unstable_snapshot = None
+        rd.entries = self._log.unstable()
+        self._log.handed_index = self._log.last_index
+        rd.messages, self._msgs = self._msgs, []
+        rd.messages_after_persist, self._msgs_after = self._msgs_after, []
+        lo = max(self._applying, self._log.snap_index) + 1
+        if lo <= self._commit:
+            rd.committed = self._log.slice(lo, self._commit + 1)
+            self._applying = self._commit
+        rd.reads, self._reads_ready = self._reads_ready, []
+        if self._wants_snapshot():
+            rd.want_snapshot = True
+            self._snapshot_requested = True
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        if rd.snapshot is not None:
+            self._log.stable_to(rd.snapshot.meta.index, rd.snapshot.meta.term)
+            self._applied = max(self._applied, rd.snapshot.meta.index)
+        if rd.entries:
+            last = rd.entries[-1]
+            self._log.stable_to(last.index, last.term)
+        if rd.committed:
+            top = rd.committed[-1].index
+            if top > self._applied:
+                self._applied_bytes += sum(
+                    len(e.data) for e in rd.committed if e.index > self._applied
+                )
+                self._applied = top
+        if self._role == LEADER:
+            self._maybe_commit()  # R3: our own entries count once durable
+
+    def _wants_snapshot(self) -> bool:
+        if self._snapshot_requested or self._applied <= self._log.snap_index:
+            return False
+        return (
+            self._applied - self._log.snap_index > self._cfg.compact_after_entries
+            or self._applied_bytes > self._cfg.compact_after_bytes
+        )
+
+    def _flush(self) -> None:
+        """Send the appends and heartbeats that inputs since the last Ready asked for."""
+        if self._role != LEADER:
+            self._bcast_append = self._bcast_heartbeat = False
+            return
+        if self._bcast_heartbeat:
+            self._bcast_heartbeat = False
+            self._read_round_ctx = self._read_latest_ctx
+            for pid in sorted(self._progress):
+                self._send_heartbeat(pid)
+        if self._bcast_append:
+            self._bcast_append = False
+            for pid in sorted(self._progress):
+                pr = self._progress[pid]
+                if pr.next > self._log.last_index and pr.state == REPLICATE:
+                    # Up to date: an empty append carries the new commit index.
+                    self._send_append(pid, allow_empty=True)
+                else:
+                    self._fill_pipeline(pid)
+
+    # ------------------------------------------------------------- stepping
+
+    def step(self, msg: Message) -> None:
+        if msg.dst != self._id or msg.src == self._id:
+            return
+        if msg.term > self._term:
+            if isinstance(msg, RequestVote):
+                if not msg.transfer and self._in_lease():
+                    return  # R4: stickiness; a live leader exists
+                if not msg.pre_vote:
+                    if msg.src not in self.membership.voters:
+                        return  # R8
+                    self._become_follower(msg.term, 0)
+            elif isinstance(msg, RequestVoteResponse) and msg.pre_vote and msg.granted:
+                pass  # a grant carries the term we asked for; our own term stays
+            elif isinstance(msg, (AppendEntries, InstallSnapshot, TimeoutNow)):
+                self._become_follower(msg.term, msg.src)
+            else:
+                self._become_follower(msg.term, 0)
+        elif msg.term < self._term:
+            if isinstance(msg, (AppendEntries, InstallSnapshot)):
+                # A stale leader: tell it our term so it steps down (it may not hear from
+                # anyone else, since pre-vote keeps terms from moving elsewhere).
+                self._msgs.append(
+                    AppendEntriesResponse(self._id, msg.src, self._term, False, 0, read_ctx=0)
+                )
+            elif isinstance(msg, RequestVote) and msg.pre_vote:
+                self._msgs.append(
+                    RequestVoteResponse(self._id, msg.src, self._term, False, pre_vote=True)
+                )
+            return
+
+        if isinstance(msg, RequestVote):
+            self._handle_vote_request(msg)
+        elif isinstance(msg, RequestVoteResponse):
+            self._handle_vote_response(msg)
+        elif isinstance(msg, AppendEntries):
+            self._heard_from_leader(msg.src)
+            self._handle_append(msg)
+        elif isinstance(msg, AppendEntriesResponse):
+            self._handle_append_response(msg)
+        elif isinstance(msg, InstallSnapshot):
+            self._heard_from_leader(msg.src)
+            self._handle_snapshot(msg)
+        elif isinstance(msg, InstallSnapshotResponse):
+            self._handle_snapshot_response(msg)
+        elif isinstance(msg, TimeoutNow) and self._role != LEADER:
+            self._leader = msg.src
+            self.campaign(transfer=True)
+
+    def _heard_from_leader(self, src: int) -> None:
+        assert self._role != LEADER, f"two leaders in term {self._term}"  # election safety
+        if self._role != FOLLOWER or self._leader != src:
+            self._become_follower(self._term, src)
+        else:
+            self._election_elapsed = 0
+
+    # --------------------------------------------------------------- voting
+
+    def _in_lease(self) -> bool:
+        if self._role == LEADER:
+            return self._cfg.check_quorum
+        if self._start_sticky:
+            return True
+        return (
+            self._cfg.check_quorum
+            and self._leader != 0
+            and self._election_elapsed < self._cfg.election_timeout_ticks
+        )
+
+    def _handle_vote_request(self, m: RequestVote) -> None:
+        if m.src not in self.membership.voters:
+            return  # R8: non-voters (and removed nodes) get no say
+        if m.pre_vote:
+            can_vote = m.term > self._term
+        else:
+            can_vote = self._vote == m.src or (self._vote == 0 and self._leader == 0)
+        grant = can_vote and self._log.is_up_to_date(m.last_log_index, m.last_log_term)
+        if m.pre_vote:
+            term = m.term if grant else self._term
+            self._msgs.append(RequestVoteResponse(self._id, m.src, term, grant, pre_vote=True))
+            return
+        if grant:
+            self._vote = m.src
+            self._election_elapsed = 0
+        # R2: the grant must survive a crash before the candidate may count it.
+        self._msgs_after.append(RequestVoteResponse(self._id, m.src, self._term, grant))
+
+    def _handle_vote_response(self, m: RequestVoteResponse) -> None:
+        if m.src not in self.membership.voters:
+            return
+        if m.pre_vote:
+            if self._role != PRE_CANDIDATE or (m.granted and m.term != self._term + 1):
+                return
+        elif self._role != CANDIDATE:
+            return
+        self._votes.setdefault(m.src, m.granted)
+        granted = sum(1 for g in self._votes.values() if g)
+        rejected = len(self._votes) - granted
+        q = self._quorum()
+        if granted >= q:
+            if self._role == PRE_CANDIDATE:
+                self._become_candidate(False)
+            else:
+                self._become_leader()
+        elif rejected >= q:
+            self._become_follower(self._term, 0)
+
+    def _become_pre_candidate(self) -> None:
+        self._role = PRE_CANDIDATE
+        self._leader = 0
+        self._votes = {self._id: True}
+        self._reset_election()
+        self._reset_leader_state()
+        if self._quorum() <= 1:
+            self._become_candidate(False)
+            return
+        for v in self.membership.voters:
+            if v != self._id:
+                self._msgs.append(
+                    RequestVote(
+                        self._id,
+                        v,
+                        self._term + 1,
+                        self._log.last_index,
+                        self._log.last_term,
+                        pre_vote=True,
+                    )
+                )
+
+    def _become_candidate(self, transfer: bool) -> None:
+        self._term += 1
+        self._vote = self._id
+        self._role = CANDIDATE
+        self._leader = 0
+        self._votes = {self._id: True}
+        self._reset_election()
+        self._reset_leader_state()
+        if self._quorum() <= 1:
+            self._become_leader()
+            return
+        for v in self.membership.voters:
+            if v != self._id:
+                # R2: the candidate's own term and vote are durable before anyone is asked.
+                self._msgs_after.append(
+                    RequestVote(
+                        self._id,
+                        v,
+                        self._term,
+                        self._log.last_index,
+                        self._log.last_term,
+                        transfer=transfer,
+                    )
+                )
+
+    def _become_follower(self, term: int, leader: int) -> None:
+        assert term >= self._term, (term, self._term)  # R1
+        if term > self._term:
+            self._term = term
+            self._vote = 0
+        was = self._role
+        self._role = FOLLOWER
+        self._leader = leader
+        if leader != 0 or was != FOLLOWER:
+            self._reset_election()
+        self._reset_leader_state()
+
+    def _become_leader(self) -> None:
+        assert self._role == CANDIDATE
+        self._role = LEADER
+        self._leader = self._id
+        self._reset_election()
+        self._reset_leader_state()
+        last = self._log.last_index
+        m = self.membership
+        for pid in sorted(set(m.voters) | set(m.learners)):
+            if pid != self._id:
+                self._progress[pid] = Progress(last + 1, pid in m.learners)
+        # Any uncommitted CONFIG entry from an earlier term blocks new changes (R8).
+        self._pending_conf_index = self._configs[-1][0] if self._configs else 0
+        self._append_own([Entry(self._term, last + 1, EntryKind.NOOP, b"")])
+
+    def _reset_election(self) -> None:
+        self._election_elapsed = 0
+        self._heartbeat_elapsed = 0
+        self._reset_randomized_timeout()
+
+    def _reset_randomized_timeout(self) -> None:
+        t = self._cfg.election_timeout_ticks
+        self._randomized_timeout = t + self._rng.randrange(t)
+
+    def _reset_leader_state(self) -> None:
+        self._progress = {}
+        self._transfer_target = 0
+        self._transfer_elapsed = 0
+        self._lease_disabled = False
+        self._bcast_append = False
+        self._bcast_heartbeat = False
+        self._pending_reads = []
+        self._read_round_ctx = 0
+        self._read_confirmed_ctx = 0
+
+    def _promotable(self) -> bool:
+        return self._id in self.membership.voters
+
+    def _quorum(self) -> int:
+        return len(self.membership.voters) // 2 + 1
+
+    def _quorum_active(self) -> bool:
+        voters = self.membership.voters
+        active = sum(
+            1
+            for v in voters
+            if v == self._id or (v in self._progress and self._progress[v].recent_active)
+        )
+        return active >= self._quorum()
+
+    # ----------------------------------------------------------- replication
+
+    def _check_can_propose(self, count: int) -> None:
+        if self._role != LEADER:
+            raise NotLeader(self._leader)
+        if self._transfer_target:
+            raise ProposalDropped("leadership transfer in progress")
+        if self._log.last_index - self._commit + count > self._cfg.max_pending_proposals:
+            raise ProposalDropped("too many uncommitted proposals")
+
+    def _append_own(self, entries: list[Entry]) -> None:
+        """The leader appends to its own log; followers get it at the next flush."""
+        self._log.append(entries)
+        changed = False
+        for e in entries:
+            if e.kind == EntryKind.CONFIG:
+                self._record_config(e)
+                self._pending_conf_index = e.index
+                changed = True
+        if changed:
+            self._sync_progress()
+        self._bcast_append = True
+        self._maybe_commit()
+
+    def _record_config(self, e: Entry) -> None:
+        m = apply_conf_change(self.membership, decode_conf_change(e.data))
+        self._configs.append((e.index, m))
+
+    def _membership_at(self, index: int) -> Membership:
+        m = self._base_membership
+        for i, cm in self._configs:
+            if i > index:
+                break
+            m = cm
+        return m
+
+    def _sync_progress(self) -> None:
+        """Track exactly the current members (R8: effective on append)."""
+        if self._role != LEADER:
+            return
+        m = self.membership
+        members = (set(m.voters) | set(m.learners)) - {self._id}
+        for pid in sorted(set(self._progress) - members):
+            del self._progress[pid]
+            if self._transfer_target == pid:
+                self._transfer_target = 0
+        for pid in sorted(members):
+            pr = self._progress.get(pid)
+            if pr is None:
+                pr = self._progress[pid] = Progress(self._log.last_index + 1, False)
+            pr.learner = pid in m.learners
+
+    def _maybe_commit(self) -> None:
+        assert self._role == LEADER
+        voters = self.membership.voters
+        if not voters:
+            return
+        matches = sorted(
+            (self._log.stable_index if v == self._id else self._progress[v].match for v in voters),
+            reverse=True,
+        )
+        candidate = matches[self._quorum() - 1]
+        # R3: only entries of the current term are committed by counting.
+        if candidate > self._commit and self._log.term_at(candidate) == self._term:
+            self._commit_to(candidate)
+            self._bcast_append = True
+
+    def _commit_to(self, index: int) -> None:
+        if index <= self._commit:
+            return
+        assert index <= self._log.last_index, (index, self._log.last_index)
+        self._commit = index
+        if self._role != LEADER:
+            return
+        if self._committed_in_term():
+            for r in self._pending_reads:
+                if r.index is None:
+                    r.index = self._commit
+            self._check_reads()
+        m = self.membership
+        if self._id not in m.voters and (not self._configs or self._configs[-1][0] <= index):
+            self._become_follower(self._term, 0)  # R8: our removal committed
+
+    def _committed_in_term(self) -> bool:
+        return self._log.term_at(self._commit) == self._term
+
+    def _send(self, msg: Message) -> None:
+        self._msgs.append(msg)
+
+    def _send_append(self, pid: int, allow_empty: bool = False) -> None:
+        pr = self._progress[pid]
+        if pr.paused(self._cfg.max_inflight_messages):
+            return
+        prev = pr.next - 1
+        prev_term = self._log.term_at(prev)
+        if prev_term is None:
+            # R9: what the follower needs is compacted away.
+            assert prev < self._log.snap_index and self._snapshot is not None
+            pr.become_snapshot(self._snapshot.meta.index)
+            self._send_snapshot_chunk(pid)
+            return
+        entries: list[Entry] = []
+        if pr.next <= self._log.last_index:
+            entries = self._log.slice_bounded(
+                pr.next, self._cfg.max_entries_per_message, self._cfg.max_bytes_per_message
+            )
+        if not entries and not allow_empty:
+            return
+        if entries:
+            if pr.state == REPLICATE:
+                pr.next = entries[-1].index + 1
+                pr.inflight.append(entries[-1].index)
+            else:
+                pr.probe_sent = True
+        elif pr.state == PROBE:
+            pr.probe_sent = True
+        self._send(
+            AppendEntries(
+                self._id,
+                pid,
+                self._term,
+                prev,
+                prev_term,
+                tuple(entries),
+                self._commit,
+                self._read_latest_ctx,
+            )
+        )
+
+    def _send_heartbeat(self, pid: int) -> None:
+        pr = self._progress[pid]
+        if pr.state == PROBE:
+            pr.probe_sent = False
+            self._send_append(pid, allow_empty=True)
+            return
+        if pr.state == SNAPSHOT and pr.snap_chunk_unacked:
+            self._send_snapshot_chunk(pid)  # the chunk or its answer may be lost
+        # In replicate state probe at the optimistic point: if an append was lost the
+        # follower rejects and the leader falls back to probing from the match.
+        prev = pr.next - 1 if pr.state == REPLICATE else pr.match
+        prev_term = self._log.term_at(prev)
+        if prev_term is None:
+            # The match point was compacted away: probe at the snapshot; a follower
+            # without it rejects and is sent the snapshot.
+            prev, prev_term = self._log.snap_index, self._log.snap_term
+        self._send(
+            AppendEntries(
+                self._id,
+                pid,
+                self._term,
+                prev,
+                prev_term,
+                (),
+                self._commit,
+                self._read_latest_ctx,
+            )
+        )
+
+    def _send_snapshot_chunk(self, pid: int) -> None:
+        pr = self._progress[pid]
+        snap = self._snapshot
+        assert snap is not None and snap.meta.index == pr.snap_index
+        size = self._cfg.snapshot_chunk_bytes
+        chunk = snap.data[pr.snap_offset : pr.snap_offset + size]
+        done = pr.snap_offset + len(chunk) >= len(snap.data)
+        pr.snap_chunk_unacked = True
+        self._send(
+            InstallSnapshot(self._id, pid, self._term, snap.meta, pr.snap_offset, chunk, done)
+        )
+
+    def _send_timeout_now(self, pid: int) -> None:
+        self._lease_disabled = True  # R10: the target may win without waiting out leases
+        self._send(TimeoutNow(self._id, pid, self._term))
+
+    def _handle_append(self, m: AppendEntries) -> None:
+        log = self._log
+        entries: Sequence[Entry] = m.entries
+        prev = m.prev_index
+        if prev < self._commit:
+            # Our log matches the leader's through commit: skip what we already hold.
+            entries = [e for e in entries if e.index > self._commit]
+            prev = self._commit
+        elif log.term_at(prev) != m.prev_term:
+            hint = log.find_conflict_by_term(min(prev, log.last_index), m.prev_term)
+            self._msgs_after.append(
+                AppendEntriesResponse(
+                    self._id,
+                    m.src,
+                    self._term,
+                    False,
+                    m.prev_index,
+                    hint_index=hint,
+                    hint_term=log.term_at(hint) or 0,
+                    read_ctx=m.read_ctx,
+                )
+            )
+            return
+        for k, e in enumerate(entries):
+            assert e.index == prev + 1 + k, "entries in an append must be contiguous"
+            if log.term_at(e.index) != e.term:
+                assert e.index > self._commit, "a committed entry would be overwritten"  # R1
+                if e.index <= log.last_index:
+                    self._truncate_from(e.index)
+                new = entries[k:]
+                log.append(new)
+                for ne in new:
+                    if ne.kind == EntryKind.CONFIG:
+                        self._record_config(ne)
+                break
+        last_new = prev + len(entries)
+        self._commit_to(min(m.commit, last_new))
+        # R2: the ack promises durability of what it acknowledges.
+        self._msgs_after.append(
+            AppendEntriesResponse(self._id, m.src, self._term, True, last_new, read_ctx=m.read_ctx)
+        )
+
+    def _truncate_from(self, index: int) -> None:
+        self._log.truncate_from(index)
+        while self._configs and self._configs[-1][0] >= index:
+            self._configs.pop()  # R8: a change undone with its entry
+
+    def _handle_append_response(self, m: AppendEntriesResponse) -> None:
+        if self._role != LEADER:
+            return
+        pr = self._progress.get(m.src)
+        if pr is None:
+            return
+        pr.recent_active = True
+        pr.last_heard_tick = self._ticks
+        if m.read_ctx > pr.read_ack_ctx:
+            pr.read_ack_ctx = m.read_ctx
+            self._check_reads()
+        if not m.success:
+            next_probe = m.hint_index
+            if m.hint_term > 0:
+                next_probe = self._log.find_conflict_by_term(m.hint_index, m.hint_term)
+            if pr.maybe_decr_to(m.match_index, next_probe):
+                if pr.state == REPLICATE:
+                    pr.become_probe()
+                self._send_append(pid=m.src)
+            return
+        if pr.update(m.match_index):
+            if pr.state == PROBE:
+                pr.become_replicate()
+            elif pr.state == SNAPSHOT and pr.match >= pr.snap_index:
+                pr.become_probe()
+            self._maybe_commit()
+            if self._role != LEADER:
+                return
+            if m.src == self._transfer_target and pr.match == self._log.last_index:
+                self._send_timeout_now(m.src)
+        elif pr.state == PROBE and m.match_index == pr.match and pr.next == pr.match + 1:
+            # A probe answered at the known match point: the logs match, stream on.
+            pr.become_replicate()
+        self._fill_pipeline(m.src)
+
+    def _fill_pipeline(self, pid: int) -> None:
+        """Send appends to ``pid`` until it is up to date or paused (R6)."""
+        pr = self._progress[pid]
+        while pr.next <= self._log.last_index and not pr.paused(self._cfg.max_inflight_messages):
+            before = pr.next, len(pr.inflight), pr.probe_sent, pr.state
+            self._send_append(pid)
+            if (pr.next, len(pr.inflight), pr.probe_sent, pr.state) == before:
+                break
+
+    def _handle_snapshot(self, m: InstallSnapshot) -> None:
+        meta = m.meta
+        if meta.index <= self._commit:
+            # Already have everything it covers; tell the leader where we are.
+            self._incoming = None
+            self._msgs_after.append(
+                InstallSnapshotResponse(self._id, m.src, self._term, meta.index, 0, True)
+            )
+            return
+        inc = self._incoming
+        if m.offset == 0:
+            inc = self._incoming = _IncomingSnapshot(meta)
+        elif inc is None or inc.meta != meta or m.offset != len(inc.buf):
+            # Out of order or another snapshot: ask for what we can use.
+            want = len(inc.buf) if inc is not None and inc.meta == meta else 0
+            self._msgs.append(
+                InstallSnapshotResponse(self._id, m.src, self._term, meta.index, want, False)
+            )
+            return
+        inc.buf += m.chunk
+        if not m.done:
+            self._msgs.append(
+                InstallSnapshotResponse(
+                    self._id, m.src, self._term, meta.index, len(inc.buf), False
+                )
+            )
+            return
+        self._incoming = None
+        self._install_snapshot(Snapshot(meta, bytes(inc.buf)))
+        self._msgs_after.append(
+            InstallSnapshotResponse(self._id, m.src, self._term, meta.index, len(inc.buf), True)
+        )
+
+    def _install_snapshot(self, snap: Snapshot) -> None:
+        meta = snap.meta
+        if self._log.matches(meta.index, meta.term):
+            # Our log already holds it: just commit up to it (the tail stays valid).
+            self._commit_to(meta.index)
+            return
+        self._log.reset_to_snapshot(meta.index, meta.term)
+        self._snapshot = snap
+        self._unstable_snapshot = snap
+        self._base_membership = meta.membership
+        self._configs = []
+        self._commit = meta.index
+        self._applying = max(self._applying, meta.index)
+        self._applied_bytes = 0
+        self._snapshot_requested = False
+
+    def _handle_snapshot_response(self, m: InstallSnapshotResponse) -> None:
+        if self._role != LEADER:
+            return
+        pr = self._progress.get(m.src)
+        if pr is None:
+            return
+        pr.recent_active = True
+        pr.last_heard_tick = self._ticks
+        if pr.state != SNAPSHOT or m.index != pr.snap_index:
+            return  # stale
+        if m.done:
+            pr.update(m.index)
+            pr.become_probe()
+            self._send_append(m.src)
+            return
+        if m.reject:
+            pr.become_probe()
+            self._send_append(m.src)
+            return
+        pr.snap_chunk_unacked = False
+        pr.snap_offset = m.next_offset
+        self._send_snapshot_chunk(m.src)
+
+    # ----------------------------------------------------------------- reads
+
+    def _lease_valid(self) -> bool:
+        cfg = self._cfg
+        if not (cfg.lease_reads and cfg.check_quorum) or self._lease_disabled:
+            return False
+        if self._transfer_target:
+            return False
+        window = cfg.election_timeout_ticks - cfg.lease_drift_ticks
+        if window <= 0:
+            return False
+        fresh = sum(
+            1
+            for v in self.membership.voters
+            if v == self._id
+            or (v in self._progress and self._ticks - self._progress[v].last_heard_tick < window)
+        )
+        return fresh >= self._quorum()
+
+    def _check_reads(self) -> None:
+        if self._role != LEADER or not self.membership.voters:
+            return
+        acks = sorted(
+            (
+                _INF if v == self._id else self._progress[v].read_ack_ctx
+                for v in self.membership.voters
+            ),
+            reverse=True,
+        )
+        confirmed = acks[self._quorum() - 1]
+        # Cap at the newest ctx: "everything confirmed" must not outlive a membership
+        # change (a lone voter confirms all; once it has company it must ask again).
+        self._read_confirmed_ctx = max(
+            self._read_confirmed_ctx, min(confirmed, self._read_latest_ctx)
+        )
+        keep: list[_PendingRead] = []
+        for r in self._pending_reads:
+            if r.ctx <= confirmed:
+                r.confirmed = True
+            if r.confirmed and r.index is not None:
+                self._reads_ready.append(ReadState(r.ctx, r.index))
+            else:
+                keep.append(r)
+        self._pending_reads = keep
+        if (
+            self._read_confirmed_ctx >= self._read_round_ctx
+            and self._read_latest_ctx > self._read_round_ctx
+            and any(not r.confirmed for r in keep)
+        ):
+            self._bcast_heartbeat = True  # reads that arrived during the last round
