@@ -108,6 +108,15 @@ def server(
         click.echo(to_toml(config), nl=False)
         return
     # Imported here so that --help and config errors stay fast.
-    from catenary.server.node import run_server
+    from catenary.server.node import AdminAppFactory, run_server
 
-    sys.exit(run_server(config))
+    admin_app: AdminAppFactory | None
+    try:
+        from catenary.admin.http import create_app
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("catenary.admin", "catenary.admin.http"):
+            raise
+        admin_app = None
+    else:
+        admin_app = create_app
+    sys.exit(run_server(config, admin_app=admin_app))

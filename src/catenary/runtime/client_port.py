@@ -34,7 +34,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 import msgspec
 
@@ -155,11 +155,11 @@ class _Connection(asyncio.Protocol):
     # ------------------------------------------------------ asyncio hooks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        peer = transport.get_extra_info("peername")
+        # uvloop's transports are not asyncio.Transport subclasses; same interface.
+        self._transport = cast(asyncio.Transport, transport)
+        peer = self._transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        transport.set_write_buffer_limits(high=self._config.write_buffer_high_bytes)
+        self._transport.set_write_buffer_limits(high=self._config.write_buffer_high_bytes)
         loop = asyncio.get_running_loop()
         self._handshake_timer = loop.call_later(
             self._config.handshake_timeout_ms / 1000, self._handshake_timed_out

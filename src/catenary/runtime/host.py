@@ -59,7 +59,7 @@ from catenary.core.metadata.replica import (
     WriteCompleted,
     WriteIndeterminate,
 )
-from catenary.core.metadata.types import Command, Result
+from catenary.core.metadata.types import Command, Compacted, Result, WatchBatch
 from catenary.core.raft.types import (
     ConfChange,
     Message,
@@ -108,6 +108,13 @@ class _Call:
     future: asyncio.Future[Any]
 
 
+def _consume(future: asyncio.Future[Any]) -> None:
+    # A caller that timed out no longer awaits its future; retrieve the outcome
+    # so asyncio does not report it as never retrieved.
+    if not future.cancelled():
+        future.exception()
+
+
 class _Wake:
     pass
 
@@ -150,7 +157,6 @@ class MetadataHost:
         self._clock_origin = time.monotonic()
         self._next_tick_s = 0.0
         self._changed: asyncio.Future[None] | None = None
-        self._last_revision = replica.state.revision
         self.peer_messages_dropped = 0
         self.failure: BaseException | None = None
 
@@ -225,6 +231,7 @@ class MetadataHost:
         if not self.replica.is_leader:
             raise self._not_leader(self.replica.leader)
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_consume)
         self._enqueue(_Write(command, future))
         try:
             return await asyncio.wait_for(
@@ -242,6 +249,7 @@ class MetadataHost:
         if not self.replica.is_leader:
             raise self._not_leader(self.replica.leader)
         future: asyncio.Future[ReadCompleted] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_consume)
         self._enqueue(_Read(query, future))
         try:
             return await asyncio.wait_for(
@@ -287,10 +295,26 @@ class MetadataHost:
         except asyncio.QueueFull:
             self.peer_messages_dropped += 1
 
-    async def changed(self) -> None:
-        """Wait until the applied state changes (new revision or applied index)."""
+    def changed_future(self) -> asyncio.Future[None]:
+        """Resolves at the next change of the applied state (index or revision).
+
+        Take it *before* reading the state, then await it (shielded: it is shared),
+        so that no change between the read and the wait can be missed.
+        """
         assert self._changed is not None
-        await asyncio.shield(self._changed)
+        return self._changed
+
+    async def changed(self) -> None:
+        """Wait until the applied state changes."""
+        await asyncio.shield(self.changed_future())
+
+    def revision_now(self) -> int:
+        return self.replica.state.revision
+
+    def changes_since(
+        self, from_version: int, key: str, prefix: bool, limit: int
+    ) -> WatchBatch | Compacted:
+        return self.replica.state.changes_since(from_version, key, prefix, limit)
 
     # ------------------------------------------------------------ the owner
 
@@ -421,13 +445,10 @@ class MetadataHost:
             await self._persist(self._compact, snapshot)
             replica.compacted(snapshot)
         self._deliver(out.completions)
-        revision = replica.state.revision
         if ready.committed or ready.snapshot is not None:
             if self._on_applied is not None:
                 self._on_applied()
-            if revision != self._last_revision or ready.snapshot is not None:
-                self._last_revision = revision
-                self._notify_changed()
+            self._notify_changed()
 
     def _compact(self, snapshot: Snapshot) -> None:
         self._storage.compact(snapshot.meta.index, snapshot)
