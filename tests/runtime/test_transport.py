@@ -1,0 +1,518 @@
+"""The peer transport and framed connections over real sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections.abc import Callable, Coroutine
+from random import Random
+from typing import Any
+
+import msgspec
+import pytest
+
+from catenary.core.raft.types import AppendEntries, Entry, Message, RequestVote, TimeoutNow
+from catenary.runtime.transport import (
+    ConnectionConfig,
+    FramedConnection,
+    PeerTransport,
+    TransportConfig,
+    parse_address,
+)
+from catenary.wire import (
+    Frame,
+    FrameDecoder,
+    FrameKind,
+    HelloAck,
+    Role,
+    decode_hello_reply,
+    encode_frame,
+    encode_hello,
+    make_hello,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+DECODER: msgspec.msgpack.Decoder[Message] = msgspec.msgpack.Decoder(Message)
+FAST = TransportConfig(
+    handshake_timeout_ms=1000,
+    connect_timeout_ms=500,
+    reconnect_backoff_min_ms=10,
+    reconnect_backoff_max_ms=100,
+)
+CLUSTER = "test"
+
+
+def run(coro: Coroutine[Any, Any, None], timeout_s: float = 20.0) -> None:
+    async def bounded() -> None:
+        await asyncio.wait_for(coro, timeout_s)
+
+    asyncio.run(bounded())
+
+
+async def until(predicate: Callable[[], bool], what: str, timeout_s: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+class Node:
+    """A transport plus the messages it received, in order."""
+
+    def __init__(
+        self,
+        node_id: int,
+        generation: int = 1,
+        *,
+        cluster: str = CLUSTER,
+        port: int = 0,
+        config: TransportConfig = FAST,
+    ) -> None:
+        self.received: list[tuple[int, Message]] = []
+        self.transport: PeerTransport[Message] = PeerTransport(
+            node_id,
+            generation,
+            cluster,
+            "127.0.0.1",
+            port,
+            self._on_message,
+            config,
+            decoder=DECODER,
+            rng=Random(node_id),
+        )
+
+    def _on_message(self, peer_id: int, message: Message) -> None:
+        self.received.append((peer_id, message))
+
+    @property
+    def address(self) -> str:
+        return self.transport.listen_address
+
+    def got(self, peer_id: int) -> list[Message]:
+        return [m for p, m in self.received if p == peer_id]
+
+
+async def start(*nodes: Node) -> None:
+    for node in nodes:
+        await node.transport.start()
+    for a in nodes:
+        for b in nodes:
+            if a is not b:
+                a.transport.set_peer_address(b.transport.node_id, b.address)
+
+
+async def settled(*nodes: Node) -> None:
+    """Until every pair holds exactly one connection, the one the lower id dialed."""
+
+    def check() -> bool:
+        for n in nodes:
+            peers = n.transport.stats().peers
+            if len(peers) != len(nodes) - 1:
+                return False
+            for s in peers:
+                if n.transport.connection_count(s.peer_id) != 1:
+                    return False
+                if s.connection_dialer != min(n.transport.node_id, s.peer_id):
+                    return False
+        return True
+
+    await until(check, "one connection per pair, dialed by the lower id")
+
+
+async def stop(*nodes: Node) -> None:
+    for node in nodes:
+        await node.transport.close()
+
+
+def vote(src: int, dst: int, term: int) -> RequestVote:
+    return RequestVote(src, dst, term, 0, 0)
+
+
+# ------------------------------------------------------------------ tests
+
+
+def test_two_nodes_exchange_messages_both_ways() -> None:
+    async def main() -> None:
+        a, b = Node(1), Node(2)
+        await start(a, b)
+        try:
+            await settled(a, b)
+            big = AppendEntries(1, 2, 3, 0, 0, (Entry(3, 1, 0, b"x" * 100_000),), 0)
+            for term in range(1, 51):
+                assert a.transport.send(2, vote(1, 2, term))
+                assert b.transport.send(1, vote(2, 1, term))
+            a.transport.send(2, big)
+            await until(lambda: len(a.got(2)) == 50 and len(b.got(1)) == 51, "all messages")
+            assert b.got(1) == [vote(1, 2, t) for t in range(1, 51)] + [big]
+            assert a.got(2) == [vote(2, 1, t) for t in range(1, 51)]
+            stats = a.transport.stats()
+            assert stats.peers[0].sent_messages == 51
+            assert stats.peers[0].received_messages == 50
+        finally:
+            await stop(a, b)
+
+    run(main())
+
+
+def test_three_nodes_settle_on_one_connection_per_pair_dialed_by_the_lower_id() -> None:
+    async def main() -> None:
+        nodes = [Node(1), Node(2), Node(3)]
+        await start(*nodes)
+        try:
+            ids = [1, 2, 3]
+            await settled(*nodes)
+            for n, me in zip(nodes, ids):
+                for p in ids:
+                    if p != me:
+                        n.transport.send(p, TimeoutNow(me, p, 7))
+            await until(lambda: all(len(n.received) == 2 for n in nodes), "all-to-all")
+            for n, me in zip(nodes, ids):
+                assert sorted(n.received, key=lambda r: r[0]) == [
+                    (p, TimeoutNow(p, me, 7)) for p in ids if p != me
+                ]
+        finally:
+            await stop(*nodes)
+
+    run(main())
+
+
+def test_higher_id_alone_knowing_the_address_still_connects() -> None:
+    async def main() -> None:
+        a, b = Node(1), Node(2)
+        await a.transport.start()
+        await b.transport.start()
+        try:
+            b.transport.set_peer_address(1, a.address)  # a does not know b's address
+            await until(lambda: a.transport.connected(2), "b dialed a")
+            a.transport.send(2, vote(1, 2, 1))  # rides the connection b dialed
+            await until(lambda: b.got(1) == [vote(1, 2, 1)], "a's message")
+        finally:
+            await stop(a, b)
+
+    run(main())
+
+
+def test_peer_restart_traffic_resumes_and_queued_messages_are_delivered() -> None:
+    async def main() -> None:
+        a, b = Node(1), Node(2)
+        await start(a, b)
+        b2: Node | None = None
+        try:
+            await until(lambda: a.transport.connected(2), "connected")
+            a.transport.send(2, vote(1, 2, 1))
+            await until(lambda: b.got(1) == [vote(1, 2, 1)], "first message")
+            port = b.transport.port
+            await b.transport.close()
+            await until(lambda: not a.transport.connected(2), "a notices b is gone")
+            for term in range(2, 6):
+                a.transport.send(2, vote(1, 2, term))  # queued while b is down
+            await asyncio.sleep(0.1)  # a few failed redials
+            assert a.transport.stats().peers[0].dial_failures >= 1
+            b2 = Node(2, generation=2, port=port)
+            await b2.transport.start()
+            b2.transport.set_peer_address(1, a.address)
+            await until(lambda: len(b2.got(1)) == 4, "queued messages after restart")
+            assert b2.got(1) == [vote(1, 2, t) for t in range(2, 6)]
+            b2.transport.send(1, vote(2, 1, 9))
+            await until(lambda: a.got(2) == [vote(2, 1, 9)], "reply from the new incarnation")
+            assert a.transport.stats().peers[0].generation == 2
+        finally:
+            await stop(a, *([b2] if b2 else []))
+
+    run(main())
+
+
+def test_older_generation_is_refused(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        a, b = Node(1), Node(2, generation=5)
+        await start(a, b)
+        try:
+            await until(lambda: a.transport.connected(2), "connected")
+            old = Node(2, generation=4)
+            await old.transport.start()
+            old.transport.set_peer_address(1, a.address)
+            await until(lambda: a.transport.stats().refused_hellos >= 1, "refusal")
+            assert not old.transport.connected(1)
+            a.transport.send(2, vote(1, 2, 1))
+            await until(lambda: b.got(1) == [vote(1, 2, 1)], "the current incarnation still served")
+            await old.transport.close()
+        finally:
+            await stop(a, b)
+
+    with caplog.at_level(logging.INFO, logger="catenary.runtime.transport"):
+        run(main())
+    assert "stale_generation" in caplog.text
+    assert "N2:4 is older than N2:5" in caplog.text
+
+
+def test_another_clusters_node_is_refused(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        a, stranger = Node(1), Node(2, cluster="elsewhere")
+        await start(a, stranger)
+        try:
+            await until(
+                lambda: (
+                    a.transport.stats().refused_hellos >= 1
+                    and stranger.transport.stats().refused_hellos >= 1
+                ),
+                "refusals both ways",
+            )
+            await asyncio.sleep(0.05)
+            assert not a.transport.connected(2)
+            assert not stranger.transport.connected(1)
+            assert not a.transport.send(3, vote(1, 3, 1))  # unknown peer: dropped at once
+        finally:
+            await stop(a, stranger)
+
+    with caplog.at_level(logging.INFO, logger="catenary.runtime.transport"):
+        run(main())
+    assert "cluster 'elsewhere' is not this cluster ('test')" in caplog.text
+    assert "refused the hello (cluster)" in caplog.text
+
+
+async def _raw(port: int, data: bytes, *, then: bytes = b"", close_write: bool = False) -> bytes:
+    """Send ``data`` to the port (and ``then`` once it answered); return all it sent back."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        answer = b""
+        if then:
+            answer = await asyncio.wait_for(reader.read(4096), 5.0)
+            writer.write(then)
+        if close_write:
+            writer.write_eof()
+        return answer + await asyncio.wait_for(reader.read(), 5.0)
+    except ConnectionResetError:
+        return b""
+    finally:
+        writer.close()
+
+
+def test_bad_input_drops_only_that_connection(caplog: pytest.LogCaptureFixture) -> None:
+    hello = encode_hello(make_hello(CLUSTER, 3, 1, Role.PEER))
+    answers: dict[str, bytes] = {}
+
+    async def main() -> None:
+        a, b = Node(1), Node(2)
+        await start(a, b)
+        try:
+            await until(lambda: a.transport.connected(2), "connected")
+            port = a.transport.port
+            answers["garbage"] = await _raw(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            answers["unknown kind"] = await _raw(port, b"\x00\x00\x00\x01\x99x")
+            answers["not hello first"] = await _raw(port, encode_frame(FrameKind.PEER, b"\x90"))
+            answers["bad hello"] = await _raw(
+                port, encode_frame(FrameKind.HELLO, b"\x93\x01\x02\x03")
+            )
+            answers["truncated"] = await _raw(port, hello[:-3], close_write=True)
+            answers["oversized"] = await _raw(
+                port, hello, then=struct.pack(">IB", 1 << 30, FrameKind.PEER)
+            )
+            answers["bad payload"] = await _raw(
+                port, hello, then=encode_frame(FrameKind.PEER, b"\xc1")
+            )
+            answers["wrong kind"] = await _raw(
+                port, hello + encode_frame(FrameKind.REQUEST, b"\x90")
+            )
+            for term in range(1, 4):
+                a.transport.send(2, vote(1, 2, term))
+                b.transport.send(1, vote(2, 1, term))
+            await until(lambda: len(a.got(2)) == 3 and len(b.got(1)) == 3, "peers unaffected")
+            assert a.transport.connection_count(2) == 1
+            assert a.transport.stats().bad_connections >= 7
+            assert a.got(3) == []
+        finally:
+            await stop(a, b)
+
+    with caplog.at_level(logging.INFO, logger="catenary.runtime.transport"):
+        run(main())
+    # A refused or malformed hello is answered, then the socket closed; framing errors just close.
+    decoder = FrameDecoder()
+    (reply,) = decoder.feed(answers["bad hello"])
+    with pytest.raises(Exception, match="malformed"):
+        decode_hello_reply(reply, cluster_name=CLUSTER)
+    for case in ("garbage", "unknown kind", "not hello first", "truncated"):
+        assert answers[case] == b"", case
+    for case in ("oversized", "bad payload", "wrong kind"):
+        frames = FrameDecoder().feed(answers[case])
+        assert [f.kind for f in frames] == [FrameKind.HELLO_ACK], case
+    text = caplog.text
+    assert "FrameTooLarge: frame of 1195725861 bytes exceeds the limit of 4096 bytes" in text
+    assert "UnknownFrameKind: unknown frame kind 153" in text
+    assert "expected HELLO as the first frame" in text
+    assert "refused the hello (malformed)" in text
+    assert "FrameTooLarge: frame of 1073741829 bytes" in text
+    assert "malformed payload in frame of kind 16" in text
+    assert "unexpected frame kind 32; expected PEER" in text
+    assert "closed by the other side" in text
+
+
+def test_silent_connection_is_closed_after_the_handshake_timeout() -> None:
+    async def main() -> None:
+        config = TransportConfig(handshake_timeout_ms=100)
+        a = Node(1, config=config)
+        await a.transport.start()
+        try:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            assert await _raw(a.transport.port, b"") == b""
+            assert loop.time() - started < 2.0
+        finally:
+            await stop(a)
+
+    run(main())
+
+
+def test_send_queue_bound_drops_the_oldest() -> None:
+    async def main() -> None:
+        probe = Node(2)
+        await probe.transport.start()
+        port = probe.transport.port
+        await probe.transport.close()  # nothing listens there now
+        config = TransportConfig(
+            send_queue_messages_max=10,
+            reconnect_backoff_min_ms=10,
+            reconnect_backoff_max_ms=50,
+            connect_timeout_ms=500,
+        )
+        a = Node(1, config=config)
+        await a.transport.start()
+        b: Node | None = None
+        try:
+            a.transport.set_peer_address(2, f"127.0.0.1:{port}")
+            for term in range(1, 101):
+                assert a.transport.send(2, vote(1, 2, term))
+            stats = a.transport.stats().peers[0]
+            assert stats.queued_messages == 10
+            assert stats.dropped_queue_full == 90
+            b = Node(2, port=port)
+            await b.transport.start()
+            await until(lambda: len(b.got(1)) == 10, "the newest ten")
+            assert b.got(1) == [vote(1, 2, t) for t in range(91, 101)]
+        finally:
+            await stop(a, *([b] if b else []))
+
+    run(main())
+
+
+def test_send_queue_byte_bound() -> None:
+    async def main() -> None:
+        config = TransportConfig(frame_bytes_max=1 << 12, send_queue_bytes_max=1 << 12)
+        a = Node(1, config=config)
+        await a.transport.start()
+        try:
+            a.transport.set_peer_address(2, "127.0.0.1:1")  # never connects
+            payload = AppendEntries(1, 2, 1, 0, 0, (Entry(1, 1, 0, b"y" * 1000),), 0)
+            for _ in range(20):
+                a.transport.send(2, payload)
+            stats = a.transport.stats().peers[0]
+            assert stats.queued_bytes <= 1 << 12
+            assert stats.queued_messages == 4
+            assert stats.dropped_queue_full == 16
+            huge = AppendEntries(1, 2, 1, 0, 0, (Entry(1, 1, 0, b"z" * 5000),), 0)
+            assert not a.transport.send(2, huge)
+            assert a.transport.stats().dropped_too_large == 1
+        finally:
+            await stop(a)
+
+    run(main())
+
+
+def test_framed_connection_reusable_as_dialer_and_acceptor() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        got: list[Frame] = []
+        config = ConnectionConfig(handshake_timeout_ms=1000)
+
+        def answer(conn: FramedConnection, hello: object) -> HelloAck:
+            return HelloAck(1, CLUSTER, 9, 3)
+
+        def on_frame(conn: FramedConnection, frame: Frame) -> None:
+            got.append(frame)
+            conn.write(encode_frame(FrameKind.REPLY, frame.payload[::-1]))
+
+        server = await loop.create_server(
+            lambda: FramedConnection(config=config, on_frame=on_frame, answer=answer),
+            "127.0.0.1",
+            0,
+        )
+        replies: list[Frame] = []
+        try:
+            port = server.sockets[0].getsockname()[1]
+            _, conn = await loop.create_connection(
+                lambda: FramedConnection(
+                    config=config,
+                    on_frame=lambda c, f: replies.append(f),
+                    hello=make_hello(CLUSTER, 0, 0, Role.CLIENT),
+                    cluster_name=CLUSTER,
+                    expect_node_id=9,
+                ),
+                "127.0.0.1",
+                port,
+            )
+            await conn.handshake
+            assert conn.peer_ack == HelloAck(1, CLUSTER, 9, 3)
+            conn.write(
+                encode_frame(FrameKind.REQUEST, b"abc") + encode_frame(FrameKind.REQUEST, b"de")
+            )
+            await until(lambda: len(replies) == 2, "replies")
+            assert replies == [Frame(FrameKind.REPLY, b"cba"), Frame(FrameKind.REPLY, b"ed")]
+            assert got == [Frame(FrameKind.REQUEST, b"abc"), Frame(FrameKind.REQUEST, b"de")]
+            conn.close("done")
+            assert conn.closed
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main())
+
+
+def test_dialer_that_reaches_the_wrong_node_drops_it() -> None:
+    async def main() -> None:
+        a, b = Node(1), Node(2)
+        await a.transport.start()
+        await b.transport.start()
+        try:
+            c = Node(3)
+            await c.transport.start()
+            c.transport.set_peer_address(1, b.address)  # stale address: b is N2
+            await until(lambda: c.transport.stats().peers[0].dial_failures >= 2, "failed dials")
+            assert not c.transport.connected(1)
+            assert not c.transport.connected(2)
+            await c.transport.close()
+        finally:
+            await stop(a, b)
+
+    run(main())
+
+
+def test_config_and_address_validation() -> None:
+    with pytest.raises(ValueError):
+        TransportConfig(reconnect_backoff_min_ms=100, reconnect_backoff_max_ms=10)
+    with pytest.raises(ValueError):
+        TransportConfig(send_queue_messages_max=0)
+    with pytest.raises(ValueError):
+        TransportConfig(reconnect_jitter_ratio=1.5)
+    with pytest.raises(ValueError):
+        TransportConfig(frame_bytes_max=2)
+    assert parse_address("127.0.0.1:80") == ("127.0.0.1", 80)
+    assert parse_address("[::1]:7000") == ("::1", 7000)
+    for bad in ("nohost", ":80", "h:", "h:x", "h:70000"):
+        with pytest.raises(ValueError):
+            parse_address(bad)
+
+
+def test_backoff_grows_bounded_and_jittered() -> None:
+    config = TransportConfig(reconnect_backoff_min_ms=50, reconnect_backoff_max_ms=2000)
+    rng = Random(1)
+    delays = [config.backoff_ms(attempt, rng) for attempt in range(12)]
+    for attempt, delay in enumerate(delays):
+        ceiling = min(2000, 50 * 2**attempt)
+        assert ceiling * 0.5 <= delay <= ceiling
+    replay = Random(1)
+    assert delays == [config.backoff_ms(attempt, replay) for attempt in range(12)]
+    assert config.backoff_ms(10_000, rng) <= 2000
