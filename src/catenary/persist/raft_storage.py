@@ -10,11 +10,14 @@ Layout under ``directory``::
 
 Rules (each one is what a restart relies on):
 
-1. ``save(ready)`` persists, in this order, the snapshot (if any), the entries, then
-   the hard state, and returns only once all of it is durable.  The entries are
-   written with one ``store.sync()``; the small files are written by
-   ``atomic_write`` (write temp, fsync, rename, fsync dir).  The host sends
-   ``messages_after_persist`` only after ``save`` returned.
+1. ``save(ready)`` persists, in this order, the hard state (when term or vote
+   changed), the snapshot (if any), then the entries, and returns only once all
+   of it is durable.  The entries are written with one ``store.sync()``; the
+   small files by ``atomic_write`` (write temp, fsync, rename, fsync dir).  The
+   host sends ``messages_after_persist`` only after ``save`` returned.  The hard
+   state goes first so that a crash part-way never leaves entries of a term
+   above the stored term (Raft's "term never decreases" holds on disk too; a
+   lost vote is harmless because its grant was not sent yet).
 2. An installed snapshot replaces the whole log: the snapshot file is written
    first, then the store is reset to start at ``snapshot.index + 1``.  A crash
    between the two leaves older entries in the store; ``load`` reconciles them
@@ -199,15 +202,15 @@ class RaftStorage:
     # ------------------------------------------------------------------ save
 
     def save(self, ready: Ready) -> None:
-        """Persist the Ready's snapshot, entries and hard state (rule 1); durable on return."""
+        """Persist the Ready's hard state, snapshot and entries (rule 1); durable on return."""
         assert self._loaded, "load() before save()"
+        if ready.hard_state is not None:
+            self._write_hard_state(ready.hard_state)
         if ready.snapshot is not None:
             self._write_snapshot(ready.snapshot)
             self._store.reset(ready.snapshot.meta.index + 1)
         if ready.entries:
             self._append(ready.entries)
-        if ready.hard_state is not None:
-            self._write_hard_state(ready.hard_state)
 
     def compact(self, index: int, snapshot: Snapshot) -> None:
         """Persist a state-machine snapshot, then drop log entries up to ``index`` (rule 6)."""
