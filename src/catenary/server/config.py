@@ -36,6 +36,7 @@ from catenary.core.raft.types import RaftConfig
 ROLES = ("metadata-server", "log-server", "sequencer", "admin")
 METADATA_SERVERS = ("replicated", "local")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+EVENT_LOOPS = ("uvloop", "asyncio")
 ENV_PREFIX = "CATENARY_"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -104,6 +105,7 @@ class RaftOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class NetworkOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    event_loop: str = "uvloop"  # "uvloop" (when installed) | "asyncio"
     frame_bytes_max: int = 16 << 20
     handshake_timeout_ms: int = 5000
     client_connections_max: int = 1024
@@ -431,6 +433,12 @@ def validate(config: ServerConfig, sources: Mapping[str, str] | None = None) -> 
         bad("roles", config.roles, "roles must not repeat")
     if "metadata-server" not in config.roles:
         bad("roles", config.roles, "this version needs the metadata-server role on every node")
+    if config.network.event_loop not in EVENT_LOOPS:
+        bad(
+            "network.event_loop",
+            config.network.event_loop,
+            f"expected one of {', '.join(EVENT_LOOPS)}",
+        )
     if config.log_level not in LOG_LEVELS:
         bad("log_level", config.log_level, f"expected one of {', '.join(LOG_LEVELS)}")
 

@@ -1001,12 +1001,26 @@ class Server:
         raise _error(ErrorCode.UNAVAILABLE, f"could not record node n{node} (contention)")
 
     async def _ensure_member(self, host: MetadataHost, node: int) -> None:
-        membership = host.replica.raft.membership
-        if node in membership.voters or node in membership.learners:
-            return
-        index = await host.conf_change(ConfChange(ConfChangeKind.ADD_LEARNER, node))
-        log.info("adding n%d as a learner (entry %d)", node, index)
-        await self._await_applied(host, index)
+        deadline = time.monotonic() + self.config.metadata.request_timeout_ms / 1000
+        while True:
+            membership = host.replica.raft.membership
+            if node in membership.voters or node in membership.learners:
+                return
+            try:
+                index = await host.conf_change(ConfChange(ConfChangeKind.ADD_LEARNER, node))
+            except ServiceError as exc:
+                # Another change (e.g. a promotion) is in flight: one at a time, so
+                # wait for it to apply and try again, within the request's bound.
+                if exc.code != ErrorCode.UNAVAILABLE or time.monotonic() > deadline:
+                    raise
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(host.changed(), 0.2)
+                continue
+            log.info("adding n%d as a learner (entry %d)", node, index)
+            await self._await_applied(host, index)
+            if time.monotonic() > deadline:
+                raise _error(ErrorCode.UNAVAILABLE, f"n{node} could not be added in time")
+            # Loop: the membership check above confirms the change took effect.
 
     async def _await_applied(self, host: MetadataHost, index: int) -> None:
         deadline = time.monotonic() + self.config.metadata.request_timeout_ms / 1000
@@ -1182,8 +1196,11 @@ def run_server(config: ServerConfig, *, admin_app: AdminAppFactory | None = None
         )
         return 2
     _setup_logging(config.log_level)
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency where available
-        return asyncio.run(_serve(config, admin_app))
-    return int(uvloop.run(_serve(config, admin_app)))
+    if config.network.event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop is a dependency where available
+            log.warning("uvloop is not installed; using the asyncio event loop")
+        else:
+            return int(uvloop.run(_serve(config, admin_app)))
+    return asyncio.run(_serve(config, admin_app))
