@@ -376,3 +376,24 @@ def test_addresses_are_validated() -> None:
     for bad in ("", "nohost", "h:0", "h:99999", "h:x"):
         with pytest.raises(ValueError):
             split_addresses(bad)
+
+
+def test_slow_watch_consumer_is_resubscribed_without_gaps() -> None:
+    async def body(node: FakeNode) -> None:
+        async with Client([node.address], timeout_s=2, watch_queue_max=2) as client:
+            v0 = await client.metadata.put("/s/0", b"v")
+            watcher = client.metadata.watch("/s/", prefix=True, from_version=v0)
+            task = asyncio.create_task(watcher.__anext__())  # subscribes
+            while not node.watchers:
+                await asyncio.sleep(0.005)
+            for i in range(1, 11):
+                await client.metadata.put(f"/s/{i}", b"v")
+            events = [await task]
+            while len(events) < 10:
+                events.append(await watcher.__anext__())
+            assert [e.key for e in events] == [f"/s/{i}" for i in range(1, 11)]
+            assert any(isinstance(r, m.CancelWatch) for r in node.received)  # it fell behind
+            assert sum(isinstance(r, m.Watch) for r in node.received) >= 2  # and came back
+            await watcher.aclose()
+
+    run(body)

@@ -332,8 +332,11 @@ class Client:
             address = self._pick(target)
             # 1. connect: a failure here means nothing was sent.
             try:
-                async with asyncio.timeout(min(remaining, self.connect_timeout_s)):
-                    conn = await self._connection(address)
+                conn_or_none = self._conns.get(address)
+                if conn_or_none is None or conn_or_none.closed:
+                    async with asyncio.timeout(min(remaining, self.connect_timeout_s)):
+                        conn_or_none = await self._connection(address)
+                conn = conn_or_none
                 future = conn.call(build)
             except (NotSentError, TimeoutError) as exc:
                 last = str(exc) or f"{address}: connect timed out"
@@ -723,7 +726,7 @@ class Watcher:
             if self._events:
                 event = self._events.popleft()
                 return event
-            if self._closed:
+            if self._closed or self._client._closed:
                 raise StopAsyncIteration
             if self._conn is None and not self._inbox:
                 self._lagging = False
