@@ -397,3 +397,19 @@ def test_slow_watch_consumer_is_resubscribed_without_gaps() -> None:
             await watcher.aclose()
 
     run(body)
+
+
+def test_works_on_uvloop() -> None:
+    uvloop = pytest.importorskip("uvloop")
+
+    async def body() -> None:
+        node = await FakeNode().start()
+        try:
+            async with Client([node.address], timeout_s=2) as client:
+                version = await client.metadata.put("/u", b"v")
+                kv = await client.metadata.get("/u")
+                assert kv is not None and kv.version == version
+        finally:
+            await node.stop()
+
+    uvloop.run(body())

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import cast
 
 import msgspec
 
@@ -152,9 +153,9 @@ class NodeConnection(asyncio.Protocol):
     # ------------------------------------------------------- asyncio hooks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        transport.write(encode_hello(make_hello(self._cluster_name, 0, 0, Role.CLIENT)))
+        # uvloop's transports do not derive from asyncio.Transport; they implement it.
+        self._transport = cast(asyncio.Transport, transport)
+        self._transport.write(encode_hello(make_hello(self._cluster_name, 0, 0, Role.CLIENT)))
 
     def data_received(self, data: bytes) -> None:
         try:
