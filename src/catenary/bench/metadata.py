@@ -296,15 +296,14 @@ def _percentile_ms(samples_s: list[float], q: float) -> float:
 async def _phase(
     client: Client, kind: str, clients: int, seconds: float, value: bytes, keys_per_client: int
 ) -> list[Figure]:
-    loop = asyncio.get_running_loop()
     latencies: list[list[float]] = [[] for _ in range(clients)]
-    stop_at = loop.time() + seconds
+    stop_at = time.perf_counter() + seconds
     metadata = client.metadata
 
     async def worker(w: int) -> None:
         samples = latencies[w]
         i = 0
-        clock = loop.time
+        clock = time.perf_counter  # uvloop's loop.time() has only millisecond resolution
         while True:
             key = f"/bench/{clients}/{w}/{i % keys_per_client}"
             start = clock()
@@ -317,9 +316,9 @@ async def _phase(
             samples.append(clock() - start)
             i += 1
 
-    started = loop.time()
+    started = time.perf_counter()
     await asyncio.gather(*(worker(w) for w in range(clients)))
-    elapsed = loop.time() - started
+    elapsed = time.perf_counter() - started
     merged = [x for samples in latencies for x in samples]
     return [
         Figure(f"{kind}_ops_per_s", len(merged) / elapsed, "ops/s", clients),
