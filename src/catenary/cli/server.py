@@ -97,11 +97,11 @@ def server(
             continue
         flag_texts[option.strip()] = text
     try:
-        if problems:
-            raise ConfigError(problems)
         config = load_config(config_path, flags=flags, flag_texts=flag_texts)
     except ConfigError as exc:
-        for problem in exc.problems:
+        problems += exc.problems
+    if problems:
+        for problem in problems:
             click.echo(f"catenary server: {problem}", err=True)
         sys.exit(2)
     if print_config:

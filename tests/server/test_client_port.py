@@ -1,0 +1,163 @@
+"""The client port: handshake, replies by id, bad input drops only that connection."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import msgspec
+import pytest
+
+from catenary.api import messages as api
+from catenary.runtime.client_port import ClientPort, ClientPortConfig, Emit, ServiceError
+from catenary.runtime.metrics import ServerMetrics
+from catenary.runtime.rpc import call, call_many
+from catenary.wire import FrameKind, encode_frame, encode_hello, make_hello
+from catenary.wire.handshake import Role
+
+pytestmark = pytest.mark.timeout(30)
+
+STATUS = api.NodeStatus("blue", 1, 1, "replicated", "leader", 1, 1, 0, 0, (), True)
+
+
+class FakeNode:
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+
+    def identity(self) -> tuple[str, int, int]:
+        return "blue", 1, 1
+
+    async def handle(self, request: api.Request) -> api.Reply:
+        if isinstance(request, api.Get):
+            if request.key == "slow":
+                await self.gate.wait()
+            if request.key == "boom":
+                raise RuntimeError("bug")
+            if request.key == "err":
+                raise ServiceError(api.ErrorCode.NOT_LEADER, "no", leader=2, leader_address="x:1")
+            return api.GetReply(request.id, None, 7)
+        return api.StatusReply(request.id, STATUS)
+
+    async def watch(self, request: api.Watch, emit: Emit) -> None:
+        await asyncio.sleep(3600)
+
+
+async def start_port(**config: int) -> tuple[ClientPort, str]:
+    port = ClientPort(FakeNode(), ServerMetrics(lambda: STATUS), ClientPortConfig(**config))
+    await port.start("127.0.0.1", 0)
+    assert port._server is not None
+    host, number = port._server.sockets[0].getsockname()[:2]
+    return port, f"{host}:{number}"
+
+
+async def raw(address: str, *chunks: bytes) -> bytes:
+    """Send each chunk after the node answered the previous one; all it sent until it closed."""
+    host, port = address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    received = b""
+    for number, chunk in enumerate(chunks):
+        writer.write(chunk)
+        if number < len(chunks) - 1:
+            received += await asyncio.wait_for(reader.read(65536), 5)
+    received += await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    return received
+
+
+def hello(cluster: str = "blue") -> bytes:
+    return encode_hello(make_hello(cluster, 0, 0, Role.CLIENT))
+
+
+def test_requests_are_answered_by_id_and_errors_mapped() -> None:
+    async def main() -> None:
+        port, address = await start_port()
+        try:
+            replies = await call_many(
+                address,
+                [api.Get(5, "a"), api.GetStatus(6), api.Get(7, "boom"), api.Get(8, "err")],
+                cluster_name="blue",
+            )
+            assert replies[0] == api.GetReply(5, None, 7)
+            assert replies[1] == api.StatusReply(6, STATUS)
+            assert isinstance(replies[2], api.ErrorReply) and replies[2].code == "internal"
+            assert replies[3] == api.ErrorReply(8, "not_leader", "no", 2, "x:1")
+            # A client that names no cluster is accepted.
+            assert await call(address, api.Get(1, "a")) == api.GetReply(1, None, 7)
+        finally:
+            await port.close()
+
+    asyncio.run(main())
+
+
+def test_bad_input_drops_only_that_connection() -> None:
+    async def main() -> None:
+        port, address = await start_port(frame_bytes_max=1 << 16)
+        try:
+            # Not even a hello: dropped without an answer.
+            assert await raw(address, b"GET / HTTP/1.1\r\n\r\n") == b""
+            # Another cluster: refused with the reason, then closed.
+            refused = await raw(address, hello("green"))
+            assert refused[4] == FrameKind.HELLO_REFUSED and b"green" in refused
+            # After the handshake: undecodable payload, unknown kind, oversized length.
+            for bad in (
+                encode_frame(FrameKind.REQUEST, b"\xc1junk"),
+                struct.pack(">IB", 1, 99) + b"x",
+                struct.pack(">IB", 1 << 20, FrameKind.REQUEST),
+                encode_frame(FrameKind.REQUEST, msgspec.msgpack.encode(["nope", 1])),
+            ):
+                answer = await raw(address, hello(), bad)
+                assert answer[4] == FrameKind.HELLO_ACK  # only the ack, then closed
+                assert len(answer) == struct.unpack(">I", answer[:4])[0] + 5
+            # The node still serves everyone else.
+            assert await call(address, api.Get(2, "a"), cluster_name="blue") == api.GetReply(
+                2, None, 7
+            )
+            registry = port.metrics.registry
+            for reason in ("MalformedPayload", "UnknownFrameKind", "FrameTooLarge"):
+                labels = {"reason": reason}
+                count = registry.get_sample_value(
+                    "catenary_client_connections_dropped_total", labels
+                )
+                assert count is not None and count >= 1, reason
+        finally:
+            await port.close()
+
+    asyncio.run(main())
+
+
+def test_inflight_bound_answers_overloaded() -> None:
+    async def main() -> None:
+        port, address = await start_port(inflight_max=1)
+        node = port.handler
+        assert isinstance(node, FakeNode)
+
+        async def release() -> None:
+            await asyncio.sleep(0.2)
+            node.gate.set()
+
+        try:
+            releaser = asyncio.ensure_future(release())
+            replies = await call_many(
+                address, [api.Get(1, "slow"), api.Get(2, "a")], cluster_name="blue"
+            )
+            await releaser
+        finally:
+            await port.close()
+        assert replies[0] == api.GetReply(1, None, 7)
+        assert isinstance(replies[1], api.ErrorReply) and replies[1].code == "overloaded"
+
+    asyncio.run(main())
+
+
+def test_handshake_timeout_closes_silent_connections() -> None:
+    async def main() -> None:
+        port, address = await start_port(handshake_timeout_ms=100)
+        try:
+            host, number = address.rsplit(":", 1)
+            reader, writer = await asyncio.open_connection(host, int(number))
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
+        finally:
+            await port.close()
+
+    asyncio.run(main())
