@@ -44,8 +44,8 @@ from catenary.core.raft.types import (
     NotLeader,
     ProposalDropped,
     RaftConfig,
-    Ready,
     ReadState,
+    Ready,
     RequestVote,
     RequestVoteResponse,
     Snapshot,
@@ -240,8 +240,8 @@ class Cluster:
                 lines.append(f"snapshot {s.index}/{s.term} voters={s.membership.voters}")
             if rd.entries:
                 lines.append(f"persist {fmt_entries(rd.entries)}")
-            lines += [f"send {fmt_msg(m)}" for m in rd.messages]
-            lines += [f"send-after-persist {fmt_msg(m)}" for m in rd.messages_after_persist]
+            lines += [f"send {self._fmt_sent(m)}" for m in rd.messages]
+            lines += [f"send-after-persist {self._fmt_sent(m)}" for m in rd.messages_after_persist]
             if rd.committed:
                 lines.append(f"apply {fmt_entries(rd.committed)}")
             lines += [f"read ctx={r.ctx} index={r.index}" for r in rd.reads]
@@ -251,6 +251,9 @@ class Cluster:
             out += [f"  {ln}" for ln in lines]
         node.advance(rd)
         return True
+
+    def _fmt_sent(self, m: Message) -> str:
+        return fmt_msg(m) + ("" if self.linked(m.src, m.dst) else " (lost: partition)")
 
     def compact(self, nid: int) -> int:
         node = self.nodes[nid]
@@ -320,7 +323,7 @@ def parse(text: str) -> list[Block]:
 def render(blocks: list[Block], outputs: list[list[str]]) -> str:
     parts: list[str] = []
     for b, out in zip(blocks, outputs, strict=True):
-        head = "\n".join(b.comments + [b.command, "----"] + out)
+        head = "\n".join([*b.comments, b.command, "----", *out])
         parts.append(head)
     return "\n\n".join(parts) + "\n"
 

@@ -9,6 +9,7 @@ checks are Raft's safety properties: one leader per term, applied sequences that
 
 from __future__ import annotations
 
+import contextlib
 from random import Random
 
 import pytest
@@ -100,10 +101,8 @@ def run_seed(seed: int, steps: int, *, lease: bool = False) -> Cluster:
             leader = next((n for n in live if c.nodes[n].role == "leader"), None)
             if leader is not None:
                 seq += 1
-                try:
+                with contextlib.suppress(ProposalDropped):
                     c.nodes[leader].propose_batch([f"v{seq}.{k}".encode() for k in range(3)])
-                except ProposalDropped:
-                    pass
         elif r < 0.82:
             leader = next((n for n in live if c.nodes[n].role == "leader"), None)
             if leader is not None:

@@ -468,7 +468,9 @@ class RaftNode:
         if pr.match == self._log.last_index:
             self._send_timeout_now(target)
         else:
-            self._send_append(target)
+            if pr.state == PROBE:
+                pr.probe_sent = False  # do not wait for a heartbeat to catch it up
+            self._fill_pipeline(target)
 
     def compact(self, index: int, data: bytes) -> None:
         """The host persisted a state-machine snapshot at ``index`` (<= applied)."""
@@ -572,8 +574,9 @@ class RaftNode:
             self._bcast_append = False
             for pid in sorted(self._progress):
                 pr = self._progress[pid]
-                if pr.next > self._log.last_index and pr.state == REPLICATE:
-                    # Up to date: an empty append carries the new commit index.
+                if pr.next > self._log.last_index and pr.state != SNAPSHOT:
+                    # Nothing new to send: an empty append carries the commit index (and,
+                    # to a new or probing follower, asks where its log ends).
                     self._send_append(pid, allow_empty=True)
                 else:
                     self._fill_pipeline(pid)
@@ -845,6 +848,7 @@ class RaftNode:
             pr = self._progress.get(pid)
             if pr is None:
                 pr = self._progress[pid] = Progress(self._log.last_index + 1, False)
+                self._bcast_append = True
             pr.learner = pid in m.learners
 
     def _maybe_commit(self) -> None:
@@ -876,7 +880,26 @@ class RaftNode:
             self._check_reads()
         m = self.membership
         if self._id not in m.voters and (not self._configs or self._configs[-1][0] <= index):
-            self._become_follower(self._term, 0)  # R8: our removal committed
+            self._step_down_removed()
+
+    def _step_down_removed(self) -> None:
+        """R8: our removal committed.  Tell the others it did, hand leadership to the
+        most up-to-date voter at once (rather than after an election timeout), step down."""
+        best = 0
+        for pid in sorted(self._progress):
+            pr = self._progress[pid]
+            prev_term = self._log.term_at(pr.match)
+            if prev_term is not None and pr.match > 0:
+                self._send(
+                    AppendEntries(
+                        self._id, pid, self._term, pr.match, prev_term, (), self._commit, 0
+                    )
+                )
+            if not pr.learner and pr.match == self._log.last_index and best == 0:
+                best = pid
+        if best:
+            self._send(TimeoutNow(self._id, best, self._term))
+        self._become_follower(self._term, 0)
 
     def _committed_in_term(self) -> bool:
         return self._log.term_at(self._commit) == self._term
@@ -930,16 +953,21 @@ class RaftNode:
             pr.probe_sent = False
             self._send_append(pid, allow_empty=True)
             return
-        if pr.state == SNAPSHOT and pr.snap_chunk_unacked:
-            self._send_snapshot_chunk(pid)  # the chunk or its answer may be lost
-        # In replicate state probe at the optimistic point: if an append was lost the
-        # follower rejects and the leader falls back to probing from the match.
-        prev = pr.next - 1 if pr.state == REPLICATE else pr.match
+        if pr.state == SNAPSHOT:
+            # The follower cannot use an append until the snapshot is in; resend the
+            # chunk in flight in case it or its answer was lost.
+            if pr.snap_chunk_unacked:
+                self._send_snapshot_chunk(pid)
+            return
+        # Replicate: probe at the optimistic point.  If an append was lost the follower
+        # rejects and the leader falls back to probing from the match (R6).
+        prev = pr.next - 1
         prev_term = self._log.term_at(prev)
         if prev_term is None:
-            # The match point was compacted away: probe at the snapshot; a follower
-            # without it rejects and is sent the snapshot.
-            prev, prev_term = self._log.snap_index, self._log.snap_term
+            # Compacted past what it holds: it needs the snapshot.
+            pr.become_probe()
+            self._send_append(pid)
+            return
         self._send(
             AppendEntries(
                 self._id,
@@ -1128,6 +1156,9 @@ class RaftNode:
             pr.become_probe()
             self._send_append(m.src)
             return
+        if m.next_offset == pr.snap_offset:
+            return  # a duplicate answer: that chunk is in flight (or resent on heartbeat)
+        # Forward: the chunk arrived.  Backward: the follower lost its buffer (restart).
         pr.snap_chunk_unacked = False
         pr.snap_offset = m.next_offset
         self._send_snapshot_chunk(m.src)
