@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+import aiohttp
 import pytest
 
 from catenary.bench.metadata import LocalCluster, NodeProcess
@@ -266,6 +267,21 @@ def test_bad_frames_drop_only_that_connection(tmp_path: Path) -> None:
             assert node.running()
             log = node.log_text().lower()
             assert log.count("dropping client connection") >= len(attacks), log[-3000:]
+
+            # The HTTP admin API of the same node: alive, ready, and the drops are counted.
+            base = f"http://{node.admin_address}"
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+                async with http.get(f"{base}/health") as resp:
+                    assert resp.status == 200
+                async with http.get(f"{base}/ready") as resp:
+                    assert resp.status == 200 and (await resp.json())["ready"] is True
+                async with http.get(f"{base}/v1/status") as resp:
+                    status = await resp.json()
+                    assert status["raft_state"] == "leader" and status["provisioned"] is True
+                async with http.get(f"{base}/metrics") as resp:
+                    text = await resp.text()
+                    assert "catenary_raft_term" in text
+                    assert "catenary_client_connections_dropped_total" in text
 
     run(body)
 
