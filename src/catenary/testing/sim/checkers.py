@@ -50,8 +50,10 @@ class DurableModel:
             self.entries.clear()
         if ready.entries:
             first = ready.entries[0].index
-            for index in [i for i in self.entries if i >= first]:
-                del self.entries[index]
+            # Entries are kept in index order (dict insertion order), so the
+            # overwritten suffix is at the end.
+            while self.entries and next(reversed(self.entries)) >= first:
+                self.entries.popitem()
             for entry in ready.entries:
                 self.entries[entry.index] = entry.term
         if ready.hard_state is not None:
@@ -60,6 +62,8 @@ class DurableModel:
 
     def compacted(self, snapshot: Snapshot) -> None:
         self.snapshot_index = max(self.snapshot_index, snapshot.meta.index)
+        for index in [i for i in self.entries if i <= self.snapshot_index]:
+            del self.entries[index]
 
     def reload(
         self, hard_state: HardState, snapshot: Snapshot | None, entries: list[Entry]

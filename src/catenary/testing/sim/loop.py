@@ -16,18 +16,13 @@ from __future__ import annotations
 import hashlib
 import heapq
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 Action = Callable[[], None]
 
 
-@dataclass(order=True, slots=True)
-class _Event:
-    time_us: int
-    seq: int
-    name: str = field(compare=False)
-    action: Action = field(compare=False)
-    detail: bytes = field(compare=False, default=b"")
+# (time_us, seq, name, action, detail): seq is unique, so comparison never
+# reaches the action.
+_Event = tuple[int, int, str, Action, bytes]
 
 
 class EventLoop:
@@ -48,7 +43,7 @@ class EventLoop:
         """Run ``action`` at ``time_us`` (never in the past)."""
         time_us = max(time_us, self.now_us)
         self._seq += 1
-        heapq.heappush(self._heap, _Event(time_us, self._seq, name, action, detail))
+        heapq.heappush(self._heap, (time_us, self._seq, name, action, detail))
 
     def after(self, delay_us: int, name: str, action: Action, detail: bytes = b"") -> None:
         self.at(self.now_us + max(0, delay_us), name, action, detail)
@@ -57,14 +52,14 @@ class EventLoop:
         """Run events up to and including ``time_us`` (or until ``stop()`` holds)."""
         heap = self._heap
         trace = self._trace
-        while heap and heap[0].time_us <= time_us:
-            event = heapq.heappop(heap)
-            self.now_us = event.time_us
+        while heap and heap[0][0] <= time_us:
+            at_us, _seq, name, action, detail = heapq.heappop(heap)
+            self.now_us = at_us
             self.events_run += 1
-            trace.update(b"%d %s " % (event.time_us, event.name.encode()))
-            if event.detail:
-                trace.update(event.detail)
-            event.action()
+            trace.update(b"%d %s " % (at_us, name.encode()))
+            if detail:
+                trace.update(detail)
+            action()
             if stop is not None and stop():
                 return
         self.now_us = max(self.now_us, time_us)

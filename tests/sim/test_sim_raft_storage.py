@@ -1,0 +1,214 @@
+"""RaftStorage: what save() makes durable is what load() returns, across crashes."""
+
+from __future__ import annotations
+
+import contextlib
+from random import Random
+
+import msgspec
+import pytest
+
+from catenary.core.raft.types import (
+    Entry,
+    EntryKind,
+    HardState,
+    Membership,
+    Ready,
+    Snapshot,
+    SnapshotMeta,
+)
+from catenary.persist.raft_storage import RaftStorage, RaftStorageCorruption
+from catenary.storage.errors import CorruptionError
+from catenary.storage.fs_sim import SimFileSystem
+from catenary.storage.store import StoreConfig
+from catenary.testing.sim.crashfs import CrashPointFileSystem, SimulatedCrash
+
+pytestmark = pytest.mark.timeout(30)
+
+DIR = "/raft"
+SMALL = StoreConfig(segment_bytes_max=256)  # a few entries per segment file
+
+
+def entries(first: int, last: int, term: int) -> list[Entry]:
+    return [
+        Entry(term, i, EntryKind.NORMAL, b"e%d-t%d" % (i, term)) for i in range(first, last + 1)
+    ]
+
+
+def snapshot(index: int, term: int) -> Snapshot:
+    return Snapshot(SnapshotMeta(index, term, Membership(voters=(1, 2, 3))), b"state@%d" % index)
+
+
+def fresh(fs: SimFileSystem) -> RaftStorage:
+    storage = RaftStorage.open(fs, DIR, SMALL)
+    storage.load()
+    return storage
+
+
+def reopen(fs: SimFileSystem) -> tuple[HardState, Snapshot | None, list[Entry]]:
+    return RaftStorage.open(fs, DIR, SMALL).load()
+
+
+def test_empty_directory_loads_empty() -> None:
+    fs = SimFileSystem(Random(1))
+    assert reopen(fs) == (HardState(), None, [])
+
+
+def test_save_then_crash_keeps_everything_saved() -> None:
+    fs = SimFileSystem(Random(2))
+    storage = fresh(fs)
+    storage.save(Ready(hard_state=HardState(3, 2, 5), entries=entries(1, 10, 3)))
+    fs.crash()
+    hard_state, snap, loaded = reopen(fs)
+    assert (hard_state.term, hard_state.vote) == (3, 2)
+    assert hard_state.commit == 5
+    assert snap is None
+    assert loaded == entries(1, 10, 3)
+
+
+def test_overlapping_entries_replace_the_suffix() -> None:
+    fs = SimFileSystem(Random(3))
+    storage = fresh(fs)
+    storage.save(Ready(hard_state=HardState(2, 1, 0), entries=entries(1, 12, 2)))
+    storage.save(Ready(hard_state=HardState(3, 0, 0), entries=entries(6, 8, 3)))
+    fs.crash()
+    _, _, loaded = reopen(fs)
+    assert loaded == entries(1, 5, 2) + entries(6, 8, 3)
+
+
+def test_a_gap_is_refused() -> None:
+    storage = fresh(SimFileSystem(Random(4)))
+    storage.save(Ready(entries=entries(1, 3, 1)))
+    with pytest.raises(ValueError, match="gap"):
+        storage.save(Ready(entries=entries(5, 6, 1)))
+
+
+def test_hard_state_is_rewritten_only_when_term_or_vote_change() -> None:
+    fs = SimFileSystem(Random(5))
+    storage = fresh(fs)
+    storage.save(Ready(hard_state=HardState(4, 1, 0), entries=entries(1, 3, 4)))
+    renames = fs.fsync_dir_count
+    storage.save(Ready(hard_state=HardState(4, 1, 3)))  # commit only: no file write
+    assert fs.fsync_dir_count == renames
+    fs.crash()
+    hard_state, _, _ = reopen(fs)
+    # The commit was not made durable, which is allowed; term and vote were.
+    assert (hard_state.term, hard_state.vote, hard_state.commit) == (4, 1, 0)
+
+
+def test_installed_snapshot_replaces_the_log() -> None:
+    fs = SimFileSystem(Random(6))
+    storage = fresh(fs)
+    storage.save(Ready(hard_state=HardState(2, 0, 0), entries=entries(1, 20, 2)))
+    storage.save(
+        Ready(hard_state=HardState(3, 0, 50), snapshot=snapshot(50, 3), entries=entries(51, 53, 3))
+    )
+    fs.crash()
+    _, snap, loaded = reopen(fs)
+    assert snap == snapshot(50, 3)
+    assert loaded == entries(51, 53, 3)
+
+
+def test_compact_drops_the_prefix_and_load_skips_what_the_snapshot_covers() -> None:
+    fs = SimFileSystem(Random(7))
+    storage = fresh(fs)
+    storage.save(Ready(hard_state=HardState(2, 0, 30), entries=entries(1, 40, 2)))
+    storage.compact(30, snapshot(30, 2))
+    assert storage.first_index == 31
+    fs.crash()
+    hard_state, snap, loaded = reopen(fs)
+    assert snap == snapshot(30, 2)
+    assert loaded == entries(31, 40, 2)
+    assert hard_state.commit == 30  # never below the snapshot
+
+
+def test_crash_between_snapshot_file_and_log_reset_is_reconciled() -> None:
+    fs = SimFileSystem(Random(8))
+    storage = fresh(fs)
+    storage.save(Ready(hard_state=HardState(2, 0, 0), entries=entries(1, 20, 2)))
+    # The snapshot file reaches the disk, the store reset does not: the stored
+    # entry at the snapshot index has another term, so the old log is dropped.
+    storage.save(Ready(hard_state=HardState(3, 0, 0)))
+    storage._write_snapshot(snapshot(15, 3))
+    fs.crash()
+    reloaded = RaftStorage.open(fs, DIR, SMALL)
+    _, snap, loaded = reloaded.load()
+    assert snap == snapshot(15, 3)
+    assert loaded == []
+    assert reloaded.recovery_notes  # reported, not silent
+    assert reloaded.last_index == 15
+
+
+def test_store_ending_before_the_snapshot_is_reset() -> None:
+    fs = SimFileSystem(Random(9))
+    storage = fresh(fs)
+    storage.save(Ready(hard_state=HardState(2, 0, 0), entries=entries(1, 5, 2)))
+    storage.save(Ready(hard_state=HardState(3, 0, 0)))
+    storage._write_snapshot(snapshot(40, 3))
+    fs.crash()
+    reloaded = RaftStorage.open(fs, DIR, SMALL)
+    _, snap, loaded = reloaded.load()
+    assert snap == snapshot(40, 3) and loaded == []
+    reloaded.save(Ready(entries=entries(41, 42, 3)))
+    fs.crash()
+    assert reopen(fs)[2] == entries(41, 42, 3)
+
+
+@pytest.mark.parametrize("budget", range(10))
+def test_crash_at_any_point_of_a_save_keeps_the_old_log_or_a_prefix_of_the_new(
+    budget: int,
+) -> None:
+    disk = SimFileSystem(Random(100 + budget), tear_probability=1.0)
+    fs = CrashPointFileSystem(disk)
+    storage = RaftStorage.open(fs, DIR, SMALL)
+    storage.load()
+    storage.save(Ready(hard_state=HardState(1, 1, 0), entries=entries(1, 4, 1)))
+    fs.arm(budget)
+    with contextlib.suppress(SimulatedCrash):
+        storage.save(Ready(hard_state=HardState(2, 3, 0), entries=entries(3, 9, 2)))
+    disk.crash()
+    hard_state, _, loaded = reopen(disk)
+    assert (hard_state.term, hard_state.vote) in {(1, 1), (2, 3)}
+    old = entries(1, 4, 1)
+    new = entries(1, 2, 1) + entries(3, 9, 2)
+    if loaded[2:3] == new[2:3]:
+        assert hard_state.term == 2, "entries of term 2 only after the term-2 hard state"
+        assert loaded == new[: len(loaded)]
+    else:
+        assert loaded == old[: len(loaded)] and len(loaded) >= 2
+
+
+def test_an_entry_stored_at_the_wrong_position_is_corruption() -> None:
+    fs = SimFileSystem(Random(11))
+    storage = fresh(fs)
+    storage.save(Ready(entries=entries(1, 2, 1)))
+    # Bypass save(): store an entry claiming index 7 at position 3.
+    storage._store.append([_encode(Entry(1, 7, EntryKind.NORMAL, b"x"))])
+    storage._store.sync()
+    with pytest.raises(RaftStorageCorruption, match="position 3 claims index 7"):
+        reopen(fs)
+
+
+def test_a_term_going_back_is_corruption() -> None:
+    fs = SimFileSystem(Random(12))
+    storage = fresh(fs)
+    storage.save(Ready(hard_state=HardState(5, 0, 0), entries=entries(1, 2, 5)))
+    storage.save(Ready(entries=entries(3, 3, 4)))
+    with pytest.raises(RaftStorageCorruption, match="term 4 after term 5"):
+        reopen(fs)
+
+
+def test_bit_flip_in_the_middle_of_the_log_is_reported() -> None:
+    fs = SimFileSystem(Random(13))
+    storage = fresh(fs)
+    storage.save(Ready(hard_state=HardState(1, 0, 0), entries=entries(1, 40, 1)))
+    names = sorted(n for n in fs.listdir(DIR + "/log") if n.endswith(".seg"))
+    assert len(names) > 2
+    fs.flip_bit(f"{DIR}/log/{names[0]}", 40)
+    with pytest.raises(CorruptionError) as caught:
+        reopen(fs)
+    assert caught.value.path.endswith(names[0])
+
+
+def _encode(entry: Entry) -> bytes:
+    return msgspec.msgpack.encode(entry)
