@@ -735,10 +735,13 @@ class SegmentedStore:
         with self._lock:
             removed = False
             try:
+                # Remove only durable segments, and only when the next one's file is durable:
+                # the first remaining file is what tells a reopen the first position.
                 while (
                     len(self._segments) > 1
                     and self._segments[1].first <= position
                     and self._segments[0].synced_bytes == self._segments[0].size
+                    and self._segments[1].synced_bytes > 0
                 ):
                     seg = self._segments[0]
                     if seg.file is not None:
@@ -756,15 +759,18 @@ class SegmentedStore:
                 raise
 
     def truncate_suffix(self, position: int) -> None:
-        """Drop every record at or after ``position``; durable on return (rule 5)."""
+        """Drop every record at or after ``position``; durable on return (rule 5).
+
+        The records kept are synced too, so afterwards everything below ``position`` is durable.
+        """
         self._check_writable()
-        if position == self._next:
-            return
-        if not self.first_position <= position < self._next:
+        if not self.first_position <= position <= self._next:
             raise PositionError(
                 f"truncate_suffix({position}) outside [{self.first_position}, {self._next}]"
             )
         self.sync()  # afterwards every byte is in its file; only files need cutting
+        if position == self._next:
+            return
         fs = self._fs
         with self._lock:
             try:
