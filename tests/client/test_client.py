@@ -413,3 +413,17 @@ def test_works_on_uvloop() -> None:
             await node.stop()
 
     uvloop.run(body())
+
+
+def test_write_queued_but_not_written_when_the_connection_closes_is_retried() -> None:
+    async def body(node: FakeNode) -> None:
+        async with Client([node.address], timeout_s=2) as client:
+            await client.metadata.get("/warm")  # the connection is open
+            conn = client._conns[node.address]
+            task = asyncio.create_task(client.metadata.put("/k", b"v"))
+            await asyncio.sleep(0)  # the put is queued; its frame is not written yet
+            conn.close("closed by the test")
+            assert await task == 1  # surely not sent, so retried on a new connection
+            assert sum(isinstance(r, m.Put) for r in node.received) == 1
+
+    run(body)

@@ -364,6 +364,12 @@ class Client:
                 self._failed(address)
                 attempt += 1
                 continue
+            except NotSentError as exc:  # closed before the frame left: safe to retry
+                last = str(exc)
+                self._failed(address)
+                await self._backoff(attempt, deadline)
+                attempt += 1
+                continue
             except ConnectionLostError as exc:
                 if policy is Policy.WRITE:
                     raise IndeterminateError(

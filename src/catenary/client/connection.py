@@ -14,8 +14,9 @@ Theory of operation
    The number of requests awaiting a reply is bounded (``pending_max``); past
    it ``send`` refuses with ``NotSentError`` (the request surely did not leave).
 4. ``NotSentError`` means the request surely never reached the node (closed
-   before writing, connect or handshake failed); ``ConnectionLostError`` means
-   it was handed to the socket and its fate is unknown.  The client's retry
+   before its frame was handed to the socket, connect or handshake failed);
+   ``ConnectionLostError`` means it was handed to the socket and its fate is
+   unknown.  The client's retry
    policy depends on exactly this distinction, so nothing else is raised for
    a request's failure.
 5. A malformed frame from the node closes the connection with a logged reason;
@@ -106,6 +107,7 @@ class NodeConnection(asyncio.Protocol):
         self._listeners: dict[int, WatchListener] = {}
         self._next_id = 1
         self._out: list[bytes] = []
+        self._unwritten: set[int] = set()  # ids whose frames are still in _out
         self._flush_scheduled = False
         self.closed = False
         self.close_reason = ""
@@ -235,8 +237,10 @@ class NodeConnection(asyncio.Protocol):
         except FrameTooLarge as exc:
             raise TooLargeError(f"request not sent: {exc}") from None
 
-    def _enqueue(self, frame: bytes) -> None:
+    def _enqueue(self, frame: bytes, request_id: int = 0) -> None:
         self._out.append(frame)
+        if request_id:
+            self._unwritten.add(request_id)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
@@ -244,9 +248,9 @@ class NodeConnection(asyncio.Protocol):
     def _flush(self) -> None:
         self._flush_scheduled = False
         if self._transport is None or self.closed or not self._out:
-            self._out.clear()
             return
         out, self._out = self._out, []
+        self._unwritten.clear()
         self._transport.write(b"".join(out))
 
     def _check_open(self) -> None:
@@ -263,7 +267,7 @@ class NodeConnection(asyncio.Protocol):
         future: asyncio.Future[Reply] = self._loop.create_future()
         self._pending[request_id] = future
         future.add_done_callback(lambda _f: self._pending.pop(request_id, None))
-        self._enqueue(frame)
+        self._enqueue(frame, request_id)
         return future
 
     def watch(self, build: Callable[[int], Request], listener: WatchListener) -> int:
@@ -312,8 +316,15 @@ class NodeConnection(asyncio.Protocol):
         if not self._handshake.done():
             self._handshake.set_exception(NotSentError(f"{self.address}: {reason}"))
         pending, self._pending = self._pending, {}
-        for future in pending.values():
-            if not future.done():
+        unwritten, self._unwritten = self._unwritten, set()
+        self._out.clear()
+        for request_id, future in pending.items():
+            if future.done():
+                continue
+            if request_id in unwritten:
+                # Closed before its frame reached the socket: surely not sent.
+                future.set_exception(NotSentError(f"{self.address}: {reason} (before sending)"))
+            else:
                 future.set_exception(ConnectionLostError(f"{self.address}: {reason}"))
         listeners, self._listeners = self._listeners, {}
         for listener in listeners.values():
