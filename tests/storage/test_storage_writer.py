@@ -1,0 +1,305 @@
+"""Group commit (GroupCommitWriter) and its asyncio facade (AsyncStore)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from random import Random
+from typing import Any
+
+import pytest
+
+from catenary.runtime.disk import AsyncStore
+from catenary.storage.errors import Overloaded, RecordTooLargeError, StoreClosedError
+from catenary.storage.fs import OsFileSystem
+from catenary.storage.fs_sim import SimFileSystem
+from catenary.storage.store import SegmentedStore, StoreConfig
+from catenary.storage.writer import GroupCommitWriter
+
+pytestmark = pytest.mark.timeout(60)
+
+Result = tuple[int | None, BaseException | None]
+
+
+class Results:
+    """Collects callback outcomes from the writer thread."""
+
+    def __init__(self) -> None:
+        self.items: dict[int, Result] = {}
+        self.order: list[int] = []
+        self.cond = threading.Condition()
+
+    def callback(self, key: int) -> Callable[[int | None, BaseException | None], None]:
+        def cb(first: int | None, exc: BaseException | None) -> None:
+            with self.cond:
+                self.items[key] = (first, exc)
+                self.order.append(key)
+                self.cond.notify_all()
+
+        return cb
+
+    def wait(self, count: int) -> None:
+        with self.cond:
+            assert self.cond.wait_for(lambda: len(self.items) >= count, timeout=20)
+
+
+def gate(writer: GroupCommitWriter) -> threading.Event:
+    """Hold the writer thread inside a callback until the returned event is set."""
+    release = threading.Event()
+    entered = threading.Event()
+
+    def cb(first: int | None, exc: BaseException | None) -> None:
+        entered.set()
+        assert release.wait(20)
+
+    writer.submit([b"gate"], cb)
+    assert entered.wait(20)
+    return release
+
+
+def sim_store(**kwargs: Any) -> tuple[SimFileSystem, SegmentedStore]:
+    fs = SimFileSystem(Random(3), **kwargs)
+    return fs, SegmentedStore.open(fs, "/d", StoreConfig(segment_bytes_max=4096))
+
+
+def test_queued_submissions_share_one_write_and_fsync() -> None:
+    fs, store = sim_store()
+    writer = GroupCommitWriter(store)
+    release = gate(writer)
+    results = Results()
+    for i in range(100):
+        writer.submit([f"r{i}".encode()], results.callback(i))
+    syncs_before = fs.fsync_count
+    release.set()
+    results.wait(100)
+    writer.close()
+    assert fs.fsync_count - syncs_before == 1
+    assert results.order == list(range(100))  # callbacks in queue order
+    assert [results.items[i] for i in range(100)] == [(i + 2, None) for i in range(100)]
+    assert store.read(50) == b"r48"
+    store.close()
+
+
+def test_batch_bounds_split_batches() -> None:
+    _, store = sim_store()
+    writer = GroupCommitWriter(store, batch_records_max=10, batch_bytes_max=10**6)
+    release = gate(writer)
+    results = Results()
+    for i in range(100):
+        writer.submit([b"x"], results.callback(i))
+    batches_before = writer.batches
+    release.set()
+    results.wait(100)
+    writer.close()
+    assert writer.batches - batches_before == 10
+    writer2 = GroupCommitWriter(store, batch_records_max=1000, batch_bytes_max=300)
+    release = gate(writer2)
+    results = Results()
+    for i in range(20):
+        writer2.submit([b"y" * 100], results.callback(i))
+    batches_before = writer2.batches
+    release.set()
+    results.wait(20)
+    writer2.close()
+    assert writer2.batches - batches_before == 7  # 3 records of 100 B per batch, 20 records
+    store.close()
+
+
+def test_full_queue_raises_overloaded_or_blocks_until_timeout() -> None:
+    _, store = sim_store()
+    writer = GroupCommitWriter(store, queue_records_max=5)
+    release = gate(writer)
+    results = Results()
+    writer.submit([b"a"] * 3, results.callback(0))
+    writer.submit([b"b"] * 2, results.callback(1))
+    with pytest.raises(Overloaded):
+        writer.submit([b"c"], results.callback(2), block=False)
+    with pytest.raises(Overloaded):
+        writer.submit([b"c"], results.callback(2), timeout_ms=50)
+    # A blocked producer proceeds once the writer drains the queue.
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (writer.submit([b"d"], results.callback(3)), done.set()))
+    t.start()
+    assert not done.wait(0.1)
+    release.set()
+    assert done.wait(10)
+    t.join(10)
+    results.wait(3)
+    writer.close()
+    assert results.items[3] == (7, None)
+    store.close()
+
+
+def test_run_is_ordered_with_appends_and_errors_are_per_submission() -> None:
+    _, store = sim_store()
+    store_config_max = store.config.record_bytes_max
+    writer = GroupCommitWriter(store)
+    release = gate(writer)
+    results = Results()
+    writer.submit([b"a", b"b"], results.callback(0))
+    writer.submit([b"x" * (store_config_max + 1)], results.callback(1))
+    writer.submit([b"c"], results.callback(2))
+    seen: list[Any] = []
+    writer.run(lambda s: s.next_position, lambda v, e: seen.append((v, e)))
+    writer.run(lambda s: s.truncate_suffix(3), lambda v, e: seen.append((v, e)))
+    writer.submit([b"after"], results.callback(3))
+    release.set()
+    results.wait(4)
+    writer.close()
+    assert results.items[0] == (2, None)
+    assert isinstance(results.items[1][1], RecordTooLargeError)
+    assert results.items[2] == (4, None)
+    assert seen == [(5, None), (None, None)]
+    assert results.items[3] == (3, None)  # the truncation ran before it
+    assert store.read_range(1, 4) == [b"gate", b"a", b"after"]
+    store.close()
+
+
+def test_enospc_fails_the_batch_and_writes_resume_when_space_returns() -> None:
+    fs, store = sim_store()
+    writer = GroupCommitWriter(store)
+    results = Results()
+    writer.submit([b"one", b"two"], results.callback(0))
+    results.wait(1)
+    fs.capacity_bytes = fs.used_bytes() + 20
+    writer.submit([b"z" * 50], results.callback(1))
+    results.wait(2)
+    first, exc = results.items[1]
+    assert first is None and isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+    fs.capacity_bytes = None
+    writer.submit([b"three"], results.callback(2))
+    results.wait(3)
+    writer.close()
+    assert results.items[2] == (3, None)  # the failed record's position is reused
+    store.close()
+    fs.crash()
+    store = SegmentedStore.open(fs, "/d", StoreConfig(segment_bytes_max=4096))
+    assert store.read_range(1, store.next_position) == [b"one", b"two", b"three"]
+    store.close()
+
+
+def test_a_failing_callback_does_not_stop_the_writer_and_close_drains() -> None:
+    _, store = sim_store()
+    writer = GroupCommitWriter(store)
+
+    def bad(first: int | None, exc: BaseException | None) -> None:
+        raise RuntimeError("callback bug")
+
+    release = gate(writer)
+    writer.submit([b"a"], bad)
+    results = Results()
+    writer.submit([b"b"], results.callback(0))
+    release.set()
+    writer.close()  # drains what was queued
+    assert results.items[0] == (3, None)
+    assert writer.callback_errors == 1
+    with pytest.raises(StoreClosedError):
+        writer.submit([b"c"], results.callback(1))
+    store.close()
+
+
+# -- AsyncStore --------------------------------------------------------------------------------
+
+
+def test_async_store_under_load_from_many_tasks(tmp_path: Path) -> None:
+    appenders, per_task = 64, 40
+
+    async def main() -> tuple[list[list[int]], int, int, int]:
+        store = await AsyncStore.open(OsFileSystem(), str(tmp_path / "s"))
+        loop = asyncio.get_running_loop()
+        wakeups = 0
+        original = loop.call_soon_threadsafe
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            nonlocal wakeups
+            wakeups += 1
+            return original(*args, **kwargs)
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+
+        async def appender(task: int) -> list[int]:
+            got = []
+            for i in range(per_task):
+                got.append(await store.append(f"{task}:{i}".encode()))
+            return got
+
+        positions = await asyncio.gather(*(appender(t) for t in range(appenders)))
+        for task, got in enumerate(positions):
+            assert await store.read(got[-1]) == f"{task}:{per_task - 1}".encode()
+        batches = store.writer.batches
+        await store.close()
+        return positions, batches, wakeups, store.store.next_position
+
+    positions, batches, wakeups, next_position = asyncio.run(main())
+    flat = sorted(p for got in positions for p in got)
+    assert flat == list(range(1, appenders * per_task + 1))
+    assert all(got == sorted(got) for got in positions)  # each task's appends stay in order
+    assert batches < appenders * per_task / 4  # group commit really groups
+    assert wakeups <= batches + 2  # at most one loop wake-up per writer batch (+ close)
+    assert next_position == appenders * per_task + 1
+
+
+def test_async_append_many_ordering_truncation_and_reads(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = await AsyncStore.open(
+            OsFileSystem(), str(tmp_path / "s"), read_inline_bytes_max=100
+        )
+        f1 = store.append(b"a")
+        f2 = store.append_many([b"b", b"c", b"d"])
+        f3 = store.append(b"e")
+        assert (await f1, await f2, await f3) == (1, 2, 5)
+        await store.truncate_suffix(3)
+        assert await store.append(b"C") == 3
+        assert await store.read_range(1, 4) == [b"a", b"b", b"C"]
+        big = b"B" * 5000  # read through a worker thread
+        position = await store.append(big)
+        assert await store.read(position) == big
+        assert await store.read_range(1, position + 1, bytes_max=10**6) == [
+            b"a",
+            b"b",
+            b"C",
+            big,
+        ]
+        await store.truncate_prefix(2)
+        await store.reset(100)
+        assert (store.first_position, store.next_position) == (100, 100)
+        assert await store.append(b"z") == 100
+        pending = [store.append(b"p") for _ in range(10)]
+        await store.close()  # resolves what was appended before closing
+        assert [await f for f in pending] == list(range(101, 111))
+        with pytest.raises(StoreClosedError):
+            store.append(b"late")
+
+    asyncio.run(main())
+
+
+def test_async_store_bounds_inflight_records(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = await AsyncStore.open(OsFileSystem(), str(tmp_path / "s"), inflight_records_max=3)
+        futures = [store.append(b"x") for _ in range(3)]
+        with pytest.raises(Overloaded):
+            store.append(b"y")
+        assert await asyncio.gather(*futures) == [1, 2, 3]
+        assert await store.append(b"z") == 4  # room again once they are durable
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_async_store_reports_write_errors_to_every_waiter() -> None:
+    async def main() -> None:
+        fs = SimFileSystem(Random(8))
+        store = await AsyncStore.open(fs, "/d")
+        assert await store.append(b"ok") == 1
+        fs.capacity_bytes = fs.used_bytes()
+        futures = [store.append(b"no") for _ in range(5)]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        assert all(isinstance(r, OSError) and r.errno == errno.ENOSPC for r in results)
+        fs.capacity_bytes = None
+        assert await store.append(b"ok again") == 2
+        await store.close()
+
+    asyncio.run(main())
