@@ -1,0 +1,94 @@
+"""Three real processes started by the ``catenary dev`` launcher: one leader, three voters."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from catenary.api import messages as api
+from catenary.api.messages import NodeStatus
+from catenary.runtime.rpc import call
+from catenary.server.launcher import DevCluster
+
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
+
+# The stdlib loop: the peer transport (runtime/transport.py) still asserts on
+# asyncio.Transport, which uvloop's transports are not.
+SETTINGS = ("raft.tick_ms=20", "network.event_loop=asyncio")
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[DevCluster]:
+    dev = DevCluster(tmp_path / "dev", nodes=3, cluster_name="trio", settings=SETTINGS)
+    try:
+        yield dev
+    finally:
+        dev.stop()  # SIGTERM then SIGKILL, by PID
+
+
+def request(address: str, req: api.Request) -> api.Reply:
+    return asyncio.run(call(address, req, cluster_name="trio", timeout_s=5.0))
+
+
+def test_three_nodes_one_leader_three_voters(cluster: DevCluster) -> None:
+    asyncio.run(cluster.start(timeout_s=60))
+    statuses = asyncio.run(cluster.statuses())
+    assert all(isinstance(s, NodeStatus) for s in statuses), statuses
+    leaders = [s for s in statuses if isinstance(s, NodeStatus) and s.raft_state == "leader"]
+    assert len(leaders) == 1
+    leader = leaders[0]
+    assert [(m.node, m.role) for m in leader.members] == [(1, "voter"), (2, "voter"), (3, "voter")]
+    assert sorted(s.node for s in statuses if isinstance(s, NodeStatus)) == [1, 2, 3]
+
+    manifest = json.loads(cluster.manifest_path.read_text())
+    assert manifest["cluster_name"] == "trio"
+    assert [n["node"] for n in manifest["nodes"]] == [1, 2, 3]
+    assert all(n["pid"] > 0 for n in manifest["nodes"])
+
+    by_id = {n.node: n for n in cluster.nodes}
+    leader_node = by_id[leader.node]
+    follower = next(n for n in cluster.nodes if n.node != leader.node)
+    # A follower sends writers and linearizable readers to the leader.
+    redirected = request(follower.client_address, api.Put(1, "k", b"v"))
+    assert isinstance(redirected, api.ErrorReply) and redirected.code == "not_leader"
+    assert redirected.leader_address == leader_node.client_address
+    written = request(leader_node.client_address, api.Put(2, "k", b"v"))
+    assert isinstance(written, api.WriteReply)
+    read = request(follower.client_address, api.Get(3, "k"))
+    assert isinstance(read, api.ErrorReply) and read.code == "not_leader"
+    # Stale reads are served by any member once it has applied the write.
+    deadline = time.monotonic() + 10
+    while True:
+        stale = request(follower.client_address, api.Get(4, "k", stale=True))
+        assert isinstance(stale, api.GetReply)
+        if stale.kv is not None:
+            assert stale.kv.value == b"v"
+            break
+        assert time.monotonic() < deadline, "the follower never applied the write"
+        time.sleep(0.05)
+    nodes = request(follower.client_address, api.ListNodes(5))
+    assert isinstance(nodes, api.NodesReply)
+    assert [(n.node, n.client_address) for n in nodes.nodes] == [
+        (n.node, n.client_address) for n in cluster.nodes
+    ]
+
+    assert cluster.stop() == {1: 0, 2: 0, 3: 0}
+
+    # The same directory brings the same cluster back, with its data.
+    again = DevCluster(cluster.directory, nodes=3, settings=SETTINGS)
+    try:
+        asyncio.run(again.start(timeout_s=60))
+        assert [n.client_address for n in again.nodes] == [n.client_address for n in cluster.nodes]
+        statuses = asyncio.run(again.statuses())
+        leader = next(s for s in statuses if isinstance(s, NodeStatus) and s.raft_state == "leader")
+        address = {n.node: n.client_address for n in again.nodes}[leader.node]
+        got = request(address, api.Get(6, "k"))
+        assert isinstance(got, api.GetReply) and got.kv is not None and got.kv.value == b"v"
+        assert all(isinstance(s, NodeStatus) and s.generation == 2 for s in statuses)
+    finally:
+        assert again.stop() == {1: 0, 2: 0, 3: 0}
