@@ -220,12 +220,9 @@ class RaftNode:
         # Membership: the one at the snapshot, then one per CONFIG entry in the log.
         self._base_membership = snapshot.meta.membership if snapshot else Membership()
         self._configs: list[tuple[int, Membership]] = []
-        bootstrap = (
-            initial_membership is not None
-            and snapshot is None
-            and not entries
-            and hard_state == HardState()
-        )
+        # An empty log (no snapshot, no entries) means the bootstrap entries never became
+        # durable (a crash may have kept only the hard state): write them (again).
+        bootstrap = initial_membership is not None and snapshot is None and not entries
         for e in self._log.slice(snap_index + 1, self._log.last_index + 1):
             if e.kind == EntryKind.CONFIG:
                 self._record_config(e)
@@ -281,7 +278,7 @@ class RaftNode:
         self._log.stable_index = 0
         for e in entries:
             self._record_config(e)
-        self._term = 1
+        self._term = max(self._term, 1)
         self._commit = len(entries)
 
     # ------------------------------------------------------------ properties
