@@ -387,6 +387,14 @@ class ClientPort:
     def connection_count(self) -> int:
         return len(self._connections)
 
+    async def drain(self, timeout_s: float) -> None:
+        """Refuse new connections; wait (bounded) for requests in progress to finish."""
+        self.closing = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline and any(c._tasks for c in self._connections):
+            await asyncio.sleep(0.01)
+
     async def close(self) -> None:
         """Stop accepting, close every connection, wait for the listener to go."""
         self.closing = True

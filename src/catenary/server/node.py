@@ -265,7 +265,7 @@ class Server:
         log.info("stopping")
         if self.host is not None and self.host.failure is None:
             await self._transfer_leadership()
-        self.port.closing = True
+        await self.port.drain(self.config.shutdown.drain_timeout_ms / 1000)
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
