@@ -56,8 +56,10 @@ def metadata(seed: int | None, nodes: int, steps: int, as_json: bool) -> None:
         )
         click.echo(
             f"messages: sent {c.messages_sent}, dropped {c.messages_dropped}, "
-            f"duplicated {c.messages_duplicated}  checks: {c.checks}"
+            f"duplicated {c.messages_duplicated}  transfers: {c.transfers}  "
+            f"stale reads: {c.stale_reads}  checks: {c.checks}"
         )
+        click.echo(f"linearizability: {result.linearizability}")
         liveness = "-" if result.liveness_ms is None else f"{result.liveness_ms} ms"
         click.echo(
             f"simulated: {result.sim_time_ms} ms, {result.events} events  "

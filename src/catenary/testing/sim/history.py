@@ -29,6 +29,7 @@ class Op:
     precondition: Precondition = field(default_factory=Precondition)
     return_us: int | None = None
     status: str = "pending"  # "pending" | "ok" | "indeterminate" | "failed"
+    stale: bool = False  # a get answered from any member's applied state
     read_result: KeyValue | None = None
     write_result: Result | None = None
 

@@ -79,7 +79,7 @@ from catenary.storage.store import StoreConfig
 from catenary.testing.sim.checkers import SafetyChecker, Violation
 from catenary.testing.sim.crashfs import CrashPointFileSystem, SimulatedCrash
 from catenary.testing.sim.history import Op
-from catenary.testing.sim.linearizable import check_history
+from catenary.testing.sim.linearizable import check_history, check_stale_reads
 from catenary.testing.sim.loop import EventLoop
 from catenary.testing.sim.network import NetworkFaults, SimNetwork, split_links
 
@@ -120,6 +120,10 @@ class FaultPlan:
     tear_probability: float
     compact_after_entries: int
     segment_bytes_max: int
+    lease_reads: bool  # leader-lease reads instead of ReadIndex rounds
+    clock_drift: float  # each member's tick interval is off by up to this fraction
+    transfers: bool  # the nemesis also moves leadership around
+    stale_reads: float  # fraction of gets that are stale reads
 
     @classmethod
     def draw(cls, rng: Random) -> FaultPlan:
@@ -142,6 +146,11 @@ class FaultPlan:
             tear_probability=rng.choice([0.0, 0.5, 1.0]),
             compact_after_entries=rng.choice([8, 32, 128, 100_000]),
             segment_bytes_max=rng.choice([1 << 12, 1 << 14, 1 << 20]),
+            lease_reads=rng.random() < 0.3,
+            # Lease reads assume drift far below (election - lease_drift) / election.
+            clock_drift=rng.choice([0.0, 0.01, 0.05]),
+            transfers=rng.random() < 0.5,
+            stale_reads=rng.choice([0.0, 0.2]),
         )
 
 
@@ -164,6 +173,8 @@ class SimCounters:
     snapshots: int = 0
     snapshots_installed: int = 0
     checks: int = 0
+    transfers: int = 0
+    stale_reads: int = 0
 
 
 @dataclass
@@ -263,7 +274,16 @@ class MetadataSim:
             snapshot_chunk_bytes=512,
             compact_after_entries=self.plan.compact_after_entries,
             compact_after_bytes=64 << 10,
+            lease_reads=self.plan.lease_reads,
         )
+        self.tick_us = {
+            i: round(
+                options.tick_ms
+                * 1000
+                * (1 + self.timing_rng.uniform(-self.plan.clock_drift, self.plan.clock_drift))
+            )
+            for i in self.ids
+        }
         self.store_config = StoreConfig(segment_bytes_max=self.plan.segment_bytes_max)
         self.checker = SafetyChecker()
         self.counters = SimCounters()
@@ -283,7 +303,9 @@ class MetadataSim:
             f"loss={p.network.loss} dup={p.network.duplicate} reorder={p.network.reorder} "
             f"delay_us=[{p.network.delay_us_min},{p.network.delay_us_max}] "
             f"crashes={p.crashes} partitions={p.partitions} fsync_us={list(p.fsync_us)} "
-            f"tear={p.tear_probability} compact_after={p.compact_after_entries}"
+            f"tear={p.tear_probability} compact_after={p.compact_after_entries} "
+            f"lease_reads={p.lease_reads} drift={p.clock_drift} transfers={p.transfers} "
+            f"stale_reads={p.stale_reads}"
         )
 
     # ------------------------------------------------------------------ run
@@ -366,7 +388,7 @@ class MetadataSim:
                 f"client{client_id}.start",
                 functools.partial(self._client_next, client),
             )
-        if self.plan.crashes or self.plan.partitions:
+        if self.plan.crashes or self.plan.partitions or self.plan.transfers:
             self._schedule_nemesis()
 
     def _boot(self, member: _Member) -> None:
@@ -418,7 +440,7 @@ class MetadataSim:
         member.replica.tick(self.loop.now_ms)
         self._after_input(member)
         self.loop.after(
-            self.options.tick_ms * 1000,
+            self.tick_us[member.node_id],
             f"tick{member.node_id}",
             lambda: self._tick(member, incarnation),
         )
@@ -575,9 +597,13 @@ class MetadataSim:
             actions += ["crash", "crash"]
         if self.plan.partitions:
             actions += ["partition", "partition"]
+        if self.plan.transfers:
+            actions += ["transfer"]
         action = rng.choice(actions)
         if action == "crash":
             self._nemesis_crash(rng)
+        elif action == "transfer":
+            self._nemesis_transfer(rng)
         else:
             self._nemesis_partition(rng)
         self._schedule_nemesis()
@@ -599,6 +625,17 @@ class MetadataSim:
         self._crash(member)
         downtime_ms = rng.randint(*self.plan.downtime_ms)
         self.loop.after(downtime_ms * 1000, f"restart{victim}", lambda: self._restart(member))
+
+    def _nemesis_transfer(self, rng: Random) -> None:
+        for node_id in self.ids:
+            replica = self.members[node_id].replica
+            if replica is not None and replica.is_leader:
+                target = rng.choice([i for i in self.ids if i != node_id] or [node_id])
+                self.counters.transfers += 1
+                self.loop.note(f"transfer {node_id}->{target}")
+                replica.transfer_leadership(target)
+                self._after_input(self.members[node_id])
+                return
 
     def _nemesis_partition(self, rng: Random) -> None:
         ids = self.ids
@@ -707,6 +744,7 @@ class MetadataSim:
             roll = rng.random()
             if roll < 0.4:
                 op = Op(op_id, client.client_id, "get", key, self.loop.now_us)
+                op.stale = rng.random() < self.plan.stale_reads
             elif roll < 0.65:
                 op = Op(op_id, client.client_id, "put", key, self.loop.now_us, value=value)
             elif roll < 0.75:
@@ -766,6 +804,11 @@ class MetadataSim:
         if replica is None:
             return  # the client's timeout will tell
         try:
+            if op.kind == "get" and op.stale:
+                self.counters.stale_reads += 1
+                answer = replica.read_stale(request_id, GetQuery(op.key))
+                self._reply(client, op, request_id, answer)
+                return
             if op.kind == "get":
                 replica.read(request_id, GetQuery(op.key))
             else:
@@ -879,6 +922,9 @@ class MetadataSim:
                 client.op = None
 
     def _check_history(self) -> None:
+        phantom = check_stale_reads(self.history)
+        if phantom is not None:
+            raise Violation(phantom)
         result = check_history(self.history)
         self.linearizability = result.outcome
         if result.outcome == "violation":
