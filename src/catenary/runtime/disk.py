@@ -60,6 +60,8 @@ class AsyncStore:
             queue_records_max=queue_records_max,
         )
         self._inflight_records_max = inflight_records_max
+        self._admit_max = inflight_records_max  # -1 once closed
+        self._create_future = self._loop.create_future
         self._read_inline_bytes_max = read_inline_bytes_max
         self._inflight = 0
         # The loop's current batch: one future per record, None for the 2nd.. records of an
@@ -125,18 +127,22 @@ class AsyncStore:
 
     def append(self, payload: bytes) -> asyncio.Future[int]:
         """Append one record; the future resolves to its position once it is durable."""
-        if self._closed:
-            raise StoreClosedError("store is closed")
-        if self._inflight >= self._inflight_records_max:
-            raise Overloaded(f"{self._inflight} records already waiting for the disk")
+        # The hot path: one comparison covers both "closed" and "too much in flight".
+        if self._inflight >= self._admit_max:
+            self._refuse()
         self._inflight += 1
-        fut: asyncio.Future[int] = self._loop.create_future()
+        fut: asyncio.Future[int] = self._create_future()
         self._payloads.append(payload)
         self._futures.append(fut)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
         return fut
+
+    def _refuse(self) -> None:
+        if self._closed:
+            raise StoreClosedError("store is closed")
+        raise Overloaded(f"{self._inflight} records already waiting for the disk")
 
     def append_many(self, payloads: Sequence[bytes]) -> asyncio.Future[int]:
         """Append records in order; the future resolves to the first one's position."""
@@ -261,6 +267,7 @@ class AsyncStore:
             return
         self._flush()
         self._closed = True
+        self._admit_max = -1
         await asyncio.to_thread(self._writer.close)
         self._resolve()
         await asyncio.to_thread(self._store.close)

@@ -234,9 +234,10 @@ class MetadataHost:
         future.add_done_callback(_consume)
         self._enqueue(_Write(command, future))
         try:
-            return await asyncio.wait_for(
-                asyncio.shield(future), self.config.request_timeout_ms / 1000
-            )
+            # The future is this request's alone: a timeout (or the caller going
+            # away) cancels it, and a completion arriving later is ignored.
+            async with asyncio.timeout(self.config.request_timeout_ms / 1000):
+                return await future
         except TimeoutError:
             raise ServiceError(
                 ErrorCode.INDETERMINATE,
@@ -252,9 +253,8 @@ class MetadataHost:
         future.add_done_callback(_consume)
         self._enqueue(_Read(query, future))
         try:
-            return await asyncio.wait_for(
-                asyncio.shield(future), self.config.request_timeout_ms / 1000
-            )
+            async with asyncio.timeout(self.config.request_timeout_ms / 1000):
+                return await future
         except TimeoutError:
             raise ServiceError(
                 ErrorCode.UNAVAILABLE,

@@ -193,6 +193,19 @@ class _Segment:
         return self.first + len(self.offsets)
 
 
+# CRC32C of the 4 length bytes, by length: the record CRC continues from it, and most logs
+# repeat a few lengths. Bounded so odd lengths cannot grow it without limit.
+_HEAD_CRCS: dict[int, int] = {}
+_HEAD_CRCS_MAX = 4096
+
+
+def _head_crc(n: int) -> int:
+    value: int = crc32c.crc32c(n.to_bytes(4, "little"))
+    if len(_HEAD_CRCS) < _HEAD_CRCS_MAX:
+        _HEAD_CRCS[n] = value
+    return value
+
+
 def _segment_header(generation: int, first: int) -> bytes:
     head = struct.pack(
         "<4sHHIQ", SEGMENT_MAGIC, FORMAT_VERSION, SEGMENT_HEADER_BYTES, generation, first
@@ -594,6 +607,8 @@ class SegmentedStore:
                     f"record of {len(p)} bytes exceeds record_bytes_max {rmax}"
                 )
         crc = crc32c.crc32c
+        pack = _RECORD_HEADER.pack
+        head_crcs = _HEAD_CRCS
         segmax = self._config.segment_bytes_max
         with self._lock:
             first = self._next
@@ -610,9 +625,10 @@ class SegmentedStore:
                     seg.size = size
                     seg = self._new_segment(position)
                     size, pending, offsets = seg.size, seg.pending, seg.offsets
-                head = n.to_bytes(4, "little")
-                pending += head
-                pending += crc(p, crc(head)).to_bytes(4, "little")
+                head_crc = head_crcs.get(n)
+                if head_crc is None:
+                    head_crc = _head_crc(n)
+                pending += pack(n, crc(p, head_crc))
                 pending += p
                 offsets.append(size)
                 size += 8 + n
