@@ -1,0 +1,186 @@
+"""Storage-engine benchmark: durable appends through ``AsyncStore`` on real files.
+
+Each case opens a fresh store in a temporary directory (deleted afterwards), runs N asyncio
+tasks that each ``await store.append(payload)`` in a loop for a fixed time, and reports
+records/s, MB/s (payload bytes), p50/p99 append latency (from the call to the resolved
+future, so it includes the event-loop hop) and fsyncs/s. fsync is always on: every
+acknowledged record is durable (one fdatasync per group-commit batch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from catenary.runtime.disk import AsyncStore
+from catenary.storage.fs import OsFile, OsFileSystem
+from catenary.storage.store import StoreConfig
+
+DEFAULT_CASES: tuple[tuple[int, int], ...] = ((1, 100), (64, 100), (1, 4096), (64, 4096))
+WARMUP_S = 0.3
+
+
+@dataclass(frozen=True, slots=True)
+class Figure:
+    figure: str
+    value: float
+    unit: str
+    setup: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"figure": self.figure, "value": self.value, "unit": self.unit, **self.setup}
+
+
+class _CountingFile(OsFile):
+    __slots__ = ("_counter",)
+
+    def __init__(self, path: str, create: bool, counter: list[int]) -> None:
+        super().__init__(path, create)
+        self._counter = counter
+
+    def fsync(self) -> None:
+        super().fsync()
+        self._counter[0] += 1
+
+
+class _CountingFileSystem(OsFileSystem):
+    """The real file system, counting file fsyncs (for fsyncs/s)."""
+
+    def __init__(self) -> None:
+        self.fsyncs = [0]
+
+    def open(self, path: str, create: bool) -> _CountingFile:
+        return _CountingFile(path, create, self.fsyncs)
+
+
+def _percentile(sorted_values: Sequence[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+async def _case(
+    directory: str, appenders: int, record_bytes: int, seconds: float
+) -> dict[str, Any]:
+    fs = _CountingFileSystem()
+    store = await AsyncStore.open(fs, directory, StoreConfig())
+    payload = os.urandom(record_bytes)
+    latencies: list[float] = []
+    measuring = False
+    running = True
+    clock = time.perf_counter
+
+    async def appender() -> None:
+        append = store.append
+        record = latencies.append
+        while running:
+            t0 = clock()
+            await append(payload)
+            if measuring:
+                record(clock() - t0)
+
+    tasks = [asyncio.create_task(appender()) for _ in range(appenders)]
+    await asyncio.sleep(WARMUP_S)
+    fsyncs0 = fs.fsyncs[0]
+    start = clock()
+    measuring = True
+    await asyncio.sleep(seconds)
+    measuring = False
+    elapsed = clock() - start
+    fsyncs = fs.fsyncs[0] - fsyncs0
+    running = False
+    await asyncio.gather(*tasks)
+    await store.close()
+    latencies.sort()
+    records = len(latencies)
+    return {
+        "records_per_s": records / elapsed,
+        "mb_per_s": records * record_bytes / elapsed / 1e6,
+        "p50_ms": _percentile(latencies, 0.50) * 1e3,
+        "p99_ms": _percentile(latencies, 0.99) * 1e3,
+        "fsyncs_per_s": fsyncs / elapsed,
+        "records": records,
+        "elapsed_s": elapsed,
+    }
+
+
+def _loop_factory(loop_name: str) -> Callable[[Coroutine[Any, Any, Any]], Any]:
+    if loop_name == "uvloop":
+        import uvloop
+
+        return uvloop.run
+    return asyncio.run
+
+
+def available_loop() -> str:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+def run(
+    *,
+    seconds: float = 5.0,
+    base_dir: str | None = None,
+    cases: Sequence[tuple[int, int]] = DEFAULT_CASES,
+    loop: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[Figure]:
+    """Run every (appenders, record_bytes) case; returns the figures."""
+    loop_name = loop or available_loop()
+    runner = _loop_factory(loop_name)
+    figures: list[Figure] = []
+    root = tempfile.mkdtemp(prefix="catenary-bench-storage-", dir=base_dir)
+    try:
+        for n, (appenders, record_bytes) in enumerate(cases):
+            directory = os.path.join(root, f"case{n}")
+            result = runner(_case(directory, appenders, record_bytes, seconds))
+            setup = {
+                "appenders": appenders,
+                "record_bytes": record_bytes,
+                "fsync": True,
+                "seconds": round(result["elapsed_s"], 3),
+                "records": result["records"],
+                "loop": loop_name,
+                "dir": root,
+            }
+            for name, value, unit in (
+                ("append_records_per_s", result["records_per_s"], "records/s"),
+                ("append_mb_per_s", result["mb_per_s"], "MB/s"),
+                ("append_latency_p50_ms", result["p50_ms"], "ms"),
+                ("append_latency_p99_ms", result["p99_ms"], "ms"),
+                ("fsyncs_per_s", result["fsyncs_per_s"], "fsyncs/s"),
+            ):
+                figures.append(Figure(name, round(value, 4), unit, setup))
+            if progress is not None:
+                progress(
+                    f"{appenders:>3} appender(s) x {record_bytes:>4} B: "
+                    f"{result['records_per_s']:>10,.0f} records/s  "
+                    f"{result['mb_per_s']:>7.2f} MB/s  "
+                    f"p50 {result['p50_ms']:.3f} ms  p99 {result['p99_ms']:.3f} ms  "
+                    f"{result['fsyncs_per_s']:>7,.0f} fsyncs/s"
+                )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return figures
+
+
+def describe_setup(seconds: float, base_dir: str | None, loop: str | None) -> str:
+    return (
+        f"storage benchmark: AsyncStore.append awaited in a loop per task, fdatasync per "
+        f"group-commit batch, {seconds:g} s per case after {WARMUP_S:g} s warm-up; "
+        f"dir {base_dir or tempfile.gettempdir()} (temporary, deleted); "
+        f"loop {loop or available_loop()}; Python {platform.python_version()} "
+        f"({sys.implementation.name}); {os.cpu_count()} CPU(s); {platform.platform()}"
+    )

@@ -1,0 +1,51 @@
+"""``catenary bench``: the project's own benchmarks (one sub-command per subsystem)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.group()
+def bench() -> None:
+    """Run a benchmark and print its figures."""
+
+
+@bench.command("storage")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per figure per line.")
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=0.1, max=600),
+    default=5.0,
+    show_default=True,
+    help="Measured seconds per case (after a short warm-up).",
+)
+@click.option(
+    "--dir",
+    "base_dir",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="Directory for the temporary store (default: the system temp dir).",
+)
+@click.option(
+    "--loop",
+    type=click.Choice(["uvloop", "asyncio"]),
+    default=None,
+    help="Event loop (default: uvloop when installed).",
+)
+def storage(as_json: bool, seconds: float, base_dir: str | None, loop: str | None) -> None:
+    """Durable appends through the storage engine: 1 and 64 appenders, 100 B and 4 KiB."""
+    from catenary.bench import storage as bench_storage
+
+    if not as_json:
+        click.echo(bench_storage.describe_setup(seconds, base_dir, loop))
+    figures = bench_storage.run(
+        seconds=seconds,
+        base_dir=base_dir,
+        loop=loop,
+        progress=None if as_json else click.echo,
+    )
+    if as_json:
+        for figure in figures:
+            click.echo(json.dumps(figure.as_json()))
