@@ -77,6 +77,20 @@ def test_three_nodes_one_leader_three_voters(cluster: DevCluster) -> None:
         (n.node, n.client_address) for n in cluster.nodes
     ]
 
+    # SIGTERM the leader alone: it hands leadership over before it exits 0.
+    process = cluster.processes[leader_node.node]
+    process.terminate()
+    assert process.wait(timeout=20) == 0
+    assert "leadership handed over" in Path(leader_node.log).read_text()
+    others = [n for n in cluster.nodes if n is not leader_node]
+    deadline = time.monotonic() + 10
+    while True:
+        statuses = [asyncio.run(cluster.status(n)) for n in others]
+        new_leaders = {s.leader for s in statuses if isinstance(s, NodeStatus)}
+        if len(new_leaders) == 1 and new_leaders != {0, leader_node.node}:
+            break
+        assert time.monotonic() < deadline, statuses
+        time.sleep(0.05)
     assert cluster.stop() == {1: 0, 2: 0, 3: 0}
 
     # The same directory brings the same cluster back, with its data.

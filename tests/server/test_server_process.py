@@ -159,3 +159,41 @@ def test_data_dir_of_another_cluster_is_refused(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "belongs to cluster 'blue', not 'green'; refusing to start" in result.stderr
+
+
+def test_snapshots_bound_the_log_and_restart_from_them(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    node = NodeProcess(
+        tmp_path / "n1",
+        "--set",
+        "raft.compact_after_entries=40",
+        "--set",
+        "storage.segment_bytes_max=4096",
+    ).start()
+    nodes.append(node)
+    node.wait_serving()
+
+    async def put_all() -> None:
+        from catenary.runtime.rpc import call_many
+
+        for batch in range(6):
+            await call_many(
+                node.client_address,
+                [api.Put(i, f"key/{batch}/{i}", b"x" * 50) for i in range(1, 51)],
+                timeout_s=20,
+            )
+
+    asyncio.run(put_all())
+    assert node.terminate() == 0
+    raft_dir = node.data_dir / "raft"
+    assert (raft_dir / "snapshot").exists()
+    node.start()
+    node.wait_serving()
+    listed = node.request(api.List(1, "key/"))
+    assert isinstance(listed, api.ListReply)
+    assert len(listed.kvs) == 300
+    segments = sorted(f.name for f in (raft_dir / "log").iterdir() if f.suffix == ".seg")
+    # 300+ entries of ~100 bytes in 4 KiB segments would be ~8 files without compaction.
+    assert 1 <= len(segments) <= 3, segments
+    assert node.terminate() == 0
