@@ -567,8 +567,11 @@ class SegmentedStore:
 
     @property
     def first_position(self) -> int:
-        segments = self._segments
-        return segments[0].first if segments else self._empty_at
+        with self._lock:
+            return self._first()
+
+    def _first(self) -> int:
+        return self._segments[0].first if self._segments else self._empty_at
 
     @property
     def next_position(self) -> int:
@@ -896,7 +899,7 @@ class SegmentedStore:
     def range_bytes(self, start: int, end: int) -> int:
         """Stored bytes (headers included) of ``[start, end)``, clamped to the store; no I/O."""
         with self._lock:
-            start = max(start, self.first_position)
+            start = max(start, self._first())
             end = min(end, self._next)
             total = 0
             position = start
@@ -911,10 +914,8 @@ class SegmentedStore:
     def read(self, position: int) -> bytes:
         """The payload at ``position``; :class:`PositionError` outside ``[first, next)``."""
         with self._lock:
-            if not self.first_position <= position < self._next:
-                raise PositionError(
-                    f"position {position} outside [{self.first_position}, {self._next})"
-                )
+            if not self._first() <= position < self._next:
+                raise PositionError(f"position {position} outside [{self._first()}, {self._next})")
             i = bisect.bisect_right(self._firsts, position) - 1
             seg = self._segments[i]
             k = position - seg.first
@@ -934,9 +935,9 @@ class SegmentedStore:
         if start > end:
             raise PositionError(f"read_range({start}, {end}): start after end")
         with self._lock:
-            if start < self.first_position or end > self._next:
+            if start < self._first() or end > self._next:
                 raise PositionError(
-                    f"range [{start}, {end}) outside [{self.first_position}, {self._next})"
+                    f"range [{start}, {end}) outside [{self._first()}, {self._next})"
                 )
             total = 0
             position = start
