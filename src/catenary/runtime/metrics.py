@@ -8,6 +8,7 @@ scraped, so they can never go stale and cost nothing between scrapes.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -119,7 +120,17 @@ class ServerMetrics:
             registry=self.registry,
         )
         self.registry.register(_StatusCollector(status))
+        self._counters: dict[tuple[str, str], Any] = {}
+        self._histograms: dict[str, Any] = {}
 
     def observe(self, kind: str, outcome: str, seconds: float) -> None:
-        self.requests.labels(kind, outcome).inc()
-        self.request_seconds.labels(kind).observe(seconds)
+        # Label lookups cost more than the update itself: keep the children.
+        key = (kind, outcome)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = self.requests.labels(kind, outcome)
+        counter.inc()
+        histogram = self._histograms.get(kind)
+        if histogram is None:
+            histogram = self._histograms[kind] = self.request_seconds.labels(kind)
+        histogram.observe(seconds)

@@ -196,7 +196,11 @@ class Server:
             self.phase = "joining"
             self._spawn(self._join_loop(), "join")
         elif config.provision_automatically:
-            await self._provision_self()
+            try:
+                await self._provision_self()
+            except ServiceError as exc:
+                # Raft is running; the leader-duties loop finishes the system keys.
+                log.warning("provisioning still in progress: %s", exc.message)
         else:
             self.phase = "unprovisioned"
             log.info("waiting to be provisioned (catenary provision) or configured with seeds")

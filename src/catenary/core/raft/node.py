@@ -588,7 +588,7 @@ class RaftNode:
                 if not msg.transfer and self._in_lease():
                     return  # R4: stickiness; a live leader exists
                 if not msg.pre_vote:
-                    if msg.src not in self.membership.voters:
+                    if not self._may_vote_for(msg.src):
                         return  # R8
                     self._become_follower(msg.term, 0)
             elif isinstance(msg, RequestVoteResponse) and msg.pre_vote and msg.granted:
@@ -648,9 +648,17 @@ class RaftNode:
             and self._election_elapsed < self._cfg.election_timeout_ticks
         )
 
+    def _may_vote_for(self, src: int) -> bool:
+        """R8: non-voters (and removed nodes) get no say.  A node that knows no
+        membership yet (it joined and was promoted before anything reached it) cannot
+        tell, and votes by the log rule alone: refusing would leave it a voter that
+        blocks every election."""
+        m = self.membership
+        return src in m.voters or not (m.voters or m.learners)
+
     def _handle_vote_request(self, m: RequestVote) -> None:
-        if m.src not in self.membership.voters:
-            return  # R8: non-voters (and removed nodes) get no say
+        if not self._may_vote_for(m.src):
+            return
         if m.pre_vote:
             can_vote = m.term > self._term
         else:
