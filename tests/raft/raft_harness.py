@@ -120,11 +120,10 @@ class Stored:
 
     def save(self, rd: Ready) -> None:
         if rd.snapshot is not None:
+            # An installed snapshot replaces the whole log (entries after it that the
+            # leader sent arrive in rd.entries).
             self.snapshot = rd.snapshot
-            self.entries = [e for e in self.entries if e.index > rd.snapshot.meta.index]
-            # An installed snapshot replaces the log: anything after it must follow it.
-            if self.entries and self.entries[0].index != rd.snapshot.meta.index + 1:
-                self.entries = []
+            self.entries = []
         if rd.entries:
             first = rd.entries[0].index
             self.entries = [e for e in self.entries if e.index < first]

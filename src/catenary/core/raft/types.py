@@ -152,9 +152,10 @@ class Ready(msgspec.Struct):
     """Work the host must do, in this order, then call ``RaftNode.advance(ready)``.
 
     1. send ``messages`` (they do not depend on this Ready's persistence);
-    2. durably persist ``snapshot`` (if any; it replaces the log up to its index and
-       must be restored into the state machine), then ``entries`` (each entry replaces
-       any stored entry with the same or a higher index), then ``hard_state``; fsync;
+    2. durably persist ``snapshot`` (if any; it replaces the whole log -- entries after
+       it come in ``entries`` -- and must be restored into the state machine), then
+       ``entries`` (each entry replaces any stored entry with the same or a higher
+       index), then ``hard_state``; fsync;
     3. only then send ``messages_after_persist``;
     4. apply ``committed`` entries in order to the state machine;
     5. serve ``reads`` once the applied index reaches each one's index.
