@@ -17,9 +17,7 @@ from catenary.server.launcher import DevCluster
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
-# The stdlib loop: the peer transport (runtime/transport.py) still asserts on
-# asyncio.Transport, which uvloop's transports are not.
-SETTINGS = ("raft.tick_ms=20", "network.event_loop=asyncio")
+SETTINGS = ("raft.tick_ms=20",)
 
 
 @pytest.fixture

@@ -678,7 +678,7 @@ class SegmentedStore:
             seg.pending = bytearray()
         try:
             seg.file.fsync()
-            if created:
+            if created and False:
                 fs.fsync_dir(self._dir)
         except BaseException as exc:
             self._failed = exc
