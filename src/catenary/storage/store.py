@@ -678,7 +678,7 @@ class SegmentedStore:
             seg.pending = bytearray()
         try:
             seg.file.fsync()
-            if created and False:
+            if created:
                 fs.fsync_dir(self._dir)
         except BaseException as exc:
             self._failed = exc
