@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from random import Random
 from typing import Any
 
@@ -44,11 +44,27 @@ FAST = TransportConfig(
 CLUSTER = "test"
 
 
+LOOP_FACTORY: list[Callable[[], asyncio.AbstractEventLoop]] = [asyncio.new_event_loop]
+
+
+@pytest.fixture(autouse=True, params=["asyncio", "uvloop"])
+def event_loop_kind(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every socket test runs on both loops: the server runs on uvloop when importable."""
+    if request.param == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        LOOP_FACTORY[0] = uvloop.new_event_loop
+    else:
+        LOOP_FACTORY[0] = asyncio.new_event_loop
+    yield str(request.param)
+    LOOP_FACTORY[0] = asyncio.new_event_loop
+
+
 def run(coro: Coroutine[Any, Any, None], timeout_s: float = 20.0) -> None:
     async def bounded() -> None:
         await asyncio.wait_for(coro, timeout_s)
 
-    asyncio.run(bounded())
+    with asyncio.Runner(loop_factory=LOOP_FACTORY[0]) as runner:
+        runner.run(bounded())
 
 
 async def until(predicate: Callable[[], bool], what: str, timeout_s: float = 5.0) -> None:

@@ -63,7 +63,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from random import Random
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 import msgspec
 
@@ -264,17 +264,17 @@ class FramedConnection(asyncio.Protocol):
     # ------------------------------------------------------ asyncio hooks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        peername = transport.get_extra_info("peername")
+        # Not an isinstance check: uvloop's transports do not derive from asyncio's.
+        stream = self._transport = cast(asyncio.Transport, transport)
+        peername = stream.get_extra_info("peername")
         if isinstance(peername, tuple) and len(peername) >= 2:
             self.remote = f"{peername[0]}:{peername[1]}"
-        transport.set_write_buffer_limits(high=self.config.write_buffer_high_bytes)
+        stream.set_write_buffer_limits(high=self.config.write_buffer_high_bytes)
         self._timer = asyncio.get_running_loop().call_later(
             self.config.handshake_timeout_ms / 1000.0, self._handshake_timed_out
         )
         if self._hello is not None:
-            transport.write(encode_hello(self._hello, self.config.hello_frame_bytes_max))
+            stream.write(encode_hello(self._hello, self.config.hello_frame_bytes_max))
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
