@@ -171,7 +171,8 @@ def run(budget: Budget, disk: SimFileSystem) -> tuple[int, State, State]:
     index = -1  # -1: open; len(STEPS): close
     try:
         store = SegmentedStore.open(fs, DIRECTORY, CONFIG)
-        for index, (_, step) in enumerate(STEPS):
+        for i, (_, step) in enumerate(STEPS):
+            index = i
             state = step(store, state)
         index = len(STEPS)
         store.close()
