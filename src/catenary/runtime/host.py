@@ -435,7 +435,7 @@ class MetadataHost:
         send = self._send
         for message in ready.messages:
             send(message)
-        if ready.entries or ready.snapshot is not None or ready.hard_state is not None:
+        if self._must_persist(ready):
             await self._persist(self._storage.save, ready)
         for message in ready.messages_after_persist:
             send(message)
@@ -449,6 +449,17 @@ class MetadataHost:
             if self._on_applied is not None:
                 self._on_applied()
             self._notify_changed()
+
+    def _must_persist(self, ready: Ready) -> bool:
+        if ready.entries or ready.snapshot is not None:
+            return True
+        hard_state = ready.hard_state
+        if hard_state is None:
+            return False
+        # The commit index need not be durable (RaftStorage rule 4): a Ready that
+        # only moves it is not worth a trip to the writer thread.
+        durable = self._storage.hard_state
+        return (hard_state.term, hard_state.vote) != (durable.term, durable.vote)
 
     def _compact(self, snapshot: Snapshot) -> None:
         self._storage.compact(snapshot.meta.index, snapshot)
