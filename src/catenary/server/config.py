@@ -105,9 +105,7 @@ class RaftOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class NetworkOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    # "asyncio" | "uvloop" (when installed).  The default stays "asyncio" until the
-    # peer transport accepts uvloop's transport objects (it asserts on asyncio.Transport).
-    event_loop: str = "asyncio"
+    event_loop: str = "uvloop"  # "uvloop" (when installed) | "asyncio"
     frame_bytes_max: int = 16 << 20
     handshake_timeout_ms: int = 5000
     client_connections_max: int = 1024
