@@ -60,6 +60,8 @@ import threading
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate, chain, repeat
+from operator import add
 
 import crc32c
 
@@ -193,17 +195,20 @@ class _Segment:
         return self.first + len(self.offsets)
 
 
-# CRC32C of the 4 length bytes, by length: the record CRC continues from it, and most logs
-# repeat a few lengths. Bounded so odd lengths cannot grow it without limit.
-_HEAD_CRCS: dict[int, int] = {}
-_HEAD_CRCS_MAX = 4096
+class _HeadCrcs(dict[int, int]):
+    """CRC32C of the 4 length bytes, by length: each record's CRC continues from it, and most
+    logs repeat a few lengths. Bounded, so odd lengths cannot grow it without limit."""
+
+    limit = 4096
+
+    def __missing__(self, n: int) -> int:
+        value: int = crc32c.crc32c(n.to_bytes(4, "little"))
+        if len(self) < self.limit:
+            self[n] = value
+        return value
 
 
-def _head_crc(n: int) -> int:
-    value: int = crc32c.crc32c(n.to_bytes(4, "little"))
-    if len(_HEAD_CRCS) < _HEAD_CRCS_MAX:
-        _HEAD_CRCS[n] = value
-    return value
+_HEAD_CRCS = _HeadCrcs()
 
 
 def _segment_header(generation: int, first: int) -> bytes:
@@ -603,42 +608,54 @@ class SegmentedStore:
         raises :class:`RecordTooLargeError` before anything is buffered.
         """
         self._check_writable()
+        count = len(payloads)
+        if count == 0:
+            return self._next
+        # Per-record work runs in C iterators (map/zip/join/accumulate): a batch of small
+        # records costs little more Python time than one record.
+        lengths = list(map(len, payloads))
         rmax = self._config.record_bytes_max
-        for p in payloads:
-            if len(p) > rmax:
-                raise RecordTooLargeError(
-                    f"record of {len(p)} bytes exceeds record_bytes_max {rmax}"
-                )
-        crc = crc32c.crc32c
-        pack = _RECORD_HEADER.pack
-        head_crcs = _HEAD_CRCS
-        segmax = self._config.segment_bytes_max
+        if max(lengths) > rmax:
+            raise RecordTooLargeError(
+                f"record of {max(lengths)} bytes exceeds record_bytes_max {rmax}"
+            )
+        crcs = map(crc32c.crc32c, payloads, map(_HEAD_CRCS.__getitem__, lengths))
+        heads = map(_RECORD_HEADER.pack, lengths, crcs)
+        encoded = b"".join(chain.from_iterable(zip(heads, payloads)))
+        total = len(encoded)
         with self._lock:
             first = self._next
-            if not payloads:
-                return first
             seg = self._segments[-1] if self._segments else self._new_segment(first)
-            size = seg.size
-            pending = seg.pending
-            offsets = seg.offsets
-            position = first
-            for p in payloads:
-                n = len(p)
-                if size + 8 + n > segmax and offsets:
-                    seg.size = size
-                    seg = self._new_segment(position)
-                    size, pending, offsets = seg.size, seg.pending, seg.offsets
-                head_crc = head_crcs.get(n)
-                if head_crc is None:
-                    head_crc = _head_crc(n)
-                pending += pack(n, crc(p, head_crc))
-                pending += p
-                offsets.append(size)
-                size += 8 + n
-                position += 1
-            seg.size = size
-            self._next = position
+            if seg.size + total <= self._config.segment_bytes_max or (
+                count == 1 and not seg.offsets
+            ):
+                # Fast path: the whole batch fits in the current segment.
+                size = seg.size
+                seg.pending += encoded
+                steps = map(add, lengths, repeat(RECORD_HEADER_BYTES, count - 1))
+                seg.offsets.extend(accumulate(steps, initial=size))
+                seg.size = size + total
+            else:
+                self._append_rolling(seg, first, lengths, encoded)
+            self._next = first + count
         return first
+
+    def _append_rolling(
+        self, seg: _Segment, position: int, lengths: list[int], encoded: bytes
+    ) -> None:
+        """Slow path of append: place records one by one, rolling over segments."""
+        segmax = self._config.segment_bytes_max
+        view = memoryview(encoded)
+        at = 0
+        for n in lengths:
+            record = RECORD_HEADER_BYTES + n
+            if seg.size + record > segmax and seg.offsets:
+                seg = self._new_segment(position)
+            seg.pending += view[at : at + record]
+            seg.offsets.append(seg.size)
+            seg.size += record
+            at += record
+            position += 1
 
     def _new_segment(self, first: int) -> _Segment:
         seg = _Segment(self._dir, first)
