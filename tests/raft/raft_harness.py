@@ -126,7 +126,8 @@ class Stored:
             self.entries = []
         if rd.entries:
             first = rd.entries[0].index
-            self.entries = [e for e in self.entries if e.index < first]
+            if self.entries:
+                del self.entries[max(0, first - self.entries[0].index) :]
             self.entries.extend(rd.entries)
         if rd.hard_state is not None:
             self.hard_state = rd.hard_state

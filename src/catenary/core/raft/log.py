@@ -132,10 +132,15 @@ class RaftLog:
 
     def append(self, entries: Sequence[Entry]) -> None:
         """Append entries right after the last one (the caller resolved conflicts)."""
-        for e in entries:
-            assert e.index == self.last_index + 1, (e.index, self.last_index)
-            assert e.term >= self.last_term, (e.term, self.last_term)
-            self._entries.append(e)
+        if not entries:
+            return
+        # Log matching: contiguous after our last entry, terms never going back.  Checking
+        # the ends keeps this O(1); every caller builds the run contiguously.
+        first, last = entries[0], entries[-1]
+        assert first.index == self.last_index + 1, (first.index, self.last_index)
+        assert last.index == first.index + len(entries) - 1, (first.index, last.index)
+        assert self.last_term <= first.term <= last.term, (self.last_term, first.term)
+        self._entries.extend(entries)
 
     def truncate_from(self, index: int) -> None:
         """Drop entries ``>= index`` (a conflicting suffix)."""
