@@ -1,0 +1,35 @@
+"""``catenary bench storage`` runs end to end and prints one JSON object per figure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from catenary.cli.bench import bench
+
+
+@pytest.mark.timeout(60)
+def test_bench_storage_json_figures(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        bench,
+        ["storage", "--json", "--seconds", "0.2", "--dir", str(tmp_path), "--loop", "asyncio"],
+    )
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    figures = {(r["figure"], r["appenders"], r["record_bytes"]) for r in rows}
+    for appenders in (1, 64):
+        for record_bytes in (100, 4096):
+            for name in (
+                "append_records_per_s",
+                "append_mb_per_s",
+                "append_latency_p50_ms",
+                "append_latency_p99_ms",
+                "fsyncs_per_s",
+            ):
+                assert (name, appenders, record_bytes) in figures
+    assert all(r["fsync"] is True for r in rows)
+    assert all(r["value"] > 0 for r in rows if r["figure"] == "append_records_per_s")
+    assert list(tmp_path.iterdir()) == []  # the temporary store is deleted
