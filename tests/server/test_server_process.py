@@ -197,3 +197,19 @@ def test_snapshots_bound_the_log_and_restart_from_them(
     # 300+ entries of ~100 bytes in 4 KiB segments would be ~8 files without compaction.
     assert 1 <= len(segments) <= 3, segments
     assert node.terminate() == 0
+
+
+def test_a_seed_of_another_cluster_refuses_the_joiner(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    seed = NodeProcess(tmp_path / "blue", "--cluster-name", "blue").start()
+    nodes.append(seed)
+    seed.wait_serving()
+    joiner = NodeProcess(
+        tmp_path / "green", "--cluster-name", "green", "--seed", seed.client_address
+    ).start()
+    nodes.append(joiner)
+    assert joiner.process is not None
+    assert joiner.process.wait(timeout=30) == 2
+    assert "refused this node: cluster 'green' is not this cluster ('blue')" in joiner.log()
+    assert seed.terminate() == 0

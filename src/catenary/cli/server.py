@@ -2,7 +2,8 @@
 
 Exit codes: 0 after a graceful stop (SIGTERM/SIGINT), 1 when the node failed
 while running, 2 when the configuration or the data directory is unusable
-(one line per problem on stderr).
+(one line per problem on stderr) or the cluster refused the node (another
+cluster's seed, a removed node).
 """
 
 from __future__ import annotations

@@ -346,7 +346,9 @@ class _Connection(asyncio.Protocol):
         self._flush_scheduled = False
         out, self._out = self._out, []
         if out and self._transport is not None and not self._closed:
-            self._transport.writelines(out)
+            # One buffer, one write: cheaper than writelines on uvloop for many
+            # small replies.
+            self._transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def drop(self, reason: str, label: str) -> None:
         if self._closed:

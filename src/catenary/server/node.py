@@ -128,6 +128,7 @@ class Server:
         self.phase = "starting"  # starting | unprovisioned | joining | running | stopping
         self._stop_requested = asyncio.Event()
         self._fatal: str | None = None
+        self._exit_code = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._nodes: dict[int, sk.NodeRecord] = {}
         self._nodes_revision = -1
@@ -233,11 +234,12 @@ class Server:
     def request_stop(self) -> None:
         self._stop_requested.set()
 
-    def fail(self, reason: str) -> None:
-        """Stop the node because it cannot go on (exit code 1)."""
+    def fail(self, reason: str, *, exit_code: int = 1) -> None:
+        """Stop the node because it cannot go on (exit code 1; 2 for a refused configuration)."""
         if self._fatal is None:
             log.critical("stopping: %s", reason)
             self._fatal = reason
+            self._exit_code = exit_code
         self._stop_requested.set()
 
     async def run_until_stopped(self) -> int:
@@ -260,7 +262,7 @@ class Server:
             for w in waiters:
                 w.cancel()
         await self.stop()
-        return 1 if self._fatal else 0
+        return self._exit_code if self._fatal else 0
 
     async def stop(self) -> None:
         if self.phase == "stopped":
@@ -835,7 +837,7 @@ class Server:
                 )
             except RpcError as exc:
                 if exc.refused is not None and exc.refused.code == "cluster":
-                    self.fail(f"seed {target} refused this node: {exc.refused.reason}")
+                    self.fail(f"seed {target} refused this node: {exc.refused.reason}", exit_code=2)
                     return None
                 log.info("join via %s: %s", target, exc)
                 continue
@@ -847,7 +849,7 @@ class Server:
                         targets.insert(0, reply.leader_address)
                     continue
                 if reply.code in (ErrorCode.REFUSED, ErrorCode.NOT_FOUND):
-                    self.fail(f"join refused by {target}: {reply.message}")
+                    self.fail(f"join refused by {target}: {reply.message}", exit_code=2)
                     return None
                 log.info("join via %s: %s (%s)", target, reply.message, reply.code)
         return None
