@@ -49,3 +49,29 @@ def storage(as_json: bool, seconds: float, base_dir: str | None, loop: str | Non
     if as_json:
         for figure in figures:
             click.echo(json.dumps(figure.as_json()))
+
+
+@bench.command("metadata")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per figure per line.")
+@click.option(
+    "--address",
+    "addresses",
+    multiple=True,
+    help="Client address of a running cluster (repeatable or comma-separated); "
+    "default: start 3 local nodes and stop them afterwards.",
+)
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=0.1, max=600),
+    default=5.0,
+    show_default=True,
+    help="Measured seconds per figure.",
+)
+def metadata(as_json: bool, addresses: tuple[str, ...], seconds: float) -> None:
+    """Metadata puts and linearizable gets with 1, 16 and 64 concurrent clients."""
+    import sys
+
+    from catenary.bench.metadata import run_bench
+
+    address = [a for item in addresses for a in item.split(",") if a.strip()]
+    sys.exit(run_bench(address=address, seconds=seconds, as_json=as_json))
