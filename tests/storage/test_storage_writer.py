@@ -303,3 +303,44 @@ def test_async_store_reports_write_errors_to_every_waiter() -> None:
         await store.close()
 
     asyncio.run(main())
+
+
+def test_reads_from_another_thread_while_the_writer_appends(tmp_path: Path) -> None:
+    store = SegmentedStore.open(
+        OsFileSystem(), str(tmp_path / "s"), StoreConfig(segment_bytes_max=8192)
+    )
+    writer = GroupCommitWriter(store)
+    total = 3000
+    acked = threading.Semaphore(0)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        rng = Random(5)
+        try:
+            while not stop.is_set():
+                last = store.durable_next_position
+                if last <= 1:
+                    continue
+                position = rng.randrange(1, last)
+                assert store.read(position) == f"record {position}".encode()
+                start = rng.randrange(1, last)
+                got = store.read_range(start, min(last, start + 50))
+                assert got == [f"record {p}".encode() for p in range(start, start + len(got))]
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for i in range(1, total + 1):
+        writer.submit([f"record {i}".encode()], lambda first, exc: acked.release())
+    for _ in range(total):
+        assert acked.acquire(timeout=20)
+    stop.set()
+    for t in threads:
+        t.join(20)
+    writer.close()
+    assert not errors, errors[0]
+    assert store.segment_count > 3
+    store.close()
