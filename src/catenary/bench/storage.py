@@ -108,6 +108,7 @@ async def _case(
         "p50_ms": _percentile(latencies, 0.50) * 1e3,
         "p99_ms": _percentile(latencies, 0.99) * 1e3,
         "fsyncs_per_s": fsyncs / elapsed,
+        "records_per_fsync": records / fsyncs if fsyncs else float(records),
         "records": records,
         "elapsed_s": elapsed,
     }
@@ -161,6 +162,7 @@ def run(
                 ("append_latency_p50_ms", result["p50_ms"], "ms"),
                 ("append_latency_p99_ms", result["p99_ms"], "ms"),
                 ("fsyncs_per_s", result["fsyncs_per_s"], "fsyncs/s"),
+                ("records_per_fsync", result["records_per_fsync"], "records"),
             ):
                 figures.append(Figure(name, round(value, 4), unit, setup))
             if progress is not None:
