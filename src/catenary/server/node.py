@@ -134,6 +134,7 @@ class Server:
         self._nodes_revision = -1
         self._nodes_refreshed_s = 0.0
         self._provision_lock = asyncio.Lock()
+        self._promote_marks: dict[int, int] = {}  # learner -> leader's last index at last check
         self._join_lock = asyncio.Lock()
 
     # ------------------------------------------------------------ identity
@@ -1110,9 +1111,18 @@ class Server:
             return
         matches = _match_indexes(raft)
         lag_max = self.config.raft.promote_lag_entries_max
+        marks = self._promote_marks
+        last_index = raft.last_index
         for node in learners:
             match = matches.get(node, 0)
-            if match and raft.last_index - match <= lag_max:
+            # Caught up: within the bound of the leader's log, or (under steady load,
+            # where a fixed bound may never be met) past where the leader's log
+            # ended at the previous check, one check interval ago.
+            caught_up = match > 0 and (
+                last_index - match <= lag_max or match >= marks.get(node, last_index + 1)
+            )
+            marks[node] = last_index
+            if caught_up:
                 try:
                     index = await host.conf_change(ConfChange(ConfChangeKind.PROMOTE, node))
                 except ServiceError as exc:
