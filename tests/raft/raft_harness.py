@@ -21,6 +21,7 @@ blocks from the actual output.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,6 +139,7 @@ class Stored:
 
 
 _state_codec = msgspec.json.Encoder()
+_msg_codec = msgspec.msgpack.Encoder()
 _state_decoder = msgspec.json.Decoder(list[str])
 
 
@@ -156,6 +158,8 @@ class Cluster:
         # A host that bootstraps a node passes the same initial membership at every start
         # (the core ignores it once anything was persisted).
         self.initial: dict[int, Membership | None] = {}
+        # A digest of every message delivered, in order: equal digests, equal runs.
+        self.trace = hashlib.sha256()
 
     # ------------------------------------------------------------ membership of the harness
 
@@ -209,9 +213,13 @@ class Cluster:
                 continue
             if out is not None:
                 out.append(f"  {fmt_msg(m)}")
-            self.nodes[nid].step(m)
+            self.step(m)
             n += 1
         return n
+
+    def step(self, m: Message) -> None:
+        self.trace.update(_msg_codec.encode(m))
+        self.nodes[m.dst].step(m)
 
     # ---------------------------------------------------------------------------- readies
 
