@@ -226,8 +226,7 @@ def test_peer_restart_traffic_resumes_and_queued_messages_are_delivered() -> Non
             await until(lambda: not a.transport.connected(2), "a notices b is gone")
             for term in range(2, 6):
                 a.transport.send(2, vote(1, 2, term))  # queued while b is down
-            await asyncio.sleep(0.1)  # a few failed redials
-            assert a.transport.stats().peers[0].dial_failures >= 1
+            await until(lambda: a.transport.stats().peers[0].dial_failures >= 2, "failed redials")
             b2 = Node(2, generation=2, port=port)
             await b2.transport.start()
             b2.transport.set_peer_address(1, a.address)
@@ -376,7 +375,7 @@ def test_silent_connection_is_closed_after_the_handshake_timeout() -> None:
             loop = asyncio.get_running_loop()
             started = loop.time()
             assert await _raw(a.transport.port, b"") == b""
-            assert loop.time() - started < 2.0
+            assert loop.time() - started < 4.0  # the timeout, not _raw's own 5 s bound
         finally:
             await stop(a)
 
