@@ -505,6 +505,95 @@ def test_dialer_that_reaches_the_wrong_node_drops_it() -> None:
     run(main())
 
 
+def test_frames_queued_in_one_loop_iteration_leave_in_one_write() -> None:
+    async def main() -> None:
+        a, b = Node(1), Node(2)
+        await start(a, b)
+        try:
+            await settled(a, b)
+            before = a.transport.stats().peers[0].writes
+            for term in range(1, 201):
+                a.transport.send(2, vote(1, 2, term))
+            await until(lambda: len(b.got(1)) == 200, "the batch")
+            assert a.transport.stats().peers[0].writes == before + 1
+            assert b.got(1) == [vote(1, 2, t) for t in range(1, 201)]
+        finally:
+            await stop(a, b)
+
+    run(main())
+
+
+def test_write_batches_are_bounded_in_bytes() -> None:
+    async def main() -> None:
+        config = TransportConfig(write_batch_bytes_max=1000, reconnect_backoff_min_ms=10)
+        a, b = Node(1, config=config), Node(2, config=config)
+        await start(a, b)
+        try:
+            await settled(a, b)
+            before = a.transport.stats().peers[0].writes
+            message = AppendEntries(1, 2, 1, 0, 0, (Entry(1, 1, 0, b"q" * 400),), 0)
+            for _ in range(10):
+                a.transport.send(2, message)  # ~420 B frames: two per write
+            await until(lambda: len(b.got(1)) == 10, "all frames")
+            assert a.transport.stats().peers[0].writes == before + 5
+        finally:
+            await stop(a, b)
+
+    run(main())
+
+
+def test_on_message_exception_is_logged_and_the_link_survives(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def main() -> None:
+        a, b = Node(1), Node(2)
+        seen: list[Message] = []
+
+        def fragile(peer_id: int, message: Message) -> None:
+            seen.append(message)
+            if len(seen) == 1:
+                raise RuntimeError("host bug")
+
+        b.transport._on_message = fragile
+        await start(a, b)
+        try:
+            await settled(a, b)
+            a.transport.send(2, vote(1, 2, 1))
+            a.transport.send(2, vote(1, 2, 2))
+            await until(lambda: len(seen) == 2, "both messages")
+            assert b.transport.connection_count(1) == 1
+        finally:
+            await stop(a, b)
+
+    with caplog.at_level(logging.ERROR, logger="catenary.runtime.transport"):
+        run(main())
+    assert "on_message failed for a message from N1" in caplog.text
+    assert "host bug" in caplog.text
+
+
+def test_address_change_redials_and_remove_peer_forgets() -> None:
+    async def main() -> None:
+        a, b = Node(1), Node(2)
+        await start(a, b)
+        b_moved: Node | None = None
+        try:
+            await settled(a, b)
+            await b.transport.close()
+            b_moved = Node(2, generation=2)  # a new port
+            await b_moved.transport.start()
+            a.transport.set_peer_address(2, b_moved.address)
+            a.transport.send(2, vote(1, 2, 3))
+            await until(lambda: b_moved.got(1) == [vote(1, 2, 3)], "message at the new address")
+            a.transport.remove_peer(2)
+            assert not a.transport.connected(2)
+            assert not a.transport.send(2, vote(1, 2, 4))
+            assert a.transport.stats().peers == []
+        finally:
+            await stop(a, *([b_moved] if b_moved else []))
+
+    run(main())
+
+
 def test_config_and_address_validation() -> None:
     with pytest.raises(ValueError):
         TransportConfig(reconnect_backoff_min_ms=100, reconnect_backoff_max_ms=10)

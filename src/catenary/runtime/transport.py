@@ -423,6 +423,7 @@ class PeerStats:
     queued_bytes: int
     sent_messages: int = 0
     sent_bytes: int = 0
+    writes: int = 0  # socket writes (each carries a batch of frames)
     received_messages: int = 0
     dropped_queue_full: int = 0
     connects: int = 0  # handshakes completed, either direction
@@ -456,6 +457,7 @@ class _Peer:
         "received_messages",
         "sent_bytes",
         "sent_messages",
+        "writes",
     )
 
     def __init__(self, node_id: int) -> None:
@@ -471,6 +473,7 @@ class _Peer:
         self.flush_scheduled = False
         self.sent_messages = 0
         self.sent_bytes = 0
+        self.writes = 0
         self.received_messages = 0
         self.dropped_queue_full = 0
         self.connects = 0
@@ -612,6 +615,7 @@ class PeerTransport(Generic[M]):
                     queued_bytes=peer.queue_bytes,
                     sent_messages=peer.sent_messages,
                     sent_bytes=peer.sent_bytes,
+                    writes=peer.writes,
                     received_messages=peer.received_messages,
                     dropped_queue_full=peer.dropped_queue_full,
                     connects=peer.connects,
@@ -683,6 +687,7 @@ class PeerTransport(Generic[M]):
         conn.write(batch[0] if len(batch) == 1 else b"".join(batch))
         peer.sent_messages += len(batch)
         peer.sent_bytes += size
+        peer.writes += 1
         if queue:
             self._schedule_flush(peer)
 
