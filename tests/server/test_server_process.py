@@ -213,3 +213,36 @@ def test_a_seed_of_another_cluster_refuses_the_joiner(
     assert joiner.process.wait(timeout=30) == 2
     assert "refused this node: cluster 'green' is not this cluster ('blue')" in joiner.log()
     assert seed.terminate() == 0
+
+
+def test_local_mode_serves_the_same_api_and_keeps_its_data(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    node = NodeProcess(tmp_path / "local", "--metadata-server", "local").start()
+    nodes.append(node)
+    status = node.wait_for(lambda s: s.provisioned, "the local store")
+    assert (status.metadata_server, status.raft_state, status.node) == ("local", "none", 1)
+    put = node.request(api.Put(1, "k", b"v1"))
+    assert isinstance(put, api.WriteReply) and isinstance(put.result, Written)
+    conditional = node.request(api.Put(2, "k", b"v2", Precondition("version", put.result.version)))
+    assert isinstance(conditional, api.WriteReply) and isinstance(conditional.result, Written)
+    lease = node.request(api.GrantLease(3, 60_000))
+    assert isinstance(lease, api.WriteReply)
+    assert node.terminate() == 0
+
+    node.start()
+    node.wait_for(lambda s: s.provisioned and s.generation == 2, "the restarted local store")
+    got = node.request(api.Get(4, "k"))
+    assert isinstance(got, api.GetReply) and got.kv is not None
+    assert (got.kv.value, got.kv.version) == (b"v2", conditional.result.version)
+    assert node.terminate() == 0
+
+    # Its data directory is not a replicated node's.
+    result = subprocess.run(
+        [sys.executable, "-c", LAUNCH, "server", "--data-dir", str(node.data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "holds a 'local' metadata server" in result.stderr

@@ -72,6 +72,7 @@ from catenary.core.raft.types import ConfChange, ConfChangeKind, Membership, Mes
 from catenary.persist.raft_storage import RaftStorage
 from catenary.runtime.client_port import ClientPort, ClientPortConfig, Emit, ServiceError
 from catenary.runtime.host import HostConfig, MetadataHost
+from catenary.runtime.local_host import LocalHostConfig, LocalMetadataHost
 from catenary.runtime.metrics import ServerMetrics
 from catenary.runtime.rpc import RpcError, call
 from catenary.server import system_keys as sk
@@ -112,7 +113,7 @@ class Server:
         self._admin_runner: Any = None
         self.datadir: DataDir | None = None
         self.host: MetadataHost | None = None
-        self.local: Any = None  # LocalMetadataHost in local mode
+        self.local: LocalMetadataHost | None = None
         self.transport: PeerLink | None = None
         self.port = ClientPort(
             self,
@@ -306,8 +307,6 @@ class Server:
     # --------------------------------------------------------- local mode
 
     async def _start_local(self) -> None:
-        from catenary.runtime.local_host import LocalHostConfig, LocalMetadataHost
-
         assert self.datadir is not None
         md_config = self.config.metadata
         self.local = LocalMetadataHost(
@@ -318,7 +317,15 @@ class Server:
                 watch_history_max=md_config.watch_history_max,
                 snapshot_every_writes=md_config.local_snapshot_every_writes,
                 segment_bytes_max=self.config.storage.segment_bytes_max,
+                index_checkpoint_records=self.config.storage.index_checkpoint_records,
+                record_bytes_max=self.config.storage.record_bytes_max,
+                lease_checkpoint_interval_ms=md_config.lease_checkpoint_interval_ms,
+                tick_ms=self.config.raft.tick_ms,
+                queue_max=md_config.queue_max,
+                batch_max=min(md_config.batch_max, 1024),
+                request_timeout_ms=md_config.request_timeout_ms,
             ),
+            on_failure=self.fail,
         )
         try:
             await self.local.start()
