@@ -11,7 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from catenary.cli.sim import sim
+from catenary.core.metadata.lessor import Lessor
 from catenary.core.metadata.replica import MetadataReplica, Query, _PendingRead
+from catenary.core.metadata.state import MetadataStateMachine
 from catenary.core.raft.log import RaftLog
 from catenary.core.raft.types import NotLeader
 from catenary.storage.fs_sim import SimFile
@@ -109,6 +111,22 @@ def test_log_segments_never_fsynced_are_caught(monkeypatch: pytest.MonkeyPatch) 
     assert found is not None, "lost acknowledged entries went unnoticed"
     print(f"caught by seed {found[0]}: {found[1].splitlines()[0]}")
     assert "durability" in found[1]
+
+
+def test_lease_deadlines_reset_on_election_are_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Planted: a new leader forgets each lease's remaining time and expires it at once.
+    become_leader = Lessor.become_leader
+
+    def forgetful(self: Lessor, state: MetadataStateMachine, now_ms: int) -> None:
+        become_leader(self, state, now_ms)
+        for held in self._held.values():
+            held.deadline_ms = now_ms
+
+    monkeypatch.setattr(Lessor, "become_leader", forgetful)
+    found = _first_violation(range(1, 41))
+    assert found is not None, "leases expiring early went unnoticed"
+    print(f"caught by seed {found[0]}: {found[1].splitlines()[0]}")
+    assert "expired early" in found[1]
 
 
 def test_cli_prints_seed_outcome_and_counters() -> None:

@@ -71,7 +71,7 @@ from catenary.core.metadata.types import (
     Result,
     encode_request,
 )
-from catenary.core.raft.node import RaftNode, apply_conf_change, decode_conf_change
+from catenary.core.raft.node import RaftNode, RaftStatus, apply_conf_change, decode_conf_change
 from catenary.core.raft.types import (
     ConfChange,
     Entry,
@@ -357,7 +357,7 @@ class MetadataReplica:
         self._snapshot_outstanding = False
         self.raft.compact(snapshot.meta.index, snapshot.data)
 
-    def status(self) -> object:
+    def status(self) -> RaftStatus:
         return self.raft.status()
 
     # ------------------------------------------------------------- internals

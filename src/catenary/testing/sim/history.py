@@ -15,14 +15,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from catenary.core.metadata.types import KeyValue, Precondition, Result
+from catenary.core.metadata.types import Command, KeyValue, Precondition, Result
 
 
 @dataclass
 class Op:
     op_id: int
     client: int
-    kind: str  # "get" | "put" | "delete"
+    kind: str  # "get" | "put" | "delete" | "lease" (grant, keep-alive, revoke)
     key: str
     call_us: int
     value: bytes = b""
@@ -30,6 +30,8 @@ class Op:
     return_us: int | None = None
     status: str = "pending"  # "pending" | "ok" | "indeterminate" | "failed"
     stale: bool = False  # a get answered from any member's applied state
+    command: Command | None = None  # set for lease operations (kind "lease") and leased puts
+    checked: bool = True  # False: outside the linearizability check (lease keys expire)
     read_result: KeyValue | None = None
     write_result: Result | None = None
 
@@ -49,6 +51,7 @@ class Op:
         if self.status == "ok":
             outcome = repr(self.read_result if self.kind == "get" else self.write_result)
         end = "?" if self.return_us is None else str(self.return_us)
-        return (
-            f"#{self.op_id} c{self.client} {self.kind}({args}) [{self.call_us},{end}] -> {outcome}"
-        )
+        kind = "stale-get" if self.stale else self.kind
+        if self.kind == "lease" and self.command is not None:
+            kind, args = type(self.command).__name__, repr(self.command)
+        return f"#{self.op_id} c{self.client} {kind}({args}) [{self.call_us},{end}] -> {outcome}"

@@ -5,12 +5,21 @@ writes whose outcome is unknown (indeterminate: ``return_time`` None).  Failed
 operations (every attempt refused, or a read that got no answer) had no
 effect and are left out.  Stale reads are not linearizable by design; they
 are checked for phantoms instead: what they return was written by some put,
-at the version that put was answered with.
+at the version that put was answered with.  Lease operations are checked for
+early expiry: a lease must live at least its TTL after the call of its last
+successful grant or keep-alive.
 """
 
 from __future__ import annotations
 
-from catenary.core.metadata.types import PreconditionFailed, Written
+from catenary.core.metadata.types import (
+    LeaseGrant,
+    LeaseGranted,
+    LeaseKeepAlive,
+    LeaseNotFound,
+    PreconditionFailed,
+    Written,
+)
 from catenary.testing.linearizability import CheckResult, Operation, check
 from catenary.testing.sim.history import Op
 
@@ -20,7 +29,7 @@ MAX_STEPS_PER_KEY = 200_000
 def to_operations(history: list[Op]) -> list[Operation]:
     out: list[Operation] = []
     for op in history:
-        if op.status == "failed" or op.status == "pending":
+        if op.status == "failed" or op.status == "pending" or not op.checked:
             continue
         if op.kind == "get":
             if op.status != "ok" or op.stale:
@@ -64,7 +73,7 @@ def check_stale_reads(history: list[Op]) -> str | None:
     """A stale read may be old, but never show a value no put wrote (or a wrong version)."""
     puts = {op.value: op for op in history if op.kind == "put"}
     for op in history:
-        if not (op.stale and op.status == "ok" and op.read_result is not None):
+        if not (op.stale and op.checked and op.status == "ok" and op.read_result is not None):
             continue
         kv = op.read_result
         source = puts.get(kv.value)
@@ -77,4 +86,35 @@ def check_stale_reads(history: list[Op]) -> str | None:
             return f"stale read {op.describe()} disagrees with {source.describe()}"
         if source.call_us > (op.return_us or op.call_us):
             return f"stale read {op.describe()} saw a put called after it: {source.describe()}"
+    return None
+
+
+def check_leases(history: list[Op]) -> str | None:
+    """No lease runs out before its TTL has passed since its last refresh was called.
+
+    The leader's lessor sets a deadline of (apply time + TTL) on every grant and
+    keep-alive, and a new leader resumes from the last checkpointed remaining
+    time, which can only lengthen it.  So a ``LeaseNotFound`` answered before
+    ``call + TTL`` of the last successful refresh means the lease expired early.
+    (The leasing client never uses a lease again after revoking it.)
+    """
+    refreshed: dict[int, tuple[int, int, Op]] = {}  # lease -> (call_us, ttl_ms, op)
+    for op in sorted(history, key=lambda o: o.op_id):
+        command = op.command
+        if command is None or op.status != "ok":
+            continue
+        result = op.write_result
+        if isinstance(result, LeaseGranted) and isinstance(command, LeaseGrant | LeaseKeepAlive):
+            refreshed[result.lease] = (op.call_us, result.ttl_ms, op)
+        elif isinstance(result, LeaseNotFound):
+            known = refreshed.get(result.lease)
+            if known is None:
+                continue
+            call_us, ttl_ms, source = known
+            returned = op.return_us if op.return_us is not None else op.call_us
+            if returned < call_us + ttl_ms * 1000:
+                return (
+                    f"lease {result.lease} expired early: {op.describe()} after "
+                    f"{source.describe()} with a TTL of {ttl_ms} ms"
+                )
     return None

@@ -59,12 +59,19 @@ from catenary.core.metadata.replica import (
 from catenary.core.metadata.types import (
     Command,
     Delete,
+    LeaseGrant,
+    LeaseGranted,
+    LeaseKeepAlive,
+    LeaseNotFound,
+    LeaseRevoke,
     Precondition,
     PreconditionFailed,
     Put,
     Written,
 )
 from catenary.core.raft.types import (
+    ConfChange,
+    ConfChangeKind,
     Membership,
     Message,
     NotLeader,
@@ -79,12 +86,13 @@ from catenary.storage.store import StoreConfig
 from catenary.testing.sim.checkers import SafetyChecker, Violation
 from catenary.testing.sim.crashfs import CrashPointFileSystem, SimulatedCrash
 from catenary.testing.sim.history import Op
-from catenary.testing.sim.linearizable import check_history, check_stale_reads
+from catenary.testing.sim.linearizable import check_history, check_leases, check_stale_reads
 from catenary.testing.sim.loop import EventLoop
 from catenary.testing.sim.network import NetworkFaults, SimNetwork, split_links
 
 _message_encoder = msgspec.msgpack.Encoder()
 RAFT_DIR = "/raft"
+SPARES = 2  # members that may join while the simulation runs
 
 
 # ------------------------------------------------------------------ options
@@ -124,6 +132,8 @@ class FaultPlan:
     clock_drift: float  # each member's tick interval is off by up to this fraction
     transfers: bool  # the nemesis also moves leadership around
     stale_reads: float  # fraction of gets that are stale reads
+    reconfigure: bool  # the nemesis removes voters and adds spare members (learner -> voter)
+    leases: bool  # one more client grants, keeps alive and revokes leases with keys on them
 
     @classmethod
     def draw(cls, rng: Random) -> FaultPlan:
@@ -151,6 +161,8 @@ class FaultPlan:
             clock_drift=rng.choice([0.0, 0.01, 0.05]),
             transfers=rng.random() < 0.5,
             stale_reads=rng.choice([0.0, 0.2]),
+            reconfigure=rng.random() < 0.4,
+            leases=rng.random() < 0.5,
         )
 
 
@@ -174,6 +186,7 @@ class SimCounters:
     snapshots_installed: int = 0
     checks: int = 0
     transfers: int = 0
+    reconfigurations: int = 0
     stale_reads: int = 0
 
 
@@ -219,6 +232,7 @@ class _Member:
         self.storage: RaftStorage | None = None
         self.replica: MetadataReplica | None = None
         self.incarnation = 0
+        self.started = True  # spares start when they are added to the group
         self.job: _Job | None = None
         # request id -> (client, op id) of requests this member accepted
         self.requests: dict[int, tuple[int, int]] = {}
@@ -233,6 +247,8 @@ class _Client:
     client_id: int
     target: int
     probe: bool = False  # the liveness probe: puts until one succeeds
+    leasing: bool = False  # works on leases and "lease/" keys (outside the checked history)
+    lease: int = 0  # the lease it holds (0 = none)
     op: Op | None = None
     request_id: int = 0
     attempts: int = 0
@@ -259,12 +275,12 @@ class MetadataSim:
         self.nemesis_rng = Random(seeds.getrandbits(64))
         self.workload_rng = Random(seeds.getrandbits(64))
         self.timing_rng = Random(seeds.getrandbits(64))
-        self.ids = list(range(1, options.nodes + 1))
+        initial = list(range(1, options.nodes + 1))
         self.members = {
             i: _Member(i, seeds.getrandbits(64), seeds.getrandbits(64), self.plan.tear_probability)
-            for i in self.ids
+            for i in initial
         }
-        self.membership = Membership(voters=tuple(self.ids))
+        self.membership = Membership(voters=tuple(initial))
         self.raft_config = RaftConfig(
             election_timeout_ticks=10,
             heartbeat_interval_ticks=2,
@@ -282,8 +298,22 @@ class MetadataSim:
                 * 1000
                 * (1 + self.timing_rng.uniform(-self.plan.clock_drift, self.plan.clock_drift))
             )
-            for i in self.ids
+            for i in initial
         }
+        # Spare members join later (as learners, then voters) when the plan
+        # reconfigures; their generators come last so the others do not move.
+        spare_seeds = Random(seeds.getrandbits(64))
+        spares = SPARES if self.plan.reconfigure else 0
+        for i in range(options.nodes + 1, options.nodes + 1 + spares):
+            self.members[i] = _Member(
+                i,
+                spare_seeds.getrandbits(64),
+                spare_seeds.getrandbits(64),
+                self.plan.tear_probability,
+            )
+            self.members[i].started = False
+            self.tick_us[i] = self.tick_us[1 + (i - 1) % options.nodes]
+        self.ids = sorted(self.members)
         self.store_config = StoreConfig(segment_bytes_max=self.plan.segment_bytes_max)
         self.checker = SafetyChecker()
         self.counters = SimCounters()
@@ -305,7 +335,7 @@ class MetadataSim:
             f"crashes={p.crashes} partitions={p.partitions} fsync_us={list(p.fsync_us)} "
             f"tear={p.tear_probability} compact_after={p.compact_after_entries} "
             f"lease_reads={p.lease_reads} drift={p.clock_drift} transfers={p.transfers} "
-            f"stale_reads={p.stale_reads}"
+            f"stale_reads={p.stale_reads} reconfigure={p.reconfigure} leases={p.leases}"
         )
 
     # ------------------------------------------------------------------ run
@@ -334,6 +364,16 @@ class MetadataSim:
                 + "".join(traceback.format_tb(exc.__traceback__)[-4:])
             )
         return self._result()
+
+    def _started(self) -> list[int]:
+        return [i for i in self.ids if self.members[i].started]
+
+    def _leader(self) -> MetadataReplica | None:
+        for node_id in self.ids:
+            replica = self.members[node_id].replica
+            if replica is not None and replica.is_leader:
+                return replica
+        return None
 
     def _stopped(self) -> bool:
         return self.violation is not None or self.converged
@@ -378,17 +418,28 @@ class MetadataSim:
     # ---------------------------------------------------------------- start
 
     def _start(self) -> None:
-        for node_id in self.ids:
+        for node_id in self._started():
             self._boot(self.members[node_id])
         for client_id in range(self.options.clients):
-            client = _Client(client_id, target=self.workload_rng.choice(self.ids))
+            client = _Client(client_id, target=self.workload_rng.choice(self._started()))
             self.clients.append(client)
             self.loop.after(
                 self.workload_rng.randint(0, 50_000),
                 f"client{client_id}.start",
                 functools.partial(self._client_next, client),
             )
-        if self.plan.crashes or self.plan.partitions or self.plan.transfers:
+        if self.plan.leases:
+            client = _Client(
+                len(self.clients), target=self.workload_rng.choice(self._started()), leasing=True
+            )
+            self.clients.append(client)
+            self.loop.after(0, "lease-client.start", functools.partial(self._client_next, client))
+        if (
+            self.plan.crashes
+            or self.plan.partitions
+            or self.plan.transfers
+            or self.plan.reconfigure
+        ):
             self._schedule_nemesis()
 
     def _boot(self, member: _Member) -> None:
@@ -419,7 +470,9 @@ class MetadataSim:
             hard_state=hard_state,
             snapshot=snapshot,
             entries=entries,
-            initial_membership=self.membership,
+            initial_membership=self.membership
+            if member.node_id in self.membership.voters
+            else None,
             config=ReplicaConfig(),
             now_ms=self.loop.now_ms,
         )
@@ -599,17 +652,21 @@ class MetadataSim:
             actions += ["partition", "partition"]
         if self.plan.transfers:
             actions += ["transfer"]
+        if self.plan.reconfigure:
+            actions += ["reconfigure"]
         action = rng.choice(actions)
         if action == "crash":
             self._nemesis_crash(rng)
         elif action == "transfer":
             self._nemesis_transfer(rng)
+        elif action == "reconfigure":
+            self._nemesis_reconfigure(rng)
         else:
             self._nemesis_partition(rng)
         self._schedule_nemesis()
 
     def _nemesis_crash(self, rng: Random) -> None:
-        up = [i for i in self.ids if self.members[i].up]
+        up = [i for i in self._started() if self.members[i].up]
         if not up:
             return
         busy = [i for i in up if self.members[i].job is not None]
@@ -627,18 +684,52 @@ class MetadataSim:
         self.loop.after(downtime_ms * 1000, f"restart{victim}", lambda: self._restart(member))
 
     def _nemesis_transfer(self, rng: Random) -> None:
-        for node_id in self.ids:
-            replica = self.members[node_id].replica
-            if replica is not None and replica.is_leader:
-                target = rng.choice([i for i in self.ids if i != node_id] or [node_id])
-                self.counters.transfers += 1
-                self.loop.note(f"transfer {node_id}->{target}")
-                replica.transfer_leadership(target)
-                self._after_input(self.members[node_id])
-                return
+        replica = self._leader()
+        if replica is None:
+            return
+        node_id = replica.node_id
+        voters = [i for i in replica.raft.membership.voters if i != node_id]
+        if not voters:
+            return
+        target = rng.choice(voters)
+        self.counters.transfers += 1
+        self.loop.note(f"transfer {node_id}->{target}")
+        replica.transfer_leadership(target)
+        self._after_input(self.members[node_id])
+
+    def _nemesis_reconfigure(self, rng: Random) -> None:
+        """One membership change: promote a caught-up learner, remove a voter, or add a spare."""
+        leader = self._leader()
+        if leader is None:
+            return
+        membership = leader.raft.membership
+        spares = [i for i in self.ids if not self.members[i].started]
+        change: ConfChange | None = None
+        if membership.learners:
+            learner = membership.learners[0]
+            peer = leader.status().peers.get(learner)
+            if peer is not None and peer.match + 8 >= leader.raft.last_index:
+                change = ConfChange(ConfChangeKind.PROMOTE, learner)
+        elif len(membership.voters) >= self.options.nodes:
+            change = ConfChange(ConfChangeKind.REMOVE, rng.choice(membership.voters))
+        elif spares:
+            change = ConfChange(ConfChangeKind.ADD_LEARNER, spares[0])
+        if change is None:
+            return
+        try:
+            leader.propose_conf_change(change)
+        except (NotLeader, ProposalDropped, ValueError):
+            return
+        self.counters.reconfigurations += 1
+        self.loop.note(f"reconfigure {change.kind} {change.node}")
+        if change.kind == ConfChangeKind.ADD_LEARNER:
+            joiner = self.members[change.node]
+            joiner.started = True
+            self._boot(joiner)
+        self._after_input(self.members[leader.node_id])
 
     def _nemesis_partition(self, rng: Random) -> None:
-        ids = self.ids
+        ids = self._started()
         if len(ids) < 2:
             return
         kind = rng.choice(["split", "isolate", "one-way", "links"])
@@ -678,18 +769,25 @@ class MetadataSim:
         faults.loss = 0.0
         faults.duplicate = 0.0
         faults.reorder = 0.0
-        for node_id in self.ids:
+        for node_id in self._started():
             self._restart(self.members[node_id])
-        probe = _Client(len(self.clients), target=self.workload_rng.choice(self.ids), probe=True)
+        probe = _Client(
+            len(self.clients), target=self.workload_rng.choice(self._started()), probe=True
+        )
         self.clients.append(probe)
         self._client_next(probe)
 
     def _check_converged(self) -> None:
         if self.violation is not None or self.converged:
             return
-        replicas = [self.members[i].replica for i in self.ids]
+        leader = self._leader()
+        group: list[int] = []
+        if leader is not None:
+            membership = leader.raft.membership
+            group = sorted(set(membership.voters) | set(membership.learners))
+        replicas = [self.members[i].replica for i in group if i in self.members]
         live = [r for r in replicas if r is not None]
-        if len(live) == len(replicas) and self.probe_done_us is not None:
+        if group and len(live) == len(group) and self.probe_done_us is not None:
             applied = {r.state.applied_index for r in live}
             commits = {r.raft.commit_index for r in live}
             if len(applied) == 1 and commits == applied:
@@ -740,6 +838,8 @@ class MetadataSim:
         op_id = len(self.history)
         if client.probe:
             op = Op(op_id, client.client_id, "put", "probe", self.loop.now_us, value=value)
+        elif client.leasing:
+            op = self._lease_op(client, op_id, value)
         else:
             roll = rng.random()
             if roll < 0.4:
@@ -784,6 +884,27 @@ class MetadataSim:
         self.loop.after(timeout_us, "timeout", lambda: self._client_timeout(client, op.op_id))
         self._client_send(client)
 
+    def _lease_op(self, client: _Client, op_id: int, value: bytes) -> Op:
+        rng = self.workload_rng
+        now = self.loop.now_us
+        key = f"lease/k{rng.randrange(2)}"
+        command: Command
+        if client.lease == 0:
+            command = LeaseGrant(ttl_ms=rng.choice([100, 300, 1000, 3000]))
+        else:
+            roll = rng.random()
+            if roll < 0.45:
+                command = LeaseKeepAlive(client.lease)
+            elif roll < 0.85:
+                command = Put(key, value, lease=client.lease)
+            else:
+                command = LeaseRevoke(client.lease)
+                client.lease = 0
+        kind = "put" if isinstance(command, Put) else "lease"
+        return Op(
+            op_id, client.client_id, kind, key, now, value=value, command=command, checked=False
+        )
+
     def _client_send(self, client: _Client) -> None:
         op = client.op
         assert op is not None
@@ -813,7 +934,9 @@ class MetadataSim:
                 replica.read(request_id, GetQuery(op.key))
             else:
                 command: Command
-                if op.kind == "put":
+                if op.command is not None:
+                    command = op.command
+                elif op.kind == "put":
                     command = Put(op.key, op.value, op.precondition)
                 else:
                     command = Delete(op.key, op.precondition)
@@ -866,13 +989,19 @@ class MetadataSim:
                 client.target = hint
                 backoff_us = self.workload_rng.randint(1_000, 5_000)
             else:
-                client.target = self.workload_rng.choice(self.ids)
+                client.target = self.workload_rng.choice(self._started())
                 backoff_us = self.workload_rng.randint(10_000, 50_000)
             self.loop.after(backoff_us, "retry", lambda: self._retry(client, op))
             return
         if isinstance(answer, WriteCompleted):
             op.write_result = answer.result
-            if isinstance(answer.result, Written):
+            if isinstance(answer.result, LeaseGranted) and isinstance(op.command, LeaseGrant):
+                client.lease = answer.result.lease
+            elif isinstance(answer.result, LeaseNotFound):
+                client.lease = 0
+            if not op.checked:
+                pass
+            elif isinstance(answer.result, Written):
                 client.versions[op.key] = answer.result.version if op.kind == "put" else 0
             elif isinstance(answer.result, PreconditionFailed):
                 client.versions[op.key] = answer.result.current_version
@@ -912,6 +1041,8 @@ class MetadataSim:
         client.op = None
         client.request_id = 0
         think_us = self.workload_rng.randint(0, 20_000)
+        if client.leasing and self.workload_rng.random() < 0.3:
+            think_us = self.workload_rng.randint(50_000, 1_500_000)  # let leases run out
         self.loop.after(think_us, f"client{client.client_id}", lambda: self._client_next(client))
 
     def _finish_history(self) -> None:
@@ -925,6 +1056,9 @@ class MetadataSim:
         phantom = check_stale_reads(self.history)
         if phantom is not None:
             raise Violation(phantom)
+        early = check_leases(self.history)
+        if early is not None:
+            raise Violation(early)
         result = check_history(self.history)
         self.linearizability = result.outcome
         if result.outcome == "violation":
