@@ -8,6 +8,7 @@ cluster's seed, a removed node).
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Any
 
@@ -70,6 +71,11 @@ def server(
     print_config: bool,
 ) -> None:
     """Run a catenary node (defaults: a replicated metadata server, a cluster of one)."""
+    # A stop request that arrives while the node is still importing and starting
+    # is remembered, so it ends in a graceful stop (exit 0), never in a kill.
+    early_stop: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: early_stop.append(signum))
     flags: dict[str, Any] = {}
     for option, value in (
         ("cluster_name", cluster_name),
@@ -120,4 +126,4 @@ def server(
         admin_app = None
     else:
         admin_app = create_app
-    sys.exit(run_server(config, admin_app=admin_app))
+    sys.exit(run_server(config, admin_app=admin_app, stop_requested=lambda: bool(early_stop)))

@@ -1195,11 +1195,18 @@ def _setup_logging(level: str) -> None:
     )
 
 
-async def _serve(config: ServerConfig, admin_app: AdminAppFactory | None) -> int:
+async def _serve(
+    config: ServerConfig,
+    admin_app: AdminAppFactory | None,
+    stop_requested: Callable[[], bool],
+) -> int:
     server = Server(config, admin_app=admin_app)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.request_stop)
+    if stop_requested():
+        log.info("stop requested before the node started; exiting")
+        return 0
     try:
         await server.start()
     except StartupError as exc:
@@ -1209,8 +1216,17 @@ async def _serve(config: ServerConfig, admin_app: AdminAppFactory | None) -> int
     return await server.run_until_stopped()
 
 
-def run_server(config: ServerConfig, *, admin_app: AdminAppFactory | None = None) -> int:
-    """Run a node until SIGTERM/SIGINT; returns the process exit code."""
+def run_server(
+    config: ServerConfig,
+    *,
+    admin_app: AdminAppFactory | None = None,
+    stop_requested: Callable[[], bool] = lambda: False,
+) -> int:
+    """Run a node until SIGTERM/SIGINT; returns the process exit code.
+
+    ``stop_requested`` tells whether a stop signal arrived before the event loop
+    took the signals over (the caller's provisional handler recorded it).
+    """
     if not __debug__:
         print(
             "catenary server: refusing to run with assertions disabled (python -O): "
@@ -1225,5 +1241,5 @@ def run_server(config: ServerConfig, *, admin_app: AdminAppFactory | None = None
         except ImportError:  # pragma: no cover - uvloop is a dependency where available
             log.warning("uvloop is not installed; using the asyncio event loop")
         else:
-            return int(uvloop.run(_serve(config, admin_app)))
-    return asyncio.run(_serve(config, admin_app))
+            return int(uvloop.run(_serve(config, admin_app, stop_requested)))
+    return asyncio.run(_serve(config, admin_app, stop_requested))
