@@ -8,9 +8,11 @@ group so two clusters never compete for this machine's two cores.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import socket
 import struct
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -63,6 +65,26 @@ async def node_of_leader(cluster: LocalCluster, client: Client) -> NodeProcess:
         if status.node == leader:
             return node
     raise AssertionError(f"leader {leader} is not one of the running nodes")
+
+
+async def catenary(*args: str) -> tuple[int, str, str]:
+    """Run the ``catenary`` command line in a child process; (exit code, stdout, stderr)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "import sys; from catenary.cli.main import main; sys.argv[0] = 'catenary'; main()",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout=30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
 
 
 # ------------------------------------------------------------ the workload
@@ -159,6 +181,19 @@ def test_three_nodes_serve_survive_leader_kill_and_full_restart(tmp_path: Path) 
                         async with Client([other.client_address]) as reader:
                             kv = await reader.metadata.get(key)
                             assert kv is not None and kv.version == version
+
+            # The command line against the real cluster.
+            address = cluster.node(2).client_address
+            code, out, err = await catenary("status", "--json", "--address", address)
+            report = json.loads(out)
+            assert code == 0 and [n["reachable"] for n in report["nodes"]] == [True] * 3
+            assert not report["warnings"] and "cannot survive" not in err
+            code, out, _ = await catenary("metadata", "put", "/cli", "1", "--address", address)
+            assert code == 0
+            code, _, err = await catenary(
+                "metadata", "put", "/cli", "2", "--if-absent", "--address", address
+            )
+            assert code == 1 and "precondition failed" in err
 
             async with Client(cluster.client_addresses, cluster_name="e2e") as client:
                 workload = Workload(client)
