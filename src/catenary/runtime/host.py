@@ -136,6 +136,7 @@ class MetadataHost:
         *,
         leader_address: Callable[[int], str] = lambda node: "",
         on_applied: Callable[[], None] | None = None,
+        on_failure: Callable[[str], None] | None = None,
     ) -> None:
         self.replica = replica
         self._storage = storage
@@ -144,6 +145,7 @@ class MetadataHost:
         self._metrics = metrics
         self._leader_address = leader_address
         self._on_applied = on_applied
+        self._on_failure = on_failure
         self._queue: asyncio.Queue[_Input] = asyncio.Queue(config.queue_max)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raft-writer")
         self._next_request_id = 1
@@ -268,7 +270,14 @@ class MetadataHost:
         """Run ``fn(replica)`` in the owner task; its exception is re-raised here."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._enqueue(_Call(fn, future))
-        return await asyncio.wait_for(future, self.config.request_timeout_ms / 1000)
+        try:
+            async with asyncio.timeout(self.config.request_timeout_ms / 1000):
+                return await future
+        except TimeoutError:
+            raise ServiceError(
+                ErrorCode.UNAVAILABLE,
+                f"the metadata host did not get to it within {self.config.request_timeout_ms} ms",
+            ) from None
 
     async def conf_change(self, change: ConfChange) -> int:
         """Propose a membership change; returns its index (not yet committed)."""
@@ -345,6 +354,8 @@ class MetadataHost:
             log.critical("metadata host failed: %s", exc, exc_info=True)
             self.failure = exc
             self._stopping = True
+            if self._on_failure is not None:
+                self._on_failure(f"metadata host failed: {exc!r}")
 
     async def _loop(self) -> None:
         queue = self._queue

@@ -245,24 +245,8 @@ class Server:
         self._stop_requested.set()
 
     async def run_until_stopped(self) -> int:
-        """Serve until asked to stop or failing; then stop. Returns the exit code."""
-        waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._stop_requested.wait())]
-        if self.host is not None:
-            waiters.append(asyncio.ensure_future(self.host.wait()))
-        try:
-            while not self._stop_requested.is_set():
-                done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-                if self.host is not None and self.host.failure is not None:
-                    self.fail(f"metadata host failed: {self.host.failure}")
-                # A host started later (provision/join) is watched from then on.
-                if self.host is not None and len(waiters) == 1:
-                    waiters.append(asyncio.ensure_future(self.host.wait()))
-                for w in done:
-                    if w is not waiters[0] and w in waiters:
-                        waiters.remove(w)
-        finally:
-            for w in waiters:
-                w.cancel()
+        """Serve until asked to stop or failing (``fail``); then stop. Returns the exit code."""
+        await self._stop_requested.wait()
         await self.stop()
         return self._exit_code if self._fatal else 0
 
@@ -403,6 +387,7 @@ class Server:
             self.metrics,
             leader_address=self._client_address_of,
             on_applied=self._on_applied,
+            on_failure=self.fail,
         )
         self._refresh_nodes(force=True)
         try:

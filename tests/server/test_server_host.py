@@ -1,0 +1,150 @@
+"""MetadataHost in-process: one owner task, batched Readies, outcomes of writes and reads."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from random import Random
+
+import pytest
+
+from catenary.api.messages import ErrorCode, NodeStatus
+from catenary.core.metadata.replica import GetQuery, ListQuery, MetadataReplica
+from catenary.core.metadata.types import Precondition, PreconditionFailed, Put, Written
+from catenary.core.raft.types import Membership, Message, RaftConfig, Ready
+from catenary.persist.raft_storage import RaftStorage
+from catenary.runtime.client_port import ServiceError
+from catenary.runtime.host import HostConfig, MetadataHost
+from catenary.runtime.metrics import ServerMetrics
+from catenary.storage.fs import OsFileSystem
+
+pytestmark = pytest.mark.timeout(60)
+
+STATUS = NodeStatus("c", 1, 1, "replicated", "leader", 1, 1, 0, 0, (), True)
+
+
+def open_host(directory: Path, sent: list[Message], **config: int) -> MetadataHost:
+    storage = RaftStorage.open(OsFileSystem(), str(directory))
+    hard_state, snapshot, entries = storage.load()
+    replica = MetadataReplica(
+        1,
+        RaftConfig(),
+        Random(1),
+        hard_state=hard_state,
+        snapshot=snapshot,
+        entries=entries,
+        initial_membership=Membership(voters=(1,)),
+    )
+    replica.raft.campaign()
+    return MetadataHost(
+        replica,
+        storage,
+        sent.append,
+        HostConfig(**{"tick_ms": 10, **config}),
+        ServerMetrics(lambda: STATUS),
+    )
+
+
+async def until_leader(host: MetadataHost) -> None:
+    async with asyncio.timeout(10):
+        while not (host.replica.is_leader and host.replica.raft.commit_index > 0):
+            await asyncio.sleep(0.01)
+
+
+def ready_batches(host: MetadataHost) -> float:
+    value = host._metrics.registry.get_sample_value("catenary_raft_ready_batches_total")
+    assert value is not None
+    return value
+
+
+def test_writes_reads_and_batching(tmp_path: Path) -> None:
+    async def main() -> None:
+        host = open_host(tmp_path / "raft", [])
+        host.start()
+        try:
+            await until_leader(host)
+            first = await host.write(Put("a", b"1"))
+            assert isinstance(first, Written)
+            failed = await host.write(Put("a", b"2", Precondition("absent")))
+            assert failed == PreconditionFailed("a", first.version)
+
+            before = ready_batches(host)
+            results = await asyncio.gather(*(host.write(Put(f"k{i}", b"v")) for i in range(200)))
+            assert all(isinstance(r, Written) for r in results)
+            versions = [r.version for r in results if isinstance(r, Written)]
+            assert versions == sorted(versions) and len(set(versions)) == 200
+            # 200 concurrent writes share Readies (and fsyncs): far fewer than one each.
+            assert ready_batches(host) - before < 100
+
+            read = await host.read(GetQuery("k7"))
+            assert read.kv is not None and read.kv.value == b"v"
+            stale = host.read_stale(ListQuery("k", 0))
+            assert len(stale.kvs) == 200 and stale.behind == 0
+        finally:
+            await host.stop()
+
+        # Everything acknowledged is there after a restart from the same storage.
+        again = open_host(tmp_path / "raft", [])
+        again.start()
+        try:
+            await until_leader(again)
+            read = await again.read(ListQuery("k", 0))
+            assert len(read.kvs) == 200
+        finally:
+            await again.stop()
+
+    asyncio.run(main())
+
+
+def test_a_write_not_applied_in_time_is_indeterminate_and_stop_fails_the_rest(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        host = open_host(tmp_path / "raft", [], request_timeout_ms=200)
+        host.start()
+        await until_leader(host)
+        original = host._storage.save
+
+        def slow_save(ready: Ready) -> None:
+            time.sleep(0.5)  # a slow disk: the write cannot be applied in time
+            original(ready)
+
+        host._storage.save = slow_save  # type: ignore[method-assign]
+        with pytest.raises(ServiceError) as info:
+            await host.write(Put("slow", b"x"))
+        assert info.value.code == ErrorCode.INDETERMINATE
+        host._storage.save = original  # type: ignore[method-assign]
+        # It was in fact applied a little later: "indeterminate", not "failed".
+        async with asyncio.timeout(10):
+            while host.read_stale(GetQuery("slow")).kv is None:
+                await asyncio.sleep(0.01)
+        await host.stop()
+        with pytest.raises(ServiceError) as info:
+            await host.write(Put("late", b"x"))
+        assert info.value.code == ErrorCode.UNAVAILABLE
+
+    asyncio.run(main())
+
+
+def test_a_full_queue_answers_overloaded(tmp_path: Path) -> None:
+    async def main() -> None:
+        host = open_host(tmp_path / "raft", [], queue_max=4, batch_max=4)
+        # Not started: nothing drains the queue.
+        host.replica.raft.campaign()
+        for _ in range(50):
+            if host.replica.is_leader:
+                break
+            host.replica.tick(0)
+        writes = [asyncio.ensure_future(host.write(Put(f"k{i}", b"v"))) for i in range(6)]
+        await asyncio.sleep(0.05)
+        errors = [w.exception() for w in writes if w.done()]
+        assert errors and all(
+            isinstance(e, ServiceError) and e.code == ErrorCode.OVERLOADED for e in errors
+        )
+        for w in writes:
+            w.cancel()
+        await asyncio.gather(*writes, return_exceptions=True)
+        await host.stop()
+
+    asyncio.run(main())
