@@ -77,7 +77,7 @@ def fmt_entries(entries: tuple[Entry, ...] | list[Entry]) -> str:
     return "[" + ", ".join(fmt_entry(e) for e in entries) + "]"
 
 
-def fmt_msg(m: Message) -> str:
+def fmt_msg(m: Message, rounds: bool = False) -> str:
     head = f"{m.src}->{m.dst} "
     if isinstance(m, RequestVote):
         kind = "PreVote" if m.pre_vote else "Vote"
@@ -87,11 +87,11 @@ def fmt_msg(m: Message) -> str:
         kind = "PreVoteResp" if m.pre_vote else "VoteResp"
         return f"{head}{kind} t{m.term} {'granted' if m.granted else 'rejected'}"
     if isinstance(m, AppendEntries):
-        ctx = f" ctx={m.read_ctx}" if m.read_ctx else ""
+        ctx = f" round={m.read_ctx}" if rounds and m.read_ctx else ""
         ents = f" {fmt_entries(m.entries)}" if m.entries else ""
         return f"{head}App t{m.term} prev={m.prev_index}/{m.prev_term}{ents} commit={m.commit}{ctx}"
     if isinstance(m, AppendEntriesResponse):
-        ctx = f" ctx={m.read_ctx}" if m.read_ctx else ""
+        ctx = f" round={m.read_ctx}" if rounds and m.read_ctx else ""
         if m.success:
             return f"{head}AppResp t{m.term} ok match={m.match_index}{ctx}"
         return (
@@ -160,6 +160,7 @@ class Cluster:
         self.initial: dict[int, Membership | None] = {}
         # A digest of every message delivered, in order: equal digests, equal runs.
         self.trace = hashlib.sha256()
+        self.show_rounds = False  # print the confirmation round appends carry
 
     # ------------------------------------------------------------ membership of the harness
 
@@ -212,7 +213,7 @@ class Cluster:
             if not self.linked(m.src, m.dst):
                 continue
             if out is not None:
-                out.append(f"  {fmt_msg(m)}")
+                out.append(f"  {fmt_msg(m, self.show_rounds)}")
             self.step(m)
             n += 1
         return n
@@ -261,7 +262,9 @@ class Cluster:
         return True
 
     def _fmt_sent(self, m: Message) -> str:
-        return fmt_msg(m) + ("" if self.linked(m.src, m.dst) else " (lost: partition)")
+        return fmt_msg(m, self.show_rounds) + (
+            "" if self.linked(m.src, m.dst) else " (lost: partition)"
+        )
 
     def compact(self, nid: int) -> int:
         node = self.nodes[nid]
@@ -393,6 +396,10 @@ class Runner:
         self.cluster = Cluster(_config(kv), seed)
         for nid in sorted(voters + learners):
             self.cluster.add_node(nid, Membership(voters=voters, learners=learners))
+
+    # show-rounds: print the read-confirmation round every append carries
+    def cmd_show_rounds(self, pos: list[str], kv: dict[str, str], out: list[str]) -> None:
+        self.c.show_rounds = True
 
     # add-node 4: an empty node that learns membership from the leader
     def cmd_add_node(self, pos: list[str], kv: dict[str, str], out: list[str]) -> None:

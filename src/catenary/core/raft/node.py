@@ -34,15 +34,18 @@ R6  Replication: per follower a Progress (see progress.py): probe one message at
     the needed entries are compacted.  Rejects carry a hint (index, term) for fast
     backup: the leader skips a whole conflicting term per round trip.  Proposals made
     between two ``ready()`` calls leave in one message per follower (batching).
-R7  Reads (ReadIndex): a read is registered with the commit index (once the leader has
-    committed an entry of its term) and is released as a ``ReadState`` after a quorum of
-    voters answered an append carrying a ``read_ctx`` >= its ctx; reads registered while
-    a round is in flight share the next round.  With ``lease_reads`` and check-quorum the
-    leader answers at once while a quorum answered within ``election_timeout -
-    lease_drift_ticks`` ticks (followers reject votes for a full election timeout after
-    hearing the leader, R4); never during a transfer.  Reads pending when the node stops
-    leading are dropped: the host fails any read whose ReadState has not arrived when the
-    term or the leader changes.
+R7  Reads (ReadIndex): every AppendEntries carries the leader's current confirmation
+    round (``read_ctx``, the core's own counter) and followers echo it; a heartbeat
+    broadcast starts a new round.  A read is registered with the commit index (once the
+    leader has committed an entry of its term) and released as a ``ReadState`` once a
+    quorum of voters answered a round that started after the read; reads asked while a
+    round is in flight share the next round.  With ``lease_reads`` and check-quorum the
+    leader answers at once while a quorum answered rounds *started* within
+    ``election_timeout - lease_drift_ticks`` ticks: each such follower reset its election
+    timer on receiving the round, later, and refuses votes for an election timeout (R4);
+    a (re)started node refuses votes for its first election timeout too; never during a
+    transfer.  Reads pending when the node stops leading are dropped: the host fails any
+    read whose ReadState has not arrived when the term or the leader changes.
 R8  Membership: one change at a time (at most one uncommitted CONFIG entry, and none
     before the leader committed an entry of its term); a change takes effect when its
     entry is appended, and is rolled back if that entry is truncated.  Learners never
@@ -159,11 +162,12 @@ class RaftStatus(msgspec.Struct, frozen=True):
 
 
 class _PendingRead:
-    __slots__ = ("confirmed", "ctx", "index")
+    __slots__ = ("confirmed", "ctx", "index", "need_round")
 
-    def __init__(self, ctx: int, index: int | None) -> None:
+    def __init__(self, ctx: int, index: int | None, need_round: int) -> None:
         self.ctx = ctx
         self.index = index
+        self.need_round = need_round
         self.confirmed = False
 
 
@@ -249,9 +253,11 @@ class RaftNode:
 
         self._pending_reads: list[_PendingRead] = []
         self._reads_ready: list[ReadState] = []
-        self._read_latest_ctx = 0
-        self._read_round_ctx = 0
-        self._read_confirmed_ctx = 0
+        # Confirmation rounds (R7): every AppendEntries carries the leader's current round
+        # in ``read_ctx``; followers echo it.  A heartbeat broadcast starts a new round.
+        self._round = 0
+        self._round_confirmed = 0  # highest round a quorum of voters answered
+        self._round_tick: dict[int, int] = {}  # round -> leader tick it started (leases)
 
         self._msgs: list[Message] = []
         self._msgs_after: list[Message] = []
@@ -378,6 +384,12 @@ class RaftNode:
                     return
                 for pr in self._progress.values():
                     pr.recent_active = False
+        # Rounds older than an election timeout can no longer back a lease.
+        cutoff = self._ticks - cfg.election_timeout_ticks
+        for r in list(self._round_tick):
+            if self._round_tick[r] >= cutoff:
+                break
+            del self._round_tick[r]
         self._heartbeat_elapsed += 1
         if self._heartbeat_elapsed >= cfg.heartbeat_interval_ticks:
             self._heartbeat_elapsed = 0
@@ -435,19 +447,17 @@ class RaftNode:
     def read_index(self, ctx: int) -> None:
         if self._role != LEADER:
             raise NotLeader(self._leader)
-        if ctx <= self._read_latest_ctx:
-            raise ValueError(f"read ctx must increase: {ctx} <= {self._read_latest_ctx}")
         if len(self._pending_reads) >= self._cfg.max_pending_reads:
             raise ProposalDropped("too many pending reads")
-        self._read_latest_ctx = ctx
         if self._committed_in_term() and self._lease_valid():
             self._reads_ready.append(ReadState(ctx, self._commit))
             return
+        # Only a round that starts after this read can confirm it.
         self._pending_reads.append(
-            _PendingRead(ctx, self._commit if self._committed_in_term() else None)
+            _PendingRead(ctx, self._commit if self._committed_in_term() else None, self._round + 1)
         )
-        if self._read_round_ctx <= self._read_confirmed_ctx:
-            self._bcast_heartbeat = True  # start a round now; later reads share the next one
+        if self._round <= self._round_confirmed:
+            self._bcast_heartbeat = True  # no round in flight: start one now
         self._check_reads()
 
     def transfer_leadership(self, target: int) -> None:
@@ -564,7 +574,8 @@ class RaftNode:
             return
         if self._bcast_heartbeat:
             self._bcast_heartbeat = False
-            self._read_round_ctx = self._read_latest_ctx
+            self._round += 1
+            self._round_tick[self._round] = self._ticks
             for pid in sorted(self._progress):
                 self._send_heartbeat(pid)
         if self._bcast_append:
@@ -785,8 +796,9 @@ class RaftNode:
         self._bcast_append = False
         self._bcast_heartbeat = False
         self._pending_reads = []
-        self._read_round_ctx = 0
-        self._read_confirmed_ctx = 0
+        self._round = 0
+        self._round_confirmed = 0
+        self._round_tick = {}
 
     def _promotable(self) -> bool:
         return self._id in self.membership.voters
@@ -948,7 +960,7 @@ class RaftNode:
                 prev_term,
                 tuple(entries),
                 self._commit,
-                self._read_latest_ctx,
+                self._round,
             )
         )
 
@@ -982,7 +994,7 @@ class RaftNode:
                 prev_term,
                 (),
                 self._commit,
-                self._read_latest_ctx,
+                self._round,
             )
         )
 
@@ -1056,9 +1068,8 @@ class RaftNode:
         if pr is None:
             return
         pr.recent_active = True
-        pr.last_heard_tick = self._ticks
-        if m.read_ctx > pr.read_ack_ctx:
-            pr.read_ack_ctx = m.read_ctx
+        if m.read_ctx > pr.ack_round:
+            pr.ack_round = m.read_ctx
             self._check_reads()
         if not m.success:
             next_probe = m.hint_index
@@ -1149,7 +1160,6 @@ class RaftNode:
         if pr is None:
             return
         pr.recent_active = True
-        pr.last_heard_tick = self._ticks
         if pr.state != SNAPSHOT or m.index != pr.snap_index:
             return  # stale
         if m.done:
@@ -1171,6 +1181,12 @@ class RaftNode:
     # ----------------------------------------------------------------- reads
 
     def _lease_valid(self) -> bool:
+        """R7: a quorum answered rounds started within the lease window.
+
+        The window runs from when a round was *sent*: the follower reset its election
+        timer on receiving it, later, so it refuses votes for at least
+        ``election_timeout_ticks`` after that start (less the drift between clocks).
+        """
         cfg = self._cfg
         if not (cfg.lease_reads and cfg.check_quorum) or self._lease_disabled:
             return False
@@ -1179,12 +1195,14 @@ class RaftNode:
         window = cfg.election_timeout_ticks - cfg.lease_drift_ticks
         if window <= 0:
             return False
-        fresh = sum(
-            1
-            for v in self.membership.voters
-            if v == self._id
-            or (v in self._progress and self._ticks - self._progress[v].last_heard_tick < window)
-        )
+        fresh = 0
+        for v in self.membership.voters:
+            if v == self._id:
+                fresh += 1
+            elif v in self._progress:
+                started = self._round_tick.get(self._progress[v].ack_round)
+                if started is not None and self._ticks - started < window:
+                    fresh += 1
         return fresh >= self._quorum()
 
     def _check_reads(self) -> None:
@@ -1192,29 +1210,23 @@ class RaftNode:
             return
         acks = sorted(
             (
-                _INF if v == self._id else self._progress[v].read_ack_ctx
+                _INF if v == self._id else self._progress[v].ack_round
                 for v in self.membership.voters
             ),
             reverse=True,
         )
         confirmed = acks[self._quorum() - 1]
-        # Cap at the newest ctx: "everything confirmed" must not outlive a membership
-        # change (a lone voter confirms all; once it has company it must ask again).
-        self._read_confirmed_ctx = max(
-            self._read_confirmed_ctx, min(confirmed, self._read_latest_ctx)
-        )
+        # Capped at the newest round: "everything confirmed" (a lone voter) must not
+        # outlive a membership change.
+        self._round_confirmed = max(self._round_confirmed, min(confirmed, self._round))
         keep: list[_PendingRead] = []
         for r in self._pending_reads:
-            if r.ctx <= confirmed:
+            if r.need_round <= confirmed:
                 r.confirmed = True
             if r.confirmed and r.index is not None:
                 self._reads_ready.append(ReadState(r.ctx, r.index))
             else:
                 keep.append(r)
         self._pending_reads = keep
-        if (
-            self._read_confirmed_ctx >= self._read_round_ctx
-            and self._read_latest_ctx > self._read_round_ctx
-            and any(not r.confirmed for r in keep)
-        ):
+        if self._round <= self._round_confirmed and any(not r.confirmed for r in keep):
             self._bcast_heartbeat = True  # reads that arrived during the last round

@@ -29,13 +29,12 @@ SNAPSHOT = "snapshot"
 
 class Progress:
     __slots__ = (
+        "ack_round",
         "inflight",
-        "last_heard_tick",
         "learner",
         "match",
         "next",
         "probe_sent",
-        "read_ack_ctx",
         "recent_active",
         "snap_chunk_unacked",
         "snap_index",
@@ -51,9 +50,8 @@ class Progress:
         self.inflight: deque[int] = deque()
         self.learner = learner
         self.recent_active = False
-        # Leader ticks at which this peer last answered in the current term (lease reads).
-        self.last_heard_tick = -(1 << 62)
-        self.read_ack_ctx = 0
+        # Highest confirmation round this peer answered (echoed in AppendEntriesResponse).
+        self.ack_round = 0
         self.snap_index = 0
         self.snap_offset = 0
         self.snap_chunk_unacked = False

@@ -87,7 +87,9 @@ class AppendEntries(msgspec.Struct, tag="ae", array_like=True, frozen=True):
     prev_term: int
     entries: tuple[Entry, ...]
     commit: int
-    read_ctx: int = 0  # highest ReadIndex context this heartbeat confirms (0 = none)
+    # The leader's read-confirmation round this append belongs to (0 = none); the
+    # follower echoes it.  Rounds are the core's own counter, not host read contexts.
+    read_ctx: int = 0
 
 
 class AppendEntriesResponse(msgspec.Struct, tag="aer", array_like=True, frozen=True):
