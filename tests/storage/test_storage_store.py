@@ -238,6 +238,56 @@ def test_checkpoint_is_written_every_n_records_and_limits_the_scan(fscase: FsCas
     store.close()
 
 
+def test_checkpoint_blocks_with_a_torn_or_stray_tail_are_used_up_to_it(fscase: FsCase) -> None:
+    fs, d = fscase.fs, fscase.path("s")
+    config = StoreConfig(index_checkpoint_records=10)
+    store = SegmentedStore.open(fs, d, config)
+    for i in range(5):
+        fill(store, 1 + 10 * i, 10)
+    index_path = store._segments[0].index_path
+    store.close()
+    raw = read_file(fs, index_path)
+    assert len(raw) == 5 * (44 + 80)  # one block per 10 records, 8 bytes per offset
+    overwrite(fs, index_path, raw[:-7])  # tear the last block
+    store = SegmentedStore.open(fs, d, config)
+    assert store.recovery.checkpoints_used == 1
+    assert store.recovery.records_scanned == 10
+    assert store.read_range(1, 51) == [payload(i) for i in range(1, 51)]
+    fill(store, 51, 10)  # the torn block is cut before the next one is added
+    store.close()
+    store = SegmentedStore.open(fs, d, config)
+    assert store.recovery.records_scanned == 0
+    store.close()
+    overwrite(fs, index_path, read_file(fs, index_path) + b"stray bytes" * 10)
+    store = SegmentedStore.open(fs, d, config)
+    assert store.recovery.records_scanned == 0
+    assert not store.recovery.checkpoints_rejected
+    fill(store, 61, 10)
+    store.close()
+    store = SegmentedStore.open(fs, d, config)
+    assert store.recovery.records_scanned == 0
+    assert store.read_range(1, 71) == [payload(i) for i in range(1, 71)]
+    store.close()
+
+
+def test_checkpoint_of_another_generation_is_rejected(fscase: FsCase) -> None:
+    fs, d = fscase.fs, fscase.path("s")
+    store = SegmentedStore.open(fs, d, SMALL)
+    fill(store, 1, 3)
+    index_path = store._segments[0].index_path
+    store.close()
+    old_index = read_file(fs, index_path)
+    store = SegmentedStore.open(fs, d, SMALL)
+    store.reset(1)  # same first position, new generation
+    fill(store, 1, 3)
+    store.close()
+    overwrite(fs, index_path, old_index)
+    store = SegmentedStore.open(fs, d, SMALL)
+    assert len(store.recovery.checkpoints_rejected) == 1
+    assert store.read_range(1, 4) == [payload(i) for i in range(1, 4)]
+    store.close()
+
+
 # -- corruption and torn tails ----------------------------------------------------------------
 
 

@@ -27,12 +27,13 @@ Rules (numbered so tests and comments can cite them):
    Anything else is :class:`CorruptionError` naming file and offset - never skipped.
    (Residual risk: a payload that itself embeds a validly framed record after a torn point
    makes open refuse the store rather than guess; it never returns wrong data.)
-4. A checkpoint is only a hint: it is written without fsync, carries its own CRC, must match the
-   segment's generation and first position, must cover no more than the file holds, and its last
-   offset must hold a valid record ending exactly where the checkpoint says. Otherwise it is
-   ignored (reported) and the segment is scanned. Before any truncation cuts bytes a
-   checkpoint covers, the checkpoint is removed durably (directory fsync), so a stale
-   checkpoint can never survive a crash.
+4. A checkpoint is only a hint: blocks of offsets appended without fsync, each with its own
+   CRC, generation and first position, each continuing the previous one. Blocks are used up to
+   the first that does not qualify (a torn tail); the result must cover no more than the file
+   holds, and its last offset must hold a valid record ending exactly where the checkpoint
+   says. Otherwise it is ignored (reported) and the segment is scanned. Before any truncation
+   cuts bytes a checkpoint covers, the checkpoint is removed durably (directory fsync), so a
+   stale checkpoint can never survive a crash.
 5. ``truncate_prefix`` removes whole segment files, oldest first, and never the last segment;
    the first remaining file names the new first position. ``truncate_suffix`` removes later
    files newest first, then cuts the file that holds the position; both are durable on return.
@@ -65,7 +66,7 @@ from operator import add
 
 import crc32c
 
-from catenary.storage.atomic import TMP_SUFFIX, atomic_write, decode_checked, read_checked
+from catenary.storage.atomic import TMP_SUFFIX, atomic_write, read_checked
 from catenary.storage.errors import (
     CorruptionError,
     PositionError,
@@ -98,7 +99,10 @@ SEGMENT_HEADER_BYTES = _SEGMENT_HEADER.size  # 24
 _RECORD_HEADER = struct.Struct("<II")  # length, CRC32C(length bytes + payload)
 RECORD_HEADER_BYTES = _RECORD_HEADER.size  # 8
 _META = struct.Struct("<IQ")  # generation, base position
-_CHECKPOINT = struct.Struct("<IQQQ")  # generation, first position, record count, covered bytes
+# Checkpoint block: magic, version, generation, first position, index of its first offset,
+# offset count, covered bytes, CRC32C over the 40 bytes before it and then the offsets.
+_CHECKPOINT_BLOCK = struct.Struct("<4sIIQQIQI")
+CHECKPOINT_MAGIC = b"CTIX"
 _NONZERO = re.compile(rb"[^\x00]")
 _LEN_MAX = 0xFFFFFFFF
 
@@ -164,6 +168,7 @@ class _Segment:
 
     __slots__ = (
         "checkpoint_bytes",
+        "checkpoint_file_bytes",
         "checkpoint_records",
         "file",
         "file_bytes",
@@ -189,6 +194,7 @@ class _Segment:
         self.file: File | None = None
         self.checkpoint_records = 0  # records covered by the last checkpoint written or read
         self.checkpoint_bytes = 0
+        self.checkpoint_file_bytes = 0  # valid length of the checkpoint file
 
     @property
     def next(self) -> int:
@@ -437,7 +443,7 @@ class SegmentedStore:
                     f"{posixpath.basename(seg.index_path)}: {reason}"
                 )
                 seg.offsets = array("Q")
-                seg.checkpoint_records = seg.checkpoint_bytes = 0
+                seg.checkpoint_records = seg.checkpoint_bytes = seg.checkpoint_file_bytes = 0
         end, bad = self._scan(seg, f, start, size)
         if bad is not None:
             if not last:
@@ -458,45 +464,60 @@ class SegmentedStore:
         seg.size = seg.file_bytes = seg.synced_bytes = end
 
     def _load_checkpoint(self, seg: _Segment, f: File, size: int) -> str | None:
-        fs = self._fs
+        """Load ``seg``'s checkpoint blocks; returns why it was rejected, or None (rule 4)."""
+        handle = self._fs.open(seg.index_path, create=False)
         try:
-            handle = fs.open(seg.index_path, create=False)
-            try:
-                raw = handle.pread(0, handle.size())
-            finally:
-                handle.close()
-            data = decode_checked(seg.index_path, raw)
-        except CorruptionError as exc:
-            return exc.reason
-        if len(data) < _CHECKPOINT.size:
-            return "too short"
-        generation, first, count, covered = _CHECKPOINT.unpack_from(data)
-        if generation != self._generation or first != seg.first:
-            return f"belongs to generation {generation} position {first}"
-        if len(data) != _CHECKPOINT.size + 8 * count:
-            return "record count does not match its length"
-        if covered > size or covered < SEGMENT_HEADER_BYTES:
-            return f"covers {covered} bytes but the segment holds {size}"
+            raw = handle.pread(0, handle.size())
+        finally:
+            handle.close()
         offsets = array("Q")
-        offsets.frombytes(data[_CHECKPOINT.size :])
-        if sys.byteorder != "little":
-            offsets.byteswap()
-        if count == 0:
-            if covered != SEGMENT_HEADER_BYTES:
-                return "empty but covers record bytes"
-        else:
-            if offsets[0] != SEGMENT_HEADER_BYTES:
-                return "first offset is not right after the header"
-            at = offsets[-1]
-            if at >= covered:
-                return "last offset is beyond the covered bytes"
-            raw_rec = f.pread(at, covered - at)
-            n = _record_ok(raw_rec, 0, len(raw_rec), self._config.record_bytes_max)
-            if n < 0 or RECORD_HEADER_BYTES + n != len(raw_rec):
-                return f"last record at offset {at} does not match the segment"
+        covered = SEGMENT_HEADER_BYTES
+        at = 0
+        # Take blocks while they are whole, checksummed, ours and continue one another; a
+        # torn or stray tail ends the usable part (it is cut before the next block is added).
+        while at + _CHECKPOINT_BLOCK.size <= len(raw):
+            magic, version, generation, first, start, count, block_covered, crc = (
+                _CHECKPOINT_BLOCK.unpack_from(raw, at)
+            )
+            stop = at + _CHECKPOINT_BLOCK.size + 8 * count
+            if (
+                magic != CHECKPOINT_MAGIC
+                or version != FORMAT_VERSION
+                or generation != self._generation
+                or first != seg.first
+                or start != len(offsets)
+                or count == 0
+                or stop > len(raw)
+                or block_covered <= covered
+            ):
+                break
+            body = raw[at + _CHECKPOINT_BLOCK.size : stop]
+            if crc32c.crc32c(body, crc32c.crc32c(raw[at : at + 40])) != crc:
+                break
+            block = array("Q")
+            block.frombytes(body)
+            if sys.byteorder != "little":
+                block.byteswap()
+            if block[0] != covered or block[-1] >= block_covered:
+                break  # records are contiguous: a block starts where the last one ended
+            offsets.extend(block)
+            covered = block_covered
+            at = stop
+        if not offsets:
+            return "no valid block" if raw else "empty"
+        if covered > size:
+            return f"covers {covered} bytes but the segment holds {size}"
+        if offsets[0] != SEGMENT_HEADER_BYTES:
+            return "first offset is not right after the header"
+        last = offsets[-1]
+        raw_rec = f.pread(last, covered - last)
+        n = _record_ok(raw_rec, 0, len(raw_rec), self._config.record_bytes_max)
+        if n < 0 or RECORD_HEADER_BYTES + n != len(raw_rec):
+            return f"last record at offset {last} does not match the segment"
         seg.offsets = offsets
-        seg.checkpoint_records = count
+        seg.checkpoint_records = len(offsets)
         seg.checkpoint_bytes = covered
+        seg.checkpoint_file_bytes = at
         return None
 
     def _scan(self, seg: _Segment, f: File, start: int, end: int) -> tuple[int, str | None]:
@@ -738,23 +759,50 @@ class SegmentedStore:
             raise
 
     def _write_checkpoint(self, seg: _Segment) -> None:
-        """Best effort (rule 4): a lost or failed checkpoint only costs a scan at open."""
+        """Append a block with the offsets of the records made durable since the last one.
+
+        Best effort and without fsync (rule 4): a lost, torn or failed block only costs a scan
+        at open. The file only grows between truncations, so a checkpoint costs 8 bytes per
+        record once, not a rewrite of the whole index.
+        """
         durable_records = bisect.bisect_left(seg.offsets, seg.synced_bytes)
-        offsets = seg.offsets[:durable_records]
-        covered = seg.synced_bytes
+        done = seg.checkpoint_records
+        if durable_records <= done:
+            return
+        block = seg.offsets[done:durable_records]
         if sys.byteorder != "little":
-            offsets.byteswap()
-        head = _CHECKPOINT.pack(self._generation, seg.first, durable_records, covered)
+            block.byteswap()
+        body = block.tobytes()
+        head = _CHECKPOINT_BLOCK.pack(
+            CHECKPOINT_MAGIC,
+            FORMAT_VERSION,
+            self._generation,
+            seg.first,
+            done,
+            durable_records - done,
+            seg.synced_bytes,
+            0,
+        )[:40]
+        crc = crc32c.crc32c(body, crc32c.crc32c(head))
         try:
-            atomic_write(self._fs, seg.index_path, head + offsets.tobytes(), durable=False)
+            f = self._fs.open(seg.index_path, create=True)
+            try:
+                if f.size() != seg.checkpoint_file_bytes:
+                    f.truncate(seg.checkpoint_file_bytes)  # cut a torn or stray tail
+                f.write(head + crc.to_bytes(4, "little") + body)
+            finally:
+                f.close()
         except OSError:
+            # Start over next time: a half-written block must not sit under later blocks.
+            seg.checkpoint_records = seg.checkpoint_bytes = seg.checkpoint_file_bytes = 0
             return
         seg.checkpoint_records = durable_records
-        seg.checkpoint_bytes = covered
+        seg.checkpoint_bytes = seg.synced_bytes
+        seg.checkpoint_file_bytes += _CHECKPOINT_BLOCK.size + len(body)
 
     def _drop_checkpoint(self, seg: _Segment) -> bool:
         """Remove ``seg``'s checkpoint file if present; the caller fsyncs the directory."""
-        seg.checkpoint_records = seg.checkpoint_bytes = 0
+        seg.checkpoint_records = seg.checkpoint_bytes = seg.checkpoint_file_bytes = 0
         if self._fs.exists(seg.index_path):
             self._fs.remove(seg.index_path)
             return True
