@@ -114,7 +114,11 @@ class RaftStorage:
 
     @property
     def hard_state(self) -> HardState:
-        """The last durable hard state (commit as of the last term/vote change)."""
+        """The hard state on disk (its commit is as of the last term/vote change).
+
+        A host may skip ``save`` for a Ready whose only change is the commit index
+        (rule 4): compare the Ready's term and vote with this one's.
+        """
         return self._hard_state
 
     @property
@@ -256,7 +260,7 @@ class RaftStorage:
         previous = self._hard_state
         if (hard_state.term, hard_state.vote) != (previous.term, previous.vote):
             atomic_write(self._fs, _join(self._directory, "hardstate"), _encoder.encode(hard_state))
-        self._hard_state = hard_state
+            self._hard_state = hard_state
 
     def _write_snapshot(self, snapshot: Snapshot) -> None:
         atomic_write(self._fs, _join(self._directory, "snapshot"), _encoder.encode(snapshot))

@@ -544,11 +544,23 @@ class MetadataSim:
             ready = replica.ready()
             for message in ready.messages:
                 self._send(message)
-            if ready.snapshot is not None or ready.entries or ready.hard_state is not None:
+            if self._must_persist(member, ready):
                 member.job = _Job(ready=ready)
                 self._schedule_job(member)
                 return
             self._finish_ready(member, ready)
+
+    @staticmethod
+    def _must_persist(member: _Member, ready: Ready) -> bool:
+        """As the server's host: a Ready that only moves the commit index is not persisted."""
+        if ready.entries or ready.snapshot is not None:
+            return True
+        hard_state = ready.hard_state
+        if hard_state is None:
+            return False
+        assert member.storage is not None
+        durable = member.storage.hard_state
+        return (hard_state.term, hard_state.vote) != (durable.term, durable.vote)
 
     def _schedule_job(self, member: _Member) -> None:
         incarnation = member.incarnation
