@@ -1,0 +1,150 @@
+"""The simulator's own parts: each checker fires on a hand-made violation; loop and network."""
+
+from __future__ import annotations
+
+from random import Random
+
+import pytest
+
+from catenary.core.metadata.types import KeyValue, LeaseGrant, LeaseGranted, LeaseNotFound, Written
+from catenary.core.raft.types import Entry, EntryKind, HardState, Ready
+from catenary.testing.sim.checkers import SafetyChecker, Violation
+from catenary.testing.sim.history import Op
+from catenary.testing.sim.linearizable import check_history, check_leases, check_stale_reads
+from catenary.testing.sim.loop import EventLoop
+from catenary.testing.sim.network import NetworkFaults, SimNetwork, split_links
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def entry(index: int, term: int, data: bytes = b"x") -> Entry:
+    return Entry(term, index, EntryKind.NORMAL, data)
+
+
+def test_two_leaders_in_one_term() -> None:
+    checker = SafetyChecker()
+    assert checker.observe_leader(1, 5)
+    assert not checker.observe_leader(1, 5)
+    with pytest.raises(Violation, match="two leaders"):
+        checker.observe_leader(2, 5)
+
+
+def test_log_matching() -> None:
+    checker = SafetyChecker()
+    checker.observe_persisted(1, [entry(1, 1, b"a"), entry(2, 1, b"b")])
+    checker.observe_persisted(2, [entry(1, 1, b"a")])
+    with pytest.raises(Violation, match="log matching"):
+        checker.observe_persisted(3, [entry(2, 1, b"other")])
+
+
+def test_applied_sequences_agree_and_have_no_gaps() -> None:
+    checker = SafetyChecker()
+    checker.observe_applied(1, [entry(1, 1), entry(2, 1)])
+    with pytest.raises(Violation, match="applied index 4 after 2"):
+        checker.observe_applied(1, [entry(4, 1)])
+    with pytest.raises(Violation, match="another member applied"):
+        checker.observe_applied(2, [entry(1, 2)])
+
+
+def test_leader_completeness() -> None:
+    checker = SafetyChecker()
+    checker.observe_applied(1, [entry(1, 1), entry(2, 2)])
+    checker.check_leader_log(3, 4, {1: 1, 2: 2}, 1)
+    with pytest.raises(Violation, match="committed entry lost"):
+        checker.check_leader_log(2, 4, {1: 1}, 1)
+
+
+def test_durability_of_hard_state_and_entries() -> None:
+    checker = SafetyChecker()
+    checker.model(1).saved(Ready(hard_state=HardState(3, 2, 0), entries=[entry(1, 3)]))
+    checker.check_recovered(1, HardState(3, 2, 0), None, [entry(1, 3)], None)
+    with pytest.raises(Violation, match="vote"):
+        checker.check_recovered(1, HardState(3, 0, 0), None, [entry(1, 3)], None)
+    with pytest.raises(Violation, match="index 1"):
+        checker.check_recovered(1, HardState(3, 2, 0), None, [], None)
+    # What a crash cut short may be lost.
+    cut_short = Ready(hard_state=HardState(4, 1, 0), entries=[entry(1, 4)])
+    checker.check_recovered(1, HardState(4, 1, 0), None, [], cut_short)
+
+
+def _get(op_id: int, call: int, ret: int, kv: KeyValue | None, stale: bool = False) -> Op:
+    op = Op(op_id, 0, "get", "k", call, return_us=ret, status="ok", read_result=kv, stale=stale)
+    return op
+
+
+def _put(op_id: int, call: int, ret: int, value: bytes, version: int) -> Op:
+    return Op(
+        op_id, 1, "put", "k", call, value=value, return_us=ret, status="ok",
+        write_result=Written(version),
+    )  # fmt: skip
+
+
+def test_stale_read_after_a_write_is_not_linearizable() -> None:
+    history = [_put(0, 0, 10, b"v1", 1), _get(1, 20, 30, None)]
+    assert check_history(history).outcome == "violation"
+    stale = [_put(0, 0, 10, b"v1", 1), _get(1, 20, 30, None, stale=True)]
+    assert check_history(stale).outcome == "ok"  # stale reads are outside the check
+
+
+def test_stale_read_phantoms() -> None:
+    good = [_put(0, 0, 10, b"v1", 1), _get(1, 20, 30, KeyValue("k", b"v1", 1), stale=True)]
+    assert check_stale_reads(good) is None
+    phantom = [_put(0, 0, 10, b"v1", 1), _get(1, 20, 30, KeyValue("k", b"v9", 1), stale=True)]
+    assert check_stale_reads(phantom) is not None
+    wrong_version = [
+        _put(0, 0, 10, b"v1", 1),
+        _get(1, 20, 30, KeyValue("k", b"v1", 2), stale=True),
+    ]
+    assert check_stale_reads(wrong_version) is not None
+
+
+def test_early_lease_expiry() -> None:
+    grant = Op(
+        0, 3, "lease", "", 0, return_us=5_000, status="ok",
+        command=LeaseGrant(100), write_result=LeaseGranted(1, 100), checked=False,
+    )  # fmt: skip
+    late = Op(
+        1, 3, "lease", "", 150_000, return_us=160_000, status="ok",
+        command=LeaseGrant(100), write_result=LeaseNotFound(1), checked=False,
+    )  # fmt: skip
+    assert check_leases([grant, late]) is None
+    early = Op(
+        1, 3, "lease", "", 50_000, return_us=60_000, status="ok",
+        command=LeaseGrant(100), write_result=LeaseNotFound(1), checked=False,
+    )  # fmt: skip
+    problem = check_leases([grant, early])
+    assert problem is not None and "expired early" in problem
+
+
+def test_event_loop_orders_by_time_then_schedule() -> None:
+    loop = EventLoop()
+    seen: list[str] = []
+    loop.at(20, "b", lambda: seen.append("b"))
+    loop.at(10, "a", lambda: seen.append("a"))
+    loop.at(20, "c", lambda: seen.append("c"))
+    loop.run_until(15)
+    assert seen == ["a"] and loop.now_us == 15
+    loop.run_until(100)
+    assert seen == ["a", "b", "c"]
+    other = EventLoop()
+    other.at(10, "a", lambda: None)
+    other.at(20, "b", lambda: None)
+    other.at(20, "c", lambda: None)
+    other.run_until(100)
+    assert other.digest() == loop.digest()
+
+
+def test_network_partitions_loss_and_duplication() -> None:
+    net = SimNetwork(Random(1), NetworkFaults(loss=0.0, duplicate=1.0))
+    copies: list[int] = []
+    net.send(1, 2, copies.append)
+    assert len(copies) == 2
+    net.partition(split_links([1], [2, 3]))
+    assert net.isolated(1, 2) and net.isolated(3, 1) and not net.isolated(2, 3)
+    copies.clear()
+    net.send(1, 3, copies.append)
+    assert copies == [] and net.counters.dropped_partition == 1
+    net.heal()
+    lossy = SimNetwork(Random(2), NetworkFaults(loss=1.0))
+    lossy.send(1, 2, copies.append)
+    assert copies == [] and lossy.counters.dropped_loss == 1
