@@ -450,11 +450,28 @@ def test_non_leader_refuses_with_a_hint() -> None:
         assert exc.value.leader_hint == 1
 
 
-def test_corrupt_config_entry_is_reported() -> None:
+@pytest.mark.parametrize(
+    "entries",
+    [
+        (Entry(2, 7, EntryKind.CONFIG, b"\xff\xfe"),),  # undecodable change
+        (Entry(2, 8, EntryKind.NORMAL, b""),),  # does not follow prev_index
+        (Entry(3, 7, EntryKind.NORMAL, b""),),  # term above the message's
+        (Entry(2, 7, 9, b""),),  # unknown kind
+    ],
+)
+def test_malformed_messages_are_dropped_and_counted(entries: tuple[Entry, ...]) -> None:
     n = follower()
-    bad = Entry(2, 7, EntryKind.CONFIG, b"\xff\xfe")
+    n.step(AppendEntries(1, 2, 2, 6, 1, entries, 6))
+    assert n.invalid_messages == 1
+    assert n.last_index == 6 and n.leader == 0
+    rd = n.ready()
+    assert not rd.messages and not rd.messages_after_persist
+
+
+def test_a_corrupt_config_entry_in_the_persisted_log_is_reported() -> None:
+    bad = Entry(1, 7, EntryKind.CONFIG, b"\xff")
     with pytest.raises(ValueError, match="corrupt CONFIG"):
-        n.step(AppendEntries(1, 2, 2, 6, 1, (bad,), 6))
+        RaftNode(2, RaftConfig(), Random(0), entries=[*boot_entries(), bad])
 
 
 def test_lease_runs_from_when_a_round_was_sent_not_when_its_answer_arrived() -> None:

@@ -139,6 +139,41 @@ def apply_conf_change(m: Membership, cc: ConfChange) -> Membership:
     return Membership(voters=tuple(sorted(voters)), learners=tuple(sorted(learners)))
 
 
+def _well_formed(msg: Message) -> bool:
+    """Structural checks on a peer's message, before any of it is trusted."""
+    if msg.src <= 0 or msg.term < 0:
+        return False
+    if isinstance(msg, AppendEntries):
+        if msg.prev_index < 0 or msg.prev_term < 0 or msg.commit < 0:
+            return False
+        prev_term = msg.prev_term
+        for k, e in enumerate(msg.entries):
+            if e.index != msg.prev_index + 1 + k or not prev_term <= e.term <= msg.term:
+                return False
+            if e.kind not in _KINDS:
+                return False
+            if e.kind == EntryKind.CONFIG:
+                try:
+                    decode_conf_change(e.data)
+                except ValueError:
+                    return False
+            prev_term = e.term
+        return True
+    if isinstance(msg, AppendEntriesResponse):
+        return min(msg.match_index, msg.hint_index, msg.hint_term) >= 0
+    if isinstance(msg, InstallSnapshot):
+        meta = msg.meta
+        return msg.offset >= 0 and meta.index >= 0 and 0 <= meta.term <= msg.term
+    if isinstance(msg, InstallSnapshotResponse):
+        return msg.index >= 0 and msg.next_offset >= 0
+    if isinstance(msg, RequestVote):
+        return msg.last_log_index >= 0 and msg.last_log_term >= 0
+    return True
+
+
+_KINDS = frozenset(int(k) for k in EntryKind)
+
+
 class PeerStatus(msgspec.Struct, frozen=True):
     match: int
     next: int
@@ -159,6 +194,7 @@ class RaftStatus(msgspec.Struct, frozen=True):
     # Leader only: every other member (voters and learners), by id.
     peers: dict[int, PeerStatus] = msgspec.field(default_factory=dict)
     transfer_target: int = 0
+    invalid_messages: int = 0  # malformed peer messages dropped
 
 
 class _PendingRead:
@@ -261,6 +297,7 @@ class RaftNode:
 
         self._msgs: list[Message] = []
         self._msgs_after: list[Message] = []
+        self.invalid_messages = 0  # malformed messages dropped by step()
 
         # The last hard state handed to the host (what it holds durably, or soon will).
         self._prev_hs = hard_state
@@ -355,6 +392,7 @@ class RaftNode:
             membership=self.membership,
             peers=peers,
             transfer_target=self._transfer_target,
+            invalid_messages=self.invalid_messages,
         )
 
     # ---------------------------------------------------------------- inputs
@@ -593,6 +631,11 @@ class RaftNode:
 
     def step(self, msg: Message) -> None:
         if msg.dst != self._id or msg.src == self._id:
+            return
+        if not _well_formed(msg):
+            # A peer's bug or a corrupt frame: never let it reach the state (or raise in
+            # the host's loop).  Counted so the host can report it.
+            self.invalid_messages += 1
             return
         if msg.term > self._term:
             if isinstance(msg, RequestVote):
