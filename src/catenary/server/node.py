@@ -292,8 +292,12 @@ class Server:
 
     async def _start_local(self) -> None:
         assert self.datadir is not None
+        if not self.node_id:
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: self._marker_update(node_id=1, founder=True)
+            )
         md_config = self.config.metadata
-        self.local = LocalMetadataHost(
+        local = LocalMetadataHost(
             self.datadir.subdir("metadata-local"),
             LocalHostConfig(
                 key_bytes_max=md_config.key_bytes_max,
@@ -312,13 +316,11 @@ class Server:
             on_failure=self.fail,
         )
         try:
-            await self.local.start()
+            await local.start()
         except Exception as exc:
             raise StartupError(f"local metadata store: {exc}") from exc
-        if not self.node_id:
-            await asyncio.get_running_loop().run_in_executor(
-                None, lambda: self._marker_update(node_id=1, founder=True)
-            )
+        # Only now: the node serves (and reports itself provisioned) once the store is open.
+        self.local = local
 
     def _marker_update(self, **changes: Any) -> None:
         assert self.datadir is not None
@@ -517,7 +519,7 @@ class Server:
                 cluster_name=config.cluster_name,
                 node=self.node_id,
                 generation=self.generation,
-                metadata_server="replicated",
+                metadata_server=config.metadata.server,
                 raft_state="none",
                 term=0,
                 leader=0,
