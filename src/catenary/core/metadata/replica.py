@@ -24,6 +24,11 @@ Host order (the contract; break it and durability or linearizability is lost)::
             replica.compacted(out.snapshot)     #    only after it is durable
         deliver(out.completions)                # 6. answers to clients
 
+``has_ready()`` is also true when only completions wait (e.g. writes made
+indeterminate by a step-down during ``tick``/``step``); ``ready()`` then returns
+an empty Ready, which needs no persistence.  A host may skip ``save`` for a
+Ready whose hard state changed only in its commit index (``RaftStorage`` rule 4).
+
 Rules:
 
 1. A write is answered with its ``Result`` only when its entry is applied and
