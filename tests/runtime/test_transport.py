@@ -212,6 +212,35 @@ def test_higher_id_alone_knowing_the_address_still_connects() -> None:
     run(main())
 
 
+def test_switching_to_the_preferred_connection_loses_nothing() -> None:
+    async def main() -> None:
+        a, b = Node(1), Node(2)
+        await a.transport.start()
+        await b.transport.start()
+        try:
+            b.transport.set_peer_address(1, a.address)  # only the higher id dials at first
+            await until(lambda: a.transport.connected(2), "b's connection")
+            term = 0
+            for burst in range(30):
+                if burst == 10:
+                    a.transport.set_peer_address(2, b.address)  # a's dial will win
+                for _ in range(20):
+                    term += 1
+                    a.transport.send(2, vote(1, 2, term))
+                    b.transport.send(1, vote(2, 1, term))
+                await asyncio.sleep(0.002)
+            await until(lambda: len(a.received) == term and len(b.received) == term, "all")
+            await settled(a, b)
+            # Frames may be reordered across the switch, never lost or duplicated.
+            assert sorted(m.term for m in b.got(1)) == list(range(1, term + 1))
+            assert sorted(m.term for m in a.got(2)) == list(range(1, term + 1))
+            assert a.transport.stats().peers[0].dropped_queue_full == 0
+        finally:
+            await stop(a, b)
+
+    run(main())
+
+
 def test_peer_restart_traffic_resumes_and_queued_messages_are_delivered() -> None:
     async def main() -> None:
         a, b = Node(1), Node(2)
@@ -479,6 +508,56 @@ def test_framed_connection_reusable_as_dialer_and_acceptor() -> None:
             assert got == [Frame(FrameKind.REQUEST, b"abc"), Frame(FrameKind.REQUEST, b"de")]
             conn.close("done")
             assert conn.closed
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main())
+
+
+def test_retired_connection_delivers_what_was_already_sent() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        config = ConnectionConfig(handshake_timeout_ms=1000, retire_timeout_ms=2000)
+        at_server: list[Frame] = []
+        at_client: list[Frame] = []
+        accepted: list[FramedConnection] = []
+        reasons: list[str] = []
+
+        def factory() -> FramedConnection:
+            conn = FramedConnection(
+                config=config,
+                on_frame=lambda c, f: at_server.append(f),
+                on_close=lambda c, r: reasons.append(r),
+                answer=lambda c, h: HelloAck(1, CLUSTER, 1, 1),
+            )
+            accepted.append(conn)
+            return conn
+
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        try:
+            _, client = await loop.create_connection(
+                lambda: FramedConnection(
+                    config=config,
+                    on_frame=lambda c, f: at_client.append(f),
+                    hello=make_hello(CLUSTER, 2, 1, Role.PEER),
+                    cluster_name=CLUSTER,
+                ),
+                "127.0.0.1",
+                server.sockets[0].getsockname()[1],
+            )
+            await client.handshake
+            await until(lambda: len(accepted) == 1 and accepted[0].ready, "accepted")
+            sent = [Frame(FrameKind.PEER, i.to_bytes(2, "big") * 50) for i in range(200)]
+            client.write(b"".join(encode_frame(f.kind, f.payload) for f in sent))
+            # Retire before the server read a byte: what the client sent must still arrive.
+            accepted[0].retire("superseded")
+            assert accepted[0].retiring
+            accepted[0].write(encode_frame(FrameKind.PEER, b"dropped: retiring"))
+            await until(lambda: client.closed and accepted[0].closed, "both sides closed")
+            assert at_server == sent
+            assert at_client == []
+            assert reasons == ["retired: both sides finished"]
         finally:
             server.close()
             await server.wait_closed()

@@ -30,7 +30,10 @@ Theory of operation
    still connects when only the higher id knows the other's address); the
    lower id dials while it has no connection of its own making.  An acceptor
    that already holds the preferred connection refuses a dial from the
-   higher id with ``duplicate``.
+   higher id with ``duplicate``.  A superseded connection is *retired*, not
+   cut: it stops writing (half-close) and keeps delivering what arrives until
+   the other side's EOF (or ``retire_timeout_ms``), so switching connections
+   loses no frame already written (it may reorder frames across the two).
 6. Generations only grow: a hello or ack from an older generation than one
    already seen from that node is refused (``stale_generation``); a newer one
    closes the connections of the older incarnation.
@@ -105,12 +108,14 @@ class ConnectionConfig(msgspec.Struct, frozen=True, kw_only=True):
     frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT
     hello_frame_bytes_max: int = HELLO_FRAME_BYTES_MAX_DEFAULT
     handshake_timeout_ms: int = 5000
+    retire_timeout_ms: int = 2000  # a retired connection closes after this even without EOF
     write_buffer_high_bytes: int = 4 << 20
 
     def __post_init__(self) -> None:
         check_frame_bytes_max(self.frame_bytes_max)
         check_frame_bytes_max(self.hello_frame_bytes_max)
         _positive("handshake_timeout_ms", self.handshake_timeout_ms)
+        _positive("retire_timeout_ms", self.retire_timeout_ms)
         _positive("write_buffer_high_bytes", self.write_buffer_high_bytes)
 
 
@@ -120,6 +125,7 @@ class TransportConfig(msgspec.Struct, frozen=True, kw_only=True):
     frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT
     hello_frame_bytes_max: int = HELLO_FRAME_BYTES_MAX_DEFAULT
     handshake_timeout_ms: int = 5000
+    retire_timeout_ms: int = 2000  # a superseded connection lingers at most this long
     connect_timeout_ms: int = 2000
     reconnect_backoff_min_ms: int = 50
     reconnect_backoff_max_ms: int = 2000
@@ -134,6 +140,7 @@ class TransportConfig(msgspec.Struct, frozen=True, kw_only=True):
         check_frame_bytes_max(self.hello_frame_bytes_max)
         for name in (
             "handshake_timeout_ms",
+            "retire_timeout_ms",
             "connect_timeout_ms",
             "reconnect_backoff_min_ms",
             "reconnect_backoff_max_ms",
@@ -155,6 +162,7 @@ class TransportConfig(msgspec.Struct, frozen=True, kw_only=True):
             frame_bytes_max=self.frame_bytes_max,
             hello_frame_bytes_max=self.hello_frame_bytes_max,
             handshake_timeout_ms=self.handshake_timeout_ms,
+            retire_timeout_ms=self.retire_timeout_ms,
             write_buffer_high_bytes=self.write_buffer_high_bytes,
         )
 
@@ -239,6 +247,7 @@ class FramedConnection(asyncio.Protocol):
         self.name = name or ("dialer" if hello is not None else "acceptor")
         self.remote = "?"
         self.ready = False
+        self.retiring = False
         self.closed = False
         self.close_reason = ""
         self.close_error: BaseException | None = None
@@ -298,7 +307,10 @@ class FramedConnection(asyncio.Protocol):
         return self.closed
 
     def eof_received(self) -> bool | None:
-        self.close("closed by the other side")
+        if self.retiring:
+            self.close("retired: both sides finished", level=logging.DEBUG)
+        else:
+            self.close("closed by the other side")
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -373,10 +385,33 @@ class FramedConnection(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         """Write bytes holding whole frames (a batch in one call is one socket write)."""
-        if self._transport is None or self.closed:
+        if self._transport is None or self.closed or self.retiring:
             return
         self._transport.write(data)
         self.bytes_written += len(data)
+
+    def retire(self, reason: str) -> None:
+        """Finish without losing frames: stop writing (half-close), keep reading until EOF.
+
+        For a connection superseded by a better one: frames the other side
+        wrote before it learned of the switch are still delivered.  Closes at
+        the other side's EOF or after ``retire_timeout_ms``, whichever first.
+        """
+        if self.closed or self.retiring:
+            return
+        if self._transport is None or not self._transport.can_write_eof():
+            self.close(reason, level=logging.DEBUG)
+            return
+        self.retiring = True
+        log.debug("retiring %s connection %s: %s", self.name, self.remote, reason)
+        self._transport.write_eof()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(
+            self.config.retire_timeout_ms / 1000.0,
+            self.close,
+            f"retired ({reason}); no EOF within {self.config.retire_timeout_ms} ms",
+        )
 
     def close(
         self, reason: str, *, error: BaseException | None = None, level: int | None = None
@@ -673,7 +708,7 @@ class PeerTransport(Generic[M]):
     def _flush(self, peer: _Peer) -> None:
         peer.flush_scheduled = False
         conn = self._active(peer)
-        if conn is None or not conn.writable or not peer.queue:
+        if conn is None or not conn.writable or conn.retiring or not peer.queue:
             return
         queue = peer.queue
         batch: list[bytes] = []
@@ -899,10 +934,11 @@ class PeerTransport(Generic[M]):
                     stale.close(f"N{peer_id} restarted as generation {generation}")
         old = peer.conns.get(dialer)
         if old is not None and old is not conn:
-            old.close("replaced by a newer connection from the same dialer")
+            del peer.conns[dialer]
+            old.retire("replaced by a newer connection from the same dialer")
         preferred = min(self.node_id, peer_id)
         if dialer != preferred and preferred in peer.conns:
-            conn.close(f"keeping the connection dialed by N{preferred}", level=logging.DEBUG)
+            conn.retire(f"keeping the connection dialed by N{preferred}")
             return
         peer.conns[dialer] = conn
         peer.connects += 1
@@ -912,7 +948,7 @@ class PeerTransport(Generic[M]):
         if dialer == preferred:
             other = peer.conns.pop(max(self.node_id, peer_id), None)
             if other is not None:
-                other.close(f"keeping the connection dialed by N{preferred}", level=logging.DEBUG)
+                other.retire(f"keeping the connection dialed by N{preferred}")
         if peer.dial_task is not None and not self._wants_dial(peer):
             peer.dial_task.cancel()
             peer.dial_task = None
