@@ -427,3 +427,27 @@ def test_write_queued_but_not_written_when_the_connection_closes_is_retried() ->
             assert sum(isinstance(r, m.Put) for r in node.received) == 1
 
     run(body)
+
+
+def test_closing_a_watch_ends_an_iteration_waiting_in_another_task() -> None:
+    async def body(node: FakeNode) -> None:
+        async with Client([node.address], timeout_s=2) as client:
+            watcher = client.metadata.watch("/quiet")
+            seen: list[object] = []
+
+            async def consume() -> None:
+                async for event in watcher:
+                    seen.append(event)
+
+            task = asyncio.create_task(consume())
+            while not node.watchers:
+                await asyncio.sleep(0.005)
+            await watcher.aclose()
+            async with asyncio.timeout(2):
+                await task
+            assert seen == []
+            async with asyncio.timeout(2):  # and the node is told
+                while not any(isinstance(r, m.CancelWatch) for r in node.received):
+                    await asyncio.sleep(0.005)
+
+    run(body)

@@ -30,6 +30,7 @@ from catenary.client import (
     PreconditionFailedError,
     UnavailableError,
 )
+from catenary.core.metadata.types import Event
 from catenary.wire import FrameKind, Role, encode_hello, make_hello
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e"), pytest.mark.timeout(120)]
@@ -104,6 +105,7 @@ class Workload:
     client: Client
     keys: int = 6
     records: dict[str, KeyRecord] = field(default_factory=dict)
+    acked_writes: list[tuple[str, int]] = field(default_factory=list)  # (key, version)
     acked: int = 0
     indeterminate: int = 0
     stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -133,6 +135,7 @@ class Workload:
                     break
                 continue
             record.acked_version, record.acked_value, record.unsure = version, value, False
+            self.acked_writes.append((key, version))
             self.acked += 1
 
     @asynccontextmanager
@@ -196,6 +199,16 @@ def test_three_nodes_serve_survive_leader_kill_and_full_restart(tmp_path: Path) 
             assert code == 1 and "precondition failed" in err
 
             async with Client(cluster.client_addresses, cluster_name="e2e") as client:
+                # A watcher of every write, across the failover: no gap, no repeat, no going back.
+                start = await client.metadata.put("/load-start", b"")
+                events: list[Event] = []
+                watcher = client.metadata.watch("/load/", prefix=True, from_version=start)
+
+                async def watch() -> None:
+                    async for event in watcher:
+                        events.append(event)
+
+                watching = asyncio.create_task(watch())
                 workload = Workload(client)
                 async with workload.running():
                     await workload.wait_acked(50)
@@ -207,6 +220,18 @@ def test_three_nodes_serve_survive_leader_kill_and_full_restart(tmp_path: Path) 
                 assert new_leader is not leader
                 await workload.check(client)
                 assert workload.acked > 70
+
+                last = max(version for _key, version in workload.acked_writes)
+                async with asyncio.timeout(20):
+                    while watcher.revision < last:
+                        await asyncio.sleep(0.02)
+                await watcher.aclose()
+                await watching
+                versions = [e.version for e in events]
+                assert versions == sorted(set(versions)), "watch went back in time or repeated"
+                seen = {(e.key, e.version) for e in events}
+                missing = [w for w in workload.acked_writes if w not in seen]
+                assert not missing, f"acknowledged writes the watch never delivered: {missing[:5]}"
 
             # Restart every node on its data: everything is still there.
             cluster.stop_all()

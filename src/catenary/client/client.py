@@ -674,8 +674,10 @@ class Watcher:
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Stop the watch; an iteration waiting in another task ends (StopAsyncIteration)."""
         self._closed = True
         self._unsubscribe()
+        self._wake.set()
 
     def _unsubscribe(self) -> None:
         if self._conn is not None:
