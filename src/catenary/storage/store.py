@@ -529,6 +529,7 @@ class SegmentedStore:
         buf_at = start
         at = start
         crc = crc32c.crc32c
+        head_crcs = _HEAD_CRCS
         unpack = _RECORD_HEADER.unpack_from
         scanned = 0
         problem: str | None = None
@@ -551,7 +552,7 @@ class SegmentedStore:
             if stop - buf_at > len(buf):
                 buf = memoryview(f.pread(at, max(chunk, stop - at)))
                 buf_at, rel = at, 0
-            if crc(buf[rel + 8 : rel + 8 + n], crc(buf[rel : rel + 4])) != expect:
+            if crc(buf[rel + 8 : rel + 8 + n], head_crcs[n]) != expect:
                 problem = "record CRC32C mismatch"
                 break
             offsets.append(at)
