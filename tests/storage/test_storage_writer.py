@@ -344,3 +344,22 @@ def test_reads_from_another_thread_while_the_writer_appends(tmp_path: Path) -> N
     assert not errors, errors[0]
     assert store.segment_count > 3
     store.close()
+
+
+def test_batch_delay_waits_for_more_but_never_strands_a_submission() -> None:
+    fs, store = sim_store()
+    writer = GroupCommitWriter(store, batch_delay_us=20_000, batch_records_max=3)
+    results = Results()
+    writer.submit([b"lonely"], results.callback(0))
+    results.wait(1)  # completes once the delay expires, with nothing else queued
+    release = gate(writer)
+    for i in range(1, 7):
+        writer.submit([b"x"], results.callback(i))
+    syncs_before = fs.fsync_count
+    release.set()
+    results.wait(7)
+    writer.close()
+    assert results.items[0] == (1, None)
+    # The six queued records go as two full batches of three.
+    assert fs.fsync_count - syncs_before == 2
+    store.close()
