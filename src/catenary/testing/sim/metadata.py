@@ -766,10 +766,7 @@ class MetadataSim:
         self.network.partition(links)
         self.loop.note(f"partition {kind} {links}")
         duration_ms = rng.randint(*self.plan.partition_ms)
-        self.loop.after(duration_ms * 1000, "heal", self._heal)
-
-    def _heal(self) -> None:
-        self.network.heal()
+        self.loop.after(duration_ms * 1000, "heal", lambda: self.network.heal_links(links))
 
     # ------------------------------------------------------------- liveness
 

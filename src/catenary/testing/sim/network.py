@@ -10,7 +10,9 @@ Rules:
    nothing but is overtaken by later messages).  With probability
    ``duplicate`` a second copy is delivered with its own delay.
 3. Partitions are sets of cut directed links: symmetric (both directions) or
-   asymmetric (one direction only).  ``heal`` clears them all.
+   asymmetric (one direction only).  Partitions may overlap: a link stays cut
+   until every partition that cut it has healed (``heal_links``); ``heal``
+   clears them all.
 4. Every draw comes from the one network rng, in the order messages are sent,
    so delivery depends on the seed alone.
 """
@@ -51,11 +53,20 @@ class SimNetwork:
     def __init__(self, rng: Random, faults: NetworkFaults) -> None:
         self.rng = rng
         self.faults = faults
-        self.cut: set[tuple[int, int]] = set()
+        self.cut: dict[tuple[int, int], int] = {}  # link -> partitions cutting it
         self.counters = NetworkCounters()
 
     def partition(self, links: Iterable[tuple[int, int]]) -> None:
-        self.cut.update(links)
+        for link in links:
+            self.cut[link] = self.cut.get(link, 0) + 1
+
+    def heal_links(self, links: Iterable[tuple[int, int]]) -> None:
+        for link in links:
+            count = self.cut.get(link, 0) - 1
+            if count > 0:
+                self.cut[link] = count
+            else:
+                self.cut.pop(link, None)
 
     def heal(self) -> None:
         self.cut.clear()
