@@ -363,3 +363,20 @@ def test_batch_delay_waits_for_more_but_never_strands_a_submission() -> None:
     # The six queued records go as two full batches of three.
     assert fs.fsync_count - syncs_before == 2
     store.close()
+
+
+def test_async_oversized_record_fails_alone(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = await AsyncStore.open(
+            OsFileSystem(), str(tmp_path / "s"), StoreConfig(record_bytes_max=10)
+        )
+        ok = store.append(b"fine")
+        with pytest.raises(RecordTooLargeError):
+            store.append(b"x" * 11)
+        with pytest.raises(RecordTooLargeError):
+            store.append_many([b"ok", b"y" * 11])
+        also_ok = store.append(b"fine too")
+        assert (await ok, await also_ok) == (1, 2)
+        await store.close()
+
+    asyncio.run(main())

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from catenary.storage.errors import Overloaded, StoreClosedError
+from catenary.storage.errors import Overloaded, RecordTooLargeError, StoreClosedError
 from catenary.storage.fs import FileSystem
 from catenary.storage.store import SegmentedStore, StoreConfig
 from catenary.storage.writer import GroupCommitWriter
@@ -62,6 +62,7 @@ class AsyncStore:
         self._inflight_records_max = inflight_records_max
         self._admit_max = inflight_records_max  # -1 once closed
         self._create_future = self._loop.create_future
+        self._record_bytes_max = store.config.record_bytes_max
         self._read_inline_bytes_max = read_inline_bytes_max
         self._inflight = 0
         # The loop's current batch: one future per record, None for the 2nd.. records of an
@@ -130,6 +131,12 @@ class AsyncStore:
         # The hot path: one comparison covers both "closed" and "too much in flight".
         if self._inflight >= self._admit_max:
             self._refuse()
+        # Checked here, not in the writer: the loop's batch shares one submission, and one
+        # oversized record must not fail the others' appends.
+        if len(payload) > self._record_bytes_max:
+            raise RecordTooLargeError(
+                f"record of {len(payload)} bytes exceeds record_bytes_max {self._record_bytes_max}"
+            )
         self._inflight += 1
         fut: asyncio.Future[int] = self._create_future()
         self._payloads.append(payload)
@@ -153,6 +160,11 @@ class AsyncStore:
             raise ValueError("append_many needs at least one payload")
         if self._inflight and self._inflight + n > self._inflight_records_max:
             raise Overloaded(f"{self._inflight} records already waiting for the disk")
+        largest = max(map(len, payloads))
+        if largest > self._record_bytes_max:
+            raise RecordTooLargeError(
+                f"record of {largest} bytes exceeds record_bytes_max {self._record_bytes_max}"
+            )
         self._inflight += n
         fut: asyncio.Future[int] = self._loop.create_future()
         self._payloads.extend(payloads)
