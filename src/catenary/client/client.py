@@ -94,6 +94,15 @@ ANY = "any"  # target: any node (stale reads, status)
 _RETRYABLE = frozenset({m.ErrorCode.NOT_LEADER, m.ErrorCode.UNAVAILABLE, m.ErrorCode.OVERLOADED})
 
 
+class _NoAnswerError(Exception):
+    """The attempt's time ran out with the request still unanswered."""
+
+
+def _expire(future: asyncio.Future[m.Reply]) -> None:
+    if not future.done():
+        future.set_exception(_NoAnswerError())
+
+
 @dataclass(frozen=True)
 class ListResult:
     kvs: tuple[KeyValue, ...]
@@ -350,11 +359,11 @@ class Client:
             wait_s = deadline - loop.time()
             if policy is Policy.READ:
                 wait_s = min(wait_s, self.attempt_timeout_s)
+            # One timer that fails the future is cheaper than a timeout scope per request.
+            timer = loop.call_later(max(wait_s, 0.0), _expire, future)
             try:
-                async with asyncio.timeout(max(wait_s, 0.0)):
-                    reply = await future
-            except TimeoutError:
-                future.cancel()
+                reply = await future
+            except _NoAnswerError:
                 if policy is Policy.WRITE:
                     raise IndeterminateError(
                         f"{address}: no answer before the deadline; the write may or may not "
@@ -380,6 +389,8 @@ class Client:
                 await self._backoff(attempt, deadline)
                 attempt += 1
                 continue
+            finally:
+                timer.cancel()
             if not isinstance(reply, m.ErrorReply):
                 if target == LEADER:
                     self._leader = address
