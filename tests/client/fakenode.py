@@ -4,8 +4,9 @@ It does the real wire handshake and frames (``catenary.wire``) and keeps an
 in-memory versioned store with the metadata semantics (one global revision;
 a key's version is the revision of its last change).  A test steers it with
 ``hook``: called with each request, it returns a reply to send instead, the
-string "drop" (close the connection without answering), "ignore" (never
-answer), or None (serve normally).
+string "drop" (close the connection without answering), "apply_drop" (serve
+it, then close without answering), "ignore" (never answer), or None (serve
+normally).
 """
 
 from __future__ import annotations
@@ -121,6 +122,9 @@ class FakeNode:
                     self.received.append(request)
                     action = self.hook(request) if self.hook is not None else None
                     if action == "drop":
+                        return
+                    if action == "apply_drop":  # applied, but the reply is lost
+                        self._handle(conn_id, writer, request)
                         return
                     if action == "ignore":
                         continue
