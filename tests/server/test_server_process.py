@@ -136,6 +136,26 @@ def test_production_waits_to_be_provisioned(tmp_path: Path, nodes: list[NodeProc
     assert node.request(api.Provision(4)) == api.OkReply(4, "already provisioned")
     node.wait_serving()
     assert isinstance(node.request(api.Put(5, "k", b"v")), api.WriteReply)
+
+    # A joiner whose reply was lost asks again: it gets the same id, not a second one.
+    def join(request_id: int, peer: str) -> api.JoinReply:
+        reply = node.request(
+            api.Join(request_id, "catenary", 0, peer, "127.0.0.1:9", "", 1), timeout_s=15
+        )
+        assert isinstance(reply, api.JoinReply), reply
+        return reply
+
+    first = join(6, "127.0.0.1:8")
+    assert first.node == 2
+    assert join(7, "127.0.0.1:8").node == 2
+    assert join(8, "127.0.0.1:10").node == 3  # other addresses: another node
+    servers = node.request(api.ListServers(9))
+    assert isinstance(servers, api.ServersReply)
+    assert [(m.node, m.role) for m in servers.members] == [
+        (1, "voter"),
+        (2, "learner"),
+        (3, "learner"),
+    ]
     assert node.terminate() == 0
 
 

@@ -928,7 +928,8 @@ class Server:
             raise _error(ErrorCode.UNAVAILABLE, "the cluster is not provisioned yet")
         async with self._join_lock:
             if request.node == 0:
-                node = await self._allocate_node_id(host)
+                reused = self._unused_id_for(host, request)
+                node = reused or await self._allocate_node_id(host)
             else:
                 node = request.node
             record = await self._record_node(host, node, request)
@@ -937,6 +938,33 @@ class Server:
         if self.transport is not None and node != self.node_id:
             self.transport.set_peer_address(node, record.peer_address)
         return api.JoinReply(request.id, node, record.generation, self._node_infos())
+
+    def _unused_id_for(self, host: MetadataHost, request: api.Join) -> int | None:
+        """An id handed out to these very addresses that never held any data.
+
+        A joiner whose ``JoinReply`` was lost asks again without an id; giving it
+        the id it was already given (rather than a new one) leaves no orphan
+        learner behind.  Only a registration that never received an entry
+        qualifies: a node that held data and lost it must never come back under
+        its old id.
+        """
+        self._refresh_nodes(force=True)
+        raft = host.replica.raft
+        membership = raft.membership
+        matches = _match_indexes(raft)
+        for node in sorted(self._nodes):
+            record = self._nodes[node]
+            if (
+                record.removed
+                or record.peer_address != request.peer_address
+                or record.client_address != request.client_address
+                or node in membership.voters
+                or (node in membership.learners and matches.get(node, 0) > 0)
+            ):
+                continue
+            log.info("join from %s again: it keeps n%d", request.peer_address, node)
+            return node
+        return None
 
     async def _allocate_node_id(self, host: MetadataHost) -> int:
         for _attempt in range(32):
