@@ -255,7 +255,7 @@ class Server:
             return
         self.phase = "stopping"
         log.info("stopping")
-        if self.host is not None and self.host.failure is None:
+        if self.host is not None and self.host.running and self.host.failure is None:
             await self._transfer_leadership()
         await self.port.drain(self.config.shutdown.drain_timeout_ms / 1000)
         for task in list(self._tasks):
@@ -554,6 +554,8 @@ class Server:
             return self.host
         if self.phase == "joining":
             raise _error(ErrorCode.UNAVAILABLE, "this node is still joining the cluster")
+        if self.phase == "starting":
+            raise _error(ErrorCode.UNAVAILABLE, "the node is starting")
         if self.phase == "stopping":
             raise _error(ErrorCode.UNAVAILABLE, "the node is shutting down")
         raise _error(
