@@ -13,9 +13,11 @@ Theory of operation
    only ever changed by synchronous calls of the owner, so a reader sees a
    consistent state.
 2. Batching.  The owner waits for one input, then drains up to ``batch_max``
-   more without waiting, feeds them all (writes of the batch in one
-   ``propose_batch``), ticks if a tick is due, and only then asks for a Ready:
-   many inputs, one Ready, one write and one fsync.  Inputs that arrive while
+   more without waiting, feeds them all, ticks if a tick is due, handles the
+   Ready that the peer messages produced (on a leader: commits, applies and
+   answers, with nothing to fsync), then proposes the batch's writes in one
+   ``propose_batch`` and handles their Ready: many writes, one Ready, one write
+   and one fsync.  Inputs that arrive while
    a Ready is being persisted wait for the next batch, so the batch grows with
    the load (group commit).
 3. Ready order (the replica's documented host order): send ``messages``;
@@ -369,10 +371,16 @@ class MetadataHost:
             while inputs < batch_max and not queue.empty():
                 self._feed(queue.get_nowait(), writes)
                 inputs += 1
-            if writes:
-                self._propose(writes)
             self._maybe_tick()
             self._metrics.ready_inputs.inc(inputs)
+            if writes:
+                # First the Ready of what the peers said (acks that commit earlier
+                # writes): on a leader it has nothing new to persist, so those
+                # writes are applied and answered now instead of after the fsync
+                # of the new batch.
+                if replica.has_ready() and not self._stopping:
+                    await self._handle_ready()
+                self._propose(writes)
             while replica.has_ready() and not self._stopping:
                 await self._handle_ready()
 
