@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from server_procs import LAUNCH
 
 from catenary.api import messages as api
 from catenary.api.messages import NodeStatus
@@ -30,7 +36,7 @@ def cluster(tmp_path: Path) -> Iterator[DevCluster]:
 
 
 def request(address: str, req: api.Request) -> api.Reply:
-    return asyncio.run(call(address, req, cluster_name="trio", timeout_s=5.0))
+    return asyncio.run(call(address, req, timeout_s=5.0))
 
 
 def test_three_nodes_one_leader_three_voters(cluster: DevCluster) -> None:
@@ -104,3 +110,38 @@ def test_three_nodes_one_leader_three_voters(cluster: DevCluster) -> None:
         assert all(isinstance(s, NodeStatus) and s.generation == 2 for s in statuses)
     finally:
         assert again.stop() == {1: 0, 2: 0, 3: 0}
+
+
+def test_dev_command_starts_and_stops_its_nodes(tmp_path: Path) -> None:
+    directory = tmp_path / "dev"
+    process = subprocess.Popen(
+        [sys.executable, "-c", LAUNCH, "dev", "--nodes", "1", "--data-dir", str(directory)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    pids: list[int] = []
+    try:
+        assert process.stdout is not None
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("wrote "):
+                break
+        manifest = json.loads((directory / "cluster.json").read_text())
+        pids = [n["pid"] for n in manifest["nodes"]]
+        assert len(pids) == 1 and any(f"pid {pids[0]}" in line for line in lines), lines
+        reply = request(manifest["nodes"][0]["client_address"], api.GetStatus(1))
+        assert isinstance(reply, api.StatusReply) and reply.status.raft_state == "leader"
+        os.kill(process.pid, signal.SIGTERM)
+        rest, _ = process.communicate(timeout=30)
+        assert process.returncode == 0
+        assert "stopped (n1: 0)" in rest
+        with pytest.raises(ProcessLookupError):
+            os.kill(pids[0], 0)  # the node is gone too
+    finally:
+        for pid in [process.pid, *pids]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        process.wait(timeout=10)

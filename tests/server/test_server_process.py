@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import msgspec
@@ -60,6 +61,18 @@ def test_single_node_provisions_serves_and_restarts(
     nodes_reply = node.request(api.ListNodes(6))
     assert isinstance(nodes_reply, api.NodesReply)
     assert [(n.node, n.client_address) for n in nodes_reply.nodes] == [(1, node.client_address)]
+
+    # The HTTP admin app runs on the admin address, reading this node.
+    with urllib.request.urlopen(f"http://{node.admin_address}/ready", timeout=5) as response:
+        assert response.status == 200
+    with urllib.request.urlopen(f"http://{node.admin_address}/metrics", timeout=5) as response:
+        metrics = response.read().decode()
+    figures = dict(
+        line.split(" ", 1) for line in metrics.splitlines() if line and not line.startswith("#")
+    )
+    assert float(figures["catenary_raft_term"]) >= 1
+    assert float(figures["catenary_raft_is_leader"]) == 1
+    assert 'catenary_requests_total{kind="put",outcome="ok"}' in metrics
 
     assert node.terminate() == 0
     assert "stopped" in node.log()
