@@ -2,7 +2,7 @@
 
 ``catenary sim metadata --seed N [--nodes 3|5] [--steps S] [--json]`` runs one
 seed of the metadata-service simulation and prints the seed, the outcome and
-the counters; on a violation it prints it with the one-line replay command
+the counters (``--log``: also the timeline of faults, leaders and phases); on a violation it prints it with the one-line replay command
 and exits with status 1.  Without ``--seed`` a random seed is drawn (and
 printed, so the run can be replayed).
 """
@@ -31,17 +31,22 @@ def sim() -> None:
     help="Length of the safety phase, in ticks (10 ms of simulated time each).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def metadata(seed: int | None, nodes: int, steps: int, as_json: bool) -> None:
+@click.option(
+    "--log", "show_log", is_flag=True, help="Also print the timeline of faults and leaders."
+)
+def metadata(seed: int | None, nodes: int, steps: int, as_json: bool, show_log: bool) -> None:
     """Simulate the replicated metadata service for one seed."""
     from catenary.testing.sim.metadata import SimOptions, run_metadata_sim
 
     if seed is None:
         seed = int.from_bytes(os.urandom(8), "little") >> 1
-    result = run_metadata_sim(SimOptions(seed=seed, nodes=nodes, steps=steps))
+    result = run_metadata_sim(SimOptions(seed=seed, nodes=nodes, steps=steps, keep_log=show_log))
     if as_json:
         click.echo(result.to_json())
     else:
         c = result.counters
+        for line in result.log:
+            click.echo(line)
         click.echo(f"seed: {result.seed}  nodes: {result.nodes}  steps: {result.steps}")
         click.echo(f"faults: {result.faults}")
         click.echo(f"outcome: {'ok' if result.ok else 'VIOLATION'}")

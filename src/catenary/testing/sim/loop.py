@@ -28,8 +28,10 @@ _Event = tuple[int, int, str, Action, bytes]
 class EventLoop:
     """A single-threaded simulated clock and its agenda."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, keep_notes: bool = False) -> None:
         self._heap: list[_Event] = []
+        # With keep_notes, notes are also kept as a timeline (for ``--log``).
+        self.notes: list[str] | None = [] if keep_notes else None
         self._seq = 0
         self.now_us = 0
         self.events_run = 0
@@ -67,6 +69,8 @@ class EventLoop:
     def note(self, text: str) -> None:
         """Fold something that is not an event (e.g. a checker's finding) into the trace."""
         self._trace.update(text.encode())
+        if self.notes is not None:
+            self.notes.append(f"{self.now_us / 1000:10.3f} ms  {text}")
 
     def digest(self) -> str:
         return self._trace.hexdigest()

@@ -109,6 +109,7 @@ class SimOptions:
     op_timeout_ms: int = 1_000
     liveness_bound_ms: int = 10_000
     op_attempts_max: int = 8  # redirects/refusals per operation before it gives up
+    keep_log: bool = False  # keep a timeline of faults, leaders and phases in the result
 
     def replay_command(self) -> str:
         return f"catenary sim metadata --seed {self.seed} --nodes {self.nodes} --steps {self.steps}"
@@ -154,7 +155,7 @@ class FaultPlan:
             partition_ms=rng.choice([(50, 500), (300, 3000)]),
             # The slowest disks are slower than an election timeout (100-200 ms).
             fsync_us=rng.choice(
-                [(100, 1_000), (500, 5_000), (2_000, 20_000), (2_000, 20_000), (20_000, 250_000)]
+                [(100, 1_000), (500, 5_000), (2_000, 20_000), (2_000, 20_000), (5_000, 120_000)]
             ),
             tear_probability=rng.choice([0.0, 0.5, 1.0]),
             compact_after_entries=rng.choice([8, 32, 128, 100_000]),
@@ -209,6 +210,7 @@ class SimResult:
     replay: str
     faults: str
     history_tail: list[str] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)  # with SimOptions.keep_log
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -273,7 +275,7 @@ class MetadataSim:
         self.options = options
         seeds = Random(options.seed)
         self.plan = FaultPlan.draw(Random(seeds.getrandbits(64)))
-        self.loop = EventLoop()
+        self.loop = EventLoop(keep_notes=options.keep_log)
         self.network = SimNetwork(Random(seeds.getrandbits(64)), self.plan.network)
         self.nemesis_rng = Random(seeds.getrandbits(64))
         self.workload_rng = Random(seeds.getrandbits(64))
@@ -411,6 +413,7 @@ class MetadataSim:
             replay=self.options.replay_command(),
             faults=self.fault_summary,
             history_tail=tail,
+            log=list(self.loop.notes or ()),
         )
 
     def _fail(self, message: str) -> None:
@@ -635,7 +638,7 @@ class MetadataSim:
             except SimulatedCrash:
                 pass
             member.fs.disarm()
-        self.loop.note(f"crash {member.node_id}")
+        self.loop.note(f"crash {member.node_id}" + (" (mid-persist)" if job else ""))
         member.disk.crash()
         self.interrupted[member.node_id] = interrupted
         member.replica = None
@@ -648,6 +651,7 @@ class MetadataSim:
         if member.replica is not None:
             return
         self.counters.restarts += 1
+        self.loop.note(f"restart {member.node_id}")
         self._boot(member)
 
     # -------------------------------------------------------------- nemesis
