@@ -66,6 +66,8 @@ def run_seed(seed: int, steps: int, *, lease: bool = False) -> Cluster:
         snapshot_chunk_bytes=rng.choice([7, 64, 4096]),
         compact_after_entries=rng.choice([8, 30, 10_000]),
         lease_reads=lease,
+        pre_vote=rng.random() < 0.8,
+        check_quorum=lease or rng.random() < 0.8,
     )
     c = Cluster(cfg, seed)
     voters = (1, 2, 3)
