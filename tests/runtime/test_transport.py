@@ -142,6 +142,7 @@ async def settled(*nodes: Node) -> None:
 async def stop(*nodes: Node) -> None:
     for node in nodes:
         await node.transport.close()
+        assert node.transport.live_connections == 0
 
 
 def vote(src: int, dst: int, term: int) -> RequestVote:

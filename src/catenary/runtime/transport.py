@@ -551,7 +551,8 @@ class PeerTransport(Generic[M]):
         )
         self._peers: dict[int, _Peer] = {}
         self._server: asyncio.Server | None = None
-        self._pending: set[FramedConnection] = set()  # accepted or dialed, not yet registered
+        # Every connection not yet closed, in creation order (pending, active, retiring).
+        self._live: dict[FramedConnection, None] = {}
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stats = TransportStats()
@@ -585,11 +586,8 @@ class PeerTransport(Generic[M]):
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for conn in list(self._pending):
+        for conn in list(self._live):
             conn.close("transport closing")
-        for peer in self._sorted_peers():
-            for dialer in sorted(peer.conns):
-                peer.conns[dialer].close("transport closing")
         if self._server is not None:
             await self._server.wait_closed()
         # Let the transports run their connection_lost callbacks.
@@ -661,6 +659,11 @@ class PeerTransport(Generic[M]):
         return TransportStats(
             s.refused_hellos, s.dropped_unknown_peer, s.dropped_too_large, s.bad_connections, peers
         )
+
+    @property
+    def live_connections(self) -> int:
+        """Connections not yet closed: pending handshakes, active and retiring ones."""
+        return len(self._live)
 
     def connection_count(self, peer_id: int) -> int:
         """Established connections to ``peer_id`` (1 once the pair has settled)."""
@@ -799,7 +802,7 @@ class PeerTransport(Generic[M]):
                 expect_node_id=peer.node_id,
                 name=f"N{self.node_id}->N{peer.node_id}",
             )
-            self._pending.add(conn)
+            self._live[conn] = None
             return conn
 
         try:
@@ -834,9 +837,6 @@ class PeerTransport(Generic[M]):
             if conn is not None and not conn.ready:
                 conn.close("dial cancelled")
             raise
-        finally:
-            if conn is not None:
-                self._pending.discard(conn)
         return not conn.closed
 
     def _accepted_protocol(self) -> FramedConnection:
@@ -849,7 +849,7 @@ class PeerTransport(Generic[M]):
             answer=self._answer_hello,
             name=f"N{self.node_id}<-peer",
         )
-        self._pending.add(conn)
+        self._live[conn] = None
         return conn
 
     def _answer_hello(self, conn: FramedConnection, hello: Hello) -> HelloAck | HelloRefused:
@@ -894,13 +894,11 @@ class PeerTransport(Generic[M]):
         return None
 
     def _accepted_ready(self, conn: FramedConnection) -> None:
-        self._pending.discard(conn)
         hello = conn.peer_hello
         assert hello is not None
         self._register(conn, hello.node_id, hello.generation, dialer=hello.node_id)
 
     def _dialed_ready(self, conn: FramedConnection) -> None:
-        self._pending.discard(conn)
         ack = conn.peer_ack
         assert ack is not None
         peer = self._peers.get(ack.node_id)
@@ -955,7 +953,7 @@ class PeerTransport(Generic[M]):
         self._schedule_flush(peer)
 
     def _connection_closed(self, conn: FramedConnection, reason: str) -> None:
-        self._pending.discard(conn)
+        self._live.pop(conn, None)
         if isinstance(conn.close_error, WireError) and not isinstance(
             conn.close_error, HandshakeRefused
         ):
