@@ -294,7 +294,7 @@ def status(
         for r in reports:
             s = r.status
             if s is None:
-                rows.append([r.node, "-", "unreachable", "-", "-", "-", "-", r.address])
+                rows.append([r.node, "-", "unreachable", "-", "-", "-", "-", "-", "-", r.address])
                 continue
             voters = sum(1 for x in s.members if x.role == "voter")
             rows.append(
@@ -306,11 +306,27 @@ def status(
                     s.leader or "-",
                     s.commit_index,
                     s.applied_index,
-                    f"{r.address} ({voters} voters, {s.metadata_server})",
+                    voters,
+                    s.metadata_server,
+                    r.address,
                 ]
             )
         click.echo(
-            table(["NODE", "GEN", "STATE", "TERM", "LEADER", "COMMIT", "APPLIED", "ADDRESS"], rows)
+            table(
+                [
+                    "NODE",
+                    "GEN",
+                    "STATE",
+                    "TERM",
+                    "LEADER",
+                    "COMMIT",
+                    "APPLIED",
+                    "VOTERS",
+                    "METADATA",
+                    "ADDRESS",
+                ],
+                rows,
+            )
         )
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
