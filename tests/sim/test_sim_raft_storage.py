@@ -212,3 +212,13 @@ def test_bit_flip_in_the_middle_of_the_log_is_reported() -> None:
 
 def _encode(entry: Entry) -> bytes:
     return msgspec.msgpack.encode(entry)
+
+
+def test_a_hole_between_snapshot_and_log_is_corruption() -> None:
+    fs = SimFileSystem(Random(14))
+    storage = fresh(fs)
+    storage.save(Ready(hard_state=HardState(3, 0, 0), snapshot=snapshot(10, 3)))
+    storage.save(Ready(entries=entries(11, 12, 3)))
+    storage._write_snapshot(snapshot(5, 3))  # an older snapshot: entries 6..10 are nowhere
+    with pytest.raises(RaftStorageCorruption, match="missing"):
+        reopen(fs)

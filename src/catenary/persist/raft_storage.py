@@ -159,6 +159,14 @@ class RaftStorage:
                 keep = at_snapshot.term == snapshot.meta.term
             elif store.first_position == snap_index + 1:
                 keep = True
+            elif (
+                store.first_position > snap_index + 1 and store.next_position > store.first_position
+            ):
+                raise RaftStorageCorruption(
+                    self._directory,
+                    f"entries ({snap_index}, {store.first_position}) between the snapshot "
+                    "and the log are missing",
+                )
             if not keep and store.next_position != store.first_position:
                 self.recovery_notes.append(
                     f"log [{store.first_position}, {store.next_position}) does not continue "
