@@ -44,8 +44,9 @@ before another write was called has a version no greater than it.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -261,6 +262,7 @@ def _search(
     initial: _State,
     max_steps: int,
     lazy: bool = False,
+    placeholder: bytes = b"",
 ) -> _KeyResult:
     """WGL over one key.  ``deadlines[i]``: op i must be linearized by then (inf: optional).
 
@@ -290,6 +292,8 @@ def _search(
         else:
             return_node[op_of[node]] = node
     required = [not math.isinf(deadline) for deadline in deadlines]
+    kinds = [(op.kind, op.precondition.kind, op.precondition.version, op.value) for op in ops]
+    dead_below = [op.precondition.version if op.precondition.kind == "version" else 0 for op in ops]
 
     def lift(i: int) -> None:
         for node in (call_node[i], return_node[i]):
@@ -307,14 +311,53 @@ def _search(
         # The operations that may come next: those called before the earliest
         # deadline still pending.
         candidates: list[int] = []
+        classes: set[tuple[str, str, int, bytes]] = set()
+        floor = state[2]
         node = nxt[0]
         while node and is_call[node]:
-            candidates.append(op_of[node])
+            i = op_of[node]
             node = nxt[node]
+            if not required[i]:
+                # A version precondition below the floor can never hold again
+                # (a present key's known version is the floor; versions grow).
+                if 0 < dead_below[i] < floor:
+                    continue
+                # Optional operations alike in all but their call time are
+                # interchangeable once called: try only the earliest unused one.
+                if kinds[i] in classes:
+                    continue
+                classes.add(kinds[i])
+            candidates.append(i)
         blocker = op_of[node] if node else -1
-        if lazy and all(_step(state, ops[i]) for i in candidates if required[i]):
-            candidates = [i for i in candidates if required[i]]  # no optional op can help
-        return _Level(candidates, blocker)
+        now = [i for i in candidates if required[i]]
+        if not lazy:
+            return _Level(candidates, blocker)
+        stuck = [i for i in now if not _step(state, ops[i])]
+        if not stuck:
+            return _Level(now, blocker)  # no optional op can help here
+        # Try first the optional ops after which a stuck required op fits (one
+        # such op is as good as any longer run of them); only if there is none
+        # may a run of several be needed.
+        later = [i for i in candidates if not required[i]]
+        helpers = [
+            i
+            for i in later
+            if any(_step(after, ops[c]) for after in _step(state, ops[i]) for c in stuck)
+        ]
+        if helpers:
+            return _Level(helpers + now, blocker)
+        # Any run of optional ops ends in one of two states, at best with the
+        # floor one higher (a higher floor only forbids more): present with the
+        # placeholder and an unknown version, or absent.  If no stuck op fits
+        # either, no run can help.
+        ends: list[_State] = []
+        if any(ops[i].kind == "put" for i in later):
+            ends.append((placeholder, UNKNOWN, state[2] + 1))
+        if any(ops[i].kind == "delete" for i in later):
+            ends.append((None, 0, state[2] + 1))
+        if any(_step(end, ops[c]) for end in ends for c in stuck):
+            return _Level(later + now, blocker)
+        return _Level(now, blocker)
 
     # Memo with subsumption: a configuration is (required ops linearized,
     # optional ops used, state).  Having used fewer optional ops with the
@@ -391,19 +434,31 @@ def _search(
     return _KeyResult("ok", steps)
 
 
-def _check_key(ops: list[Operation], initial: _State, max_steps: int) -> _KeyResult:
+def _check_key(
+    ops: list[Operation],
+    initial: _State,
+    max_steps: int,
+    revision_before: Callable[[float], int] = lambda _time: 0,
+) -> _KeyResult:
     """Sort the writes of unknown outcome by what the history shows of them, then search.
+
+    ``revision_before(t)``: the highest version a completed write (of any key)
+    returned before time t; a write called at t that takes effect gets a
+    higher version (revisions are global and only grow).
 
     - An indeterminate put whose value no other put on the key writes, and
       that a completed get returned as (value, v), certainly took effect, with
       version v, before that get returned: it is checked as a completed
       ``Written(v)`` with that deadline.
-    - An indeterminate put nobody could have observed is dropped: no get
-      returned its value and no version it could have carried was observed
-      (every version seen in a get, a ``PreconditionFailed`` or a version
-      precondition is the ``Written`` version of a completed put on the key).
-      Then nothing after it depends on it, and leaving it out only loosens
-      the bounds on later versions, so it never helps a linearization.
+    - A version seen on the key (in a get, a ``PreconditionFailed`` or a
+      version precondition) that no completed put returned must come from an
+      indeterminate put that could carry it: called before the observation
+      returned, with ``revision_before(call) < v``.  When only one put
+      qualifies, it took effect with that version: checked as completed too.
+    - An indeterminate put that nothing could have observed (its value never
+      read, no unexplained version it could carry) is dropped: nothing after it
+      depends on it, and leaving it out only loosens the bounds on later
+      versions, so it never helps a linearization.
     - The others (and every indeterminate delete) are optional.  The search
       first runs without them (they "never happened" is one legal choice);
       only if that fails does the exponential search over them run.
@@ -413,48 +468,83 @@ def _check_key(ops: list[Operation], initial: _State, max_steps: int) -> _KeyRes
     for op in ops:
         if op.kind == "put":
             writers[op.value] += 1
-            if isinstance(op.result, Written):
+            if isinstance(op.result, Written) and not op.indeterminate:
                 written_versions.add(op.result.version)
     if initial[0] is not None:
         writers[initial[0]] += 1
         written_versions.add(initial[1])
+    # Puts of unknown outcome whose value a get returned: they took effect.
     first_read: dict[bytes, tuple[float, Operation, int]] = {}
-    observed_versions: set[int] = set()
     for op in ops:
         if op.kind == "get" and isinstance(op.result, tuple):
             seen_at = float(op.return_time or 0.0)
             value, version = op.result
-            observed_versions.add(version)
             if value not in first_read or seen_at < first_read[value][0]:
                 first_read[value] = (seen_at, op, version)
+    pinned: dict[int, tuple[float, int]] = {}  # op index -> (deadline, version)
+    for i, op in enumerate(ops):
+        if not (op.indeterminate and op.kind == "put"):
+            continue
+        read = first_read.get(op.value)
+        if read is None or writers[op.value] != 1:
+            continue
+        seen_at, reader, version = read
+        if seen_at < op.call_time:
+            return _KeyResult(
+                "violation",
+                0,
+                f"{reader.describe()} returned a value whose only writer, "
+                f"{op.describe()}, was called later",
+            )
+        pinned[i] = (seen_at, version)
+        written_versions.add(version)
+    # Versions observed that no known write explains: (version, earliest deadline).
+    unexplained: dict[int, float] = {}
+    for op in ops:
+        seen: list[int] = []
+        if op.kind == "get" and isinstance(op.result, tuple):
+            seen.append(op.result[1])
         elif isinstance(op.result, PreconditionFailed):
-            observed_versions.add(op.result.current_version)
+            seen.append(op.result.current_version)
+        deadline = math.inf if op.indeterminate else float(op.return_time or 0.0)
         if op.precondition.kind == "version":
-            observed_versions.add(op.precondition.version)
-    unexplained = any(v > 0 and v not in written_versions for v in observed_versions)
+            if isinstance(op.result, Written) and not op.indeterminate:
+                seen.append(op.precondition.version)  # it held: the version existed
+            elif op.precondition.version not in written_versions:
+                # Not an observation, but an optional write may depend on it.
+                unexplained.setdefault(op.precondition.version, math.inf)
+        for version in seen:
+            if version > 0 and version not in written_versions:
+                unexplained[version] = min(unexplained.get(version, math.inf), deadline)
+    unread = [
+        i
+        for i, op in enumerate(ops)
+        if op.indeterminate and op.kind == "put" and i not in pinned and op.value not in first_read
+    ]
+    relevant: set[int] = set()
+    for version, deadline in sorted(unexplained.items()):
+        could = [
+            i
+            for i in unread
+            if ops[i].call_time <= deadline and revision_before(ops[i].call_time) < version
+        ]
+        relevant.update(could)
+        if len(could) == 1 and not math.isinf(deadline) and could[0] not in pinned:
+            pinned[could[0]] = (deadline, version)
     kept: list[Operation] = []
     deadlines: list[float] = []
     optional = 0
-    for op in ops:
+    for i, op in enumerate(ops):
         if not op.indeterminate:
             kept.append(op)
             deadlines.append(float(op.return_time or 0.0))
-            continue
-        read = first_read.get(op.value) if op.kind == "put" else None
-        if read is not None and writers[op.value] == 1:
-            seen_at, reader, version = read
-            if seen_at < op.call_time:
-                return _KeyResult(
-                    "violation",
-                    0,
-                    f"{reader.describe()} returned a value whose only writer, "
-                    f"{op.describe()}, was called later",
-                )
+        elif i in pinned:
+            deadline, version = pinned[i]
             kept.append(
                 Operation(
                     op.process,
                     op.call_time,
-                    seen_at,
+                    deadline,
                     op.kind,
                     op.key,
                     op.value,
@@ -462,13 +552,13 @@ def _check_key(ops: list[Operation], initial: _State, max_steps: int) -> _KeyRes
                     Written(version),
                 )
             )
-            deadlines.append(seen_at)
-            continue
-        if op.kind == "put" and read is None and not unexplained:
-            continue  # nobody could have observed it
-        kept.append(op)
-        deadlines.append(math.inf)
-        optional += 1
+            deadlines.append(deadline)
+        elif op.kind == "put" and op.value not in first_read and i not in relevant:
+            continue  # nothing could have observed it
+        else:
+            kept.append(op)
+            deadlines.append(math.inf)
+            optional += 1
     if not optional:
         return _search(kept, deadlines, initial, max_steps)
     # An optional put whose value no get returned can be given one shared
@@ -504,7 +594,7 @@ def _check_key(ops: list[Operation], initial: _State, max_steps: int) -> _KeyRes
     )
     if first.outcome != "violation":
         return first
-    second = _search(kept, deadlines, initial, max_steps, lazy)
+    second = _search(kept, deadlines, initial, max_steps, lazy, placeholder)
     second.steps += first.steps
     if second.outcome == "unknown":
         second.explanation = (
@@ -572,12 +662,27 @@ def check(
             continue
         by_key[op.key].append(op)
     floor0 = max((version for _, version in initial.values()), default=0)
+    # The global revision as completed writes reveal it: (return time, highest version so far).
+    returned = sorted(
+        (float(op.return_time or 0.0), op.result.version)
+        for op in ops
+        if op.kind != "get" and not op.indeterminate and isinstance(op.result, Written)
+    )
+    times = [time for time, _ in returned]
+    highest: list[int] = []
+    for _, version in returned:
+        highest.append(max(version, highest[-1] if highest else floor0))
+
+    def revision_before(time: float) -> int:
+        position = bisect_left(times, time)
+        return highest[position - 1] if position else floor0
+
     steps = 0
     unknown: CheckResult | None = None
     for key in sorted(by_key):
         start = initial.get(key)
         state: _State = (start[0], start[1], floor0) if start else (None, 0, floor0)
-        result = _check_key(by_key[key], state, max_steps_per_key)
+        result = _check_key(by_key[key], state, max_steps_per_key, revision_before)
         steps += result.steps
         if result.outcome == "violation":
             return CheckResult("violation", key, result.explanation, len(ops), steps)
