@@ -138,6 +138,31 @@ class Stored:
         self.entries = [e for e in self.entries if e.index > snap.meta.index]
 
 
+def _check_persist_before_send(st: Stored, rd: Ready) -> None:
+    """R2 end to end: promises leave only in messages_after_persist, and only once
+    what they promise is in ``st`` (what a crash would leave)."""
+    for m in rd.messages:
+        assert not (isinstance(m, RequestVoteResponse) and m.granted and not m.pre_vote), m
+        assert not (isinstance(m, AppendEntriesResponse) and m.success), m
+        assert not (isinstance(m, InstallSnapshotResponse) and m.done), m
+        assert not (isinstance(m, RequestVote) and not m.pre_vote), m
+    for m in rd.messages_after_persist:
+        # A later term on disk also binds: the node can never vote in m.term again.
+        hs = st.hard_state
+        if isinstance(m, RequestVoteResponse) and m.granted:
+            assert hs.term > m.term or (hs.term, hs.vote) == (m.term, m.dst), (m, hs)
+        elif isinstance(m, RequestVote):
+            assert hs.term > m.term or (hs.term, hs.vote) == (m.term, m.src), (m, hs)
+        elif isinstance(m, AppendEntriesResponse) and m.success:
+            snap = st.snapshot.meta.index if st.snapshot else 0
+            last = st.entries[-1].index if st.entries else snap
+            assert m.match_index <= last, (m, last)
+        elif isinstance(m, InstallSnapshotResponse) and m.done:
+            snap = st.snapshot.meta.index if st.snapshot else 0
+            last = st.entries[-1].index if st.entries else snap
+            assert last >= m.index, (m, last)
+
+
 _state_codec = msgspec.json.Encoder()
 _msg_codec = msgspec.msgpack.Encoder()
 _state_decoder = msgspec.json.Decoder(list[str])
@@ -231,6 +256,7 @@ class Cluster:
         rd = node.ready()
         self.send(rd.messages)
         self.stored[nid].save(rd)
+        _check_persist_before_send(self.stored[nid], rd)
         self.send(rd.messages_after_persist)
         if rd.snapshot is not None:
             self.applied[nid] = list(_state_decoder.decode(rd.snapshot.data))

@@ -503,3 +503,29 @@ def test_lease_runs_from_when_a_round_was_sent_not_when_its_answer_arrived() -> 
         n.step(m)
     n.read_index(1)
     assert n.ready().reads == []
+
+
+def test_a_node_whose_removal_is_uncommitted_can_lead_until_it_commits() -> None:
+    # Node 2 holds "remove 2" (index 7) uncommitted, perhaps the only copy of the newest
+    # entries.  It must still be able to campaign -- counting only the voters of its
+    # latest config, {1, 3} -- commit its removal and then hand over.
+    remove = Entry(1, 7, EntryKind.CONFIG, encode_conf_change(ConfChange(ConfChangeKind.REMOVE, 2)))
+    n = RaftNode(
+        2, RaftConfig(), Random(0), hard_state=HardState(1, 0, 6), entries=[*boot_entries(), remove]
+    )
+    assert n.membership.voters == (1, 3)
+    n.campaign()
+    assert sorted(m.dst for m in n.ready().messages) == [1, 3]
+    n.step(RequestVoteResponse(1, 2, 2, True, pre_vote=True))
+    assert n.role == "pre-candidate"  # its own vote does not count
+    n.step(RequestVoteResponse(3, 2, 2, True, pre_vote=True))
+    assert n.role == "candidate"
+    n.advance(n.ready())
+    n.step(RequestVoteResponse(1, 2, 2, True))
+    n.step(RequestVoteResponse(3, 2, 2, True))
+    assert n.role == "leader"
+    n.advance(n.ready())
+    n.step(AppendEntriesResponse(1, 2, 2, True, 8))
+    n.step(AppendEntriesResponse(3, 2, 2, True, 8))
+    assert n.commit_index == 8 and n.role == "follower"
+    assert [type(m).__name__ for m in n.ready().messages][-1] == "TimeoutNow"

@@ -703,12 +703,13 @@ class RaftNode:
         )
 
     def _may_vote_for(self, src: int) -> bool:
-        """R8: non-voters (and removed nodes) get no say.  A node that knows no
-        membership yet (it joined and was promoted before anything reached it) cannot
-        tell, and votes by the log rule alone: refusing would leave it a voter that
-        blocks every election."""
+        """R8: nodes outside the membership (removed ones) get no say.  Learners are
+        heard: our config may lag a promotion the rest of the cluster already holds.  A
+        node that knows no membership yet (it joined and was promoted before anything
+        reached it) cannot tell, and votes by the log rule alone: refusing would leave
+        it a voter that blocks every election."""
         m = self.membership
-        return src in m.voters or not (m.voters or m.learners)
+        return src in m.voters or src in m.learners or not (m.voters or m.learners)
 
     def _handle_vote_request(self, m: RequestVote) -> None:
         if not self._may_vote_for(m.src):
@@ -730,15 +731,20 @@ class RaftNode:
 
     def _handle_vote_response(self, m: RequestVoteResponse) -> None:
         if m.src not in self.membership.voters:
-            return
+            return  # only voters of our latest config count
         if m.pre_vote:
             if self._role != PRE_CANDIDATE or (m.granted and m.term != self._term + 1):
                 return
         elif self._role != CANDIDATE:
             return
         self._votes.setdefault(m.src, m.granted)
-        granted = sum(1 for g in self._votes.values() if g)
-        rejected = len(self._votes) - granted
+        self._tally()
+
+    def _tally(self) -> None:
+        """Count the votes of our latest config's voters (ourselves only if one)."""
+        voters = self.membership.voters
+        granted = sum(1 for v, g in self._votes.items() if g and v in voters)
+        rejected = sum(1 for v, g in self._votes.items() if not g and v in voters)
         q = self._quorum()
         if granted >= q:
             if self._role == PRE_CANDIDATE:
@@ -754,8 +760,8 @@ class RaftNode:
         self._votes = {self._id: True}
         self._reset_election()
         self._reset_leader_state()
-        if self._quorum() <= 1:
-            self._become_candidate(False)
+        self._tally()  # a lone voter wins at once
+        if self._role != PRE_CANDIDATE:
             return
         for v in self.membership.voters:
             if v != self._id:
@@ -778,8 +784,8 @@ class RaftNode:
         self._votes = {self._id: True}
         self._reset_election()
         self._reset_leader_state()
-        if self._quorum() <= 1:
-            self._become_leader()
+        self._tally()
+        if self._role != CANDIDATE:
             return
         for v in self.membership.voters:
             if v != self._id:
@@ -844,7 +850,12 @@ class RaftNode:
         self._round_tick = {}
 
     def _promotable(self) -> bool:
-        return self._id in self.membership.voters
+        """Voters campaign -- also one whose removal is appended but not committed: it
+        may hold the only copy of the newest entries, and must be able to lead long
+        enough to commit its own removal (then it steps down, R8)."""
+        if self._id in self.membership.voters:
+            return True
+        return self._id in self._membership_at(self._commit).voters
 
     def _quorum(self) -> int:
         return len(self.membership.voters) // 2 + 1
