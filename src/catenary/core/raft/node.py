@@ -49,9 +49,14 @@ R7  Reads (ReadIndex): every AppendEntries carries the leader's current confirma
 R8  Membership: one change at a time (at most one uncommitted CONFIG entry, and none
     before the leader committed an entry of its term); a change takes effect when its
     entry is appended, and is rolled back if that entry is truncated.  Learners never
-    vote or count toward quorum.  A leader that removed itself steps down once the
-    removal commits.  Vote requests from non-voters are ignored (a removed node cannot
-    disrupt the cluster); responses from nodes the leader does not track are ignored.
+    count toward quorum; votes are counted among the voters of the latest config only.
+    A leader that removed itself steps down once the removal commits, after announcing
+    the commit and sending TimeoutNow to an up-to-date voter.  A node whose removal is
+    appended but not committed still campaigns (it may hold the newest entries) and,
+    if it wins, leads just until its removal commits.  Vote requests from outside the
+    membership are ignored (a removed node cannot disrupt the cluster), except by a
+    node that knows no membership yet; responses from nodes the leader does not track
+    are ignored.
 R9  Snapshots: the host produces them (``Ready.want_snapshot`` -> ``compact``); the
     leader streams its latest snapshot in ``snapshot_chunk_bytes`` chunks, one chunk in
     flight, resuming at the follower's ``next_offset``; the follower hands the whole
