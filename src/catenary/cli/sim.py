@@ -61,7 +61,7 @@ def metadata(seed: int | None, nodes: int, steps: int, as_json: bool, show_log: 
         )
         click.echo(
             f"messages: sent {c.messages_sent}, dropped {c.messages_dropped}, "
-            f"duplicated {c.messages_duplicated}  transfers: {c.transfers}  reconfigurations: {c.reconfigurations}  "
+            f"duplicated {c.messages_duplicated}  transfers: {c.transfers}  reconfigurations: {c.reconfigurations}  pauses: {c.pauses}  "
             f"stale reads: {c.stale_reads}  checks: {c.checks}"
         )
         click.echo(f"linearizability: {result.linearizability}")

@@ -135,6 +135,7 @@ class FaultPlan:
     stale_reads: float  # fraction of gets that are stale reads
     reconfigure: bool  # the nemesis removes voters and adds spare members (learner -> voter)
     leases: bool  # one more client grants, keeps alive and revokes leases with keys on them
+    pauses: bool  # the nemesis freezes members (a stopped process) and thaws them later
 
     @classmethod
     def draw(cls, rng: Random) -> FaultPlan:
@@ -167,6 +168,7 @@ class FaultPlan:
             stale_reads=rng.choice([0.0, 0.2]),
             reconfigure=rng.random() < 0.4,
             leases=rng.random() < 0.5,
+            pauses=rng.random() < 0.3,
         )
 
 
@@ -191,6 +193,7 @@ class SimCounters:
     checks: int = 0
     transfers: int = 0
     reconfigurations: int = 0
+    pauses: int = 0
     stale_reads: int = 0
 
 
@@ -241,6 +244,10 @@ class _Member:
         self.job: _Job | None = None
         # request id -> (client, op id) of requests this member accepted
         self.requests: dict[int, tuple[int, int]] = {}
+        # A paused member (a stopped process) handles nothing until it resumes;
+        # what reaches it meanwhile waits here, in arrival order.
+        self.paused_until_us = 0
+        self.deferred: list[Callable[[], None]] = []
 
     @property
     def up(self) -> bool:
@@ -340,7 +347,8 @@ class MetadataSim:
             f"crashes={p.crashes} partitions={p.partitions} fsync_us={list(p.fsync_us)} "
             f"tear={p.tear_probability} compact_after={p.compact_after_entries} "
             f"lease_reads={p.lease_reads} drift={p.clock_drift} transfers={p.transfers} "
-            f"stale_reads={p.stale_reads} reconfigure={p.reconfigure} leases={p.leases}"
+            f"stale_reads={p.stale_reads} reconfigure={p.reconfigure} leases={p.leases} "
+            f"pauses={p.pauses}"
         )
 
     # ------------------------------------------------------------------ run
@@ -440,12 +448,8 @@ class MetadataSim:
             )
             self.clients.append(client)
             self.loop.after(0, "lease-client.start", functools.partial(self._client_next, client))
-        if (
-            self.plan.crashes
-            or self.plan.partitions
-            or self.plan.transfers
-            or self.plan.reconfigure
-        ):
+        plan = self.plan
+        if plan.crashes or plan.partitions or plan.transfers or plan.reconfigure or plan.pauses:
             self._schedule_nemesis()
 
     def _boot(self, member: _Member) -> None:
@@ -493,8 +497,17 @@ class MetadataSim:
 
     # ---------------------------------------------------------------- ticks
 
+    def _deferred(self, member: _Member, action: Callable[[], None]) -> bool:
+        """True (and ``action`` kept for later) while ``member`` is paused."""
+        if self.loop.now_us < member.paused_until_us:
+            member.deferred.append(action)
+            return True
+        return False
+
     def _tick(self, member: _Member, incarnation: int) -> None:
         if member.incarnation != incarnation or member.replica is None:
+            return
+        if self._deferred(member, lambda: self._tick(member, incarnation)):
             return
         member.replica.tick(self.loop.now_ms)
         self._after_input(member)
@@ -517,6 +530,8 @@ class MetadataSim:
     def _deliver(self, message: Message) -> None:
         member = self.members.get(message.dst)
         if member is None or member.replica is None:
+            return
+        if self._deferred(member, lambda: self._deliver(message)):
             return
         member.replica.step(message)
         self._after_input(member)
@@ -577,6 +592,8 @@ class MetadataSim:
 
     def _job_done(self, member: _Member, incarnation: int) -> None:
         if member.incarnation != incarnation or member.job is None:
+            return
+        if self._deferred(member, lambda: self._job_done(member, incarnation)):
             return
         job = member.job
         member.job = None
@@ -645,6 +662,8 @@ class MetadataSim:
         member.storage = None
         member.job = None
         member.requests = {}
+        member.paused_until_us = 0
+        member.deferred = []
         member.incarnation += 1
 
     def _restart(self, member: _Member) -> None:
@@ -673,6 +692,8 @@ class MetadataSim:
             actions += ["transfer"]
         if self.plan.reconfigure:
             actions += ["reconfigure"]
+        if self.plan.pauses:
+            actions += ["pause"]
         action = rng.choice(actions)
         if action == "crash":
             self._nemesis_crash(rng)
@@ -680,6 +701,8 @@ class MetadataSim:
             self._nemesis_transfer(rng)
         elif action == "reconfigure":
             self._nemesis_reconfigure(rng)
+        elif action == "pause":
+            self._nemesis_pause(rng)
         else:
             self._nemesis_partition(rng)
         self._schedule_nemesis()
@@ -701,6 +724,38 @@ class MetadataSim:
         self._crash(member)
         downtime_ms = rng.randint(*self.plan.downtime_ms)
         self.loop.after(downtime_ms * 1000, f"restart{victim}", lambda: self._restart(member))
+
+    def _nemesis_pause(self, rng: Random) -> None:
+        up = [i for i in self._started() if self.members[i].up]
+        if not up:
+            return
+        leader = self._leader()
+        victim = leader.node_id if leader is not None and rng.random() < 0.6 else rng.choice(up)
+        member = self.members[victim]
+        if member.paused_until_us > self.loop.now_us:
+            return
+        pause_us = rng.randint(20, 2_000) * 1000
+        member.paused_until_us = self.loop.now_us + pause_us
+        self.counters.pauses += 1
+        self.loop.note(f"pause {victim} for {pause_us // 1000} ms")
+        incarnation = member.incarnation
+        self.loop.after(
+            pause_us, f"resume{victim}", lambda: self._resume(member, incarnation, pause_us)
+        )
+
+    def _resume(self, member: _Member, incarnation: int, pause_us: int) -> None:
+        """Thaw a paused member: first the ticks it missed, then what arrived meanwhile."""
+        if member.incarnation != incarnation or member.replica is None:
+            return
+        member.paused_until_us = 0
+        # Like the server's host, catch up on the ticks the clock says were
+        # missed before handling queued input, so a stale lease is not trusted.
+        for _ in range(pause_us // self.tick_us[member.node_id]):
+            member.replica.tick(self.loop.now_ms)
+        self._after_input(member)
+        deferred, member.deferred = member.deferred, []
+        for action in deferred:
+            action()
 
     def _nemesis_transfer(self, rng: Random) -> None:
         replica = self._leader()
@@ -943,6 +998,8 @@ class MetadataSim:
         replica = member.replica
         if replica is None:
             return  # the client's timeout will tell
+        if self._deferred(member, lambda: self._request_arrives(node_id, client, op, request_id)):
+            return
         try:
             if op.kind == "get" and op.stale:
                 self.counters.stale_reads += 1
