@@ -444,6 +444,54 @@ def test_send_queue_bound_drops_the_oldest() -> None:
     run(main())
 
 
+def test_slow_reader_backpressure_bounds_memory_and_keeps_the_newest() -> None:
+    async def main() -> None:
+        config = TransportConfig(
+            send_queue_messages_max=20,
+            write_buffer_high_bytes=256 << 10,
+            write_batch_bytes_max=1 << 20,
+        )
+        a = Node(1, config=config)
+        await a.transport.start()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", a.transport.port)
+            writer.write(encode_hello(make_hello(CLUSTER, 3, 1, Role.PEER)))
+            await until(lambda: a.transport.connected(3), "raw N3 registered")
+            blob = b"b" * (256 << 10)
+            total = 0
+            for _burst in range(40):  # ~40 MB offered while N3 reads nothing
+                for _ in range(4):
+                    total += 1
+                    a.transport.send(
+                        3, AppendEntries(1, 3, total, 0, 0, (Entry(1, 1, 0, blob),), 0)
+                    )
+                await asyncio.sleep(0.002)
+            stats = a.transport.stats().peers[0]
+            assert stats.queued_messages == 20  # the bound held
+            assert stats.dropped_queue_full > 0
+            assert stats.sent_messages + stats.dropped_queue_full + 20 == total
+            # N3 starts reading: everything not dropped arrives, in order, newest last.
+            decoder = FrameDecoder()
+            terms: list[int] = []
+            expected = total - stats.dropped_queue_full
+            while len(terms) < expected:
+                chunk = await asyncio.wait_for(reader.read(1 << 20), 5.0)
+                assert chunk, "connection closed early"
+                for frame in decoder.feed(chunk):  # the HELLO_ACK first, then PEER frames
+                    if frame.kind == FrameKind.PEER:
+                        message = DECODER.decode(frame.payload)
+                        assert isinstance(message, AppendEntries)
+                        terms.append(message.term)
+            assert terms == sorted(terms)
+            assert terms[-1] == total
+            assert len(terms) == expected
+            writer.close()
+        finally:
+            await stop(a)
+
+    run(main(), timeout_s=25.0)
+
+
 def test_send_queue_byte_bound() -> None:
     async def main() -> None:
         config = TransportConfig(frame_bytes_max=1 << 12, send_queue_bytes_max=1 << 12)

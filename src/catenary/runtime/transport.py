@@ -240,7 +240,8 @@ class FramedConnection(asyncio.Protocol):
         )
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self.handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self.handshake: asyncio.Future[None] = self._loop.create_future()
         # The other side's identity: its Hello (we accepted) or its HelloAck (we dialed).
         self.peer_hello: Hello | None = None
         self.peer_ack: HelloAck | None = None
@@ -279,7 +280,7 @@ class FramedConnection(asyncio.Protocol):
         if isinstance(peername, tuple) and len(peername) >= 2:
             self.remote = f"{peername[0]}:{peername[1]}"
         stream.set_write_buffer_limits(high=self.config.write_buffer_high_bytes)
-        self._timer = asyncio.get_running_loop().call_later(
+        self._timer = self._loop.call_later(
             self.config.handshake_timeout_ms / 1000.0, self._handshake_timed_out
         )
         if self._hello is not None:
@@ -390,6 +391,13 @@ class FramedConnection(asyncio.Protocol):
         self._transport.write(data)
         self.bytes_written += len(data)
 
+    def write_many(self, frames: list[bytes]) -> None:
+        """Write several encoded frames in one socket write (``writelines``: no join on uvloop)."""
+        if self._transport is None or self.closed or self.retiring:
+            return
+        self._transport.writelines(frames)
+        self.bytes_written += sum(len(f) for f in frames)
+
     def retire(self, reason: str) -> None:
         """Finish without losing frames: stop writing (half-close), keep reading until EOF.
 
@@ -407,7 +415,7 @@ class FramedConnection(asyncio.Protocol):
         self._transport.write_eof()
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_later(
+        self._timer = self._loop.call_later(
             self.config.retire_timeout_ms / 1000.0,
             self.close,
             f"retired ({reason}); no EOF within {self.config.retire_timeout_ms} ms",
@@ -436,8 +444,12 @@ class FramedConnection(asyncio.Protocol):
             # Nobody may await a failed handshake (e.g. an acceptor): mark it seen.
             self.handshake.exception()
         if self._transport is not None:
-            # close() flushes what was written (e.g. a refusal) before the FIN.
-            self._transport.close()
+            # close() flushes what was written (e.g. a refusal) before the FIN; a
+            # peer that never reads must not pin the socket, so the flush is bounded.
+            transport = self._transport
+            transport.close()
+            if transport.get_write_buffer_size() > 0:
+                self._loop.call_later(self.config.retire_timeout_ms / 1000.0, transport.abort)
         if self._on_close is not None:
             self._on_close(self, reason)
 
@@ -722,7 +734,7 @@ class PeerTransport(Generic[M]):
             batch.append(frame)
             size += len(frame)
         peer.queue_bytes -= size
-        conn.write(batch[0] if len(batch) == 1 else b"".join(batch))
+        conn.write_many(batch)
         peer.sent_messages += len(batch)
         peer.sent_bytes += size
         peer.writes += 1
