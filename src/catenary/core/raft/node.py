@@ -260,7 +260,8 @@ class RaftNode:
         self._applied = snap_index
         self._applying = snap_index  # highest committed index handed to the host
         self._applied_bytes = 0  # payload bytes of (snap_index, applied]
-        self._snapshot_requested = False
+        # Applied index when the host was last asked for a snapshot (None: not asked).
+        self._snapshot_requested_at: int | None = None
 
         # Membership: the one at the snapshot, then one per CONFIG entry in the log.
         self._base_membership = snapshot.meta.membership if snapshot else Membership()
@@ -526,7 +527,7 @@ class RaftNode:
         """The host persisted a state-machine snapshot at ``index`` (<= applied)."""
         if index > self._applying:
             raise ValueError(f"cannot compact to {index}: only {self._applying} handed to apply")
-        self._snapshot_requested = False
+        self._snapshot_requested_at = None
         if index <= self._log.snap_index:
             return
         term = self._log.term_at(index)
@@ -582,7 +583,7 @@ class RaftNode:
         rd.reads, self._reads_ready = self._reads_ready, []
         if self._wants_snapshot():
             rd.want_snapshot = True
-            self._snapshot_requested = True
+            self._snapshot_requested_at = self._applied
         return rd
 
     def advance(self, rd: Ready) -> None:
@@ -603,8 +604,11 @@ class RaftNode:
             self._maybe_commit()  # R3: our own entries count once durable
 
     def _wants_snapshot(self) -> bool:
-        if self._snapshot_requested or self._applied <= self._log.snap_index:
+        if self._applied <= self._log.snap_index:
             return False
+        asked = self._snapshot_requested_at
+        if asked is not None and self._applied - asked <= self._cfg.compact_after_entries:
+            return False  # asked already; ask again only if the host let it grow as much
         return (
             self._applied - self._log.snap_index > self._cfg.compact_after_entries
             or self._applied_bytes > self._cfg.compact_after_bytes
@@ -1210,7 +1214,7 @@ class RaftNode:
         self._commit = meta.index
         self._applying = max(self._applying, meta.index)
         self._applied_bytes = 0
-        self._snapshot_requested = False
+        self._snapshot_requested_at = None
 
     def _handle_snapshot_response(self, m: InstallSnapshotResponse) -> None:
         if self._role != LEADER:
