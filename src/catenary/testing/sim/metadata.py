@@ -24,13 +24,17 @@ network, disk and clock, all derived from one seed:
   The restart goes through the real recovery path: ``RaftStorage.open`` and
   ``load`` -> ``MetadataReplica(...)`` (the state machine is restored from the
   snapshot and committed entries are re-applied through Ready).
-* Clients issue gets, puts, conditional puts (absent / version == v) and
-  deletes with unique values on a few keys, one operation at a time each,
-  with a timeout; every invocation and response goes into the history.
-* The safety phase injects faults (partitions, crashes, loss, duplication,
-  reordering, torn writes); the liveness phase heals everything and requires
-  a leader, a fresh successful write and all members converged (identical
-  state-machine snapshots) within ``liveness_bound_ms``.
+* Clients issue gets (linearizable or stale), puts, conditional puts (absent /
+  version == v) and deletes with unique values on a few keys, one operation
+  at a time each, with a timeout; every invocation and response goes into
+  the history.  A leasing client grants, keeps alive and revokes leases.
+* The fault plan is drawn per seed (swarm testing): which faults happen and
+  how hard (see ``FaultPlan``).
+* The safety phase injects faults (partitions, crashes, pauses, loss,
+  duplication, reordering, torn writes, slow disks, leadership transfers,
+  membership changes); the liveness phase heals everything and requires a
+  leader, a fresh successful write and every member of the final group
+  converged (identical state-machine snapshots) within ``liveness_bound_ms``.
 * Checkers (``checkers.py``) run on every step; the client history is checked
   for linearizability at the end.
 """
@@ -264,12 +268,7 @@ class _Client:
     op: Op | None = None
     request_id: int = 0
     attempts: int = 0
-    accepted: bool = False  # some attempt was accepted: the outcome may be unknown
     versions: dict[str, int] = field(default_factory=dict)
-
-
-class _Stop(Exception):
-    pass
 
 
 # ------------------------------------------------------------ the simulator
@@ -365,8 +364,6 @@ class MetadataSim:
             if self.violation is None:
                 self._finish_history()
                 self._check_history()
-        except _Stop:
-            pass
         except Violation as exc:
             self.violation = str(exc)
         except Exception as exc:  # a crash of the code under test is a finding too
@@ -953,7 +950,6 @@ class MetadataSim:
         self.counters.ops += 1
         client.op = op
         client.attempts = 0
-        client.accepted = False
         timeout_us = self.options.op_timeout_ms * 1000
         self.loop.after(timeout_us, "timeout", lambda: self._client_timeout(client, op.op_id))
         self._client_send(client)
@@ -1144,10 +1140,3 @@ class MetadataSim:
 def run_metadata_sim(options: SimOptions) -> SimResult:
     """Run one seed; never raises for a finding (it is in the result)."""
     return MetadataSim(options).run()
-
-
-def sweep(
-    seeds: list[int],
-    make: Callable[[int], SimOptions],
-) -> list[SimResult]:
-    return [run_metadata_sim(make(seed)) for seed in seeds]
