@@ -200,15 +200,15 @@ def run_seed(seed: int, steps: int, *, lease: bool = False) -> Cluster:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("seed", range(60))
 def test_random_faults_keep_raft_safe(seed: int) -> None:
-    run_seed(seed, 1500)
+    run_seed(seed, 2000)
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("seed", range(100, 106))
+@pytest.mark.parametrize("seed", range(100, 130))
 def test_random_faults_with_lease_reads(seed: int) -> None:
-    run_seed(seed, 1500, lease=True)
+    run_seed(seed, 2000, lease=True)
 
 
 @pytest.mark.timeout(30)

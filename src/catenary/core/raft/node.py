@@ -557,10 +557,14 @@ class RaftNode:
             or self._reads_ready
             or self._unstable_snapshot is not None
             or self._log.handed_index < self._log.last_index
-            or HardState(self._term, self._vote, self._commit) != self._prev_hs
+            or self._hard_state_changed()
             or self._commit > self._applying
             or self._wants_snapshot()
         )
+
+    def _hard_state_changed(self) -> bool:
+        p = self._prev_hs
+        return (self._term, self._vote, self._commit) != (p.term, p.vote, p.commit)
 
     def ready(self) -> Ready:
         self._flush()
