@@ -213,7 +213,7 @@ class MetadataReplica:
         self.lessor = Lessor(self.config.lessor)
         self._now_ms = now_ms
         self._pending_writes: dict[int, _PendingWrite] = {}  # by Raft index
-        self._unconfirmed_reads: dict[int, list[_PendingRead]] = {}  # by ReadIndex ctx
+        self._unconfirmed_reads: dict[int, _PendingRead] = {}  # by ReadIndex ctx
         self._confirmed_reads: list[tuple[int, int, _PendingRead]] = []  # (index, ctx, read)
         self._next_ctx = 1
         self._completions: list[Completion] = []
@@ -250,7 +250,7 @@ class MetadataReplica:
 
     @property
     def pending_reads(self) -> int:
-        return sum(len(v) for v in self._unconfirmed_reads.values()) + len(self._confirmed_reads)
+        return len(self._unconfirmed_reads) + len(self._confirmed_reads)
 
     # ---------------------------------------------------------------- inputs
 
@@ -302,7 +302,7 @@ class MetadataReplica:
         ctx = self._next_ctx
         self.raft.read_index(ctx)
         self._next_ctx += 1
-        self._unconfirmed_reads[ctx] = [_PendingRead(request_id, query)]
+        self._unconfirmed_reads[ctx] = _PendingRead(request_id, query)
 
     def read_stale(self, request_id: int, query: Query) -> ReadCompleted:
         """Answer at once from this member's applied state (may be behind)."""
@@ -341,8 +341,8 @@ class MetadataReplica:
         for entry in ready.committed:
             self._apply(entry)
         for read_state in ready.reads:
-            reads = self._unconfirmed_reads.pop(read_state.ctx, None)
-            for read in reads or ():
+            read = self._unconfirmed_reads.pop(read_state.ctx, None)
+            if read is not None:
                 self._confirmed_reads.append((read_state.index, read_state.ctx, read))
         self._serve_confirmed_reads()
         want_snapshot = ready.want_snapshot
@@ -393,10 +393,10 @@ class MetadataReplica:
             )
         self._pending_writes.clear()
         for ctx in sorted(self._unconfirmed_reads):
-            for read in self._unconfirmed_reads[ctx]:
-                self._completions.append(
-                    ReadFailed(read.request_id, hint, "leadership lost before the read")
-                )
+            read = self._unconfirmed_reads[ctx]
+            self._completions.append(
+                ReadFailed(read.request_id, hint, "leadership lost before the read")
+            )
         self._unconfirmed_reads.clear()
         self.lessor.step_down()
 
