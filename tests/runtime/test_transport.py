@@ -11,6 +11,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from catenary.core.raft.types import AppendEntries, Entry, Message, RequestVote, TimeoutNow
 from catenary.runtime.transport import (
@@ -612,6 +614,99 @@ def test_retired_connection_delivers_what_was_already_sent() -> None:
             await server.wait_closed()
 
     run(main())
+
+
+class FakeTransport:
+    """Just enough of asyncio.Transport to drive a FramedConnection without a socket."""
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.closed = False
+        self.eof = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 9) if name == "peername" else default
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed and not self.eof
+        self.written += data
+
+    def writelines(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof = True
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+
+@settings(max_examples=150, derandomize=True, deadline=None, database=None)
+@given(
+    prefix=st.sampled_from(["none", "hello", "hello+frames"]),
+    noise=st.binary(max_size=300),
+    cuts=st.lists(st.integers(min_value=0), max_size=8),
+    flip=st.one_of(st.none(), st.tuples(st.integers(min_value=0), st.integers(1, 255))),
+)
+def test_acceptor_fed_any_bytes_never_raises(
+    prefix: str, noise: bytes, cuts: list[int], flip: tuple[int, int] | None
+) -> None:
+    sent = [Frame(FrameKind.PEER, bytes([i]) * i) for i in range(5)]
+    stream = bytearray()
+    if prefix != "none":
+        stream += encode_hello(make_hello(CLUSTER, 2, 1, Role.PEER))
+    if prefix == "hello+frames":
+        stream += b"".join(encode_frame(f.kind, f.payload) for f in sent)
+    stream += noise
+    if flip is not None and stream:
+        stream[flip[0] % len(stream)] ^= flip[1]
+    points = [*sorted({c % (len(stream) + 1) for c in cuts}), len(stream)]
+
+    async def main() -> None:
+        got: list[Frame] = []
+        closes: list[str] = []
+        conn = FramedConnection(
+            config=ConnectionConfig(hello_frame_bytes_max=256, frame_bytes_max=4096),
+            on_frame=lambda c, f: got.append(f),
+            on_close=lambda c, r: closes.append(r),
+            answer=lambda c, h: HelloAck(1, CLUSTER, 1, 1),
+        )
+        fake = FakeTransport()
+        conn.connection_made(fake)  # type: ignore[arg-type]
+        last = 0
+        for point in points:
+            conn.data_received(bytes(stream[last:point]))
+            last = point
+        conn.eof_received()
+        conn.connection_lost(None)
+        assert conn.closed and fake.closed
+        assert len(closes) == 1 and closes[0]
+        # Whatever happened, what was delivered is a prefix of what a valid stream held,
+        # and the node only ever answered with one handshake frame.
+        if flip is None and prefix == "hello+frames":
+            # Noise in the same read as valid frames kills the whole read (rule 4 of the codec).
+            assert got[: len(sent)] == sent[: len(got)]
+        answers = FrameDecoder().feed(bytes(fake.written))
+        assert len(answers) <= 1
+        assert all(a.kind in (FrameKind.HELLO_ACK, FrameKind.HELLO_REFUSED) for a in answers)
+        if got:
+            assert answers[0].kind == FrameKind.HELLO_ACK
+
+    with asyncio.Runner(loop_factory=LOOP_FACTORY[0]) as runner:
+        runner.run(main())
 
 
 def test_dialer_that_reaches_the_wrong_node_drops_it() -> None:
