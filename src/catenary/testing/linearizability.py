@@ -498,12 +498,15 @@ def _check_key(
             )
         pinned[i] = (seen_at, version)
         written_versions.add(version)
-    # Versions observed that no known write explains: (version, earliest deadline).
+    # Versions observed that no known write explains: (version, earliest deadline),
+    # and the values gets returned at them (the write that made it wrote that).
     unexplained: dict[int, float] = {}
+    values_at: dict[int, set[bytes]] = defaultdict(set)
     for op in ops:
         seen: list[int] = []
         if op.kind == "get" and isinstance(op.result, tuple):
             seen.append(op.result[1])
+            values_at[op.result[1]].add(op.result[0])
         elif isinstance(op.result, PreconditionFailed):
             seen.append(op.result.current_version)
         deadline = math.inf if op.indeterminate else float(op.return_time or 0.0)
@@ -516,17 +519,17 @@ def _check_key(
         for version in seen:
             if version > 0 and version not in written_versions:
                 unexplained[version] = min(unexplained.get(version, math.inf), deadline)
-    unread = [
-        i
-        for i, op in enumerate(ops)
-        if op.indeterminate and op.kind == "put" and i not in pinned and op.value not in first_read
-    ]
+    unpinned = [i for i, op in enumerate(ops) if op.indeterminate and op.kind == "put"]
+    unpinned = [i for i in unpinned if i not in pinned]
     relevant: set[int] = set()
     for version, deadline in sorted(unexplained.items()):
+        values = values_at.get(version)
         could = [
             i
-            for i in unread
-            if ops[i].call_time <= deadline and revision_before(ops[i].call_time) < version
+            for i in unpinned
+            if ops[i].call_time <= deadline
+            and revision_before(ops[i].call_time) < version
+            and (values is None or ops[i].value in values)
         ]
         relevant.update(could)
         if len(could) == 1 and not math.isinf(deadline) and could[0] not in pinned:
