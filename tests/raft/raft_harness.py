@@ -185,7 +185,10 @@ class Cluster:
         self.initial: dict[int, Membership | None] = {}
         # A digest of every message delivered, in order: equal digests, equal runs.
         self.trace = hashlib.sha256()
-        self.show_rounds = False  # print the confirmation round appends carry
+        self.show_rounds = False
+        self.pending: dict[
+            int, Ready
+        ] = {}  # taken Readies not yet persisted  # print the confirmation round appends carry
 
     # ------------------------------------------------------------ membership of the harness
 
@@ -201,6 +204,7 @@ class Cluster:
 
     def crash(self, nid: int) -> None:
         self.down.add(nid)
+        self.pending.pop(nid, None)  # never reached the disk
         self.net = [m for m in self.net if m.dst != nid and m.src != nid]
 
     def restart(self, nid: int) -> None:
@@ -249,7 +253,40 @@ class Cluster:
 
     # ---------------------------------------------------------------------------- readies
 
+    def begin_ready(self, nid: int) -> bool:
+        """Take a Ready and send its messages; its persistence comes later
+        (``finish_ready``), and the node keeps stepping meanwhile, as with a slow disk."""
+        node = self.nodes[nid]
+        if nid in self.down or nid in self.pending or not node.has_ready():
+            return False
+        rd = node.ready()
+        self.send(rd.messages)
+        self.pending[nid] = rd
+        return True
+
+    def finish_ready(self, nid: int) -> bool:
+        rd = self.pending.pop(nid, None)
+        if rd is None:
+            return False
+        self._persist_apply_advance(nid, rd)
+        return True
+
+    def _persist_apply_advance(self, nid: int, rd: Ready) -> None:
+        self.stored[nid].save(rd)
+        _check_persist_before_send(self.stored[nid], rd)
+        self.send(rd.messages_after_persist)
+        if rd.snapshot is not None:
+            self.applied[nid] = list(_state_decoder.decode(rd.snapshot.data))
+        for e in rd.committed:
+            self.applied[nid].append(
+                e.data.decode(errors="replace") if e.kind == EntryKind.NORMAL else "-"
+            )
+        self.reads[nid].extend(rd.reads)
+        self.nodes[nid].advance(rd)
+
     def process_ready(self, nid: int, out: list[str] | None) -> bool:
+        if self.finish_ready(nid):
+            return True
         node = self.nodes[nid]
         if nid in self.down or not node.has_ready():
             return False

@@ -98,7 +98,13 @@ def run_seed(seed: int, steps: int, *, lease: bool = False) -> Cluster:
                     c.step(m)
         elif r < 0.70:
             for n in live:
-                c.process_ready(n, None)
+                x = rng.random()
+                if x < 0.6:
+                    c.process_ready(n, None)
+                elif x < 0.8:
+                    c.begin_ready(n)  # persistence lags; the node keeps stepping
+                else:
+                    c.finish_ready(n)
         elif r < 0.78:
             leader = next((n for n in live if c.nodes[n].role == "leader"), None)
             if leader is not None:
@@ -166,13 +172,15 @@ def run_seed(seed: int, steps: int, *, lease: bool = False) -> Cluster:
         for key in [k for k in checker.read_floor if c.nodes[k[0]].role != "leader"]:
             del checker.read_floor[key]
         checker.check()
-    # Liveness: no faults, everything delivered, a leader commits a fresh entry everywhere.
+    # Liveness: with faults over, some leader gets a fresh entry applied by every
+    # member within a bounded number of ticks (a removed node that never learned of its
+    # removal may still force an election or two when pre-vote is off).
     c.cut.clear()
     for n in sorted(c.down):
         c.restart(n)
-    idx = 0
-    leader_id = 0
-    for _ in range(400):
+    proposed: tuple[int, int] | None = None  # (leader, term) that took "final"
+    done = False
+    for _ in range(600):
         for n in sorted(c.nodes):
             c.nodes[n].tick()
         c.stabilize(None)
@@ -180,22 +188,18 @@ def run_seed(seed: int, steps: int, *, lease: bool = False) -> Cluster:
         leaders = [n for n in sorted(c.nodes) if c.nodes[n].role == "leader"]
         if not leaders:
             continue
-        try:
-            idx = c.nodes[leaders[0]].propose(b"final")
-            leader_id = leaders[0]
+        leader = c.nodes[leaders[0]]
+        if proposed != (leaders[0], leader.term):
+            try:
+                leader.propose(b"final")
+                proposed = (leaders[0], leader.term)
+            except ProposalDropped:  # a transfer in flight
+                continue
+        members = set(leader.membership.voters) | set(leader.membership.learners)
+        if all("final" in c.applied[n] for n in sorted(members)):
+            done = True
             break
-        except ProposalDropped:  # a transfer in flight
-            continue
-    assert idx, f"seed {seed}: no leader accepted a proposal after faults stopped"
-    leader = c.nodes[leader_id]
-    for _ in range(5):
-        for n in sorted(c.nodes):
-            c.nodes[n].tick()
-        c.stabilize(None)
-    checker.check()
-    members = set(leader.membership.voters) | set(leader.membership.learners)
-    for n in sorted(members):
-        assert c.nodes[n].applied_index >= idx, f"seed {seed}: node {n} did not apply {idx}"
+    assert done, f"seed {seed}: no fresh entry applied everywhere after faults stopped"
     return c
 
 
