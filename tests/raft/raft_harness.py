@@ -291,38 +291,31 @@ class Cluster:
         if nid in self.down or not node.has_ready():
             return False
         rd = node.ready()
-        self.send(rd.messages)
-        self.stored[nid].save(rd)
-        _check_persist_before_send(self.stored[nid], rd)
-        self.send(rd.messages_after_persist)
-        if rd.snapshot is not None:
-            self.applied[nid] = list(_state_decoder.decode(rd.snapshot.data))
-        for e in rd.committed:
-            self.applied[nid].append(
-                e.data.decode(errors="replace") if e.kind == EntryKind.NORMAL else "-"
-            )
-        self.reads[nid].extend(rd.reads)
         if out is not None:
-            lines: list[str] = []
-            if rd.hard_state is not None:
-                hs = rd.hard_state
-                lines.append(f"hs term={hs.term} vote={hs.vote} commit={hs.commit}")
-            if rd.snapshot is not None:
-                s = rd.snapshot.meta
-                lines.append(f"snapshot {s.index}/{s.term} voters={s.membership.voters}")
-            if rd.entries:
-                lines.append(f"persist {fmt_entries(rd.entries)}")
-            lines += [f"send {self._fmt_sent(m)}" for m in rd.messages]
-            lines += [f"send-after-persist {self._fmt_sent(m)}" for m in rd.messages_after_persist]
-            if rd.committed:
-                lines.append(f"apply {fmt_entries(rd.committed)}")
-            lines += [f"read ctx={r.ctx} index={r.index}" for r in rd.reads]
-            if rd.want_snapshot:
-                lines.append("want-snapshot")
             out.append(f"> {nid} ready")
-            out += [f"  {ln}" for ln in lines]
-        node.advance(rd)
+            out += [f"  {ln}" for ln in self._describe(rd)]
+        self.send(rd.messages)
+        self._persist_apply_advance(nid, rd)
         return True
+
+    def _describe(self, rd: Ready) -> list[str]:
+        lines: list[str] = []
+        if rd.hard_state is not None:
+            hs = rd.hard_state
+            lines.append(f"hs term={hs.term} vote={hs.vote} commit={hs.commit}")
+        if rd.snapshot is not None:
+            s = rd.snapshot.meta
+            lines.append(f"snapshot {s.index}/{s.term} voters={s.membership.voters}")
+        if rd.entries:
+            lines.append(f"persist {fmt_entries(rd.entries)}")
+        lines += [f"send {self._fmt_sent(m)}" for m in rd.messages]
+        lines += [f"send-after-persist {self._fmt_sent(m)}" for m in rd.messages_after_persist]
+        if rd.committed:
+            lines.append(f"apply {fmt_entries(rd.committed)}")
+        lines += [f"read ctx={r.ctx} index={r.index}" for r in rd.reads]
+        if rd.want_snapshot:
+            lines.append("want-snapshot")
+        return lines
 
     def _fmt_sent(self, m: Message) -> str:
         return fmt_msg(m, self.show_rounds) + (
