@@ -57,7 +57,7 @@ def metadata(seed: int | None, nodes: int, steps: int, as_json: bool, show_log: 
         click.echo(
             f"crashes: {c.crashes} (mid-persist {c.crashes_mid_persist}, torn tails "
             f"{c.torn_tails})  partitions: {c.partitions}  snapshots: {c.snapshots} "
-            f"(installed {c.snapshots_installed})"
+            f"(installed {c.snapshots_installed})  io errors: {c.io_errors}"
         )
         click.echo(
             f"messages: sent {c.messages_sent}, dropped {c.messages_dropped}, "

@@ -85,6 +85,7 @@ from catenary.core.raft.types import (
     Snapshot,
 )
 from catenary.persist.raft_storage import RaftStorage
+from catenary.storage.errors import StorageError
 from catenary.storage.fs_sim import SimFileSystem
 from catenary.storage.store import StoreConfig
 from catenary.testing.sim.checkers import SafetyChecker, Violation
@@ -140,6 +141,7 @@ class FaultPlan:
     reconfigure: bool  # the nemesis removes voters and adds spare members (learner -> voter)
     leases: bool  # one more client grants, keeps alive and revokes leases with keys on them
     pauses: bool  # the nemesis freezes members (a stopped process) and thaws them later
+    io_errors: bool  # the nemesis makes a member's next fsync fail (EIO)
 
     @classmethod
     def draw(cls, rng: Random) -> FaultPlan:
@@ -173,6 +175,7 @@ class FaultPlan:
             reconfigure=rng.random() < 0.4,
             leases=rng.random() < 0.5,
             pauses=rng.random() < 0.3,
+            io_errors=rng.random() < 0.2,
         )
 
 
@@ -198,6 +201,7 @@ class SimCounters:
     transfers: int = 0
     reconfigurations: int = 0
     pauses: int = 0
+    io_errors: int = 0
     stale_reads: int = 0
 
 
@@ -347,7 +351,7 @@ class MetadataSim:
             f"tear={p.tear_probability} compact_after={p.compact_after_entries} "
             f"lease_reads={p.lease_reads} drift={p.clock_drift} transfers={p.transfers} "
             f"stale_reads={p.stale_reads} reconfigure={p.reconfigure} leases={p.leases} "
-            f"pauses={p.pauses}"
+            f"pauses={p.pauses} io_errors={p.io_errors}"
         )
 
     # ------------------------------------------------------------------ run
@@ -446,7 +450,8 @@ class MetadataSim:
             self.clients.append(client)
             self.loop.after(0, "lease-client.start", functools.partial(self._client_next, client))
         plan = self.plan
-        if plan.crashes or plan.partitions or plan.transfers or plan.reconfigure or plan.pauses:
+        faults = (plan.crashes, plan.partitions, plan.transfers, plan.reconfigure, plan.pauses)
+        if any(faults) or plan.io_errors:
             self._schedule_nemesis()
 
     def _boot(self, member: _Member) -> None:
@@ -593,16 +598,27 @@ class MetadataSim:
         if self._deferred(member, lambda: self._job_done(member, incarnation)):
             return
         job = member.job
-        member.job = None
         storage = member.storage
         assert storage is not None
+        try:
+            if job.ready is not None:
+                storage.save(job.ready)
+            elif job.snapshot is not None:
+                storage.compact(job.snapshot.meta.index, job.snapshot)
+        except (OSError, StorageError) as exc:
+            # A failed fsync may have lost what it was flushing: the member
+            # stops (as the server does) and restarts from what is on disk.
+            self.counters.io_errors += 1
+            self.loop.note(f"io error on {member.node_id}: {exc}")
+            self._crash(member, rerun=False)
+            self._schedule_restart(member)
+            return
+        member.job = None
         if job.ready is not None:
-            storage.save(job.ready)
             self.checker.model(member.node_id).saved(job.ready)
             self.checker.observe_persisted(member.node_id, job.ready.entries)
             self._finish_ready(member, job.ready)
         elif job.snapshot is not None:
-            storage.compact(job.snapshot.meta.index, job.snapshot)
             self.checker.model(member.node_id).compacted(job.snapshot)
             assert member.replica is not None
             member.replica.compacted(job.snapshot)
@@ -634,26 +650,30 @@ class MetadataSim:
 
     # -------------------------------------------------------------- crashes
 
-    def _crash(self, member: _Member) -> None:
+    def _crash(self, member: _Member, *, rerun: bool = True) -> None:
+        """Drop the member's memory; run its in-flight persistence up to a crash point.
+
+        ``rerun=False``: the persistence step already ran and failed (an I/O error).
+        """
         if member.replica is None:
             return
         self.counters.crashes += 1
         job = member.job
-        interrupted: Ready | None = None
-        if job is not None and member.storage is not None:
+        interrupted = job.ready if job is not None else None
+        if job is not None and member.storage is not None and rerun:
             self.counters.crashes_mid_persist += 1
             member.fs.arm(self.nemesis_rng.randint(0, 12))
             try:
                 if job.ready is not None:
-                    interrupted = job.ready
                     member.storage.save(job.ready)
                 elif job.snapshot is not None:
                     member.storage.compact(job.snapshot.meta.index, job.snapshot)
-            except SimulatedCrash:
+            except (SimulatedCrash, OSError, StorageError):
                 pass
             member.fs.disarm()
         self.loop.note(f"crash {member.node_id}" + (" (mid-persist)" if job else ""))
         member.disk.crash()
+        member.disk.inject_fsync_errors(0)  # the fault was transient
         self.interrupted[member.node_id] = interrupted
         member.replica = None
         member.storage = None
@@ -691,6 +711,8 @@ class MetadataSim:
             actions += ["reconfigure"]
         if self.plan.pauses:
             actions += ["pause"]
+        if self.plan.io_errors:
+            actions += ["io-error"]
         action = rng.choice(actions)
         if action == "crash":
             self._nemesis_crash(rng)
@@ -700,6 +722,8 @@ class MetadataSim:
             self._nemesis_reconfigure(rng)
         elif action == "pause":
             self._nemesis_pause(rng)
+        elif action == "io-error":
+            self._nemesis_io_error(rng)
         else:
             self._nemesis_partition(rng)
         self._schedule_nemesis()
@@ -719,8 +743,20 @@ class MetadataSim:
             victim = rng.choice(up)
         member = self.members[victim]
         self._crash(member)
-        downtime_ms = rng.randint(*self.plan.downtime_ms)
-        self.loop.after(downtime_ms * 1000, f"restart{victim}", lambda: self._restart(member))
+        self._schedule_restart(member)
+
+    def _schedule_restart(self, member: _Member) -> None:
+        downtime_ms = self.nemesis_rng.randint(*self.plan.downtime_ms)
+        self.loop.after(
+            downtime_ms * 1000, f"restart{member.node_id}", lambda: self._restart(member)
+        )
+
+    def _nemesis_io_error(self, rng: Random) -> None:
+        up = [i for i in self._started() if self.members[i].up]
+        if up:
+            victim = rng.choice(up)
+            self.members[victim].disk.inject_fsync_errors(1)
+            self.loop.note(f"next fsync of {victim} fails")
 
     def _nemesis_pause(self, rng: Random) -> None:
         up = [i for i in self._started() if self.members[i].up]
