@@ -48,10 +48,18 @@ def test_applied_sequences_agree_and_have_no_gaps() -> None:
 
 def test_leader_completeness() -> None:
     checker = SafetyChecker()
+    checker.observe_commit(2, 2)
     checker.observe_applied(1, [entry(1, 1), entry(2, 2)])
     checker.check_leader_log(3, 4, {1: 1, 2: 2}, 1)
     with pytest.raises(Violation, match="committed entry lost"):
         checker.check_leader_log(2, 4, {1: 1}, 1)
+    # A leader of an older term (elected late from delayed votes) need not hold
+    # entries committed in a later term.
+    checker.observe_commit(3, 5)
+    checker.observe_applied(1, [entry(3, 5)])
+    checker.check_leader_log(2, 4, {1: 1, 2: 2, 3: 3}, 1)
+    with pytest.raises(Violation, match="committed entry lost"):
+        checker.check_leader_log(2, 6, {1: 1, 2: 2, 3: 3}, 1)
 
 
 def test_durability_of_hard_state_and_entries() -> None:

@@ -10,8 +10,11 @@ indexes involved; the simulator stops the run there and reports it.
    gaps, and the entry applied at an index is the same on every member
    (so applied sequences are prefixes of one another).
 4. No committed entry lost: every entry ever applied (hence committed) is
-   remembered up to the highest commit seen; a member that becomes leader
-   must hold each of them (leader completeness), and no member may later
+   remembered up to the highest commit seen, with an upper bound of the term
+   in which it was committed (the term of the first member seen to know it
+   committed).  A member that becomes leader of term L must hold each one
+   committed in a term below L (leader completeness; a leader of an older
+   term, elected late from delayed votes, need not), and no member may later
    apply anything else at those indexes.
 5. Durability across crashes: what a member's storage acknowledged (a
    completed save) is what it loads after a crash: the same term and vote,
@@ -80,6 +83,9 @@ class SafetyChecker:
         self.persisted: dict[tuple[int, int], bytes] = {}  # (index, term) -> digest
         self.committed: dict[int, tuple[int, bytes]] = {}  # index -> (term, digest)
         self.highest_commit = 0
+        # index -> term of the first member seen to know the index committed;
+        # never below the term of the leader that committed it.
+        self.commit_terms: dict[int, int] = {}
         self.applied: dict[int, int] = {}  # node -> last applied index
         self.durable: dict[int, DurableModel] = {}
         self.checks = 0
@@ -101,7 +107,8 @@ class SafetyChecker:
         """Leader completeness: the new leader holds every committed entry it has not compacted."""
         for index in range(max(first_index, 1), self.highest_commit + 1):
             known = self.committed.get(index)
-            if known is None:
+            commit_term = self.commit_terms.get(index)
+            if known is None or commit_term is None or commit_term >= term:
                 continue
             held = log.get(index)
             if held != known[0]:
@@ -123,7 +130,10 @@ class SafetyChecker:
                     f"{entry.index} term {entry.term}"
                 )
 
-    def observe_commit(self, commit_index: int) -> None:
+    def observe_commit(self, commit_index: int, term: int) -> None:
+        """A member at ``term`` knows entries up to ``commit_index`` are committed."""
+        for index in range(self.highest_commit + 1, commit_index + 1):
+            self.commit_terms[index] = term
         self.highest_commit = max(self.highest_commit, commit_index)
 
     def observe_installed(self, node: int, snapshot: Snapshot) -> None:
@@ -155,7 +165,6 @@ class SafetyChecker:
                 )
             last = entry.index
         self.applied[node] = last
-        self.highest_commit = max(self.highest_commit, last)
 
     def restarted(self, node: int) -> None:
         """A restarted member re-applies from its snapshot: forget its applied position."""

@@ -548,7 +548,7 @@ class MetadataSim:
             if self.checker.observe_leader(member.node_id, term):
                 self.loop.note(f"leader {member.node_id} term {term}")
                 self._check_leader_log(member)
-        self.checker.observe_commit(replica.raft.commit_index)
+        self.checker.observe_commit(replica.raft.commit_index, replica.term)
         self._pump(member)
 
     def _check_leader_log(self, member: _Member) -> None:
