@@ -28,6 +28,11 @@ the checker cannot predict them, only bound them):
    whose precondition failed had no effect, the same as never happening.)
    An indeterminate get constrains nothing and is ignored.
 
+Writes of unknown outcome are what makes the search exponential, so before
+searching, each one is classified by what the history shows of it (pinned
+to a version, dropped as unobservable, or optional; see ``_check_key``), and
+optional ones alike in all but their call time are tried only once.
+
 Search: per key, the WGL algorithm — walk the call/return events in time
 order; at a call, try to linearize that operation now (each possible next
 state in turn); at a return of an operation not yet linearized, backtrack.
@@ -459,9 +464,14 @@ def _check_key(
       read, no unexplained version it could carry) is dropped: nothing after it
       depends on it, and leaving it out only loosens the bounds on later
       versions, so it never helps a linearization.
-    - The others (and every indeterminate delete) are optional.  The search
-      first runs without them (they "never happened" is one legal choice);
-      only if that fails does the exponential search over them run.
+    - A version seen with a value (in a get) can only come from a put of
+      that value.
+    - The others (and every indeterminate delete) are optional.  When no get
+      can have read an optional put (the usual case: unique values), the
+      optional puts get one shared placeholder value and the search inserts
+      optional ops only where a required op is stuck and they can unstick it
+      (see ``_search``).  Otherwise the search first runs without them ("never
+      happened" is one legal choice) and only if that fails with all of them.
     """
     writers: dict[bytes, int] = defaultdict(int)
     written_versions: set[int] = set()
@@ -591,13 +601,16 @@ def _check_key(
                 op.precondition,
                 op.result,
             )
+    if lazy:
+        # The lazy search already tries the optional ops only where needed.
+        return _search(kept, deadlines, initial, max_steps, lazy, placeholder)
     required = [i for i, deadline in enumerate(deadlines) if not math.isinf(deadline)]
     first = _search(
         [kept[i] for i in required], [deadlines[i] for i in required], initial, max_steps
     )
     if first.outcome != "violation":
         return first
-    second = _search(kept, deadlines, initial, max_steps, lazy, placeholder)
+    second = _search(kept, deadlines, initial, max_steps)
     second.steps += first.steps
     if second.outcome == "unknown":
         second.explanation = (
