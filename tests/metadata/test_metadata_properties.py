@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -152,3 +153,25 @@ def test_agrees_with_a_naive_model_and_watch_replays_to_state(
         else:
             del replayed[event.key]
     assert replayed == model
+
+
+MSGPACK_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.text(max_size=5)
+    | st.binary(max_size=5)
+    | st.sampled_from(["put", "del", "lg", "lk", "lr", "lc", "lx", "absent", "version"]),
+    lambda inner: st.lists(inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.binary(max_size=40), MSGPACK_VALUES.map(msgspec.msgpack.encode))))
+def test_arbitrary_entry_data_never_raises(entries: list[bytes]) -> None:
+    one, two = MetadataStateMachine(CONFIG), MetadataStateMachine(CONFIG)
+    for index, data in enumerate(entries, start=1):
+        assert one.apply(index, data) == two.apply(index, data)
+    assert one.applied_index == len(entries)
+    assert one.snapshot() == two.snapshot()
