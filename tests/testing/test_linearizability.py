@@ -273,6 +273,10 @@ def test_bad_histories_raise() -> None:
         check([put(1, 5, 4, b"a", Written(1))])
     with pytest.raises(ValueError):
         check([put(1, 0, 1, b"a", None)])  # a completed write needs a result
+    with pytest.raises(ValueError):
+        check([Operation(1, 0, 1, "cas", "k")])  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        check([get(1, 0, 1, Written(1))])  # type: ignore[arg-type]
 
 
 def test_recorder_turns_unanswered_writes_indeterminate() -> None:

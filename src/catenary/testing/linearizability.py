@@ -671,6 +671,14 @@ def check(
     for op in ops:
         if op.return_time is not None and op.return_time < op.call_time:
             raise ValueError(f"returns before it is called: {op.describe()}")
+        if op.kind not in ("get", "put", "delete"):
+            raise ValueError(f"unknown operation kind {op.kind!r}")
+        if op.indeterminate:
+            continue
+        if op.kind == "get" and not (op.result is None or isinstance(op.result, tuple)):
+            raise ValueError(f"a get needs (value, version) or None: {op.describe()}")
+        if op.kind != "get" and not isinstance(op.result, Written | PreconditionFailed):
+            raise ValueError(f"a completed write needs its result: {op.describe()}")
     initial = initial or {}
     by_key: dict[str, list[Operation]] = defaultdict(list)
     for op in ops:
