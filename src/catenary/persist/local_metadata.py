@@ -17,7 +17,7 @@ Rules:
    precondition, so replay repeats exactly the same decisions.
 2. A write whose sync fails is not applied: an ``OSError`` such as ENOSPC
    leaves the store at its last durable state (retry once space returns); a
-   failed fsync (``StoreFailedError``) leaves the outcome unknown, so the store
+   failed fsync leaves the outcome unknown (``MetadataStoreFailed``), so the store
    refuses every further write until it is reopened (reopening reads what is
    really on disk).
 3. Every ``snapshot_every_writes`` entries a snapshot is written atomically,
