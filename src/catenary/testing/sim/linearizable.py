@@ -89,7 +89,7 @@ def check_stale_reads(history: list[Op]) -> str | None:
     return None
 
 
-def check_leases(history: list[Op]) -> str | None:
+def check_leases(history: list[Op], slack_us: int = 0) -> str | None:
     """No lease runs out before its TTL has passed since its last refresh was called.
 
     The leader's lessor sets a deadline of (apply time + TTL) on every grant and
@@ -97,6 +97,9 @@ def check_leases(history: list[Op]) -> str | None:
     time, which can only lengthen it.  So a ``LeaseNotFound`` answered before
     ``call + TTL`` of the last successful refresh means the lease expired early.
     (The leasing client never uses a lease again after revoking it.)
+
+    ``slack_us``: the lessor's clock is the ``now_ms`` of the member's last tick,
+    which may precede the client's call by up to one tick interval.
     """
     refreshed: dict[int, tuple[int, int, Op]] = {}  # lease -> (call_us, ttl_ms, op)
     for op in sorted(history, key=lambda o: o.op_id):
@@ -112,7 +115,7 @@ def check_leases(history: list[Op]) -> str | None:
                 continue
             call_us, ttl_ms, source = known
             returned = op.return_us if op.return_us is not None else op.call_us
-            if returned < call_us + ttl_ms * 1000:
+            if returned < call_us + ttl_ms * 1000 - slack_us:
                 return (
                     f"lease {result.lease} expired early: {op.describe()} after "
                     f"{source.describe()} with a TTL of {ttl_ms} ms"
