@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from random import Random
 
 import msgspec
@@ -19,6 +20,7 @@ from catenary.core.raft.types import (
 )
 from catenary.persist.raft_storage import RaftStorage, RaftStorageCorruption
 from catenary.storage.errors import CorruptionError
+from catenary.storage.fs import OsFileSystem
 from catenary.storage.fs_sim import SimFileSystem
 from catenary.storage.store import StoreConfig
 from catenary.testing.sim.crashfs import CrashPointFileSystem, SimulatedCrash
@@ -222,3 +224,18 @@ def test_a_hole_between_snapshot_and_log_is_corruption() -> None:
     storage._write_snapshot(snapshot(5, 3))  # an older snapshot: entries 6..10 are nowhere
     with pytest.raises(RaftStorageCorruption, match="missing"):
         reopen(fs)
+
+
+def test_round_trip_on_the_real_file_system(tmp_path: Path) -> None:
+    fs = OsFileSystem()
+    directory = str(tmp_path / "raft")
+    storage = RaftStorage.open(fs, directory, SMALL)
+    assert storage.load() == (HardState(), None, [])
+    storage.save(Ready(hard_state=HardState(2, 1, 0), entries=entries(1, 30, 2)))
+    storage.compact(20, snapshot(20, 2))
+    storage.save(Ready(entries=entries(25, 32, 2)))
+    storage.close()
+    hard_state, snap, loaded = RaftStorage.open(fs, directory, SMALL).load()
+    assert (hard_state.term, hard_state.vote) == (2, 1)
+    assert snap == snapshot(20, 2)
+    assert loaded == entries(21, 32, 2)
