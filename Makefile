@@ -31,8 +31,12 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests
 	$(BIN)/ruff check --fix src tests
 
+run: $(STAMP)
+	$(BIN)/catenary dev --nodes $(NODES) --data-dir $(DATA)
+
 bench: $(STAMP)
 	$(BIN)/catenary bench storage
+	$(BIN)/catenary bench metadata
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,8 +1,9 @@
 """``catenary status``, ``nodes``, ``provision`` and ``metadata-server``: the operator's commands.
 
 Every command reaches the cluster through any node named by ``--address``
-(repeatable or comma-separated; default ``$CATENARY_ADDRESS`` or
-127.0.0.1:5123), prints a human table by default and one JSON document with
+(repeatable or comma-separated; default ``$CATENARY_ADDRESS``, else the
+client addresses in ``.catenary-dev/cluster.json`` when the current directory
+holds the cluster that ``make run`` started, else 127.0.0.1:5123), prints a human table by default and one JSON document with
 ``--json``.  Exit codes mean the same everywhere:
 
     0 ok, 1 the operation failed (precondition failed, not found, refused),
@@ -20,6 +21,7 @@ import base64
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import click
@@ -40,6 +42,7 @@ from catenary.client import (
 from catenary.client.client import split_addresses
 
 ADDRESS_DEFAULT = "127.0.0.1:5123"
+DEV_CLUSTER_FILE = Path(".catenary-dev") / "cluster.json"
 VOTERS_FOR_ONE_FAILURE = 3
 
 EXIT_OK = 0
@@ -69,7 +72,8 @@ def client_options(command: Callable[P, T]) -> Callable[P, T]:
             multiple=True,
             envvar="CATENARY_ADDRESS",
             help="client address of any node (host:port); repeatable or comma-separated "
-            f"[env CATENARY_ADDRESS; default {ADDRESS_DEFAULT}]",
+            f"[env CATENARY_ADDRESS; default: the nodes in {DEV_CLUSTER_FILE} if present, "
+            f"else {ADDRESS_DEFAULT}]",
         ),
         click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table"),
         click.option(
@@ -96,10 +100,22 @@ def make_options(
     addresses: Sequence[str], as_json: bool, timeout_s: float, cluster_name: str | None
 ) -> Options:
     try:
-        parsed = split_addresses(list(addresses) or [ADDRESS_DEFAULT])
+        parsed = split_addresses(list(addresses) or default_addresses())
     except ValueError as exc:
         fail(EXIT_USAGE, str(exc))
     return Options(parsed, as_json, timeout_s, cluster_name or None)
+
+
+def default_addresses() -> list[str]:
+    """The local dev cluster's client addresses if ``make run`` left its file here."""
+    try:
+        layout = msgspec.json.decode(DEV_CLUSTER_FILE.read_bytes())
+        found = [str(n["client_address"]) for n in layout["nodes"]]
+    except FileNotFoundError:
+        return [ADDRESS_DEFAULT]
+    except (OSError, msgspec.DecodeError, KeyError, TypeError) as exc:
+        fail(EXIT_USAGE, f"cannot read {DEV_CLUSTER_FILE} for default addresses: {exc}")
+    return found or [ADDRESS_DEFAULT]
 
 
 def fail(code: int, message: str) -> NoReturn:
