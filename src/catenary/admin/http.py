@@ -24,14 +24,14 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Awaitable
-from typing import Any, Protocol
+from typing import Protocol
 
 import msgspec
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from catenary.api.messages import NodeStatus
+from catenary.api.messages import NodeStatus, status_to_json
 
 log = logging.getLogger(__name__)
 
@@ -55,26 +55,6 @@ def registry_of(server: object) -> CollectorRegistry | None:
         if isinstance(registry, CollectorRegistry):
             return registry
     return None
-
-
-def status_to_json(status: NodeStatus) -> dict[str, Any]:
-    """``NodeStatus`` as a JSON-ready dict with named fields (the wire form is an array)."""
-    return {
-        "cluster_name": status.cluster_name,
-        "node": status.node,
-        "generation": status.generation,
-        "metadata_server": status.metadata_server,
-        "raft_state": status.raft_state,
-        "term": status.term,
-        "leader": status.leader,
-        "commit_index": status.commit_index,
-        "applied_index": status.applied_index,
-        "members": [
-            {"node": member.node, "role": member.role, "match_index": member.match_index}
-            for member in status.members
-        ],
-        "provisioned": status.provisioned,
-    }
 
 
 async def _status(server: AdminTarget) -> NodeStatus:

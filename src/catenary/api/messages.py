@@ -265,6 +265,27 @@ Reply = (
     | ErrorReply
 )
 
+
+def status_to_json(status: NodeStatus) -> dict[str, object]:
+    """``NodeStatus`` with named fields (its wire form is an array), for JSON outputs."""
+    return {
+        "cluster_name": status.cluster_name,
+        "node": status.node,
+        "generation": status.generation,
+        "metadata_server": status.metadata_server,
+        "raft_state": status.raft_state,
+        "term": status.term,
+        "leader": status.leader,
+        "commit_index": status.commit_index,
+        "applied_index": status.applied_index,
+        "members": [
+            {"node": member.node, "role": member.role, "match_index": member.match_index}
+            for member in status.members
+        ],
+        "provisioned": status.provisioned,
+    }
+
+
 request_encoder = msgspec.msgpack.Encoder()
 request_decoder: msgspec.msgpack.Decoder[Request] = msgspec.msgpack.Decoder(Request)
 reply_decoder: msgspec.msgpack.Decoder[Reply] = msgspec.msgpack.Decoder(Reply)

@@ -192,24 +192,6 @@ def value_json(value: bytes) -> dict[str, Any]:
     return {"value": text, "value_base64": base64.b64encode(value).decode()}
 
 
-def status_json(status: m.NodeStatus) -> dict[str, Any]:
-    return {
-        "cluster_name": status.cluster_name,
-        "node": status.node,
-        "generation": status.generation,
-        "metadata_server": status.metadata_server,
-        "raft_state": status.raft_state,
-        "term": status.term,
-        "leader": status.leader,
-        "commit_index": status.commit_index,
-        "applied_index": status.applied_index,
-        "members": [
-            {"node": x.node, "role": x.role, "match_index": x.match_index} for x in status.members
-        ],
-        "provisioned": status.provisioned,
-    }
-
-
 def node_json(node: m.NodeInfo) -> dict[str, Any]:
     return {
         "node": node.node,
@@ -298,7 +280,7 @@ def status(
                         "node": r.node,
                         "reachable": r.status is not None,
                         "error": r.error,
-                        "status": status_json(r.status) if r.status is not None else None,
+                        "status": m.status_to_json(r.status) if r.status is not None else None,
                     }
                     for r in reports
                 ],
