@@ -36,6 +36,10 @@ Theory of operation
    cannot be confirmed is ``UNAVAILABLE`` (safe to retry).
 6. Stop.  ``stop()`` lets the owner finish the Ready in hand, then fails what
    is still waiting (per rule 5), stops the writer thread and closes storage.
+7. Timeouts.  A client write or read carries a deadline (``request_timeout_ms``)
+   kept in one deque in request order; the ticker (not the owner, which may be
+   stuck on a slow disk) fails the futures whose deadline passed, so the bound
+   holds to within ``tick_ms`` without a timer per request.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -110,13 +115,6 @@ class _Call:
     future: asyncio.Future[Any]
 
 
-def _consume(future: asyncio.Future[Any]) -> None:
-    # A caller that timed out no longer awaits its future; retrieve the outcome
-    # so asyncio does not report it as never retrieved.
-    if not future.cancelled():
-        future.exception()
-
-
 class _Wake:
     pass
 
@@ -151,6 +149,10 @@ class MetadataHost:
         self._queue: asyncio.Queue[_Input] = asyncio.Queue(config.queue_max)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raft-writer")
         self._next_request_id = 1
+        self._timeout_s = config.request_timeout_ms / 1000
+        # (deadline on the monotonic clock, future, is a write) per client request,
+        # in request order (rule 7).
+        self._deadlines: deque[tuple[float, asyncio.Future[Any], bool]] = deque()
         self._writes: dict[int, asyncio.Future[Result]] = {}
         self._reads: dict[int, asyncio.Future[ReadCompleted]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -235,35 +237,52 @@ class MetadataHost:
         if not self.replica.is_leader:
             raise self._not_leader(self.replica.leader)
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        future.add_done_callback(_consume)
         self._enqueue(_Write(command, future))
-        try:
-            # The future is this request's alone: a timeout (or the caller going
-            # away) cancels it, and a completion arriving later is ignored.
-            async with asyncio.timeout(self.config.request_timeout_ms / 1000):
-                return await future
-        except TimeoutError:
-            raise ServiceError(
-                ErrorCode.INDETERMINATE,
-                f"the write did not complete within {self.config.request_timeout_ms} ms; "
-                "it may or may not have been applied",
-            ) from None
+        # The future is this request's alone: the ticker fails it once its
+        # deadline passed (rule 7), the caller going away cancels it, and a
+        # completion arriving later is ignored.
+        self._deadlines.append((time.monotonic() + self._timeout_s, future, True))
+        return await future
 
     async def read(self, query: Query) -> ReadCompleted:
         """A linearizable read (ReadIndex on the leader)."""
         if not self.replica.is_leader:
             raise self._not_leader(self.replica.leader)
         future: asyncio.Future[ReadCompleted] = asyncio.get_running_loop().create_future()
-        future.add_done_callback(_consume)
         self._enqueue(_Read(query, future))
-        try:
-            async with asyncio.timeout(self.config.request_timeout_ms / 1000):
-                return await future
-        except TimeoutError:
-            raise ServiceError(
-                ErrorCode.UNAVAILABLE,
-                f"the read was not confirmed within {self.config.request_timeout_ms} ms",
-            ) from None
+        self._deadlines.append((time.monotonic() + self._timeout_s, future, False))
+        return await future
+
+    def _expire(self, now_s: float) -> None:
+        """Fail the client futures whose deadline passed; forget the finished ones.
+
+        Deadlines are appended in request order with one fixed timeout, so they
+        are sorted: the scan stops at the first unfinished future still in time.
+        """
+        deadlines = self._deadlines
+        while deadlines:
+            deadline_s, future, is_write = deadlines[0]
+            if not future.done():
+                if deadline_s > now_s:
+                    return
+                if is_write:
+                    future.set_exception(
+                        ServiceError(
+                            ErrorCode.INDETERMINATE,
+                            f"the write did not complete within "
+                            f"{self.config.request_timeout_ms} ms; "
+                            "it may or may not have been applied",
+                        )
+                    )
+                else:
+                    future.set_exception(
+                        ServiceError(
+                            ErrorCode.UNAVAILABLE,
+                            f"the read was not confirmed within "
+                            f"{self.config.request_timeout_ms} ms",
+                        )
+                    )
+            deadlines.popleft()
 
     def read_stale(self, query: Query) -> ReadCompleted:
         return self.replica.read_stale(0, query)
@@ -341,6 +360,9 @@ class MetadataHost:
         while True:
             await asyncio.sleep(max(0.0, self._next_tick_s - time.monotonic()))
             self._wake()
+            # Here, not in the owner: a request times out even while the owner
+            # is stuck (a slow disk).
+            self._expire(time.monotonic())
             # The owner moves _next_tick_s forward; wait at least a fraction of
             # a tick so a stalled owner is not flooded with wake-ups.
             await asyncio.sleep(interval / 4)
