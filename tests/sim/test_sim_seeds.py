@@ -20,8 +20,8 @@ SEEDS_FILE = Path(__file__).with_name("seeds.txt")
 
 # Random seeds per run: (nodes, steps, seeds per chunk, chunks).  Chunks are
 # separate tests so pytest -n 2 spreads them over both workers.
-RANDOM_3 = (3, 500, 40, 4)  # 160 seeds
-RANDOM_5 = (5, 400, 20, 2)  # 40 seeds
+RANDOM_3 = (3, 700, 40, 4)  # 160 seeds
+RANDOM_5 = (5, 500, 20, 2)  # 40 seeds
 
 
 def fixed_seeds() -> list[tuple[int, int, int]]:
