@@ -19,6 +19,14 @@ Operations queued with :meth:`run` (truncations, reset) execute alone, in queue 
 they are ordered with the appends around them. Callbacks run on the writer thread: they must be
 quick and must not call back into the writer synchronously with ``block=True``. An exception
 raised by a callback is logged and does not stop the thread.
+
+Wake-ups (the cost that matters for small batches): the queue is guarded by one plain mutex.
+The thread sleeps on ``_wake``, a lock used as a binary semaphore, only after marking itself
+``_sleeping`` under the mutex; a producer that clears ``_sleeping`` owes exactly one
+``_wake.release()`` (done after dropping the mutex). So every release is matched by one
+acquire, a submission arriving while the thread is busy costs no wake-up at all, and the thread
+wakes at most once per batch. Producers blocked on a full queue wait on a separate condition
+that is only notified while one of them is waiting.
 """
 
 from __future__ import annotations
@@ -81,7 +89,14 @@ class GroupCommitWriter:
         self._queue_records_max = queue_records_max
         self._queue: deque[_Item] = deque()
         self._queued_records = 0
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = threading.Lock()
+        # Producers waiting for room in the queue (rare: only with block=True on a full queue).
+        self._room = threading.Condition(self._mutex)
+        self._room_waiters = 0
+        # Binary semaphore the thread sleeps on; held (locked) whenever nobody owes a release.
+        self._wake = threading.Lock()
+        self._wake.acquire()
+        self._sleeping = False
         self._closing = False
         # Statistics (read without the lock; for benchmarks and metrics).
         self.batches = 0
@@ -123,7 +138,7 @@ class GroupCommitWriter:
         self._put(_Item((), 0, callback, fn), 1, block, timeout_ms)
 
     def _put(self, item: _Item, n: int, block: bool, timeout_ms: int | None) -> None:
-        with self._cond:
+        with self._mutex:
             if self._closing:
                 raise StoreClosedError("group-commit writer is closed")
             # A submission larger than the whole bound is admitted into an empty queue,
@@ -134,43 +149,76 @@ class GroupCommitWriter:
                         f"write queue full ({self._queued_records} of "
                         f"{self._queue_records_max} records)"
                     )
-                deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
-                while self._queued_records and (self._queued_records + n > self._queue_records_max):
-                    if self._closing:
-                        raise StoreClosedError("group-commit writer is closed")
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        raise Overloaded(f"write queue still full after {timeout_ms} ms")
-                    self._cond.wait(remaining)
+                self._wait_for_room(n, timeout_ms)
             self._queue.append(item)
             self._queued_records += n
-            # The writer waits only on an empty queue, or while filling a delayed batch.
-            if len(self._queue) == 1 or self._batch_delay_s > 0:
-                self._cond.notify_all()
+            if not self._sleeping:
+                return  # the thread is busy and takes the queue when it is done
+            self._sleeping = False
+        self._wake.release()  # the one release owed for clearing _sleeping
+
+    def _wait_for_room(self, n: int, timeout_ms: int | None) -> None:
+        """Wait (mutex held) until ``n`` records fit; raises when closed or out of time."""
+        deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
+        self._room_waiters += 1
+        try:
+            while self._queued_records and (self._queued_records + n > self._queue_records_max):
+                if self._closing:
+                    raise StoreClosedError("group-commit writer is closed")
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise Overloaded(f"write queue still full after {timeout_ms} ms")
+                self._room.wait(remaining)
+            if self._closing:
+                raise StoreClosedError("group-commit writer is closed")
+        finally:
+            self._room_waiters -= 1
 
     def close(self, timeout_ms: int | None = None) -> None:
         """Stop accepting work, finish everything queued, and join the thread."""
-        with self._cond:
+        with self._mutex:
             self._closing = True
-            self._cond.notify_all()
+            self._room.notify_all()
+            wake = self._sleeping
+            self._sleeping = False
+        if wake:
+            self._wake.release()
         if threading.current_thread() is not self._thread:
             self._thread.join(None if timeout_ms is None else timeout_ms / 1000)
 
     # -- the writer thread --------------------------------------------------------------
 
+    def _sleep(self, timeout_s: float | None) -> None:
+        """Wait for a producer (mutex held on entry and on return)."""
+        self._sleeping = True
+        self._mutex.release()
+        woken = self._wake.acquire() if timeout_s is None else self._wake.acquire(True, timeout_s)
+        self._mutex.acquire()
+        if woken:
+            return
+        if self._sleeping:
+            self._sleeping = False  # timed out and nobody owes a release
+            return
+        # A producer cleared _sleeping and is about to release: consume that release so the
+        # semaphore stays balanced (it does not need the mutex to release).
+        self._mutex.release()
+        self._wake.acquire()
+        self._mutex.acquire()
+
     def _take(self) -> list[_Item] | None:
-        with self._cond:
+        self._mutex.acquire()
+        try:
             while not self._queue:
                 if self._closing:
                     return None
-                self._cond.wait()
+                self._sleep(None)
             if self._batch_delay_s > 0 and not self._closing:
                 deadline = time.monotonic() + self._batch_delay_s
                 while self._queued_records < self._batch_records_max and not self._closing:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
-                    self._cond.wait(remaining)
+                    self._sleep(remaining)
             queue = self._queue
             batch: list[_Item] = []
             records = nbytes = 0
@@ -191,8 +239,11 @@ class GroupCommitWriter:
                 records += n
                 nbytes += item.nbytes
             self._queued_records -= records
-            self._cond.notify_all()  # room for blocked producers
+            if self._room_waiters:
+                self._room.notify_all()
             return batch
+        finally:
+            self._mutex.release()
 
     def _run(self) -> None:
         while True:
