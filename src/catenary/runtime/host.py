@@ -22,9 +22,11 @@ Theory of operation
    the load (group commit).
 3. Ready order (the replica's documented host order): send ``messages``;
    persist (``RaftStorage.save``) in the single writer thread, awaiting it —
-   the event loop never blocks on fsync; send ``messages_after_persist``;
-   ``advance`` (applies committed entries, serves reads); persist a compaction
-   snapshot if one was produced, then ``compacted``; deliver completions.
+   the event loop never blocks on fsync; the job is handed over only after the
+   transport flushed the messages, so a leader's appends travel while it
+   fsyncs; send ``messages_after_persist``; ``advance`` (applies committed
+   entries, serves reads); persist a compaction snapshot if one was produced,
+   then ``compacted``; deliver completions.
 4. Time.  A ticker wakes the owner every ``tick_ms``; the owner calls
    ``replica.tick(now_ms)`` once per elapsed tick interval on the monotonic
    clock, at most ``tick_catch_up_max`` at once (after a long stall, a burst
@@ -47,11 +49,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from queue import SimpleQueue
 from typing import Any
 
 import msgspec
@@ -119,6 +122,62 @@ class _Wake:
     pass
 
 
+class _WriterThread:
+    """The one thread that persists (fsync happens here, never on the event loop).
+
+    A job is ``(loop, fn, arg, future)``; the thread runs ``fn(arg)`` and settles the
+    asyncio future with one ``call_soon_threadsafe``: fewer hand-offs than an executor
+    future wrapped into an asyncio one.  Jobs run one at a time, in submission order.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: SimpleQueue[
+            tuple[asyncio.AbstractEventLoop, Callable[[Any], None], Any, asyncio.Future[None]]
+            | None
+        ] = SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="raft-writer", daemon=True)
+        self._thread.start()
+
+    def submit(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fn: Callable[[Any], None],
+        arg: Any,
+        future: asyncio.Future[None],
+    ) -> None:
+        self._jobs.put((loop, fn, arg, future))
+
+    def close(self) -> None:
+        """Finish the jobs submitted so far, then end the thread (blocks)."""
+        self._jobs.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            loop, fn, arg, future = job
+            try:
+                fn(arg)
+            except BaseException as exc:  # reported to the owner, which fails the node
+                error = exc
+                with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                    loop.call_soon_threadsafe(_settle, future, error)
+            else:
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_settle, future, None)
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
 _WAKE = _Wake()
 _Input = _Write | _Read | _Step | _Call | _Wake
 
@@ -147,7 +206,7 @@ class MetadataHost:
         self._on_applied = on_applied
         self._on_failure = on_failure
         self._queue: asyncio.Queue[_Input] = asyncio.Queue(config.queue_max)
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raft-writer")
+        self._writer = _WriterThread()
         self._next_request_id = 1
         self._timeout_s = config.request_timeout_ms / 1000
         # (deadline on the monotonic clock, future, is a write) per client request,
@@ -203,7 +262,7 @@ class MetadataHost:
                 await self._ticker
         self._fail_waiting("the node is shutting down")
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self._writer.shutdown, True)
+        await loop.run_in_executor(None, self._writer.close)
         self._storage.close()
         self._stopped = True
 
@@ -508,9 +567,14 @@ class MetadataHost:
     async def _persist(self, fn: Callable[[Any], None], arg: Ready | Snapshot) -> None:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        # Shielded: a cancelled owner must not leave the writer thread mid-save
-        # while the loop goes on as if it had finished.
-        await asyncio.shield(loop.run_in_executor(self._writer, fn, arg))
+        done: asyncio.Future[None] = loop.create_future()
+        # Handed over by a callback queued behind the transport's flushes of this
+        # Ready's messages: the appends leave before the writer thread takes the
+        # interpreter to encode the entries.
+        loop.call_soon(self._writer.submit, loop, fn, arg, done)
+        # A cancelled owner stops waiting here, but the save runs to its end:
+        # stop() waits for the writer thread before it closes the storage.
+        await done
         self._metrics.persist_seconds.observe(time.perf_counter() - started)
 
     def _notify_changed(self) -> None:
