@@ -380,3 +380,78 @@ def test_async_oversized_record_fails_alone(tmp_path: Path) -> None:
         await store.close()
 
     asyncio.run(main())
+
+
+def test_a_full_delayed_batch_wakes_the_writer_before_the_delay_expires() -> None:
+    _, store = sim_store()
+    # A delay far longer than the test's bound: only a producer's wake-up can end it early.
+    writer = GroupCommitWriter(store, batch_delay_us=30_000_000, batch_records_max=3)
+    results = Results()
+    for i in range(3):
+        writer.submit([b"x"], results.callback(i))
+    results.wait(3)  # bounded at 20 s by Results.wait, well under the 30 s delay
+    assert [results.items[i] for i in range(3)] == [(1, None), (2, None), (3, None)]
+    writer.close()
+    store.close()
+
+
+def test_wake_ups_stay_balanced_under_concurrent_producers_and_short_delays() -> None:
+    # Timeouts racing with producers' releases: every submission completes, nothing hangs,
+    # and the sleeping thread is woken again afterwards (the semaphore stayed balanced).
+    _, store = sim_store()
+    writer = GroupCommitWriter(store, batch_delay_us=50, batch_records_max=7)
+    results = Results()
+    per_thread = 300
+
+    def produce(base: int) -> None:
+        for i in range(per_thread):
+            writer.submit([b"r"], results.callback(base + i))
+
+    threads = [threading.Thread(target=produce, args=(t * per_thread,)) for t in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    results.wait(3 * per_thread)
+    assert all(exc is None for _, exc in results.items.values())
+    assert sorted(first for first, _ in results.items.values()) == list(
+        range(1, 3 * per_thread + 1)
+    )
+    writer.submit([b"again"], results.callback(-1))
+    results.wait(3 * per_thread + 1)
+    assert results.items[-1] == (3 * per_thread + 1, None)
+    writer.close()
+    store.close()
+
+
+def test_async_cancelled_append_does_not_stop_the_others_resolving(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = await AsyncStore.open(OsFileSystem(), str(tmp_path / "s"))
+        futures = [store.append(f"r{i}".encode()) for i in range(10)]
+        futures[3].cancel()  # still written (it is in the batch), just not awaited
+        many = store.append_many([b"m1", b"m2"])
+        last = store.append(b"last")
+        assert [await f for f in futures if not f.cancelled()] == [1, 2, 3, 5, 6, 7, 8, 9, 10]
+        assert (await many, await last) == (11, 13)
+        assert await store.read_range(11, 14) == [b"m1", b"m2", b"last"]
+        assert await store.append(b"after") == 14
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_async_positions_with_several_append_many_in_one_batch(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = await AsyncStore.open(OsFileSystem(), str(tmp_path / "s"))
+        f = [
+            store.append_many([b"a", b"b", b"c"]),
+            store.append(b"d"),
+            store.append_many([b"e"]),
+            store.append_many([b"f", b"g"]),
+            store.append(b"h"),
+        ]
+        assert [await x for x in f] == [1, 4, 5, 6, 8]
+        assert await store.read_range(1, 9) == [bytes([c]) for c in b"abcdefgh"]
+        await store.close()
+
+    asyncio.run(main())
