@@ -25,6 +25,12 @@ Theory of operation
    or the connection closes.  Watches per connection are bounded.
 6. The handler never crashes the connection: an unexpected exception in it is
    logged and answered ``INTERNAL``.
+7. Fast path.  A handler may also offer ``begin(request)``: it begins a hot
+   request (a put, a linearizable get) without a task and returns the future of
+   its outcome with the function that turns that outcome into the reply (or
+   ``None``: serve it with ``handle``).  The reply leaves from the future's
+   done callback.  Such requests count toward ``inflight_max`` like the others
+   and are cancelled the same way when the connection closes.
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol, cast
+from functools import partial
+from typing import Any, Protocol, cast
 
 import msgspec
 
@@ -105,6 +112,10 @@ class ServiceError(Exception):
         )
 
 
+Started = tuple["asyncio.Future[Any]", Callable[[Any], Reply]]
+"""What ``begin`` returns: the outcome's future and how to make the reply of it."""
+
+
 class RequestHandler(Protocol):
     """What the port serves; implemented by the node."""
 
@@ -130,6 +141,10 @@ class ClientPortConfig(msgspec.Struct, frozen=True, kw_only=True):
     write_buffer_high_bytes: int = 4 << 20
 
 
+def _internal(request_id: int) -> ErrorReply:
+    return ErrorReply(request_id, str(ErrorCode.INTERNAL), "internal error; see the node's log")
+
+
 def _kind_of(request: Request) -> str:
     return type(request).__name__.lower()
 
@@ -146,6 +161,11 @@ class _Connection(asyncio.Protocol):
         self._handshaken = False
         self._closed = False
         self._tasks: set[asyncio.Task[None]] = set()
+        # Requests begun on the fast path (rule 7), by their outcome's future.
+        self._pending: set[asyncio.Future[Any]] = set()
+        self._begin: Callable[[Request], Started | None] | None = getattr(
+            port.handler, "begin", None
+        )
         self._watches: dict[int, asyncio.Task[None]] = {}
         self._out: list[bytes] = []
         self._flush_scheduled = False
@@ -176,6 +196,7 @@ class _Connection(asyncio.Protocol):
             self._port.metrics.client_connections.dec()
         for task in list(self._tasks) + list(self._watches.values()):
             task.cancel()
+        self._cancel_pending()
         self._watches.clear()
 
     def pause_writing(self) -> None:
@@ -275,7 +296,7 @@ class _Connection(asyncio.Protocol):
             task = asyncio.get_running_loop().create_task(self._run_watch(request))
             self._watches[request.id] = task
             return
-        if len(self._tasks) >= self._config.inflight_max:
+        if len(self._tasks) + len(self._pending) >= self._config.inflight_max:
             self._port.metrics.observe(_kind_of(request), str(ErrorCode.OVERLOADED), 0.0)
             self.send(
                 ErrorReply(
@@ -285,9 +306,58 @@ class _Connection(asyncio.Protocol):
                 )
             )
             return
+        if self._begin is not None and self._begin_fast(self._begin, request):
+            return
         task = asyncio.get_running_loop().create_task(self._serve(request))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _begin_fast(self, begin: Callable[[Request], Started | None], request: Request) -> bool:
+        """Rule 7; False when the handler leaves this request to ``handle``."""
+        started_s = time.perf_counter()
+        try:
+            begun = begin(request)
+        except ServiceError as exc:
+            self._answer(request, exc.reply(request.id), started_s)
+            return True
+        except Exception:
+            log.exception("internal error beginning %s", _kind_of(request))
+            self._answer(request, _internal(request.id), started_s)
+            return True
+        if begun is None:
+            return False
+        future, finish = begun
+        self._pending.add(future)
+        future.add_done_callback(partial(self._finished, request, finish, started_s))
+        return True
+
+    def _finished(
+        self,
+        request: Request,
+        finish: Callable[[Any], Reply],
+        started_s: float,
+        future: asyncio.Future[Any],
+    ) -> None:
+        self._pending.discard(future)
+        if future.cancelled():
+            return  # the connection closed: nobody to answer
+        reply: Reply
+        error = future.exception()
+        try:
+            if error is not None:
+                raise error
+            reply = finish(future.result())
+        except ServiceError as exc:
+            reply = exc.reply(request.id)
+        except Exception:
+            log.exception("internal error serving %s", _kind_of(request))
+            reply = _internal(request.id)
+        self._answer(request, reply, started_s)
+
+    def _answer(self, request: Request, reply: Reply, started_s: float) -> None:
+        outcome = reply.code if isinstance(reply, ErrorReply) else "ok"
+        self._port.metrics.observe(_kind_of(request), outcome, time.perf_counter() - started_s)
+        self.send(reply)
 
     async def _serve(self, request: Request) -> None:
         started = time.perf_counter()
@@ -299,9 +369,7 @@ class _Connection(asyncio.Protocol):
             raise
         except Exception:
             log.exception("internal error serving %s", _kind_of(request))
-            reply = ErrorReply(
-                request.id, str(ErrorCode.INTERNAL), "internal error; see the node's log"
-            )
+            reply = _internal(request.id)
         outcome = reply.code if isinstance(reply, ErrorReply) else "ok"
         self._port.metrics.observe(_kind_of(request), outcome, time.perf_counter() - started)
         self.send(reply)
@@ -364,6 +432,16 @@ class _Connection(asyncio.Protocol):
             self._transport.close()
         for task in list(self._tasks) + list(self._watches.values()):
             task.cancel()
+        self._cancel_pending()
+
+    def _cancel_pending(self) -> None:
+        pending, self._pending = self._pending, set()
+        for future in pending:
+            future.cancel()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._tasks or self._pending)
 
 
 class ClientPort:
@@ -394,7 +472,7 @@ class ClientPort:
         self.closing = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while loop.time() < deadline and any(c._tasks for c in self._connections):
+        while loop.time() < deadline and any(c.busy for c in self._connections):
             await asyncio.sleep(0.01)
 
     async def close(self) -> None:

@@ -293,24 +293,34 @@ class MetadataHost:
 
     async def write(self, command: Command) -> Result:
         """Propose a write and await its applied result (see rule 5 for the errors)."""
+        return await self.write_future(command)
+
+    def write_future(self, command: Command) -> asyncio.Future[Result]:
+        """``write`` without a coroutine: the future resolves to the applied result.
+
+        The future is this request's alone: the ticker fails it once its deadline
+        passed (rule 7), the caller going away cancels it, and a completion
+        arriving later is ignored.
+        """
         if not self.replica.is_leader:
             raise self._not_leader(self.replica.leader)
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._enqueue(_Write(command, future))
-        # The future is this request's alone: the ticker fails it once its
-        # deadline passed (rule 7), the caller going away cancels it, and a
-        # completion arriving later is ignored.
         self._deadlines.append((time.monotonic() + self._timeout_s, future, True))
-        return await future
+        return future
 
     async def read(self, query: Query) -> ReadCompleted:
         """A linearizable read (ReadIndex on the leader)."""
+        return await self.read_future(query)
+
+    def read_future(self, query: Query) -> asyncio.Future[ReadCompleted]:
+        """``read`` without a coroutine (see ``write_future``)."""
         if not self.replica.is_leader:
             raise self._not_leader(self.replica.leader)
         future: asyncio.Future[ReadCompleted] = asyncio.get_running_loop().create_future()
         self._enqueue(_Read(query, future))
         self._deadlines.append((time.monotonic() + self._timeout_s, future, False))
-        return await future
+        return future
 
     def _expire(self, now_s: float) -> None:
         """Fail the client futures whose deadline passed; forget the finished ones.

@@ -70,7 +70,13 @@ from catenary.core.metadata.state import MetadataConfig
 from catenary.core.raft.node import RaftNode
 from catenary.core.raft.types import ConfChange, ConfChangeKind, Membership, Message
 from catenary.persist.raft_storage import RaftStorage
-from catenary.runtime.client_port import ClientPort, ClientPortConfig, Emit, ServiceError
+from catenary.runtime.client_port import (
+    ClientPort,
+    ClientPortConfig,
+    Emit,
+    ServiceError,
+    Started,
+)
 from catenary.runtime.host import HostConfig, MetadataHost
 from catenary.runtime.local_host import LocalHostConfig, LocalMetadataHost
 from catenary.runtime.metrics import ServerMetrics
@@ -97,6 +103,25 @@ class PeerLink(Protocol):
     def send(self, peer_id: int, message: Message) -> object: ...
     def set_peer_address(self, peer_id: int, address: str | None) -> None: ...
     async def close(self) -> None: ...
+
+
+def _accepted(result: md.Result) -> md.Result:
+    """The result of an applied write, or the error its refusal answers."""
+    if isinstance(result, md.Rejected):
+        code = {
+            "too_large": ErrorCode.TOO_LARGE,
+            "limit": ErrorCode.OVERLOADED,
+        }.get(result.code, ErrorCode.BAD_REQUEST)
+        raise _error(code, result.message)
+    return result
+
+
+def _write_reply(request_id: int, result: md.Result) -> api.Reply:
+    return api.WriteReply(request_id, _accepted(result))
+
+
+def _get_reply(request_id: int, answer: Any) -> api.Reply:
+    return api.GetReply(request_id, answer.kv, answer.revision, answer.behind)
 
 
 def _error(code: ErrorCode, message: str) -> ServiceError:
@@ -592,13 +617,28 @@ class Server:
             result: md.Result = await self.local.write(command)
         else:
             result = await self._require_host().write(command)
-        if isinstance(result, md.Rejected):
-            code = {
-                "too_large": ErrorCode.TOO_LARGE,
-                "limit": ErrorCode.OVERLOADED,
-            }.get(result.code, ErrorCode.BAD_REQUEST)
-            raise _error(code, result.message)
-        return result
+        return _accepted(result)
+
+    def begin(self, request: api.Request) -> Started | None:
+        """The port's fast path (client_port rule 7): a put or a linearizable get
+        on the replicated host begins here without a task; anything else, and the
+        local store, goes through ``handle``.  Same checks and replies as ``handle``.
+        """
+        if self.local is not None:
+            return None
+        if isinstance(request, api.Put):
+            self._check_key(request.key, write=True)
+            self._check_value(request.value)
+            future = self._require_host().write_future(
+                md.Put(request.key, request.value, request.precondition, request.lease)
+            )
+            return future, functools.partial(_write_reply, request.id)
+        if isinstance(request, api.Get) and not request.stale:
+            self._check_key(request.key, write=False)
+            return self._require_host().read_future(GetQuery(request.key)), functools.partial(
+                _get_reply, request.id
+            )
+        return None
 
     async def handle(self, request: api.Request) -> api.Reply:
         rid = request.id
