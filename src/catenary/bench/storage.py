@@ -3,8 +3,13 @@
 Each case opens a fresh store in a temporary directory (deleted afterwards), runs N asyncio
 tasks that each ``await store.append(payload)`` in a loop for a fixed time, and reports
 records/s, MB/s (payload bytes), p50/p99 append latency (from the call to the resolved
-future, so it includes the event-loop hop) and fsyncs/s. fsync is always on: every
-acknowledged record is durable (one fdatasync per group-commit batch).
+future, so it includes the event-loop hop), fsyncs/s and the fsync latency itself. fsync is
+always on: every acknowledged record is durable (one fdatasync per group-commit batch).
+
+With N appenders each awaiting its own append, at most N records can share an fsync, so by
+Little's law records/s <= N / (mean append latency) < N / (mean fsync time). The
+``ceiling_records_per_s`` figure is that last bound, measured in the same run: how close
+records/s comes to it shows what the engine costs beyond the disk.
 """
 
 from __future__ import annotations
@@ -40,25 +45,33 @@ class Figure:
 
 
 class _CountingFile(OsFile):
-    __slots__ = ("_counter",)
+    __slots__ = ("_counter", "_times")
 
-    def __init__(self, path: str, create: bool, counter: list[int]) -> None:
+    def __init__(self, path: str, create: bool, counter: list[int], times: list[float]) -> None:
         super().__init__(path, create)
         self._counter = counter
+        self._times = times
 
     def fsync(self) -> None:
+        t0 = time.perf_counter()
         super().fsync()
+        self._times.append(time.perf_counter() - t0)
         self._counter[0] += 1
 
 
 class _CountingFileSystem(OsFileSystem):
-    """The real file system, counting file fsyncs (for fsyncs/s)."""
+    """The real file system, counting and timing file fsyncs (for fsyncs/s and the ceiling).
+
+    With N appenders each awaiting its own append, at most N records share one fsync, so
+    records/s can never exceed N / (mean fsync time): the ``ceiling_records_per_s`` figure.
+    """
 
     def __init__(self) -> None:
         self.fsyncs = [0]
+        self.fsync_times: list[float] = []
 
     def open(self, path: str, create: bool) -> _CountingFile:
-        return _CountingFile(path, create, self.fsyncs)
+        return _CountingFile(path, create, self.fsyncs, self.fsync_times)
 
 
 def _percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -91,12 +104,15 @@ async def _case(
     tasks = [asyncio.create_task(appender()) for _ in range(appenders)]
     await asyncio.sleep(WARMUP_S)
     fsyncs0 = fs.fsyncs[0]
+    times0 = len(fs.fsync_times)
     start = clock()
     measuring = True
     await asyncio.sleep(seconds)
     measuring = False
     elapsed = clock() - start
     fsyncs = fs.fsyncs[0] - fsyncs0
+    fsync_times = sorted(fs.fsync_times[times0:])
+    fsync_mean = sum(fsync_times) / len(fsync_times) if fsync_times else float("nan")
     running = False
     await asyncio.gather(*tasks)
     await store.close()
@@ -109,6 +125,9 @@ async def _case(
         "p99_ms": _percentile(latencies, 0.99) * 1e3,
         "fsyncs_per_s": fsyncs / elapsed,
         "records_per_fsync": records / fsyncs if fsyncs else float(records),
+        "fsync_p50_ms": _percentile(fsync_times, 0.50) * 1e3,
+        "fsync_mean_ms": fsync_mean * 1e3,
+        "ceiling_records_per_s": appenders / fsync_mean if fsync_times else float("nan"),
         "records": records,
         "elapsed_s": elapsed,
     }
@@ -163,6 +182,9 @@ def run(
                 ("append_latency_p99_ms", result["p99_ms"], "ms"),
                 ("fsyncs_per_s", result["fsyncs_per_s"], "fsyncs/s"),
                 ("records_per_fsync", result["records_per_fsync"], "records"),
+                ("fsync_latency_p50_ms", result["fsync_p50_ms"], "ms"),
+                ("fsync_latency_mean_ms", result["fsync_mean_ms"], "ms"),
+                ("ceiling_records_per_s", result["ceiling_records_per_s"], "records/s"),
             ):
                 figures.append(Figure(name, round(value, 4), unit, setup))
             if progress is not None:
@@ -171,7 +193,9 @@ def run(
                     f"{result['records_per_s']:>10,.0f} records/s  "
                     f"{result['mb_per_s']:>7.2f} MB/s  "
                     f"p50 {result['p50_ms']:.3f} ms  p99 {result['p99_ms']:.3f} ms  "
-                    f"{result['fsyncs_per_s']:>7,.0f} fsyncs/s"
+                    f"{result['fsyncs_per_s']:>7,.0f} fsyncs/s "
+                    f"(p50 {result['fsync_p50_ms']:.3f} ms; "
+                    f"ceiling {result['ceiling_records_per_s']:,.0f} records/s)"
                 )
     finally:
         shutil.rmtree(root, ignore_errors=True)
