@@ -12,7 +12,7 @@ from catenary.api import messages as api
 from catenary.runtime.client_port import ClientPort, ClientPortConfig, Emit, ServiceError
 from catenary.runtime.metrics import ServerMetrics
 from catenary.runtime.rpc import call, call_many
-from catenary.wire import FrameKind, encode_frame, encode_hello, make_hello
+from catenary.wire import FrameDecoder, FrameKind, encode_frame, encode_hello, make_hello
 from catenary.wire.handshake import Role
 
 pytestmark = pytest.mark.timeout(30)
@@ -157,6 +157,88 @@ def test_handshake_timeout_closes_silent_connections() -> None:
             reader, writer = await asyncio.open_connection(host, int(number))
             assert await asyncio.wait_for(reader.read(), 5) == b""
             writer.close()
+        finally:
+            await port.close()
+
+    asyncio.run(main())
+
+
+class FastNode(FakeNode):
+    """Serves puts on the fast path (client_port rule 7); the rest through ``handle``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.futures: list[asyncio.Future[object]] = []
+
+    def begin(self, request: api.Request) -> tuple[asyncio.Future[object], object] | None:
+        if not isinstance(request, api.Put):
+            return None
+        if request.key == "refused":
+            raise ServiceError(api.ErrorCode.NOT_LEADER, "no", leader=2, leader_address="x:1")
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self.futures.append(future)
+        if request.key == "fails":
+            future.set_exception(ServiceError(api.ErrorCode.INDETERMINATE, "maybe"))
+        elif request.key == "bug":
+            future.set_result("not a result")
+        elif request.key != "hang":
+            future.set_result(3)
+
+        def finish(outcome: object) -> api.Reply:
+            if not isinstance(outcome, int):
+                raise RuntimeError("bug")
+            return api.OkReply(request.id, f"put {outcome}")
+
+        return future, finish
+
+
+def test_fast_path_answers_maps_errors_bounds_and_cancels_on_close() -> None:
+    async def main() -> None:
+        node = FastNode()
+        port = ClientPort(node, ServerMetrics(lambda: STATUS), ClientPortConfig())
+        await port.start("127.0.0.1", 0)
+        assert port._server is not None
+        host, number = port._server.sockets[0].getsockname()[:2]
+        address = f"{host}:{number}"
+        try:
+            replies = await call_many(
+                address,
+                [
+                    api.Put(1, "a", b"v"),
+                    api.Put(2, "refused", b"v"),
+                    api.Put(3, "fails", b"v"),
+                    api.Put(4, "bug", b"v"),
+                    api.Get(5, "a"),
+                ],
+                cluster_name="blue",
+            )
+            assert replies[0] == api.OkReply(1, "put 3")
+            assert replies[1] == api.ErrorReply(2, "not_leader", "no", 2, "x:1")
+            assert isinstance(replies[2], api.ErrorReply) and replies[2].code == "indeterminate"
+            assert isinstance(replies[3], api.ErrorReply) and replies[3].code == "internal"
+            assert replies[4] == api.GetReply(5, None, 7)
+            # A request left pending on the fast path counts toward inflight_max...
+            port.config = ClientPortConfig(inflight_max=1)  # for connections from now on
+            reader, writer = await asyncio.open_connection(host, number)
+            writer.write(hello())
+            for request in (api.Put(6, "hang", b"v"), api.Put(7, "a", b"v")):
+                writer.write(encode_frame(FrameKind.REQUEST, msgspec.msgpack.encode(request)))
+            decoder = FrameDecoder(1 << 20)
+            got: list[api.Reply] = []
+            async with asyncio.timeout(5):
+                while not got:
+                    for frame in decoder.feed(await reader.read(65536)):
+                        if frame.kind == FrameKind.REPLY:
+                            got.append(api.reply_decoder.decode(frame.payload))
+            assert isinstance(got[0], api.ErrorReply) and got[0].id == 7
+            assert got[0].code == "overloaded"
+            hung = node.futures[-1]
+            assert not hung.done()
+            # ...and is cancelled once its connection is gone.
+            writer.close()
+            async with asyncio.timeout(5):
+                while not hung.cancelled():
+                    await asyncio.sleep(0.01)
         finally:
             await port.close()
 
