@@ -502,7 +502,12 @@ class RaftNode:
         )
         if self._round <= self._round_confirmed:
             self._bcast_heartbeat = True  # no round in flight: start one now
-        self._check_reads()
+        if self._quorum() == 1:
+            # A lone voter confirms at once.  Otherwise only an acknowledgement of a
+            # round started after this read confirms it, and acknowledgements and
+            # commits run the check themselves: a scan here (per read, over every
+            # pending read) would find nothing new.
+            self._check_reads()
 
     def transfer_leadership(self, target: int) -> None:
         if self._role != LEADER:
