@@ -75,6 +75,12 @@ def test_three_nodes_one_leader_three_voters(cluster: DevCluster) -> None:
             break
         assert time.monotonic() < deadline, "the follower never applied the write"
         time.sleep(0.05)
+    # A follower answers list-servers with the leader's view: match indexes included.
+    servers = request(follower.client_address, api.ListServers(7))
+    assert isinstance(servers, api.ServersReply) and servers.id == 7
+    assert servers.leader == leader.node
+    assert [m.node for m in servers.members] == [1, 2, 3]
+    assert all(m.match_index > 0 for m in servers.members), servers
     nodes = request(follower.client_address, api.ListNodes(5))
     assert isinstance(nodes, api.NodesReply)
     assert [(n.node, n.client_address) for n in nodes.nodes] == [

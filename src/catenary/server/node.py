@@ -672,8 +672,7 @@ class Server:
         if isinstance(request, api.ListNodes):
             return api.NodesReply(rid, self._node_infos())
         if isinstance(request, api.ListServers):
-            status = self.status()
-            return api.ServersReply(rid, status.members, status.leader)
+            return await self._list_servers(rid)
         if isinstance(request, api.Provision):
             return api.OkReply(rid, await self._provision_request(request))
         if isinstance(request, api.AddServer):
@@ -683,6 +682,27 @@ class Server:
         if isinstance(request, api.Join):
             return await self._handle_join(request)
         raise _error(ErrorCode.BAD_REQUEST, f"request {type(request).__name__} not served here")
+
+    async def _list_servers(self, rid: int) -> api.Reply:
+        """The members with their match indexes: only the leader tracks those, so a
+        follower asks the leader (bounded by the metadata request timeout) and
+        answers its own view (match 0) when that fails."""
+        status = self.status()
+        host = self.host
+        leader = status.leader
+        if host is not None and leader and leader != self.node_id and not host.replica.is_leader:
+            address = self._client_address_of(leader)
+            if address:
+                with contextlib.suppress(RpcError):
+                    reply = await call(
+                        address,
+                        api.ListServers(rid),
+                        cluster_name=self.config.cluster_name,
+                        timeout_s=self.config.metadata.request_timeout_ms / 1000,
+                    )
+                    if isinstance(reply, api.ServersReply):
+                        return api.ServersReply(rid, reply.members, reply.leader)
+        return api.ServersReply(rid, status.members, status.leader)
 
     async def _read(self, query: GetQuery | ListQuery, *, stale: bool) -> Any:
         if self.local is not None:
