@@ -24,9 +24,10 @@ Wake-ups (the cost that matters for small batches): the queue is guarded by one 
 The thread sleeps on ``_wake``, a lock used as a binary semaphore, only after marking itself
 ``_sleeping`` under the mutex; a producer that clears ``_sleeping`` owes exactly one
 ``_wake.release()`` (done after dropping the mutex). So every release is matched by one
-acquire, a submission arriving while the thread is busy costs no wake-up at all, and the thread
-wakes at most once per batch. Producers blocked on a full queue wait on a separate condition
-that is only notified while one of them is waiting.
+acquire, a submission arriving while the thread is busy costs no wake-up at all, and with
+``batch_delay_us`` 0 the thread wakes at most once per batch (while it waits for a delayed batch
+to fill, each submission wakes it to recount). Producers blocked on a full queue wait on a
+separate condition that is only notified while one of them is waiting.
 """
 
 from __future__ import annotations
