@@ -15,7 +15,7 @@ from catenary.core.metadata.types import Precondition, PreconditionFailed, Put, 
 from catenary.core.raft.types import Membership, Message, RaftConfig, Ready
 from catenary.persist.raft_storage import RaftStorage
 from catenary.runtime.client_port import ServiceError
-from catenary.runtime.host import HostConfig, MetadataHost
+from catenary.runtime.host import HostConfig, MetadataHost, ticks_to_deliver
 from catenary.runtime.metrics import ServerMetrics
 from catenary.storage.fs import OsFileSystem
 
@@ -146,5 +146,49 @@ def test_a_full_queue_answers_overloaded(tmp_path: Path) -> None:
             w.cancel()
         await asyncio.gather(*writes, return_exceptions=True)
         await host.stop()
+
+    asyncio.run(main())
+
+
+def test_ticks_after_a_stall_are_capped_but_never_let_a_lease_outlive_real_time() -> None:
+    plain = RaftConfig(election_timeout_ticks=10)
+    leased = RaftConfig(election_timeout_ticks=10, lease_reads=True)
+    assert ticks_to_deliver(1, 3, plain) == 1
+    assert ticks_to_deliver(500, 3, plain) == 3
+    # With lease reads a stall of any length delivers a whole election timeout,
+    # longer than the lease window (election timeout minus drift).
+    assert ticks_to_deliver(500, 3, leased) == 10
+    assert ticks_to_deliver(6, 3, leased) == 6
+    assert ticks_to_deliver(1, 3, leased) == 1
+
+
+def test_the_host_hands_a_lease_core_a_whole_election_timeout_after_a_stall(
+    tmp_path: Path,
+) -> None:
+    """The host, not only the helper, delivers enough ticks to run out any lease."""
+
+    async def main() -> None:
+        storage = RaftStorage.open(OsFileSystem(), str(tmp_path / "raft"))
+        hard_state, snapshot, entries = storage.load()
+        # A follower that never campaigned: with the old cap of 3 ticks its
+        # election clock would move by 3, less than its (randomized) timeout.
+        replica = MetadataReplica(
+            1,
+            RaftConfig(lease_reads=True, election_timeout_ticks=10, lease_drift_ticks=2),
+            Random(1),
+            hard_state=hard_state,
+            snapshot=snapshot,
+            entries=entries,
+            initial_membership=Membership(voters=(1,)),
+        )
+        host = MetadataHost(
+            replica, storage, [].append, HostConfig(tick_ms=10), ServerMetrics(lambda: STATUS)
+        )
+        raft = replica.raft
+        assert raft.role == "follower"
+        before = raft._election_elapsed
+        host._next_tick_s = time.monotonic() - 1.0  # a one-second stall: 100 tick intervals
+        host._maybe_tick()
+        assert raft._election_elapsed - before >= 10 or raft.role != "follower"
 
     asyncio.run(main())

@@ -30,7 +30,8 @@ Theory of operation
 4. Time.  A ticker wakes the owner every ``tick_ms``; the owner calls
    ``replica.tick(now_ms)`` once per elapsed tick interval on the monotonic
    clock, at most ``tick_catch_up_max`` at once (after a long stall, a burst
-   of ticks would only start needless elections).
+   of ticks would only start needless elections) — except with lease reads,
+   where a lease must never outlive real time (``ticks_to_deliver``).
 5. Outcomes.  A write is answered with its result when applied; a write whose
    leader was lost (or that timed out, or was in flight at shutdown) is
    ``INDETERMINATE``; a write refused before proposing (not leader, queue
@@ -75,6 +76,7 @@ from catenary.core.raft.types import (
     Message,
     NotLeader,
     ProposalDropped,
+    RaftConfig,
     Ready,
     Snapshot,
 )
@@ -83,6 +85,21 @@ from catenary.runtime.client_port import ServiceError
 from catenary.runtime.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
+
+
+def ticks_to_deliver(due: int, catch_up_max: int, raft: RaftConfig) -> int:
+    """How many of ``due`` elapsed tick intervals to hand the core at once.
+
+    A burst after a long stall would mostly start needless elections, so it is
+    capped.  With leader-lease reads on, though, the core measures its lease in
+    ticks: dropping ticks would let a lease outlive real time, and a leader
+    waking from a stall could serve a stale read while another leader already
+    took writes.  Then at least an election timeout's worth is delivered, which
+    runs out any lease (its window is shorter than an election timeout).
+    """
+    if raft.lease_reads:
+        return min(due, max(catch_up_max, raft.election_timeout_ticks))
+    return min(due, catch_up_max)
 
 
 class HostConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -198,6 +215,7 @@ class MetadataHost:
         on_failure: Callable[[str], None] | None = None,
     ) -> None:
         self.replica = replica
+        self._raft_config = replica.raft.config
         self._storage = storage
         self._send = send
         self.config = config
@@ -534,8 +552,9 @@ class MetadataHost:
             return
         interval_s = self.config.tick_ms / 1000
         due = int((now_s - self._next_tick_s) / interval_s) + 1
-        for _ in range(min(due, self.config.tick_catch_up_max)):
-            self.replica.tick(self._now_ms())
+        now_ms = self._now_ms()
+        for _ in range(ticks_to_deliver(due, self.config.tick_catch_up_max, self._raft_config)):
+            self.replica.tick(now_ms)
         self._next_tick_s += due * interval_s
 
     async def _handle_ready(self) -> None:

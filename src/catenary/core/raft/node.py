@@ -337,6 +337,10 @@ class RaftNode:
         return self._id
 
     @property
+    def config(self) -> RaftConfig:
+        return self._cfg
+
+    @property
     def term(self) -> int:
         return self._term
 
