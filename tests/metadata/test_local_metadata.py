@@ -155,6 +155,32 @@ def test_full_disk_fails_cleanly_and_recovers() -> None:
     assert open_store(fs).get("b") == KeyValue("b", b"2", 2)
 
 
+def test_full_disk_after_part_of_a_batch_was_made_durable_is_unknown() -> None:
+    # A batch spanning two segments: the first segment's part is written and
+    # fsynced, then the new segment does not fit.  Part of the batch is durable,
+    # so the batch is not "surely not applied": the outcome is unknown and the
+    # store must refuse writes until reopened (else memory and disk diverge).
+    fs = SimFileSystem(Random(4))
+    config = small_config(snapshot_every_writes=1000)
+    store = open_store(fs, config)
+    index = 0
+    while store._log.segment_count == 0 or store._log._segments[-1].size + 200 <= 512:
+        store.put(f"k{index}", b"x" * 60)
+        index += 1
+    applied = store.applied_index
+    fs.capacity_bytes = fs.used_bytes() + 100  # room for one record, not a new segment
+    with pytest.raises(MetadataStoreFailed):
+        store.execute_batch([Put("a", b"y" * 60), Put("b", b"y" * 60), Put("c", b"y" * 60)])
+    fs.capacity_bytes = None
+    with pytest.raises(MetadataStoreFailed):
+        store.put("d", b"1")
+    fs.crash()
+    store = open_store(fs, config)
+    assert store.applied_index == applied + 1  # "a" was durable: a reopen applies it
+    assert store.get("a") == KeyValue("a", b"y" * 60, applied + 1)
+    assert store.put("d", b"1") == Written(applied + 2)
+
+
 def test_corrupt_snapshot_is_reported() -> None:
     fs = SimFileSystem(Random(5))
     store = open_store(fs)

@@ -16,10 +16,11 @@ Rules:
    fsync.  Every command is logged, including those that will fail a
    precondition, so replay repeats exactly the same decisions.
 2. A write whose sync fails is not applied: an ``OSError`` such as ENOSPC
-   leaves the store at its last durable state (retry once space returns); a
-   failed fsync leaves the outcome unknown (``MetadataStoreFailed``), so the store
-   refuses every further write until it is reopened (reopening reads what is
-   really on disk).
+   that left nothing of the batch in the log leaves the store at its last
+   durable state (retry once space returns); a failed fsync, or a failed write
+   after part of the batch was made durable (a batch spanning segments), leaves
+   the outcome unknown (``MetadataStoreFailed``), so the store refuses every
+   further write until it is reopened (reopening reads what is really on disk).
 3. Every ``snapshot_every_writes`` entries a snapshot is written atomically,
    then whole log segments below it are dropped.  Open = restore the snapshot,
    then replay the log after it.  A log that starts after the snapshot's index
@@ -231,15 +232,18 @@ class LocalMetadataStore:
                 if refused is None:
                     payloads.append(encode_request(Request(0, command)))
             if payloads:
+                before = self._log.next_position
                 try:
                     first = self._log.append(payloads)
                     self._log.sync()
                 except BaseException as exc:
-                    if self._log.next_position != self._log.durable_next_position:
-                        # The fsync failed: the records may or may not be on disk.
+                    if self._log.next_position != before:
+                        # A failed fsync (the records may or may not be on disk), or a
+                        # batch made durable only in part (a write failed in a later
+                        # segment): either way the log is not what memory holds.
                         self._failed = exc
                         raise MetadataStoreFailed(
-                            f"fsync of the metadata log failed; outcome unknown, reopen: {exc!r}"
+                            f"sync of the metadata log failed; outcome unknown, reopen: {exc!r}"
                         ) from exc
                     raise  # e.g. ENOSPC: rolled back to the last durable state (rule 2)
                 now_ms = self._clock()
