@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import pytest
 
+from catenary.server import datadir
 from catenary.server.datadir import MARKER_NAME, DataDir, DataDirError
 
 pytestmark = pytest.mark.timeout(30)
@@ -20,6 +23,44 @@ def test_marker_created_and_generation_persisted(tmp_path: Path) -> None:
     again = DataDir.open(str(tmp_path / "d"), cluster_name="c", metadata_server="replicated")
     assert (again.marker.node_id, again.marker.generation) == (3, 1)
     assert again.bump_generation() == 2
+    again.close()
+
+
+def test_failed_marker_write_leaves_the_marker_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = DataDir.open(str(tmp_path / "d"), cluster_name="c", metadata_server="replicated")
+    try:
+
+        def failing_fsync(fd: int) -> None:
+            raise OSError(errno.EIO, "simulated fsync failure")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(datadir.os, "fsync", failing_fsync)
+            with pytest.raises(OSError):
+                d.update(node_id=1, founder=True)
+        # Not persisted, so not believed: a retry must write it again.
+        assert (d.marker.node_id, d.marker.founder) == (0, False)
+    finally:
+        d.close()
+    again = DataDir.open(str(tmp_path / "d"), cluster_name="c", metadata_server="replicated")
+    assert again.marker.node_id == 0
+    again.close()
+
+
+def test_short_marker_writes_are_completed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_write = os.write
+
+    def short_write(fd: int, data: bytes) -> int:
+        return real_write(fd, bytes(data[:7]))  # at most 7 bytes per call
+
+    d = DataDir.open(str(tmp_path / "d"), cluster_name="c", metadata_server="replicated")
+    with monkeypatch.context() as patch:
+        patch.setattr(datadir.os, "write", short_write)
+        d.update(node_id=5)
+    d.close()
+    again = DataDir.open(str(tmp_path / "d"), cluster_name="c", metadata_server="replicated")
+    assert again.marker.node_id == 5
     again.close()
 
 

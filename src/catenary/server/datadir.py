@@ -153,10 +153,16 @@ class DataDir:
         return marker
 
     def update(self, **changes: object) -> Marker:
-        """Durably replace fields of the marker (fsync before returning)."""
-        self.marker = msgspec.structs.replace(self.marker, **changes)
-        _write_marker(self.path, self.marker)
-        return self.marker
+        """Durably replace fields of the marker (fsync before returning).
+
+        The in-memory marker changes only once the new one is durable: after a
+        failed write the node must not go on as what it did not persist (e.g. a
+        retried provision running as node 1 with no node id on disk).
+        """
+        marker = msgspec.structs.replace(self.marker, **changes)
+        _write_marker(self.path, marker)
+        self.marker = marker
+        return marker
 
     def bump_generation(self) -> int:
         return self.update(generation=self.marker.generation + 1).generation
@@ -177,7 +183,9 @@ def _write_marker(path: str, marker: Marker) -> None:
     tmp = final + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        os.write(fd, encode_marker(marker))
+        data = memoryview(encode_marker(marker))
+        while data:  # a short write (a nearly full disk) must not leave a cut marker
+            data = data[os.write(fd, data) :]
         os.fsync(fd)
     finally:
         os.close(fd)
