@@ -441,6 +441,7 @@ def test_closing_a_watch_ends_an_iteration_waiting_in_another_task() -> None:
 
             task = asyncio.create_task(consume())
             while not node.watchers:
+                assert not task.done(), task  # the iteration failed to subscribe: say why
                 await asyncio.sleep(0.005)
             await watcher.aclose()
             async with asyncio.timeout(2):
@@ -449,5 +450,29 @@ def test_closing_a_watch_ends_an_iteration_waiting_in_another_task() -> None:
             async with asyncio.timeout(2):  # and the node is told
                 while not any(isinstance(r, m.CancelWatch) for r in node.received):
                     await asyncio.sleep(0.005)
+
+    run(body)
+
+
+def test_closing_a_watch_while_its_iteration_is_still_dialling_ends_it_and_sends_no_watch() -> None:
+    async def body(node: FakeNode) -> None:
+        async with Client([node.address], timeout_s=2) as client:
+            watcher = client.metadata.watch("/quiet")
+            seen: list[object] = []
+
+            async def consume() -> None:
+                async for event in watcher:
+                    seen.append(event)
+
+            task = asyncio.create_task(consume())
+            await asyncio.sleep(0)  # the iteration is waiting for its connection to open
+            assert not task.done() and not node.connections_accepted
+            await watcher.aclose()
+            async with asyncio.timeout(2):
+                await task
+            assert seen == []
+            await client.metadata.get("/warm")  # the same connection, now surely open
+            assert not node.watchers
+            assert not any(isinstance(r, m.Watch) for r in node.received)
 
     run(body)

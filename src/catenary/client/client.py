@@ -690,6 +690,10 @@ class Watcher:
         self._unsubscribe()
         self._wake.set()
 
+    def _closing(self) -> bool:
+        """Whether ``aclose()`` has run (a call, so it is read afresh after each await)."""
+        return self._closed
+
     def _unsubscribe(self) -> None:
         if self._conn is not None:
             self._conn.unwatch(self._watch_id, lambda i: m.CancelWatch(id=i))
@@ -716,6 +720,8 @@ class Watcher:
         attempt = 0
         last = "no attempt made"
         while True:
+            if self._closing():
+                return  # closed while dialling or backing off: no watch to start
             if loop.time() >= deadline:
                 raise DeadlineExceededError(f"could not start the watch; last failure: {last}")
             address = client._pick(LEADER)
@@ -724,6 +730,8 @@ class Watcher:
                     max(0.0, min(deadline - loop.time(), client.connect_timeout_s))
                 ):
                     conn = await client._connection(address)
+                if self._closing():
+                    return  # aclose() ran during the dial: sending the watch would leak it
                 self._conn = conn
                 self._watch_id = conn.watch(
                     lambda i: m.Watch(
@@ -750,6 +758,7 @@ class Watcher:
             if self._conn is None and not self._inbox:
                 self._lagging = False
                 await self._subscribe()
+                continue  # aclose() may have run meanwhile: check again before waiting
             if not self._inbox:
                 self._wake.clear()
                 await self._wake.wait()
