@@ -70,7 +70,7 @@ from catenary.core.metadata.types import (
 from catenary.storage.atomic import atomic_write, read_checked
 from catenary.storage.errors import CorruptionError, StorageError
 from catenary.storage.fs import FileSystem
-from catenary.storage.store import SegmentedStore, StoreConfig
+from catenary.storage.store import RecoveryReport, SegmentedStore, StoreConfig
 
 LOG_DIR = "log"
 SNAPSHOT_NAME = "snapshot"
@@ -375,6 +375,11 @@ class LocalMetadataStore:
     @property
     def snapshot_index(self) -> int:
         return self._snapshot_index
+
+    @property
+    def log_recovery(self) -> RecoveryReport:
+        """What opening the log found and repaired (torn tail cut, files removed)."""
+        return self._log.recovery
 
     def subscribe(self, listener: Callable[[int], None]) -> None:
         """``listener(revision)`` after every applied batch (from the writer's thread)."""

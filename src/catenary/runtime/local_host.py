@@ -138,6 +138,9 @@ class LocalMetadataHost:
             self._thread,
             lambda: LocalMetadataStore.open(OsFileSystem(), self.directory, store_config),
         )
+        recovery = self._store.log_recovery
+        if recovery.torn_tail or recovery.checkpoints_rejected or recovery.removed_files:
+            log.warning("local metadata log recovered: %s", recovery.summary())
         self._changed = loop.create_future()
 
         def changed(_revision: int) -> None:  # in the writer thread

@@ -85,7 +85,7 @@ from catenary.server import system_keys as sk
 from catenary.server.config import ServerConfig, parse_address
 from catenary.server.datadir import DataDir, DataDirError
 from catenary.storage.fs import OsFileSystem
-from catenary.storage.store import StoreConfig
+from catenary.storage.store import RecoveryReport, StoreConfig
 
 log = logging.getLogger("catenary.server")
 
@@ -375,6 +375,7 @@ class Server:
             storage, (hard_state, snapshot, entries) = await loop.run_in_executor(None, load)
         except Exception as exc:
             raise StartupError(f"raft storage in {directory}: {exc}") from exc
+        log_store_recovery(f"raft log in {directory}", storage.store_recovery)
         for note in storage.recovery_notes:
             log.warning("raft storage recovery: %s", note)
         md_config = config.metadata
@@ -1240,6 +1241,14 @@ class Server:
             log.warning("leadership transfer to n%d did not complete; stopping anyway", target)
         else:
             log.info("leadership handed over (leader now n%s)", host.replica.leader or "?")
+
+
+def log_store_recovery(what: str, report: RecoveryReport) -> None:
+    """Report what opening a store repaired (a torn tail cut, files removed): never silently."""
+    if report.torn_tail or report.checkpoints_rejected or report.removed_files:
+        log.warning("%s recovered: %s", what, report.summary())
+    else:
+        log.info("%s opened: %s", what, report.summary())
 
 
 def _ignore(_value: object) -> None:
