@@ -15,7 +15,7 @@ from catenary.core.metadata.types import Precondition, PreconditionFailed, Put, 
 from catenary.core.raft.types import Membership, Message, RaftConfig, Ready
 from catenary.persist.raft_storage import RaftStorage
 from catenary.runtime.client_port import ServiceError
-from catenary.runtime.host import HostConfig, MetadataHost, ticks_to_deliver
+from catenary.runtime.host import HostConfig, MetadataHost, _Call, ticks_to_deliver
 from catenary.runtime.metrics import ServerMetrics
 from catenary.storage.fs import OsFileSystem
 
@@ -122,6 +122,44 @@ def test_a_write_not_applied_in_time_is_indeterminate_and_stop_fails_the_rest(
         await host.stop()
         with pytest.raises(ServiceError) as info:
             await host.write(Put("late", b"x"))
+        assert info.value.code == ErrorCode.UNAVAILABLE
+
+    asyncio.run(main())
+
+
+def test_writes_taken_but_not_proposed_when_a_save_fails_are_answered_at_stop(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        host = open_host(tmp_path / "raft", [], request_timeout_ms=60_000)
+        host.start()
+        await until_leader(host)
+        async with asyncio.timeout(10):  # the bootstrap entries are durable, nothing waits
+            while host._storage.last_index < 3 or host.replica.has_ready():
+                await asyncio.sleep(0.01)
+
+        def failing_save(ready: Ready) -> None:
+            raise OSError(5, "simulated fsync failure")
+
+        host._storage.save = failing_save  # type: ignore[method-assign]
+
+        def propose_other(replica: MetadataReplica) -> None:
+            replica.propose(10_000, Put("other", b"x"))  # a Ready before the batch's writes
+
+        # Queued with no await in between: the owner takes both in one batch.
+        write = host.write_future(Put("w", b"x"))
+        called: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        host._enqueue(_Call(propose_other, called))
+        async with asyncio.timeout(10):
+            await called
+            await host.wait()
+        assert host.failure is not None
+        assert not write.done()
+        await host.stop()
+        # Never proposed: surely not applied, and answered (not left hanging).
+        assert write.done()
+        with pytest.raises(ServiceError) as info:
+            write.result()
         assert info.value.code == ErrorCode.UNAVAILABLE
 
     asyncio.run(main())

@@ -231,6 +231,9 @@ class MetadataHost:
         # in request order (rule 7).
         self._deadlines: deque[tuple[float, asyncio.Future[Any], bool]] = deque()
         self._writes: dict[int, asyncio.Future[Result]] = {}
+        # The writes taken off the queue but not proposed yet (the owner may fail
+        # or be cancelled while persisting the Ready before their proposal).
+        self._unproposed: list[_Write] = []
         self._reads: dict[int, asyncio.Future[ReadCompleted]] = {}
         self._task: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -483,6 +486,7 @@ class MetadataHost:
             self._maybe_tick()
             self._metrics.ready_inputs.inc(inputs)
             if writes:
+                self._unproposed = writes
                 # First the Ready of what the peers said (acks that commit earlier
                 # writes): on a leader it has nothing new to persist, so those
                 # writes are applied and answered now instead of after the fsync
@@ -490,6 +494,7 @@ class MetadataHost:
                 if replica.has_ready() and not self._stopping:
                     await self._handle_ready()
                 self._propose(writes)
+                self._unproposed = []
             while replica.has_ready() and not self._stopping:
                 await self._handle_ready()
 
@@ -646,6 +651,10 @@ class MetadataHost:
             if isinstance(item, _Write | _Read | _Call) and not item.future.done():
                 # Never proposed: surely not applied.
                 item.future.set_exception(ServiceError(ErrorCode.UNAVAILABLE, reason))
+        for write in self._unproposed:
+            if not write.future.done():
+                write.future.set_exception(ServiceError(ErrorCode.UNAVAILABLE, reason))
+        self._unproposed = []
         for wfuture in self._writes.values():
             if not wfuture.done():
                 wfuture.set_exception(
