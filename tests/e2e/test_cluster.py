@@ -188,8 +188,9 @@ def test_three_nodes_serve_survive_leader_kill_and_full_restart(tmp_path: Path) 
             # The command line against the real cluster.
             address = cluster.node(2).client_address
             code, out, err = await catenary("status", "--json", "--address", address)
+            assert code == 0, f"catenary status exited {code}: {err}"  # its reason, not a bad JSON
             report = json.loads(out)
-            assert code == 0 and [n["reachable"] for n in report["nodes"]] == [True] * 3
+            assert [n["reachable"] for n in report["nodes"]] == [True] * 3, report
             assert not report["warnings"] and "cannot survive" not in err
             code, out, _ = await catenary("metadata", "put", "/cli", "1", "--address", address)
             assert code == 0
