@@ -151,6 +151,15 @@ def test_semantic_checks() -> None:
     assert "join.timeout_ms: must be 0 (no limit) or positive" in joined
 
 
+def test_a_key_and_value_must_fit_in_one_stored_record() -> None:
+    problems = problems_of(env={}, flag_texts={"storage.record_bytes_max": "65536"})
+    assert any(
+        p.startswith("metadata.value_bytes_max:") and "storage.record_bytes_max (65536)" in p
+        for p in problems
+    ), problems
+    load_config(env={}, flag_texts={"storage.record_bytes_max": str(2 << 20)})
+
+
 def test_toml_round_trip(tmp_path: Path) -> None:
     config = load_config(
         env={},

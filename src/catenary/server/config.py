@@ -490,6 +490,15 @@ def validate(config: ServerConfig, sources: Mapping[str, str] | None = None) -> 
             md.value_bytes_max,
             f"a key and value must fit in network.frame_bytes_max ({config.network.frame_bytes_max})",
         )
+    if md.value_bytes_max + md.key_bytes_max + 1024 > config.storage.record_bytes_max:
+        # A write is one Raft entry (or one local-log record): if the store
+        # refused it after the node accepted it, the node could not persist it.
+        bad(
+            "metadata.value_bytes_max",
+            md.value_bytes_max,
+            "a key and value must fit in one stored record: "
+            f"storage.record_bytes_max ({config.storage.record_bytes_max})",
+        )
     if config.network.reconnect_backoff_min_ms > config.network.reconnect_backoff_max_ms:
         bad(
             "network.reconnect_backoff_min_ms",
