@@ -15,91 +15,14 @@ from random import Random
 
 import pytest
 
-from catenary.storage.fs import File
 from catenary.storage.fs_sim import SimFileSystem
 from catenary.storage.store import SegmentedStore, StoreConfig
+from catenary.testing.sim.crashfs import CrashPointFileSystem, SimulatedCrash
 
 pytestmark = pytest.mark.timeout(60)
 
 CONFIG = StoreConfig(segment_bytes_max=200, index_checkpoint_records=4)
 DIRECTORY = "/disk/store"
-
-
-class Crash(Exception):
-    pass
-
-
-class Budget:
-    def __init__(self, remaining: int | None) -> None:
-        self.remaining = remaining
-        self.used = 0
-
-    def spend(self) -> None:
-        self.used += 1
-        if self.remaining is not None:
-            if self.remaining <= 0:
-                raise Crash
-            self.remaining -= 1
-
-
-class CrashFile:
-    def __init__(self, inner: File, budget: Budget) -> None:
-        self._inner, self._budget = inner, budget
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._budget.spend()
-        self._inner.write(data)
-
-    def pread(self, offset: int, n: int) -> bytes:
-        return self._inner.pread(offset, n)
-
-    def fsync(self) -> None:
-        self._budget.spend()
-        self._inner.fsync()
-
-    def truncate(self, size: int) -> None:
-        self._budget.spend()
-        self._inner.truncate(size)
-
-    def size(self) -> int:
-        return self._inner.size()
-
-    def close(self) -> None:
-        self._inner.close()
-
-
-class CrashFs:
-    def __init__(self, inner: SimFileSystem, budget: Budget) -> None:
-        self._inner, self._budget = inner, budget
-
-    def open(self, path: str, create: bool) -> CrashFile:
-        if create and not self._inner.exists(path):
-            self._budget.spend()
-        return CrashFile(self._inner.open(path, create), self._budget)
-
-    def exists(self, path: str) -> bool:
-        return self._inner.exists(path)
-
-    def listdir(self, path: str) -> list[str]:
-        return self._inner.listdir(path)
-
-    def mkdir(self, path: str) -> None:
-        self._inner.mkdir(path)
-
-    def remove(self, path: str) -> None:
-        self._budget.spend()
-        self._inner.remove(path)
-
-    def rename(self, src: str, dst: str) -> None:
-        self._budget.spend()
-        self._inner.rename(src, dst)
-
-    def fsync_dir(self, path: str) -> None:
-        self._budget.spend()
-        self._inner.fsync_dir(path)
-
-    def file_size(self, path: str) -> int:
-        return self._inner.file_size(path)
 
 
 @dataclass(frozen=True)
@@ -164,9 +87,14 @@ STEPS: list[tuple[str, Callable[[SegmentedStore, State], State]]] = [
 ]
 
 
-def run(budget: Budget, disk: SimFileSystem) -> tuple[int, State, State]:
-    """Run STEPS until the crash; returns (index of interrupted step, before, after)."""
-    fs = CrashFs(disk, budget)
+def run(budget: int | None, disk: SimFileSystem) -> tuple[int, State, int]:
+    """Run STEPS until the crash point (none if ``budget`` is None).
+
+    Returns (index of the interrupted step, the state before it, mutating operations done).
+    """
+    fs = CrashPointFileSystem(disk)
+    if budget is not None:
+        fs.arm(budget)
     state = State(1, ())
     index = -1  # -1: open; len(STEPS): close
     try:
@@ -176,9 +104,9 @@ def run(budget: Budget, disk: SimFileSystem) -> tuple[int, State, State]:
             state = step(store, state)
         index = len(STEPS)
         store.close()
-    except Crash:
+    except SimulatedCrash:
         pass
-    return index, state, state
+    return index, state, fs.operations
 
 
 def expected_after(index: int, before: State) -> State | None:
@@ -220,14 +148,13 @@ def check(recovered: State, kind: str, before: State, after: State | None) -> No
 
 
 def test_crash_at_every_operation_recovers_a_valid_state() -> None:
-    total = Budget(None)
-    run(total, SimFileSystem(Random(0), tear_probability=0.0))
-    assert total.used > 50
+    _, _, total = run(None, SimFileSystem(Random(0), tear_probability=0.0))
+    assert total > 50
     torn = 0
-    for k in range(total.used):
+    for k in range(total):
         for seed in (k, k + 10_000):
             disk = SimFileSystem(Random(seed), tear_probability=0.7)
-            index, before, _ = run(Budget(k), disk)
+            index, before, _ = run(k, disk)
             disk.crash()
             store = SegmentedStore.open(disk, DIRECTORY, CONFIG)
             torn += store.recovery.torn_tail
