@@ -13,7 +13,13 @@ from typing import Any
 import pytest
 
 from catenary.runtime.disk import AsyncStore
-from catenary.storage.errors import Overloaded, RecordTooLargeError, StoreClosedError
+from catenary.storage.errors import (
+    Overloaded,
+    PartlyDurableError,
+    RecordTooLargeError,
+    StoreClosedError,
+    StoreFailedError,
+)
 from catenary.storage.fs import OsFileSystem
 from catenary.storage.fs_sim import SimFileSystem
 from catenary.storage.store import SegmentedStore, StoreConfig
@@ -455,3 +461,32 @@ def test_async_positions_with_several_append_many_in_one_batch(tmp_path: Path) -
         await store.close()
 
     asyncio.run(main())
+
+
+def test_a_submission_durable_only_in_part_is_unknown_and_stops_the_store() -> None:
+    # 60-byte records in 512-byte segment files: a three-record submission after five records
+    # crosses into a new segment file, where the disk runs full; its first records are durable.
+    fs = SimFileSystem(Random(3))
+    store = SegmentedStore.open(fs, "/d", StoreConfig(segment_bytes_max=512))
+    writer = GroupCommitWriter(store)
+    results = Results()
+    for i in range(5):
+        writer.submit([bytes(60)], results.callback(i))
+        results.wait(i + 1)
+    fs.capacity_bytes = fs.used_bytes() + 150
+    writer.submit([bytes(60)] * 3, results.callback(5))
+    results.wait(6)
+    first, exc = results.items[5]
+    assert first is None and isinstance(exc, PartlyDurableError), exc
+    assert exc.first_position == 6 and 6 < exc.durable_next_position < 9
+    # Not a clean failure: nothing more is written until the store is reopened.
+    fs.capacity_bytes = None
+    writer.submit([b"after"], results.callback(6))
+    results.wait(7)
+    assert isinstance(results.items[6][1], StoreFailedError)
+    writer.close()
+    store.close()
+    fs.crash()
+    reopened = SegmentedStore.open(fs, "/d", StoreConfig(segment_bytes_max=512))
+    assert reopened.next_position == exc.durable_next_position  # what it said is on disk
+    reopened.close()

@@ -45,6 +45,25 @@ class StoreFailedError(StorageError):
     """
 
 
+class PartlyDurableError(StoreFailedError):
+    """A submission ended durable only in part: its outcome is unknown to its submitter.
+
+    Records ``[first_position, durable_next_position)`` of it reached the disk before the write
+    of the rest failed (e.g. ENOSPC in a new segment file). Reporting that as a plain failure would
+    let a caller retry records that are already stored; so the store refuses further writes until
+    it is reopened, and the submitter must treat the outcome as indeterminate.
+    """
+
+    def __init__(self, first_position: int, durable_next_position: int, cause: BaseException):
+        super().__init__(
+            f"records from {first_position} are durable only below {durable_next_position} "
+            f"after {cause!r}; outcome unknown, reopen the store"
+        )
+        self.first_position = first_position
+        self.durable_next_position = durable_next_position
+        self.cause = cause
+
+
 class StoreClosedError(StorageError):
     """The store or writer was used after ``close()``."""
 

@@ -615,6 +615,12 @@ class SegmentedStore:
 
     # -- writing ------------------------------------------------------------------------
 
+    def fail(self, exc: BaseException) -> None:
+        """Refuse every further write until the store is reopened (first failure wins)."""
+        with self._lock:
+            if self._failed is None:
+                self._failed = exc
+
     def _check_writable(self) -> None:
         if self._closed:
             raise StoreClosedError(f"store {self._dir} is closed")

@@ -39,7 +39,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from catenary.storage.errors import Overloaded, StoreClosedError
+from catenary.storage.errors import Overloaded, PartlyDurableError, StoreClosedError
 from catenary.storage.store import SegmentedStore
 
 __all__ = ["AppendCallback", "GroupCommitWriter", "Overloaded"]
@@ -286,6 +286,11 @@ class GroupCommitWriter:
         for item, first in zip(batch, firsts):
             if isinstance(first, BaseException):
                 self._call(item, None, first)
+            elif sync_error is not None and first < durable < first + len(item.payloads):
+                # Part of this submission is on disk: neither success nor a clean failure.
+                partly = PartlyDurableError(first, durable, sync_error)
+                store.fail(partly)
+                self._call(item, None, partly)
             elif sync_error is not None and first + len(item.payloads) > durable:
                 self._call(item, None, sync_error)
             else:
