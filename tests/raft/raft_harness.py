@@ -413,8 +413,11 @@ def _config(kv: dict[str, str]) -> RaftConfig:
         "check_quorum": "check_quorum",
         "lease": "lease_reads",
         "drift": "lease_drift_ticks",
+        "eager_commit": "eager_commit_broadcast",
     }
-    fields: dict[str, object] = {}
+    # The scripts show every message: they were written with the commit told to
+    # followers at once (an empty append), which keeps each step's effect visible.
+    fields: dict[str, object] = {"eager_commit_broadcast": True}
     for k, v in kv.items():
         if k not in names:
             raise ValueError(f"unknown config key {k}")

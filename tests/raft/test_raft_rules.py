@@ -130,6 +130,8 @@ def test_a_restart_reapplies_committed_entries_and_keeps_term() -> None:
     c = elected()
     c.nodes[1].propose(b"a")
     c.stabilize(None)
+    c.nodes[1].tick()  # the commit reaches the followers at the latest with a tick (R6)
+    c.stabilize(None)
     c.crash(2)
     c.restart(2)
     n = c.nodes[2]
@@ -282,11 +284,44 @@ def test_fast_backup_skips_a_conflicting_term_in_one_round_trip() -> None:
     assert [e.index for e in probe[0].entries] == [7, 8, 9, 10, 11]
 
 
+def test_a_commit_rides_on_the_next_append_or_goes_out_at_the_next_tick() -> None:
+    c = elected()
+    leader, follower = c.nodes[1], c.nodes[2]
+    first = leader.propose(b"a")
+    c.stabilize(None)
+    # Committed on the leader; no empty append was sent just to say so.
+    assert leader.commit_index == first and follower.commit_index < first
+
+    def appends_sent() -> set[tuple[int, int, int]]:
+        assert c.begin_ready(1)
+        sent = {(m.dst, m.commit, len(m.entries)) for m in c.net if isinstance(m, AppendEntries)}
+        c.finish_ready(1)
+        return sent
+
+    # The next proposal's append carries it.
+    second = leader.propose(b"b")
+    assert appends_sent() == {(2, first, 1), (3, first, 1)}
+    c.stabilize(None)
+    assert leader.commit_index == second and follower.commit_index == first
+    # Nothing else to send: the next tick sends an empty append with the commit.
+    leader.tick()
+    assert appends_sent() == {(2, second, 0), (3, second, 0)}
+    c.stabilize(None)
+    assert follower.commit_index == second
+
+
+def test_an_eager_commit_broadcast_tells_followers_at_once() -> None:
+    c = elected(RaftConfig(eager_commit_broadcast=True))
+    index = c.nodes[1].propose(b"a")
+    c.stabilize(None)
+    assert c.nodes[2].commit_index == c.nodes[3].commit_index == index
+
+
 # R7 ------------------------------------------------------------------------------------
 
 
 def test_reads_wait_for_a_quorum_and_share_a_round() -> None:
-    c = elected()
+    c = elected(RaftConfig(max_read_rounds_in_flight=1))
     n = c.nodes[1]
     n.read_index(1)
     n.read_index(2)
@@ -305,6 +340,35 @@ def test_reads_wait_for_a_quorum_and_share_a_round() -> None:
     rd = n.ready()
     assert [r.ctx for r in rd.reads] == [1, 2]
     assert {m.read_ctx for m in rd.messages if isinstance(m, AppendEntries)} == {rnd + 1}
+
+
+def test_read_rounds_are_pipelined_up_to_the_bound() -> None:
+    c = elected(RaftConfig(max_read_rounds_in_flight=2))
+    n = c.nodes[1]
+
+    def round_sent() -> int | None:
+        rd = n.ready()
+        rounds = {m.read_ctx for m in rd.messages if isinstance(m, AppendEntries)}
+        n.advance(rd)
+        assert len(rounds) <= 1
+        return rounds.pop() if rounds else None
+
+    n.read_index(1)
+    first = round_sent()
+    assert first is not None
+    n.read_index(2)  # one round in flight, room for another: it starts at once
+    assert round_sent() == first + 1
+    n.read_index(3)  # two in flight: read 3 waits for a free slot
+    assert round_sent() is None
+    # A quorum answers the first round: read 1 only; read 3's round starts now.
+    n.step(AppendEntriesResponse(2, 1, n.term, True, n.last_index, read_ctx=first))
+    rd = n.ready()
+    assert [r.ctx for r in rd.reads] == [1]
+    assert {m.read_ctx for m in rd.messages if isinstance(m, AppendEntries)} == {first + 2}
+    n.advance(rd)
+    # An answer to the third round confirms everything before it too.
+    n.step(AppendEntriesResponse(3, 1, n.term, True, n.last_index, read_ctx=first + 2))
+    assert [r.ctx for r in n.ready().reads] == [2, 3]
 
 
 def test_non_leaders_refuse_reads_with_a_hint() -> None:

@@ -243,3 +243,110 @@ def test_fast_path_answers_maps_errors_bounds_and_cancels_on_close() -> None:
             await port.close()
 
     asyncio.run(main())
+
+
+class BatchNode(FakeNode):
+    """Serves linearizable gets in batches (client_port rule 8)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[str]] = []
+        self.futures: list[asyncio.Future[object]] = []
+
+    def begin_gets(self, requests: list[api.Get]) -> object:
+        if any(r.key == "not-here" for r in requests):
+            raise ServiceError(api.ErrorCode.NOT_LEADER, "no", leader=2, leader_address="x:1")
+        refused: list[api.Reply] = [
+            api.ErrorReply(r.id, "bad_request", "bad key") for r in requests if r.key == "bad"
+        ]
+        batched = [r for r in requests if r.key != "bad"]
+        self.batches.append([r.key for r in batched])
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self.futures.append(future)
+        if any(r.key == "hang" for r in batched):
+            pass
+        elif any(r.key == "lost" for r in batched):
+            future.set_exception(ServiceError(api.ErrorCode.UNAVAILABLE, "leader lost"))
+        else:
+            future.set_result(11)
+
+        def finish(revision: object) -> list[api.Reply]:
+            assert isinstance(revision, int)
+            return [api.GetReply(r.id, None, revision) for r in batched]
+
+        return refused, future, batched, finish
+
+
+def test_gets_of_one_read_share_one_begin_and_keep_their_ids() -> None:
+    async def main() -> None:
+        node = BatchNode()
+        port = ClientPort(node, ServerMetrics(lambda: STATUS), ClientPortConfig())
+        await port.start("127.0.0.1", 0)
+        assert port._server is not None
+        host, number = port._server.sockets[0].getsockname()[:2]
+
+        async def one_read(requests: list[api.Request], *, count: int) -> list[api.Reply]:
+            reader, writer = await asyncio.open_connection(host, number)
+            # Everything in one write: the node reads it in one go.
+            writer.write(
+                hello()
+                + b"".join(
+                    encode_frame(FrameKind.REQUEST, msgspec.msgpack.encode(r)) for r in requests
+                )
+            )
+            decoder = FrameDecoder(1 << 20)
+            got: list[api.Reply] = []
+            async with asyncio.timeout(5):
+                while len(got) < count:
+                    for frame in decoder.feed(await reader.read(65536)):
+                        if frame.kind == FrameKind.REPLY:
+                            got.append(api.reply_decoder.decode(frame.payload))
+            writer.close()
+            return got
+
+        try:
+            got = await one_read(
+                [
+                    api.Get(1, "a"),
+                    api.GetStatus(2),
+                    api.Get(3, "bad"),
+                    api.Get(4, "b"),
+                    api.Get(5, "c", stale=True),  # stale: not batched
+                ],
+                count=5,
+            )
+            by_id = {r.id: r for r in got}
+            assert by_id[1] == api.GetReply(1, None, 11)
+            assert by_id[4] == api.GetReply(4, None, 11)
+            assert isinstance(by_id[2], api.StatusReply)
+            assert by_id[3] == api.ErrorReply(3, "bad_request", "bad key")
+            assert by_id[5] == api.GetReply(5, None, 7)  # served by handle()
+            assert node.batches == [["a", "b"]]
+            # A failed read fails each of its gets with the same error.
+            got = await one_read([api.Get(6, "x"), api.Get(7, "lost")], count=2)
+            assert sorted((r.id, getattr(r, "code", "")) for r in got) == [
+                (6, "unavailable"),
+                (7, "unavailable"),
+            ]
+            # A refused batch answers each get.
+            got = await one_read([api.Get(8, "x"), api.Get(9, "not-here")], count=2)
+            assert sorted((r.id, getattr(r, "code", "")) for r in got) == [
+                (8, "not_leader"),
+                (9, "not_leader"),
+            ]
+            # A batch counts each of its gets toward inflight_max.
+            port.config = ClientPortConfig(inflight_max=2)
+            got = await one_read([api.Get(10, "hang"), api.Get(11, "y"), api.Get(12, "z")], count=1)
+            assert [(r.id, getattr(r, "code", "")) for r in got] == [(12, "overloaded")]
+            assert node.batches[-1] == ["hang", "y"]
+            hung = node.futures[-1]
+            async with asyncio.timeout(5):
+                while not hung.cancelled():  # its connection closed
+                    await asyncio.sleep(0.01)
+            stats = port.metrics.requests
+            assert stats.count("get", "ok") == 3 and stats.count("get", "overloaded") == 1
+            assert stats.count("get", "bad_request") == 1 and stats.count("get", "unavailable") == 2
+        finally:
+            await port.close()
+
+    asyncio.run(main())

@@ -334,6 +334,7 @@ async def bench_metadata(
     seconds: float,
     concurrency: Sequence[int],
     value_bytes: int,
+    ops: Sequence[str] = ("put", "get"),
 ) -> tuple[list[Figure], int]:
     """Run every phase against ``addresses``; returns the figures and the voter count."""
     value = b"v" * value_bytes
@@ -346,8 +347,10 @@ async def bench_metadata(
             await asyncio.gather(
                 *(client.metadata.put(f"/bench/{clients}/{w}/0", value) for w in range(clients))
             )
-            figures += await _phase(client, "put", clients, seconds, value, keys_per_client=64)
-            figures += await _phase(client, "get", clients, seconds, value, keys_per_client=1)
+            if "put" in ops:
+                figures += await _phase(client, "put", clients, seconds, value, keys_per_client=64)
+            if "get" in ops:
+                figures += await _phase(client, "get", clients, seconds, value, keys_per_client=1)
         return figures, voters
 
 
@@ -360,6 +363,7 @@ def run_bench(
     concurrency: Sequence[int] = (1, 16, 64),
     value_bytes: int = 100,
     cluster_name: str | None = None,
+    ops: Sequence[str] = ("put", "get"),
     out: Any = None,
 ) -> int:
     """The ``catenary bench metadata`` command body; returns the exit code."""
@@ -401,6 +405,7 @@ def run_bench(
                 seconds=seconds,
                 concurrency=concurrency,
                 value_bytes=value_bytes,
+                ops=ops,
             )
         )
     finally:
@@ -437,6 +442,8 @@ def run_bench(
     by_key = {(f.figure, f.clients): f.value for f in figures}
     for clients in concurrency:
         for kind, label in (("put", "put"), ("get", "get (linearizable)")):
+            if kind not in ops:
+                continue
             say(
                 f"{label:<18} {clients:>7} {by_key[(f'{kind}_ops_per_s', clients)]:>10.0f} "
                 f"{by_key[(f'{kind}_p50_ms', clients)]:>8.2f} {by_key[(f'{kind}_p99_ms', clients)]:>8.2f}"

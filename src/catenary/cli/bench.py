@@ -67,11 +67,39 @@ def storage(as_json: bool, seconds: float, base_dir: str | None, loop: str | Non
     show_default=True,
     help="Measured seconds per figure.",
 )
-def metadata(as_json: bool, addresses: tuple[str, ...], seconds: float) -> None:
+@click.option(
+    "--clients",
+    "concurrency",
+    type=click.IntRange(min=1, max=4096),
+    multiple=True,
+    help="Concurrent clients of a phase (repeatable); default: 1, 16 and 64.",
+)
+@click.option(
+    "--op",
+    "ops",
+    type=click.Choice(["put", "get"]),
+    multiple=True,
+    help="Operations to measure (repeatable); default: put and get.",
+)
+def metadata(
+    as_json: bool,
+    addresses: tuple[str, ...],
+    seconds: float,
+    concurrency: tuple[int, ...],
+    ops: tuple[str, ...],
+) -> None:
     """Metadata puts and linearizable gets with 1, 16 and 64 concurrent clients."""
     import sys
 
     from catenary.bench.metadata import run_bench
 
     address = [a for item in addresses for a in item.split(",") if a.strip()]
-    sys.exit(run_bench(address=address, seconds=seconds, as_json=as_json))
+    sys.exit(
+        run_bench(
+            address=address,
+            seconds=seconds,
+            as_json=as_json,
+            concurrency=concurrency or (1, 16, 64),
+            ops=ops or ("put", "get"),
+        )
+    )

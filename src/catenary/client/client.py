@@ -103,6 +103,55 @@ def _expire(future: asyncio.Future[m.Reply]) -> None:
         future.set_exception(_NoAnswerError())
 
 
+class _Deadlines:
+    """First-attempt deadlines without a timer per request.
+
+    A first attempt always waits the same duration (the call's timeout, or the
+    attempt timeout for a read), so the deadlines of one duration come in the
+    order the requests were sent: one FIFO per duration, and one timer that
+    runs every ``resolution_s`` while anything waits and fails the futures
+    whose deadline passed.  A deadline fires at most ``resolution_s`` late.
+    Answered requests leave the FIFO as soon as they reach its head.
+    """
+
+    def __init__(self, resolution_s: float) -> None:
+        self._resolution_s = resolution_s
+        self._fifos: dict[float, deque[tuple[float, asyncio.Future[m.Reply]]]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(
+        self, loop: asyncio.AbstractEventLoop, duration_s: float, future: asyncio.Future[m.Reply]
+    ) -> None:
+        fifo = self._fifos.get(duration_s)
+        if fifo is None:
+            fifo = self._fifos[duration_s] = deque()
+        fifo.append((loop.time() + duration_s, future))
+        if self._timer is None:
+            self._timer = loop.call_later(self._resolution_s, self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        now = loop.time()
+        waiting = False
+        for fifo in self._fifos.values():
+            while fifo:
+                deadline, future = fifo[0]
+                if not future.done():
+                    if deadline > now:
+                        waiting = True
+                        break
+                    future.set_exception(_NoAnswerError())
+                fifo.popleft()
+        if waiting:
+            self._timer = loop.call_later(self._resolution_s, self._sweep, loop)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._fifos.clear()
+
+
 @dataclass(frozen=True)
 class ListResult:
     kvs: tuple[KeyValue, ...]
@@ -198,12 +247,14 @@ class Client:
         frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT,
         pending_max: int = 65536,
         watch_queue_max: int = 1024,
+        deadline_resolution_s: float = 0.01,
         rng: random.Random | None = None,
     ) -> None:
         for name, value in (
             ("timeout_s", timeout_s),
             ("attempt_timeout_s", attempt_timeout_s),
             ("connect_timeout_s", connect_timeout_s),
+            ("deadline_resolution_s", deadline_resolution_s),
         ):
             if not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value}")
@@ -227,6 +278,7 @@ class Client:
         self._leader: str | None = None
         self._cursor = 0
         self._closed = False
+        self._deadlines = _Deadlines(deadline_resolution_s)
         self.metadata = MetadataClient(self)
 
     # ------------------------------------------------------------ lifecycle
@@ -252,6 +304,7 @@ class Client:
         for conn in list(self._conns.values()):
             conn.close("client closed")
         self._conns.clear()
+        self._deadlines.close()
 
     @property
     def leader_address(self) -> str | None:
@@ -330,7 +383,9 @@ class Client:
     ) -> m.Reply:
         """Send ``build(id)`` with the retry policy; return a reply that is not an error."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + (timeout_s if timeout_s is not None else self.timeout_s)
+        total_s = timeout_s if timeout_s is not None else self.timeout_s
+        deadline = loop.time() + total_s
+        first_wait_s = min(total_s, self.attempt_timeout_s) if policy is Policy.READ else total_s
         attempt = 0
         redirects = 0
         last = "no attempt made"
@@ -356,11 +411,16 @@ class Client:
             except ConnectionRefusedByNodeError:
                 raise
             # 2. in flight: from here a write's outcome is unknown until answered.
-            wait_s = deadline - loop.time()
-            if policy is Policy.READ:
-                wait_s = min(wait_s, self.attempt_timeout_s)
-            # One timer that fails the future is cheaper than a timeout scope per request.
-            timer = loop.call_later(max(wait_s, 0.0), _expire, future)
+            request_id = conn.last_request_id
+            timer: asyncio.TimerHandle | None = None
+            if attempt == 0 and redirects == 0:
+                wait_s = first_wait_s
+                self._deadlines.add(loop, wait_s, future)
+            else:
+                wait_s = deadline - loop.time()
+                if policy is Policy.READ:
+                    wait_s = min(wait_s, self.attempt_timeout_s)
+                timer = loop.call_later(max(wait_s, 0.0), _expire, future)
             try:
                 reply = await future
             except _NoAnswerError:
@@ -390,7 +450,9 @@ class Client:
                 attempt += 1
                 continue
             finally:
-                timer.cancel()
+                if timer is not None:
+                    timer.cancel()
+                conn.forget(request_id)
             if not isinstance(reply, m.ErrorReply):
                 if target == LEADER:
                     self._leader = address
@@ -508,7 +570,7 @@ class MetadataClient:
         self, key: str, *, stale: bool = False, timeout_s: float | None = None
     ) -> KeyValue | None:
         """The key's value and version, or None; linearizable unless ``stale``."""
-        return (await self.get_result(key, stale=stale, timeout_s=timeout_s)).kv
+        return await self._get_kv(key, stale, timeout_s)
 
     async def get_result(
         self, key: str, *, stale: bool = False, timeout_s: float | None = None
@@ -522,6 +584,18 @@ class MetadataClient:
             timeout_s=timeout_s,
         )
         return GetResult(kv=reply.kv, revision=reply.revision, behind=reply.behind)
+
+    async def _get_kv(self, key: str, stale: bool, timeout_s: float | None) -> KeyValue | None:
+        # ``get`` without the layers of ``get_result``/``_expect``: the hot path.
+        reply = await self._client._invoke(
+            lambda i: m.Get(id=i, key=key, stale=stale),
+            policy=Policy.READ,
+            target=ANY if stale else LEADER,
+            timeout_s=timeout_s,
+        )
+        if not isinstance(reply, m.GetReply):
+            raise InternalError(f"unexpected reply {type(reply).__name__}, wanted GetReply")
+        return reply.kv
 
     async def put(
         self,
@@ -542,13 +616,14 @@ class MetadataClient:
         if not isinstance(value, bytes | bytearray | memoryview):
             raise BadRequestError(f"value must be bytes, got {type(value).__name__}")
         precondition = _precondition(if_absent=if_absent, if_version=if_version)
-        data = bytes(value)
-        reply = await self._client._expect(
-            m.WriteReply,
+        data = value if type(value) is bytes else bytes(value)
+        reply = await self._client._invoke(
             lambda i: m.Put(id=i, key=key, value=data, precondition=precondition, lease=lease),
             policy=Policy.WRITE,
             timeout_s=timeout_s,
         )
+        if not isinstance(reply, m.WriteReply):
+            raise InternalError(f"unexpected reply {type(reply).__name__}, wanted WriteReply")
         return _written(reply.result, key, lease)
 
     async def delete(

@@ -112,6 +112,7 @@ class NodeConnection(asyncio.Protocol):
         self.closed = False
         self.close_reason = ""
         self.peer_cluster_name = ""
+        self.last_request_id = 0  # the id of the latest ``call``
 
     # ------------------------------------------------------------ opening
 
@@ -266,9 +267,13 @@ class NodeConnection(asyncio.Protocol):
         frame = self._encode(build(request_id))
         future: asyncio.Future[Reply] = self._loop.create_future()
         self._pending[request_id] = future
-        future.add_done_callback(lambda _f: self._pending.pop(request_id, None))
         self._enqueue(frame, request_id)
+        self.last_request_id = request_id
         return future
+
+    def forget(self, request_id: int) -> None:
+        """The caller stopped waiting for ``request_id``: a late reply is dropped."""
+        self._pending.pop(request_id, None)
 
     def watch(self, build: Callable[[int], Request], listener: WatchListener) -> int:
         """Send a watch request; every reply under its id goes to ``listener``."""

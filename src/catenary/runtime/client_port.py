@@ -31,6 +31,15 @@ Theory of operation
    ``None``: serve it with ``handle``).  The reply leaves from the future's
    done callback.  Such requests count toward ``inflight_max`` like the others
    and are cancelled the same way when the connection closes.
+8. Batched gets.  The linearizable gets of one read from the socket go to the
+   handler's ``begin_gets(gets)`` together: it refuses the bad ones with their
+   replies and begins one read (one ReadIndex confirmation) for the rest,
+   whose answers leave in request order from one done callback, counted in
+   the metrics as one update.  A handler without it, or that returns
+   ``None``, gets them one by one.  Gets and other requests of the same read
+   are independent (a client that needs one to follow another waits for the
+   first's reply before it sends the second), so serving the gets after the
+   rest of the read changes no guarantee.
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ from catenary.api.messages import (
     CancelWatch,
     ErrorCode,
     ErrorReply,
+    Get,
     OkReply,
     Reply,
     Request,
@@ -115,6 +125,13 @@ class ServiceError(Exception):
 Started = tuple["asyncio.Future[Any]", Callable[[Any], Reply]]
 """What ``begin`` returns: the outcome's future and how to make the reply of it."""
 
+BegunGets = tuple[
+    list[Reply], "asyncio.Future[Any] | None", list[Get], Callable[[Any], list[Reply]]
+]
+"""What ``begin_gets`` returns: the replies of the gets refused at once, the
+future of the read of the others (None when there are none), those others,
+and how to make their replies (in their order) of the read's outcome."""
+
 
 class RequestHandler(Protocol):
     """What the port serves; implemented by the node."""
@@ -166,6 +183,10 @@ class _Connection(asyncio.Protocol):
         self._begin: Callable[[Request], Started | None] | None = getattr(
             port.handler, "begin", None
         )
+        self._begin_gets: Callable[[list[Get]], BegunGets | None] | None = getattr(
+            port.handler, "begin_gets", None
+        )
+        self._batched = 0  # requests in flight inside batches (rule 8)
         self._watches: dict[int, asyncio.Task[None]] = {}
         self._out: list[bytes] = []
         self._flush_scheduled = False
@@ -211,6 +232,8 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closed:
             return
+        gets: list[Get] = []
+        batching = self._begin_gets is not None
         try:
             frames = self._decoder.feed(data)
             for frame in frames:
@@ -222,9 +245,96 @@ class _Connection(asyncio.Protocol):
                 if frame.kind != FrameKind.REQUEST:
                     self.drop(f"unexpected frame kind {frame.kind} (expected REQUEST)", "kind")
                     return
-                self._on_request(decode_payload(frame, request_decoder))
+                request = decode_payload(frame, request_decoder)
+                if batching and type(request) is Get and not request.stale:
+                    gets.append(request)
+                else:
+                    self._on_request(request)
         except WireError as exc:
             self.drop(f"{type(exc).__name__}: {exc}", type(exc).__name__)
+            return
+        if gets:
+            self._start_gets(gets)
+
+    def _start_gets(self, gets: list[Get]) -> None:
+        """Rule 8."""
+        assert self._begin_gets is not None
+        room = self._config.inflight_max - len(self._tasks) - len(self._pending) - self._batched
+        if room < len(gets):
+            for request in gets[max(room, 0) :]:
+                self._port.metrics.observe("get", str(ErrorCode.OVERLOADED), 0.0)
+                self.send(
+                    ErrorReply(
+                        request.id,
+                        str(ErrorCode.OVERLOADED),
+                        "too many requests in flight on this connection "
+                        f"(limit {self._config.inflight_max})",
+                    )
+                )
+            gets = gets[: max(room, 0)]
+            if not gets:
+                return
+        started_s = time.perf_counter()
+        try:
+            begun = self._begin_gets(gets)
+        except ServiceError as exc:
+            self._port.metrics.observe(
+                "get", str(exc.code), time.perf_counter() - started_s, len(gets)
+            )
+            for request in gets:
+                self.send(exc.reply(request.id))
+            return
+        except Exception:
+            log.exception("internal error beginning %d gets", len(gets))
+            self._port.metrics.observe("get", str(ErrorCode.INTERNAL), 0.0, len(gets))
+            for request in gets:
+                self.send(_internal(request.id))
+            return
+        if begun is None:
+            for request in gets:
+                self._on_request(request)
+            return
+        refused, future, batched, finish = begun
+        for reply in refused:
+            self._port.metrics.observe(
+                "get", reply.code if isinstance(reply, ErrorReply) else "ok", 0.0
+            )
+            self.send(reply)
+        if future is None:
+            return
+        self._pending.add(future)
+        self._batched += len(batched) - 1  # the future itself counts one in _pending
+        future.add_done_callback(partial(self._gets_finished, batched, finish, started_s))
+
+    def _gets_finished(
+        self,
+        gets: list[Get],
+        finish: Callable[[Any], list[Reply]],
+        started_s: float,
+        future: asyncio.Future[Any],
+    ) -> None:
+        self._pending.discard(future)
+        self._batched -= len(gets) - 1
+        if future.cancelled():
+            return  # the connection closed: nobody to answer
+        replies: list[Reply]
+        error = future.exception()
+        outcome = "ok"
+        try:
+            if error is not None:
+                raise error
+            replies = finish(future.result())
+        except ServiceError as exc:
+            outcome = str(exc.code)
+            replies = [exc.reply(request.id) for request in gets]
+        except Exception:
+            log.exception("internal error serving %d gets", len(gets))
+            outcome = str(ErrorCode.INTERNAL)
+            replies = [_internal(request.id) for request in gets]
+        self._port.metrics.observe("get", outcome, time.perf_counter() - started_s, len(gets))
+        send = self.send
+        for reply in replies:
+            send(reply)
 
     # -------------------------------------------------------- handshake
 
@@ -296,7 +406,7 @@ class _Connection(asyncio.Protocol):
             task = asyncio.get_running_loop().create_task(self._run_watch(request))
             self._watches[request.id] = task
             return
-        if len(self._tasks) + len(self._pending) >= self._config.inflight_max:
+        if len(self._tasks) + len(self._pending) + self._batched >= self._config.inflight_max:
             self._port.metrics.observe(_kind_of(request), str(ErrorCode.OVERLOADED), 0.0)
             self.send(
                 ErrorReply(
@@ -436,6 +546,7 @@ class _Connection(asyncio.Protocol):
 
     def _cancel_pending(self) -> None:
         pending, self._pending = self._pending, set()
+        self._batched = 0
         for future in pending:
             future.cancel()
 

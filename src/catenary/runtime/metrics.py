@@ -7,11 +7,11 @@ scraped, so they can never go stale and cost nothing between scrapes.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from catenary.api.messages import NodeStatus
@@ -76,24 +76,71 @@ class _StatusCollector(Collector):
         return iter(())
 
 
+def _bound_text(bound: float) -> str:
+    # Prometheus spells the last bucket's bound "+Inf".
+    return "+Inf" if bound == float("inf") else repr(bound)
+
+
+class RequestStats(Collector):
+    """Client request counts and latency histograms, as plain integers.
+
+    The event loop updates them on every request, so an update is a dict
+    lookup, a bisection and two additions (no lock: one thread writes; a
+    scrape reads a consistent enough copy).  A batch of requests answered
+    together is one update with its count.  Exposed as
+    ``catenary_requests_total{kind,outcome}`` and
+    ``catenary_request_seconds{kind}`` (a histogram).
+    """
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str], int] = {}
+        # kind -> [per-bucket counts (last: above every bound)..., sum of seconds]
+        self._latency: dict[str, list[float]] = {}
+
+    def observe(self, kind: str, outcome: str, seconds: float, count: int = 1) -> None:
+        key = (kind, outcome)
+        self._counts[key] = self._counts.get(key, 0) + count
+        row = self._latency.get(kind)
+        if row is None:
+            row = self._latency[kind] = [0.0] * (len(LATENCY_BUCKETS_S) + 2)
+        row[bisect_left(LATENCY_BUCKETS_S, seconds)] += count
+        row[-1] += seconds * count
+
+    def count(self, kind: str, outcome: str) -> int:
+        return self._counts.get((kind, outcome), 0)
+
+    def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        counter = CounterMetricFamily(
+            "catenary_requests",
+            "Client requests by kind and outcome (ok or an error code)",
+            labels=["kind", "outcome"],
+        )
+        for (kind, outcome), value in sorted(self._counts.items()):
+            counter.add_metric([kind, outcome], value)
+        yield counter
+        histogram = HistogramMetricFamily(
+            "catenary_request_seconds", "Client request latency by kind", labels=["kind"]
+        )
+        for kind, row in sorted(self._latency.items()):
+            cumulative = 0.0
+            buckets: list[tuple[str, float]] = []
+            for bound, in_bucket in zip((*LATENCY_BUCKETS_S, float("inf")), row[:-1], strict=True):
+                cumulative += in_bucket
+                buckets.append((_bound_text(bound), cumulative))
+            histogram.add_metric([kind], buckets, row[-1])
+        yield histogram
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        return iter(())
+
+
 class ServerMetrics:
     """The node's metrics; ``registry`` is what ``/metrics`` exposes."""
 
     def __init__(self, status: Callable[[], NodeStatus]) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.requests = Counter(
-            "catenary_requests",
-            "Client requests by kind and outcome (ok or an error code)",
-            ["kind", "outcome"],
-            registry=self.registry,
-        )
-        self.request_seconds = Histogram(
-            "catenary_request_seconds",
-            "Client request latency by kind",
-            ["kind"],
-            buckets=LATENCY_BUCKETS_S,
-            registry=self.registry,
-        )
+        self.requests = RequestStats()
+        self.registry.register(self.requests)
         self.client_connections = Gauge(
             "catenary_client_connections", "Open client connections", registry=self.registry
         )
@@ -120,17 +167,7 @@ class ServerMetrics:
             registry=self.registry,
         )
         self.registry.register(_StatusCollector(status))
-        self._counters: dict[tuple[str, str], Any] = {}
-        self._histograms: dict[str, Any] = {}
 
-    def observe(self, kind: str, outcome: str, seconds: float) -> None:
-        # Label lookups cost more than the update itself: keep the children.
-        key = (kind, outcome)
-        counter = self._counters.get(key)
-        if counter is None:
-            counter = self._counters[key] = self.requests.labels(kind, outcome)
-        counter.inc()
-        histogram = self._histograms.get(kind)
-        if histogram is None:
-            histogram = self._histograms[kind] = self.request_seconds.labels(kind)
-        histogram.observe(seconds)
+    def observe(self, kind: str, outcome: str, seconds: float, count: int = 1) -> None:
+        """``count`` requests of ``kind`` ended with ``outcome`` after ``seconds``."""
+        self.requests.observe(kind, outcome, seconds, count)

@@ -104,7 +104,13 @@ class ListQuery(msgspec.Struct, frozen=True):
     limit: int = 0  # 0 = no limit
 
 
-Query = GetQuery | ListQuery
+class MultiGetQuery(msgspec.Struct, frozen=True):
+    """Several keys read at one point: one ReadIndex confirmation for all of them."""
+
+    keys: tuple[str, ...]
+
+
+Query = GetQuery | ListQuery | MultiGetQuery
 
 
 # -------------------------------------------------------------- completions
@@ -130,6 +136,7 @@ class ReadCompleted(msgspec.Struct, frozen=True):
     more: bool  # a ListQuery truncated by its limit
     revision: int  # applied revision the answer was taken at
     behind: int = 0  # stale reads: committed entries known but not applied yet
+    values: tuple[KeyValue | None, ...] = ()  # for a MultiGetQuery, one per key
 
 
 class ReadFailed(msgspec.Struct, frozen=True):
@@ -309,7 +316,13 @@ class MetadataReplica:
         answer = self._answer(_PendingRead(request_id, query))
         behind = max(0, self.raft.commit_index - self.state.applied_index)
         return ReadCompleted(
-            request_id, answer.kv, answer.kvs, answer.more, answer.revision, behind=behind
+            request_id,
+            answer.kv,
+            answer.kvs,
+            answer.more,
+            answer.revision,
+            behind=behind,
+            values=answer.values,
         )
 
     def propose_conf_change(self, change: ConfChange) -> int:
@@ -465,6 +478,10 @@ class MetadataReplica:
         revision = self.state.revision
         if isinstance(query, GetQuery):
             return ReadCompleted(read.request_id, self.state.get(query.key), (), False, revision)
+        if isinstance(query, MultiGetQuery):
+            get = self.state.get
+            values = tuple([get(key) for key in query.keys])
+            return ReadCompleted(read.request_id, None, (), False, revision, values=values)
         kvs, more = self.state.list(query.prefix, query.limit)
         return ReadCompleted(read.request_id, None, kvs, more, revision)
 

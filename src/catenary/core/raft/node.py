@@ -33,13 +33,19 @@ R6  Replication: per follower a Progress (see progress.py): probe one message at
     replicate with at most ``max_inflight_messages`` unacknowledged appends, snapshot when
     the needed entries are compacted.  Rejects carry a hint (index, term) for fast
     backup: the leader skips a whole conflicting term per round trip.  Proposals made
-    between two ``ready()`` calls leave in one message per follower (batching).
+    between two ``ready()`` calls leave in one message per follower (batching).  A
+    commit advance rides on the next append (or heartbeat); if none left by the next
+    tick, an empty append carries it then (``eager_commit_broadcast`` sends one at
+    once): followers apply while the leader waits on the next batch's fsync, not while
+    it answers the clients of this one.
 R7  Reads (ReadIndex): every AppendEntries carries the leader's current confirmation
     round (``read_ctx``, the core's own counter) and followers echo it; a heartbeat
     broadcast starts a new round.  A read is registered with the commit index (once the
     leader has committed an entry of its term) and released as a ``ReadState`` once a
-    quorum of voters answered a round that started after the read; reads asked while a
-    round is in flight share the next round.  With ``lease_reads`` and check-quorum the
+    quorum of voters answered a round that started after the read.  Reads asked between
+    two Readies share the next round; up to ``max_read_rounds_in_flight`` rounds travel at
+    once (each batch of reads starts its own), beyond that reads wait to share the round
+    started when one comes back.  With ``lease_reads`` and check-quorum the
     leader answers at once while a quorum answered rounds *started* within
     ``election_timeout - lease_drift_ticks`` ticks: each such follower reset its election
     timer on receiving the round, later, and refuses votes for an election timeout (R4);
@@ -292,6 +298,7 @@ class RaftNode:
         self._lease_disabled = False
         self._bcast_append = False
         self._bcast_heartbeat = False
+        self._commit_unsent = False  # the commit advanced; no append carried it yet
 
         self._pending_reads: list[_PendingRead] = []
         self._reads_ready: list[ReadState] = []
@@ -438,6 +445,8 @@ class RaftNode:
             if self._round_tick[r] >= cutoff:
                 break
             del self._round_tick[r]
+        if self._commit_unsent:
+            self._bcast_append = True  # R6: followers learn the commit within a tick
         self._heartbeat_elapsed += 1
         if self._heartbeat_elapsed >= cfg.heartbeat_interval_ticks:
             self._heartbeat_elapsed = 0
@@ -504,8 +513,8 @@ class RaftNode:
         self._pending_reads.append(
             _PendingRead(ctx, self._commit if self._committed_in_term() else None, self._round + 1)
         )
-        if self._round <= self._round_confirmed:
-            self._bcast_heartbeat = True  # no round in flight: start one now
+        if self._round - self._round_confirmed < self._cfg.max_read_rounds_in_flight:
+            self._bcast_heartbeat = True  # room for one more round: start it now
         if self._quorum() == 1:
             # A lone voter confirms at once.  Otherwise only an acknowledgement of a
             # round started after this read confirms it, and acknowledgements and
@@ -640,6 +649,7 @@ class RaftNode:
                 self._send_heartbeat(pid)
         if self._bcast_append:
             self._bcast_append = False
+            self._commit_unsent = False
             for pid in sorted(self._progress):
                 pr = self._progress[pid]
                 if pr.next > self._log.last_index and pr.state != SNAPSHOT:
@@ -866,6 +876,7 @@ class RaftNode:
         self._lease_disabled = False
         self._bcast_append = False
         self._bcast_heartbeat = False
+        self._commit_unsent = False
         self._pending_reads = []
         self._round = 0
         self._round_confirmed = 0
@@ -957,7 +968,10 @@ class RaftNode:
         # R3: only entries of the current term are committed by counting.
         if candidate > self._commit and self._log.term_at(candidate) == self._term:
             self._commit_to(candidate)
-            self._bcast_append = True
+            if self._cfg.eager_commit_broadcast:
+                self._bcast_append = True
+            else:
+                self._commit_unsent = True
 
     def _commit_to(self, index: int) -> None:
         if index <= self._commit:
@@ -1304,5 +1318,10 @@ class RaftNode:
             else:
                 keep.append(r)
         self._pending_reads = keep
-        if self._round <= self._round_confirmed and any(not r.confirmed for r in keep):
-            self._bcast_heartbeat = True  # reads that arrived during the last round
+        if (
+            keep
+            and keep[-1].need_round > self._round
+            and self._round - self._round_confirmed < self._cfg.max_read_rounds_in_flight
+        ):
+            # Reads that found every round slot taken: start their round now.
+            self._bcast_heartbeat = True

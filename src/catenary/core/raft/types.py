@@ -207,6 +207,13 @@ class RaftConfig(msgspec.Struct, frozen=True):
     lease_drift_ticks: int = 2
     max_pending_proposals: int = 10_000
     max_pending_reads: int = 10_000
+    # ReadIndex confirmation rounds in flight at once: a read waits for the next
+    # round to start, and with several in flight it need not wait for the one
+    # before it to come back first.
+    max_read_rounds_in_flight: int = 4
+    # Tell followers of a commit advance at once (an empty append) instead of on
+    # the next append, heartbeat or tick.
+    eager_commit_broadcast: bool = False
 
 
 class NotLeader(Exception):
