@@ -350,3 +350,81 @@ def test_gets_of_one_read_share_one_begin_and_keep_their_ids() -> None:
             await port.close()
 
     asyncio.run(main())
+
+
+class PutBatchNode(FakeNode):
+    """Proposes the puts of one read together (client_port rule 8)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[str]] = []
+
+    def begin_puts(self, requests: list[api.Put]) -> object:
+        refused: list[api.Reply] = [
+            api.ErrorReply(r.id, "too_large", "value too large") for r in requests if not r.value
+        ]
+        batched = [r for r in requests if r.value]
+        self.batches.append([r.key for r in batched])
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        # One outcome per put: applied, or an error of its own.
+        future.set_result(
+            [
+                ServiceError(api.ErrorCode.INDETERMINATE, "maybe") if r.key == "lost" else n
+                for n, r in enumerate(batched)
+            ]
+        )
+
+        def finish(outcomes: object) -> list[api.Reply]:
+            assert isinstance(outcomes, list)
+            return [
+                o.reply(r.id) if isinstance(o, ServiceError) else api.OkReply(r.id, f"put {o}")
+                for r, o in zip(batched, outcomes, strict=True)
+            ]
+
+        return refused, future, batched, finish
+
+
+def test_puts_of_one_read_are_proposed_together_each_with_its_outcome() -> None:
+    async def main() -> None:
+        node = PutBatchNode()
+        port = ClientPort(node, ServerMetrics(lambda: STATUS), ClientPortConfig())
+        await port.start("127.0.0.1", 0)
+        assert port._server is not None
+        host, number = port._server.sockets[0].getsockname()[:2]
+        try:
+            reader, writer = await asyncio.open_connection(host, number)
+            requests = [
+                api.Put(1, "a", b"v"),
+                api.Put(2, "empty", b""),
+                api.Get(3, "g"),  # not a put: served by handle()
+                api.Put(4, "lost", b"v"),
+                api.Put(5, "b", b"v"),
+            ]
+            writer.write(
+                hello()
+                + b"".join(
+                    encode_frame(FrameKind.REQUEST, msgspec.msgpack.encode(r)) for r in requests
+                )
+            )
+            decoder = FrameDecoder(1 << 20)
+            got: dict[int, api.Reply] = {}
+            async with asyncio.timeout(5):
+                while len(got) < len(requests):
+                    for frame in decoder.feed(await reader.read(65536)):
+                        if frame.kind == FrameKind.REPLY:
+                            reply = api.reply_decoder.decode(frame.payload)
+                            got[reply.id] = reply
+            writer.close()
+            assert node.batches == [["a", "lost", "b"]]
+            assert got[1] == api.OkReply(1, "put 0")
+            assert got[2] == api.ErrorReply(2, "too_large", "value too large")
+            assert got[3] == api.GetReply(3, None, 7)
+            assert isinstance(got[4], api.ErrorReply) and got[4].code == "indeterminate"
+            assert got[5] == api.OkReply(5, "put 2")
+            stats = port.metrics.requests
+            assert stats.count("put", "ok") == 2
+            assert stats.count("put", "indeterminate") == stats.count("put", "too_large") == 1
+        finally:
+            await port.close()
+
+    asyncio.run(main())

@@ -10,7 +10,7 @@ from random import Random
 import pytest
 
 from catenary.api.messages import ErrorCode, NodeStatus
-from catenary.core.metadata.replica import GetQuery, ListQuery, MetadataReplica
+from catenary.core.metadata.replica import GetQuery, ListQuery, MetadataReplica, MultiGetQuery
 from catenary.core.metadata.types import Precondition, PreconditionFailed, Put, Written
 from catenary.core.raft.types import Membership, Message, RaftConfig, Ready
 from catenary.persist.raft_storage import RaftStorage
@@ -228,5 +228,54 @@ def test_the_host_hands_a_lease_core_a_whole_election_timeout_after_a_stall(
         host._next_tick_s = time.monotonic() - 1.0  # a one-second stall: 100 tick intervals
         host._maybe_tick()
         assert raft._election_elapsed - before >= 10 or raft.role != "follower"
+
+    asyncio.run(main())
+
+
+def test_a_write_batch_has_one_outcome_per_write_in_order_and_gets_share_one_read(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        host = open_host(tmp_path / "raft", [], request_timeout_ms=300)
+        host.start()
+        try:
+            await until_leader(host)
+            first = await host.write(Put("a", b"1"))
+            assert isinstance(first, Written)
+            # A batch and single writes proposed in the same Ready.
+            batch = host.write_batch_future(
+                [Put("b", b"1"), Put("a", b"2", Precondition("absent")), Put("c", b"1")]
+            )
+            single = host.write_future(Put("d", b"1"))
+            outcomes = await batch
+            assert isinstance(outcomes[0], Written) and isinstance(outcomes[2], Written)
+            assert outcomes[1] == PreconditionFailed("a", first.version)
+            assert outcomes[0].version < outcomes[2].version
+            assert isinstance(await single, Written)
+            read = await host.read(MultiGetQuery(("c", "nope", "b")))
+            assert [kv.value if kv else None for kv in read.values] == [b"1", None, b"1"]
+
+            # A batch whose writes cannot be applied in time is indeterminate...
+            original = host._storage.save
+
+            def slow_save(ready: Ready) -> None:
+                time.sleep(0.6)
+                original(ready)
+
+            host._storage.save = slow_save  # type: ignore[method-assign]
+            with pytest.raises(ServiceError) as info:
+                await host.write_batch_future([Put("slow1", b"x"), Put("slow2", b"x")])
+            assert info.value.code == ErrorCode.INDETERMINATE
+            host._storage.save = original  # type: ignore[method-assign]
+            # ...and was in fact applied a little later.
+            async with asyncio.timeout(10):
+                while host.read_stale(GetQuery("slow2")).kv is None:
+                    await asyncio.sleep(0.01)
+        finally:
+            await host.stop()
+        # After stop nothing more is taken.
+        with pytest.raises(ServiceError) as info:
+            host.write_batch_future([Put("late", b"x")])
+        assert info.value.code in (ErrorCode.UNAVAILABLE, ErrorCode.NOT_LEADER)
 
     asyncio.run(main())

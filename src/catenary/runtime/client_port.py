@@ -31,15 +31,16 @@ Theory of operation
    ``None``: serve it with ``handle``).  The reply leaves from the future's
    done callback.  Such requests count toward ``inflight_max`` like the others
    and are cancelled the same way when the connection closes.
-8. Batched gets.  The linearizable gets of one read from the socket go to the
-   handler's ``begin_gets(gets)`` together: it refuses the bad ones with their
-   replies and begins one read (one ReadIndex confirmation) for the rest,
-   whose answers leave in request order from one done callback, counted in
-   the metrics as one update.  A handler without it, or that returns
-   ``None``, gets them one by one.  Gets and other requests of the same read
-   are independent (a client that needs one to follow another waits for the
-   first's reply before it sends the second), so serving the gets after the
-   rest of the read changes no guarantee.
+8. Batches.  The linearizable gets of one read from the socket go to the
+   handler's ``begin_gets(gets)`` together, and its puts to
+   ``begin_puts(puts)``: the handler refuses the bad ones with their replies
+   and begins the rest as one operation (one ReadIndex confirmation for the
+   gets; one proposal for the puts), whose answers leave in request order
+   from one done callback, counted in the metrics with one update per
+   outcome.  A handler without it, or that returns ``None``, gets them one by
+   one.  Requests of the same read are concurrent (a client that needs one to
+   follow another waits for the first's reply before it sends the second), so
+   serving them in batches changes no guarantee.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from catenary.api.messages import (
     ErrorReply,
     Get,
     OkReply,
+    Put,
     Reply,
     Request,
     Watch,
@@ -125,12 +127,11 @@ class ServiceError(Exception):
 Started = tuple["asyncio.Future[Any]", Callable[[Any], Reply]]
 """What ``begin`` returns: the outcome's future and how to make the reply of it."""
 
-BegunGets = tuple[
-    list[Reply], "asyncio.Future[Any] | None", list[Get], Callable[[Any], list[Reply]]
-]
-"""What ``begin_gets`` returns: the replies of the gets refused at once, the
-future of the read of the others (None when there are none), those others,
-and how to make their replies (in their order) of the read's outcome."""
+Begun = tuple[list[Reply], "asyncio.Future[Any] | None", list[Any], Callable[[Any], list[Reply]]]
+"""What ``begin_gets``/``begin_puts`` return: the replies of the requests
+refused at once, the future of the operation begun for the others (None when
+there are none), those others, and how to make their replies (in their order)
+of the operation's outcome."""
 
 
 class RequestHandler(Protocol):
@@ -183,8 +184,11 @@ class _Connection(asyncio.Protocol):
         self._begin: Callable[[Request], Started | None] | None = getattr(
             port.handler, "begin", None
         )
-        self._begin_gets: Callable[[list[Get]], BegunGets | None] | None = getattr(
+        self._begin_gets: Callable[[list[Get]], Begun | None] | None = getattr(
             port.handler, "begin_gets", None
+        )
+        self._begin_puts: Callable[[list[Put]], Begun | None] | None = getattr(
+            port.handler, "begin_puts", None
         )
         self._batched = 0  # requests in flight inside batches (rule 8)
         self._watches: dict[int, asyncio.Task[None]] = {}
@@ -233,7 +237,9 @@ class _Connection(asyncio.Protocol):
         if self._closed:
             return
         gets: list[Get] = []
-        batching = self._begin_gets is not None
+        puts: list[Put] = []
+        batch_gets = self._begin_gets is not None
+        batch_puts = self._begin_puts is not None
         try:
             frames = self._decoder.feed(data)
             for frame in frames:
@@ -246,23 +252,29 @@ class _Connection(asyncio.Protocol):
                     self.drop(f"unexpected frame kind {frame.kind} (expected REQUEST)", "kind")
                     return
                 request = decode_payload(frame, request_decoder)
-                if batching and type(request) is Get and not request.stale:
-                    gets.append(request)
+                kind = type(request)
+                if kind is Put and batch_puts:
+                    puts.append(cast(Put, request))
+                elif kind is Get and batch_gets and not cast(Get, request).stale:
+                    gets.append(cast(Get, request))
                 else:
                     self._on_request(request)
         except WireError as exc:
             self.drop(f"{type(exc).__name__}: {exc}", type(exc).__name__)
             return
-        if gets:
-            self._start_gets(gets)
+        if puts and self._begin_puts is not None:
+            self._start_batch("put", puts, self._begin_puts)
+        if gets and self._begin_gets is not None:
+            self._start_batch("get", gets, self._begin_gets)
 
-    def _start_gets(self, gets: list[Get]) -> None:
+    def _start_batch(
+        self, kind: str, requests: list[Any], begin: Callable[[list[Any]], Begun | None]
+    ) -> None:
         """Rule 8."""
-        assert self._begin_gets is not None
         room = self._config.inflight_max - len(self._tasks) - len(self._pending) - self._batched
-        if room < len(gets):
-            for request in gets[max(room, 0) :]:
-                self._port.metrics.observe("get", str(ErrorCode.OVERLOADED), 0.0)
+        if room < len(requests):
+            for request in requests[max(room, 0) :]:
+                self._port.metrics.observe(kind, str(ErrorCode.OVERLOADED), 0.0)
                 self.send(
                     ErrorReply(
                         request.id,
@@ -271,67 +283,71 @@ class _Connection(asyncio.Protocol):
                         f"(limit {self._config.inflight_max})",
                     )
                 )
-            gets = gets[: max(room, 0)]
-            if not gets:
+            requests = requests[: max(room, 0)]
+            if not requests:
                 return
         started_s = time.perf_counter()
         try:
-            begun = self._begin_gets(gets)
+            begun = begin(requests)
         except ServiceError as exc:
             self._port.metrics.observe(
-                "get", str(exc.code), time.perf_counter() - started_s, len(gets)
+                kind, str(exc.code), time.perf_counter() - started_s, len(requests)
             )
-            for request in gets:
+            for request in requests:
                 self.send(exc.reply(request.id))
             return
         except Exception:
-            log.exception("internal error beginning %d gets", len(gets))
-            self._port.metrics.observe("get", str(ErrorCode.INTERNAL), 0.0, len(gets))
-            for request in gets:
+            log.exception("internal error beginning %d %ss", len(requests), kind)
+            self._port.metrics.observe(kind, str(ErrorCode.INTERNAL), 0.0, len(requests))
+            for request in requests:
                 self.send(_internal(request.id))
             return
         if begun is None:
-            for request in gets:
+            for request in requests:
                 self._on_request(request)
             return
         refused, future, batched, finish = begun
         for reply in refused:
             self._port.metrics.observe(
-                "get", reply.code if isinstance(reply, ErrorReply) else "ok", 0.0
+                kind, reply.code if isinstance(reply, ErrorReply) else "ok", 0.0
             )
             self.send(reply)
         if future is None:
             return
         self._pending.add(future)
         self._batched += len(batched) - 1  # the future itself counts one in _pending
-        future.add_done_callback(partial(self._gets_finished, batched, finish, started_s))
+        future.add_done_callback(partial(self._batch_finished, kind, batched, finish, started_s))
 
-    def _gets_finished(
+    def _batch_finished(
         self,
-        gets: list[Get],
+        kind: str,
+        requests: list[Any],
         finish: Callable[[Any], list[Reply]],
         started_s: float,
         future: asyncio.Future[Any],
     ) -> None:
         self._pending.discard(future)
-        self._batched -= len(gets) - 1
+        self._batched -= len(requests) - 1
         if future.cancelled():
             return  # the connection closed: nobody to answer
         replies: list[Reply]
         error = future.exception()
-        outcome = "ok"
         try:
             if error is not None:
                 raise error
             replies = finish(future.result())
         except ServiceError as exc:
-            outcome = str(exc.code)
-            replies = [exc.reply(request.id) for request in gets]
+            replies = [exc.reply(request.id) for request in requests]
         except Exception:
-            log.exception("internal error serving %d gets", len(gets))
-            outcome = str(ErrorCode.INTERNAL)
-            replies = [_internal(request.id) for request in gets]
-        self._port.metrics.observe("get", outcome, time.perf_counter() - started_s, len(gets))
+            log.exception("internal error serving %d %ss", len(requests), kind)
+            replies = [_internal(request.id) for request in requests]
+        seconds = time.perf_counter() - started_s
+        failed = [reply.code for reply in replies if type(reply) is ErrorReply]
+        observe = self._port.metrics.observe
+        if len(failed) < len(replies):
+            observe(kind, "ok", seconds, len(replies) - len(failed))
+        for code in failed:
+            observe(kind, code, seconds)
         send = self.send
         for reply in replies:
             send(reply)

@@ -117,6 +117,21 @@ class _Write:
 
 
 @dataclass(slots=True)
+class _WriteBatch:
+    """Writes that arrived together: one input, one future for all their outcomes.
+
+    ``results[i]`` becomes the applied result of ``commands[i]``, or the
+    ``ServiceError`` that answers it (indeterminate); the future resolves with
+    the list once every slot is filled.
+    """
+
+    commands: list[Command]
+    future: asyncio.Future[list[Result | ServiceError]]
+    results: list[Result | ServiceError | None]
+    remaining: int
+
+
+@dataclass(slots=True)
 class _Read:
     query: Query
     future: asyncio.Future[ReadCompleted]
@@ -196,7 +211,7 @@ def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
 
 
 _WAKE = _Wake()
-_Input = _Write | _Read | _Step | _Call | _Wake
+_Input = _Write | _WriteBatch | _Read | _Step | _Call | _Wake
 
 
 class MetadataHost:
@@ -231,9 +246,11 @@ class MetadataHost:
         # in request order (rule 7).
         self._deadlines: deque[tuple[float, asyncio.Future[Any], bool]] = deque()
         self._writes: dict[int, asyncio.Future[Result]] = {}
+        # Request id -> (batch, slot) of the writes proposed as part of a batch.
+        self._batched_writes: dict[int, tuple[_WriteBatch, int]] = {}
         # The writes taken off the queue but not proposed yet (the owner may fail
         # or be cancelled while persisting the Ready before their proposal).
-        self._unproposed: list[_Write] = []
+        self._unproposed: list[_Write | _WriteBatch] = []
         self._reads: dict[int, asyncio.Future[ReadCompleted]] = {}
         self._task: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -327,6 +344,24 @@ class MetadataHost:
             raise self._not_leader(self.replica.leader)
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._enqueue(_Write(command, future))
+        self._deadlines.append((time.monotonic() + self._timeout_s, future, True))
+        return future
+
+    def write_batch_future(
+        self, commands: list[Command]
+    ) -> asyncio.Future[list[Result | ServiceError]]:
+        """Propose several writes together; the future resolves with one outcome
+        per command, in order: its applied result, or the ``ServiceError``
+        (indeterminate) that answers it.  The whole future fails only when none
+        was proposed (not leader, overloaded: surely not applied), or with
+        ``INDETERMINATE`` when the deadline passed first (rule 7).
+        """
+        if not self.replica.is_leader:
+            raise self._not_leader(self.replica.leader)
+        future: asyncio.Future[list[Result | ServiceError]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._enqueue(_WriteBatch(commands, future, [None] * len(commands), len(commands)))
         self._deadlines.append((time.monotonic() + self._timeout_s, future, True))
         return future
 
@@ -478,7 +513,7 @@ class MetadataHost:
         while not self._stopping:
             item = await queue.get()
             inputs = 1
-            writes: list[_Write] = []
+            writes: list[_Write | _WriteBatch] = []
             self._feed(item, writes)
             while inputs < batch_max and not queue.empty():
                 self._feed(queue.get_nowait(), writes)
@@ -498,11 +533,11 @@ class MetadataHost:
             while replica.has_ready() and not self._stopping:
                 await self._handle_ready()
 
-    def _feed(self, item: _Input, writes: list[_Write]) -> None:
+    def _feed(self, item: _Input, writes: list[_Write | _WriteBatch]) -> None:
         replica = self.replica
         if isinstance(item, _Step):
             replica.step(item.message)
-        elif isinstance(item, _Write):
+        elif isinstance(item, _Write | _WriteBatch):
             if not item.future.done():
                 writes.append(item)
         elif isinstance(item, _Read):
@@ -530,13 +565,18 @@ class MetadataHost:
         else:
             self._wake_pending = False
 
-    def _propose(self, writes: list[_Write]) -> None:
+    def _propose(self, writes: list[_Write | _WriteBatch]) -> None:
         first_id = self._next_request_id
-        self._next_request_id += len(writes)
+        requests: list[tuple[int, Command]] = []
+        for w in writes:
+            if isinstance(w, _Write):
+                requests.append((first_id + len(requests), w.command))
+            else:
+                for command in w.commands:
+                    requests.append((first_id + len(requests), command))
+        self._next_request_id += len(requests)
         try:
-            self.replica.propose_batch(
-                [(first_id + offset, w.command) for offset, w in enumerate(writes)]
-            )
+            self.replica.propose_batch(requests)
         except NotLeader as exc:
             error = self._not_leader(exc.leader_hint)
             for w in writes:
@@ -548,8 +588,24 @@ class MetadataHost:
             for w in writes:
                 w.future.set_exception(dropped)
             return
-        for offset, w in enumerate(writes):
-            self._writes[first_id + offset] = w.future
+        request_id = first_id
+        for w in writes:
+            if isinstance(w, _Write):
+                self._writes[request_id] = w.future
+                request_id += 1
+            else:
+                for slot in range(len(w.commands)):
+                    self._batched_writes[request_id] = (w, slot)
+                    request_id += 1
+
+    @staticmethod
+    def _fill(batch: _WriteBatch, slot: int, outcome: Result | ServiceError) -> None:
+        if batch.future.done() or batch.results[slot] is not None:
+            return
+        batch.results[slot] = outcome
+        batch.remaining -= 1
+        if batch.remaining == 0:
+            batch.future.set_result(batch.results)  # type: ignore[arg-type]
 
     def _maybe_tick(self) -> None:
         now_s = time.monotonic()
@@ -621,21 +677,30 @@ class MetadataHost:
         for completion in completions:
             if isinstance(completion, WriteCompleted):
                 future = self._writes.pop(completion.request_id, None)
-                if future is not None and not future.done():
-                    future.set_result(completion.result)
+                if future is not None:
+                    if not future.done():
+                        future.set_result(completion.result)
+                else:
+                    slot = self._batched_writes.pop(completion.request_id, None)
+                    if slot is not None:
+                        self._fill(slot[0], slot[1], completion.result)
             elif isinstance(completion, WriteIndeterminate):
+                error = ServiceError(
+                    ErrorCode.INDETERMINATE,
+                    f"the write may or may not have been applied: {completion.reason}",
+                    leader=self.replica.leader,
+                    leader_address=self._leader_address(self.replica.leader)
+                    if self.replica.leader
+                    else "",
+                )
                 wfuture = self._writes.pop(completion.request_id, None)
-                if wfuture is not None and not wfuture.done():
-                    wfuture.set_exception(
-                        ServiceError(
-                            ErrorCode.INDETERMINATE,
-                            f"the write may or may not have been applied: {completion.reason}",
-                            leader=self.replica.leader,
-                            leader_address=self._leader_address(self.replica.leader)
-                            if self.replica.leader
-                            else "",
-                        )
-                    )
+                if wfuture is not None:
+                    if not wfuture.done():
+                        wfuture.set_exception(error)
+                else:
+                    slot = self._batched_writes.pop(completion.request_id, None)
+                    if slot is not None:
+                        self._fill(slot[0], slot[1], error)
             elif isinstance(completion, ReadCompleted):
                 rfuture = self._reads.pop(completion.request_id, None)
                 if rfuture is not None and not rfuture.done():
@@ -648,7 +713,7 @@ class MetadataHost:
     def _fail_waiting(self, reason: str) -> None:
         while not self._queue.empty():
             item = self._queue.get_nowait()
-            if isinstance(item, _Write | _Read | _Call) and not item.future.done():
+            if isinstance(item, _Write | _WriteBatch | _Read | _Call) and not item.future.done():
                 # Never proposed: surely not applied.
                 item.future.set_exception(ServiceError(ErrorCode.UNAVAILABLE, reason))
         for write in self._unproposed:
@@ -664,6 +729,15 @@ class MetadataHost:
                     )
                 )
         self._writes.clear()
+        for batch, _slot in self._batched_writes.values():
+            if not batch.future.done():
+                batch.future.set_exception(
+                    ServiceError(
+                        ErrorCode.INDETERMINATE,
+                        f"{reason}; the writes may or may not have been applied",
+                    )
+                )
+        self._batched_writes.clear()
         for rfuture in self._reads.values():
             if not rfuture.done():
                 rfuture.set_exception(ServiceError(ErrorCode.UNAVAILABLE, reason))

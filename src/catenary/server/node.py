@@ -73,7 +73,7 @@ from catenary.core.raft.node import RaftNode
 from catenary.core.raft.types import ConfChange, ConfChangeKind, Membership, Message
 from catenary.persist.raft_storage import RaftStorage
 from catenary.runtime.client_port import (
-    BegunGets,
+    Begun,
     ClientPort,
     ClientPortConfig,
     Emit,
@@ -133,6 +133,19 @@ def _get_replies(requests: list[api.Get], answer: Any) -> list[api.Reply]:
         api.GetReply(request.id, kv, revision, 0)
         for request, kv in zip(requests, answer.values, strict=True)
     ]
+
+
+def _put_replies(requests: list[api.Put], outcomes: list[Any]) -> list[api.Reply]:
+    replies: list[api.Reply] = []
+    for request, outcome in zip(requests, outcomes, strict=True):
+        if isinstance(outcome, ServiceError):
+            replies.append(outcome.reply(request.id))
+            continue
+        try:
+            replies.append(api.WriteReply(request.id, _accepted(outcome)))
+        except ServiceError as exc:
+            replies.append(exc.reply(request.id))
+    return replies
 
 
 def _no_replies(answer: Any) -> list[api.Reply]:
@@ -656,7 +669,7 @@ class Server:
             )
         return None
 
-    def begin_gets(self, requests: list[api.Get]) -> BegunGets | None:
+    def begin_gets(self, requests: list[api.Get]) -> Begun | None:
         """The port's batched gets (client_port rule 8): linearizable gets that
         arrived together share one read on the replicated host.  A bad key is
         refused alone; the local store serves them one by one."""
@@ -677,6 +690,30 @@ class Server:
             return refused, None, [], _no_replies
         future = self._require_host().read_future(MultiGetQuery(tuple(keys)))
         return refused, future, batched, functools.partial(_get_replies, batched)
+
+    def begin_puts(self, requests: list[api.Put]) -> Begun | None:
+        """The port's batched puts (client_port rule 8): puts that arrived
+        together are proposed together on the replicated host, each with its
+        own outcome.  A bad key or value is refused alone; the local store
+        serves them one by one."""
+        if self.local is not None:
+            return None
+        refused: list[api.Reply] = []
+        commands: list[md.Command] = []
+        batched: list[api.Put] = []
+        for request in requests:
+            try:
+                self._check_key(request.key, write=True)
+                self._check_value(request.value)
+            except ServiceError as exc:
+                refused.append(exc.reply(request.id))
+                continue
+            commands.append(md.Put(request.key, request.value, request.precondition, request.lease))
+            batched.append(request)
+        if not batched:
+            return refused, None, [], _no_replies
+        future = self._require_host().write_batch_future(commands)
+        return refused, future, batched, functools.partial(_put_replies, batched)
 
     async def handle(self, request: api.Request) -> api.Reply:
         rid = request.id
