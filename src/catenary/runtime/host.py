@@ -24,9 +24,10 @@ Theory of operation
    persist (``RaftStorage.save``) in the single writer thread, awaiting it —
    the event loop never blocks on fsync; the job is handed over only after the
    transport flushed the messages, so a leader's appends travel while it
-   fsyncs; send ``messages_after_persist``; ``advance`` (applies committed
-   entries, serves reads); persist a compaction snapshot if one was produced,
-   then ``compacted``; deliver completions.
+   fsyncs; send ``messages_after_persist`` (and, when there are entries to
+   apply, yield once so they leave before the apply); ``advance`` (applies
+   committed entries, serves reads); persist a compaction snapshot if one was
+   produced, then ``compacted``; deliver completions.
 4. Time.  A ticker wakes the owner every ``tick_ms``; the owner calls
    ``replica.tick(now_ms)`` once per elapsed tick interval on the monotonic
    clock, at most ``tick_catch_up_max`` at once (after a long stall, a burst
@@ -627,8 +628,14 @@ class MetadataHost:
             send(message)
         if self._must_persist(ready):
             await self._persist(self._storage.save, ready)
-        for message in ready.messages_after_persist:
-            send(message)
+        if ready.messages_after_persist:
+            for message in ready.messages_after_persist:
+                send(message)
+            if ready.committed:
+                # Let the transport's flush run first: a follower's acknowledgement
+                # (what the leader's commit waits for) must not wait for this
+                # batch's apply.
+                await asyncio.sleep(0)
         out = replica.advance(ready)
         if out.snapshot is not None:
             snapshot = out.snapshot
