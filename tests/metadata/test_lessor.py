@@ -75,7 +75,7 @@ def test_new_leader_resumes_from_checkpoint_not_full_ttl() -> None:
     both(LeaseGrant(1000), now_ms=0)
     assert old.lessor.checkpoint(99) is None  # not due yet
     checkpoint = old.lessor.checkpoint(300)
-    assert checkpoint == LeaseCheckpoint(((1, 700),))
+    assert checkpoint == LeaseCheckpoint(((1, 700),), applied_index=1)
     both(checkpoint, now_ms=300)
     old.lessor.step_down()
     assert old.lessor.expired(5000) is None
@@ -139,3 +139,27 @@ def test_config_validation() -> None:
         LessorConfig(checkpoint_interval_ms=0)
     with pytest.raises(ValueError):
         LessorConfig(expire_batch_max=0)
+
+
+def test_a_checkpoint_measured_before_a_keep_alive_does_not_undo_it() -> None:
+    # The leader measures the remaining time, then a keep-alive that was in flight
+    # is applied, then the checkpoint (proposed after it) is applied: a new leader
+    # must resume from the keep-alive's fresh TTL, not the older measurement.
+    old = Member(LessorConfig(checkpoint_interval_ms=100))
+    new = Member()
+    old.promote(0)
+
+    def both(command: Command, now_ms: int) -> None:
+        old.apply(command, now_ms)
+        new.apply(command, now_ms)
+
+    both(LeaseGrant(1000), now_ms=0)
+    checkpoint = old.lessor.checkpoint(900)
+    assert checkpoint == LeaseCheckpoint(((1, 100),), applied_index=1)
+    both(LeaseKeepAlive(1), now_ms=950)
+    both(checkpoint, now_ms=960)
+    old.lessor.step_down()
+    new.promote(2000)
+    # Resumed from the keep-alive (1000 ms left), not from the 100 ms measured before it.
+    assert new.lessor.deadline_ms(1) == 3000
+    assert new.lessor.expired(2999) is None

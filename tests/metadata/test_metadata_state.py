@@ -222,7 +222,7 @@ def test_keepalive_checkpoint_and_revoke() -> None:
     d.do(Put("a", b"1", lease=1))
     d.do(Put("b", b"2", lease=1))
     d.do(Put("c", b"3"))
-    assert d.do(LeaseCheckpoint(((1, 400), (99, 5)))) == Done()
+    assert d.do(LeaseCheckpoint(((1, 400), (99, 5)), d.index)) == Done()
     info = d.sm.lease(1)
     assert info is not None and info.remaining_ms == 400
     assert d.do(LeaseKeepAlive(1)) == LeaseGranted(1, 1000)
@@ -230,9 +230,9 @@ def test_keepalive_checkpoint_and_revoke() -> None:
     assert info is not None and info.remaining_ms == 1000 and info.refreshed_index == d.index
     assert d.do(LeaseKeepAlive(5)) == LeaseNotFound(5)
     # a checkpoint never records more than the TTL or less than 0
-    d.do(LeaseCheckpoint(((1, 5000),)))
+    d.do(LeaseCheckpoint(((1, 5000),), d.index))
     assert (info := d.sm.lease(1)) is not None and info.remaining_ms == 1000
-    d.do(LeaseCheckpoint(((1, -5),)))
+    d.do(LeaseCheckpoint(((1, -5),), d.index))
     assert (info := d.sm.lease(1)) is not None and info.remaining_ms == 0
     revision = d.sm.revision
     assert d.do(LeaseRevoke(1)) == Done()
@@ -318,7 +318,7 @@ def test_snapshot_restore_roundtrip_drops_history() -> None:
     d.do(LeaseGrant(500))
     d.do(Put("a", b"1", lease=1))
     d.do(Put("b", b"2"))
-    d.do(LeaseCheckpoint(((1, 123),)))
+    d.do(LeaseCheckpoint(((1, 123),), d.index))
     d.noop()
     data = d.sm.snapshot()
     restored = MetadataStateMachine.restore(data)

@@ -82,6 +82,7 @@ class RaftOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_pending_proposals: int = 10_000
     max_pending_reads: int = 10_000
     max_read_rounds_in_flight: int = 4
+    eager_commit_broadcast: bool = False
     # A learner is promoted to voter once its match index is within this many
     # entries of the leader's last index.
     promote_lag_entries_max: int = 64
@@ -103,6 +104,7 @@ class RaftOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             max_pending_proposals=self.max_pending_proposals,
             max_pending_reads=self.max_pending_reads,
             max_read_rounds_in_flight=self.max_read_rounds_in_flight,
+            eager_commit_broadcast=self.eager_commit_broadcast,
         )
 
 

@@ -28,7 +28,9 @@ with time passed in as ``now_ms`` (the host's monotonic clock).  Rules:
    command; with more leases consecutive calls return the next batches at
    once until all were covered).  A new leader then resumes from these values,
    so a lease outlives its TTL by at most about one interval across a leader
-   change — never less than its TTL.
+   change — never less than its TTL.  The checkpoint carries the highest
+   applied index observed, so a keep-alive applied after the measurement (it
+   was in flight) is not overwritten by the older remaining time.
 5. Everything is iterated in lease-id order: same inputs, same outputs.
 """
 
@@ -162,4 +164,4 @@ class Lessor:
             self._checkpoint_cursor = batch[-1][0] + 1
         if not batch:
             return None
-        return LeaseCheckpoint(tuple(batch))
+        return LeaseCheckpoint(tuple(batch), self._observed_index)

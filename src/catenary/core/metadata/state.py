@@ -347,7 +347,8 @@ class MetadataStateMachine:
     def _checkpoint(self, command: LeaseCheckpoint) -> Result:
         for lease, remaining_ms in command.remaining_ms:
             held = self._leases.get(lease)
-            if held is not None:
+            if held is not None and held.refreshed_index <= command.applied_index:
+                # (A lease refreshed after the proposer measured keeps its fresh TTL.)
                 held.remaining_ms = max(0, min(remaining_ms, held.ttl_ms))
         return Done()
 

@@ -47,9 +47,15 @@ class LeaseRevoke(msgspec.Struct, tag="lr", array_like=True, frozen=True):
 
 
 class LeaseCheckpoint(msgspec.Struct, tag="lc", array_like=True, frozen=True):
-    """Leader-proposed: remaining ms of each live lease, so a new leader resumes them."""
+    """Leader-proposed: remaining ms of each live lease, so a new leader resumes them.
+
+    ``applied_index`` is the proposer's applied index when it measured: a lease
+    refreshed by a later entry (a keep-alive that was in flight) keeps its
+    fresh TTL instead of the older remaining time measured before it.
+    """
 
     remaining_ms: tuple[tuple[int, int], ...]  # (lease, remaining_ms), sorted by lease
+    applied_index: int = 0
 
 
 class LeaseExpire(msgspec.Struct, tag="lx", array_like=True, frozen=True):
