@@ -420,11 +420,17 @@ def test_write_queued_but_not_written_when_the_connection_closes_is_retried() ->
         async with Client([node.address], timeout_s=2) as client:
             await client.metadata.get("/warm")  # the connection is open
             conn = client._conns[node.address]
+            # The only request in flight is written at once; the next one queues
+            # behind it for the connection's flush.
+            first = asyncio.create_task(client.metadata.put("/first", b"v"))
             task = asyncio.create_task(client.metadata.put("/k", b"v"))
-            await asyncio.sleep(0)  # the put is queued; its frame is not written yet
+            await asyncio.sleep(0)  # both begun: "/k" is queued, its frame not written yet
+            assert conn._unwritten
             conn.close("closed by the test")
-            assert await task == 1  # surely not sent, so retried on a new connection
-            assert sum(isinstance(r, m.Put) for r in node.received) == 1
+            with pytest.raises(IndeterminateError):
+                await first  # it was written: its outcome is unknown
+            assert isinstance(await task, int)  # surely not sent, so retried on a new connection
+            assert sum(isinstance(r, m.Put) and r.key == "/k" for r in node.received) == 1
 
     run(body)
 

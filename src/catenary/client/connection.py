@@ -267,7 +267,12 @@ class NodeConnection(asyncio.Protocol):
         frame = self._encode(build(request_id))
         future: asyncio.Future[Reply] = self._loop.create_future()
         self._pending[request_id] = future
-        self._enqueue(frame, request_id)
+        if len(self._pending) == 1 and not self._out and self._transport is not None:
+            # The only request in flight: nothing to coalesce it with, write it now
+            # instead of one loop iteration later.
+            self._transport.write(frame)
+        else:
+            self._enqueue(frame, request_id)
         self.last_request_id = request_id
         return future
 

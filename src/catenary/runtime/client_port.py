@@ -17,7 +17,7 @@ Theory of operation
    happen, so the client may retry it).  Open connections are bounded by
    ``connections_max``; past it a new connection is refused at the handshake.
 4. Replies are queued and written in one ``writelines`` per event-loop
-   iteration.  While the socket's write buffer is above its high-water mark
+   iteration (a batch's replies, rule 8, at once when the batch completes).  While the socket's write buffer is above its high-water mark
    the connection stops reading, so a slow reader cannot make the node buffer
    without bound.
 5. A watch runs as its own task, emitting ``WatchReply`` frames under the
@@ -351,6 +351,10 @@ class _Connection(asyncio.Protocol):
         send = self.send
         for reply in replies:
             send(reply)
+        # The batch is the unit of coalescing: write it now rather than one
+        # loop iteration later.
+        if self._flush_scheduled:
+            self._flush()
 
     # -------------------------------------------------------- handshake
 
@@ -537,6 +541,8 @@ class _Connection(asyncio.Protocol):
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
+        if not self._flush_scheduled:
+            return  # written early (a batch's replies) after this call was queued
         self._flush_scheduled = False
         out, self._out = self._out, []
         if out and self._transport is not None and not self._closed:

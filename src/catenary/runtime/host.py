@@ -627,7 +627,7 @@ class MetadataHost:
         for message in ready.messages:
             send(message)
         if self._must_persist(ready):
-            await self._persist(self._storage.save, ready)
+            await self._persist(self._storage.save, ready, after_flush=bool(ready.messages))
         if ready.messages_after_persist:
             for message in ready.messages_after_persist:
                 send(message)
@@ -661,14 +661,19 @@ class MetadataHost:
     def _compact(self, snapshot: Snapshot) -> None:
         self._storage.compact(snapshot.meta.index, snapshot)
 
-    async def _persist(self, fn: Callable[[Any], None], arg: Ready | Snapshot) -> None:
+    async def _persist(
+        self, fn: Callable[[Any], None], arg: Ready | Snapshot, *, after_flush: bool = False
+    ) -> None:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        # Handed over by a callback queued behind the transport's flushes of this
-        # Ready's messages: the appends leave before the writer thread takes the
-        # interpreter to encode the entries.
-        loop.call_soon(self._writer.submit, loop, fn, arg, done)
+        if after_flush:
+            # Handed over by a callback queued behind the transport's flushes of
+            # this Ready's messages: the appends leave before the writer thread
+            # takes the interpreter to encode the entries.
+            loop.call_soon(self._writer.submit, loop, fn, arg, done)
+        else:
+            self._writer.submit(loop, fn, arg, done)
         # A cancelled owner stops waiting here, but the save runs to its end:
         # stop() waits for the writer thread before it closes the storage.
         await done
