@@ -24,6 +24,8 @@ from catenary.client import (
     UnavailableError,
 )
 from catenary.client.client import split_addresses
+from catenary.client.connection import NodeConnection
+from catenary.wire import FrameDecoder
 
 from .fakenode import FakeNode, not_leader
 
@@ -482,3 +484,30 @@ def test_closing_a_watch_while_its_iteration_is_still_dialling_ends_it_and_sends
             assert not any(isinstance(r, m.Watch) for r in node.received)
 
     run(body)
+
+
+def test_a_burst_of_requests_leaves_in_writes_of_at_most_write_batch_max_frames() -> None:
+    class Transport:
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+
+        def write(self, data: bytes) -> None:
+            self.writes.append(data)
+
+        def is_closing(self) -> bool:
+            return False
+
+    async def main() -> None:
+        conn = NodeConnection("127.0.0.1:1", cluster_name="c", write_batch_max=2)
+        transport = Transport()
+        conn._transport = transport  # type: ignore[assignment]
+        futures = [conn.call(lambda i: m.Get(id=i, key=f"k{i}")) for _ in range(5)]
+        # The lone first request leaves at once, then each full batch of two as
+        # soon as it is full: five requests, three writes, all in this iteration.
+        decoder = FrameDecoder(1 << 20)
+        assert [len(decoder.feed(w)) for w in transport.writes] == [1, 2, 2]
+        await asyncio.sleep(0)
+        assert len(transport.writes) == 3  # the queued flushes found nothing left
+        assert len(futures) == 5 and not conn._unwritten
+
+    asyncio.run(main())

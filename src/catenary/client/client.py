@@ -47,6 +47,7 @@ from typing import TypeVar
 from catenary.api import messages as m
 from catenary.client.connection import (
     FRAME_BYTES_MAX_DEFAULT,
+    WRITE_BATCH_MAX_DEFAULT,
     ConnectionLostError,
     NodeConnection,
     NotSentError,
@@ -248,6 +249,7 @@ class Client:
         pending_max: int = 65536,
         watch_queue_max: int = 1024,
         deadline_resolution_s: float = 0.01,
+        write_batch_max: int = WRITE_BATCH_MAX_DEFAULT,
         rng: random.Random | None = None,
     ) -> None:
         for name, value in (
@@ -262,6 +264,9 @@ class Client:
             raise ValueError("need 0 < backoff_initial_ms <= backoff_max_ms")
         if frame_bytes_max <= 0 or pending_max <= 0 or watch_queue_max <= 0:
             raise ValueError("frame_bytes_max, pending_max and watch_queue_max must be > 0")
+        if write_batch_max <= 0:
+            raise ValueError(f"write_batch_max must be > 0, got {write_batch_max}")
+        self.write_batch_max = write_batch_max
         self.addresses = split_addresses(addresses)
         self.cluster_name = cluster_name or ""
         self.timeout_s = timeout_s
@@ -329,6 +334,7 @@ class Client:
                     connect_timeout_s=self.connect_timeout_s,
                     frame_bytes_max=self.frame_bytes_max,
                     pending_max=self.pending_max,
+                    write_batch_max=self.write_batch_max,
                 )
             )
             self._dialing[address] = task

@@ -54,6 +54,10 @@ log = logging.getLogger(__name__)
 
 FRAME_BYTES_MAX_DEFAULT = 16 * 1024 * 1024
 PENDING_MAX_DEFAULT = 65536
+# Requests made in one event-loop iteration share one socket write, at most this
+# many: a larger burst is cut so the node starts on the first part while the rest
+# is being made (client and node then work at the same time).
+WRITE_BATCH_MAX_DEFAULT = 32
 
 
 class NotSentError(Exception):
@@ -89,6 +93,7 @@ class NodeConnection(asyncio.Protocol):
         cluster_name: str,
         frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT,
         pending_max: int = PENDING_MAX_DEFAULT,
+        write_batch_max: int = WRITE_BATCH_MAX_DEFAULT,
     ) -> None:
         self.address = address
         self._cluster_name = cluster_name
@@ -98,6 +103,7 @@ class NodeConnection(asyncio.Protocol):
         )
         self._frame_bytes_max = frame_bytes_max
         self._pending_max = pending_max
+        self._write_batch_max = write_batch_max
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
         self._handshake: asyncio.Future[None] = self._loop.create_future()
@@ -125,6 +131,7 @@ class NodeConnection(asyncio.Protocol):
         connect_timeout_s: float = 1.0,
         frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT,
         pending_max: int = PENDING_MAX_DEFAULT,
+        write_batch_max: int = WRITE_BATCH_MAX_DEFAULT,
     ) -> NodeConnection:
         """Dial and handshake; raises ``NotSentError`` (or a refusal) on failure."""
         try:
@@ -137,6 +144,7 @@ class NodeConnection(asyncio.Protocol):
             cluster_name=cluster_name,
             frame_bytes_max=frame_bytes_max,
             pending_max=pending_max,
+            write_batch_max=write_batch_max,
         )
         try:
             async with asyncio.timeout(connect_timeout_s):
@@ -242,6 +250,11 @@ class NodeConnection(asyncio.Protocol):
         self._out.append(frame)
         if request_id:
             self._unwritten.add(request_id)
+        if len(self._out) >= self._write_batch_max:
+            # A full batch leaves now: the node starts on it while the rest of
+            # this iteration's requests are still being made.
+            self._flush()
+            return
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
