@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -335,8 +336,15 @@ async def bench_metadata(
     concurrency: Sequence[int],
     value_bytes: int,
     ops: Sequence[str] = ("put", "get"),
+    admin_addresses: Sequence[str] = (),
 ) -> tuple[list[Figure], int]:
-    """Run every phase against ``addresses``; returns the figures and the voter count."""
+    """Run every phase against ``addresses``; returns the figures and the voter count.
+
+    With the nodes' ``admin_addresses`` it also reports, per phase and node, the
+    mean time the node took to persist one Ready (write + fdatasync, from its
+    ``catenary_raft_persist_seconds`` histogram): what the disk costs under
+    that load.
+    """
     value = b"v" * value_bytes
     async with Client(addresses, cluster_name=cluster_name, timeout_s=10.0) as client:
         servers = await client.servers()
@@ -347,11 +355,39 @@ async def bench_metadata(
             await asyncio.gather(
                 *(client.metadata.put(f"/bench/{clients}/{w}/0", value) for w in range(clients))
             )
-            if "put" in ops:
-                figures += await _phase(client, "put", clients, seconds, value, keys_per_client=64)
-            if "get" in ops:
-                figures += await _phase(client, "get", clients, seconds, value, keys_per_client=1)
+            for kind, keys_per_client in (("put", 64), ("get", 1)):
+                if kind not in ops:
+                    continue
+                before = await asyncio.to_thread(_persist_totals, admin_addresses)
+                figures += await _phase(client, kind, clients, seconds, value, keys_per_client)
+                after = await asyncio.to_thread(_persist_totals, admin_addresses)
+                for node, ((s0, c0), (s1, c1)) in enumerate(zip(before, after, strict=True), 1):
+                    if c1 > c0:
+                        mean_ms = (s1 - s0) / (c1 - c0) * 1000.0
+                        figures.append(
+                            Figure(f"{kind}_persist_mean_ms_node{node}", mean_ms, "ms", clients)
+                        )
         return figures, voters
+
+
+def _persist_totals(admin_addresses: Sequence[str]) -> list[tuple[float, float]]:
+    """(sum of seconds, count) of each node's persist histogram; (0, 0) if unreachable."""
+    totals: list[tuple[float, float]] = []
+    for address in admin_addresses:
+        seconds = count = 0.0
+        try:
+            with urllib.request.urlopen(f"http://{address}/metrics", timeout=2.0) as response:
+                text = response.read().decode()
+        except OSError:
+            totals.append((0.0, 0.0))
+            continue
+        for line in text.splitlines():
+            if line.startswith("catenary_raft_persist_seconds_sum "):
+                seconds = float(line.split()[1])
+            elif line.startswith("catenary_raft_persist_seconds_count "):
+                count = float(line.split()[1])
+        totals.append((seconds, count))
+    return totals
 
 
 def run_bench(
@@ -385,6 +421,7 @@ def run_bench(
     root: Path | None = None
     cluster: LocalCluster | None = None
     try:
+        admin_addresses: list[str] = []
         if address:
             addresses = list(address)
             setup = f"cluster at {','.join(addresses)}"
@@ -396,6 +433,7 @@ def run_bench(
                 say(f"starting {nodes} local nodes in {root} ...")
             run(cluster.start_cluster(nodes))
             addresses = cluster.client_addresses
+            admin_addresses = [n.admin_address for n in cluster.nodes]
             pids = ",".join(str(n.pid) for n in cluster.nodes)
             setup = f"{nodes} local catenary server processes (pids {pids})"
         figures, voters = run(
@@ -406,6 +444,7 @@ def run_bench(
                 concurrency=concurrency,
                 value_bytes=value_bytes,
                 ops=ops,
+                admin_addresses=admin_addresses,
             )
         )
     finally:
@@ -448,4 +487,15 @@ def run_bench(
                 f"{label:<18} {clients:>7} {by_key[(f'{kind}_ops_per_s', clients)]:>10.0f} "
                 f"{by_key[(f'{kind}_p50_ms', clients)]:>8.2f} {by_key[(f'{kind}_p99_ms', clients)]:>8.2f}"
             )
+    persist = [f for f in figures if "_persist_mean_ms_node" in f.figure]
+    if persist:
+        say("mean persist of one Ready (write + fdatasync) per node during each figure, ms:")
+        for clients in concurrency:
+            for kind in ("put", "get"):
+                row = [f for f in persist if f.clients == clients and f.figure.startswith(kind)]
+                if row:
+                    nodes_text = "  ".join(
+                        f"n{f.figure.rsplit('node', 1)[1]} {f.value:.2f}" for f in row
+                    )
+                    say(f"  {kind:<4} {clients:>3} clients: {nodes_text}")
     return 0

@@ -1,0 +1,59 @@
+"""``catenary bench metadata`` end to end: it starts its own nodes, measures, reports, stops them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e"), pytest.mark.timeout(120)]
+
+
+def test_bench_metadata_prints_every_figure_with_its_setup_and_stops_its_nodes() -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from catenary.cli.main import main; sys.argv[0] = 'catenary'; main()",
+            "bench",
+            "metadata",
+            "--json",
+            "--seconds",
+            "0.5",
+            "--clients",
+            "1",
+            "--clients",
+            "8",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = [json.loads(line) for line in done.stdout.splitlines()]
+    by_key = {(f["figure"], f["clients"]): f for f in figures}
+    for clients in (1, 8):
+        for kind in ("put", "get"):
+            rate = by_key[(f"{kind}_ops_per_s", clients)]
+            assert rate["value"] > 0 and rate["unit"] == "ops/s"
+            assert rate["nodes"] == 3 and rate["fsync"] is True and rate["value_bytes"] == 100
+            assert by_key[(f"{kind}_p50_ms", clients)]["value"] > 0
+            assert (
+                by_key[(f"{kind}_p99_ms", clients)]["value"]
+                >= (by_key[(f"{kind}_p50_ms", clients)]["value"])
+            )
+        # Puts are persisted on every node: each reports its mean persist time.
+        persist = [
+            f["value"]
+            for f in figures
+            if f["clients"] == clients and f["figure"].startswith("put_persist_mean_ms_node")
+        ]
+        assert len(persist) == 3 and all(v > 0 for v in persist)
+    # Every node it started is gone (it reports their pids in the text output only, so
+    # look for any server process of its temporary cluster).
+    left = subprocess.run(
+        ["pgrep", "-f", "catenary-bench-"], capture_output=True, text=True, check=False
+    )
+    assert left.stdout.strip() == "", left.stdout
