@@ -50,6 +50,7 @@ class FakeNode:
         self.node_id = node_id
         self.hook: Hook | None = None
         self.accept_any_cluster = True  # a client hello with "" learns the name
+        self.hello_delay_s = 0.0  # a slow node: the handshake answer comes this late
         self.received: list[m.Request] = []
         self.kv: dict[str, KeyValue] = {}
         self.revision = 0
@@ -113,6 +114,8 @@ class FakeNode:
                             writer.write(encode_hello_reply(refusal))
                             await writer.drain()
                             return
+                        if self.hello_delay_s:
+                            await asyncio.sleep(self.hello_delay_s)
                         writer.write(
                             encode_hello_reply(HelloAck(1, self.cluster_name, self.node_id, 1))
                         )

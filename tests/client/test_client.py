@@ -511,3 +511,30 @@ def test_a_burst_of_requests_leaves_in_writes_of_at_most_write_batch_max_frames(
         assert len(futures) == 5 and not conn._unwritten
 
     asyncio.run(main())
+
+
+def test_the_deadline_covers_a_slow_dial_and_the_first_attempt_together() -> None:
+    async def body(node: FakeNode) -> None:
+        node.hello_delay_s = 0.6  # the dial takes 0.6 s...
+        node.hook = lambda request: "ignore" if isinstance(request, m.Put) else None
+        async with Client([node.address], timeout_s=1.0, connect_timeout_s=1.0) as client:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(IndeterminateError):
+                await client.metadata.put("/k", b"v")  # ...and the put is never answered
+            # One deadline for the call: not the dial plus a whole timeout after it.
+            assert loop.time() - started < 1.3
+
+    run(body)
+
+
+def test_first_attempt_deadlines_leave_no_queue_behind() -> None:
+    async def body(node: FakeNode) -> None:
+        async with Client([node.address], timeout_s=2.0, deadline_resolution_s=0.01) as client:
+            for timeout_s in (0.5, 0.6, 0.7):  # a queue per distinct duration...
+                await client.metadata.get("/k", timeout_s=timeout_s)
+            async with asyncio.timeout(2):
+                while client._deadlines._fifos:  # ...each gone once it emptied
+                    await asyncio.sleep(0.01)
+
+    run(body)

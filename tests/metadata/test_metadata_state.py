@@ -234,6 +234,13 @@ def test_keepalive_checkpoint_and_revoke() -> None:
     assert (info := d.sm.lease(1)) is not None and info.remaining_ms == 1000
     d.do(LeaseCheckpoint(((1, -5),), d.index))
     assert (info := d.sm.lease(1)) is not None and info.remaining_ms == 0
+    # measured before the lease's last refresh: that refresh's fresh TTL stays
+    assert d.do(LeaseKeepAlive(1)) == LeaseGranted(1, 1000)
+    d.do(LeaseCheckpoint(((1, 10),), d.index - 1))
+    assert (info := d.sm.lease(1)) is not None and info.remaining_ms == 1000
+    # a checkpoint of the earlier format (no index) is replayed as it was applied then
+    d.do(LeaseCheckpoint(((1, 20),)))
+    assert (info := d.sm.lease(1)) is not None and info.remaining_ms == 20
     revision = d.sm.revision
     assert d.do(LeaseRevoke(1)) == Done()
     assert d.sm.lease(1) is None

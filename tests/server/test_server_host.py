@@ -12,10 +12,17 @@ import pytest
 from catenary.api.messages import ErrorCode, NodeStatus
 from catenary.core.metadata.replica import GetQuery, ListQuery, MetadataReplica, MultiGetQuery
 from catenary.core.metadata.types import Precondition, PreconditionFailed, Put, Written
-from catenary.core.raft.types import Membership, Message, RaftConfig, Ready
+from catenary.core.raft.types import Membership, Message, ProposalDropped, RaftConfig, Ready
 from catenary.persist.raft_storage import RaftStorage
 from catenary.runtime.client_port import ServiceError
-from catenary.runtime.host import HostConfig, MetadataHost, _Call, ticks_to_deliver
+from catenary.runtime.host import (
+    HostConfig,
+    MetadataHost,
+    _Call,
+    _Write,
+    _WriteBatch,
+    ticks_to_deliver,
+)
 from catenary.runtime.metrics import ServerMetrics
 from catenary.storage.fs import OsFileSystem
 
@@ -277,5 +284,33 @@ def test_a_write_batch_has_one_outcome_per_write_in_order_and_gets_share_one_rea
         with pytest.raises(ServiceError) as info:
             host.write_batch_future([Put("late", b"x")])
         assert info.value.code in (ErrorCode.UNAVAILABLE, ErrorCode.NOT_LEADER)
+
+    asyncio.run(main())
+
+
+def test_a_refused_proposal_skips_writes_whose_futures_already_ended(tmp_path: Path) -> None:
+    # A write's future can end (its client went away, its deadline passed) after
+    # the owner took it and before it proposed it; a refused proposal must then
+    # answer the others and not fail the node on the ended one.
+    async def main() -> None:
+        host = open_host(tmp_path / "raft", [])
+        loop = asyncio.get_running_loop()
+        gone = _WriteBatch([Put("a", b"1")], loop.create_future(), [None], 1)
+        gone.future.cancel()
+        timed_out = _Write(Put("b", b"1"), loop.create_future())
+        timed_out.future.set_exception(ServiceError(ErrorCode.INDETERMINATE, "deadline"))
+        waiting = _Write(Put("c", b"1"), loop.create_future())
+
+        def refuse(requests: object) -> int:
+            raise ProposalDropped("too many pending writes")
+
+        host.replica.propose_batch = refuse  # type: ignore[assignment, method-assign]
+        host._propose([gone, timed_out, waiting])
+        with pytest.raises(ServiceError) as info:
+            await waiting.future
+        assert info.value.code == ErrorCode.OVERLOADED
+        with pytest.raises(ServiceError):
+            await timed_out.future  # its own outcome, untouched
+        host._storage.close()
 
     asyncio.run(main())

@@ -134,7 +134,7 @@ class _Deadlines:
         self._timer = None
         now = loop.time()
         waiting = False
-        for fifo in self._fifos.values():
+        for duration_s, fifo in list(self._fifos.items()):
             while fifo:
                 deadline, future = fifo[0]
                 if not future.done():
@@ -143,6 +143,8 @@ class _Deadlines:
                         break
                     future.set_exception(_NoAnswerError())
                 fifo.popleft()
+            if not fifo:
+                del self._fifos[duration_s]  # (callers may use many distinct timeouts)
         if waiting:
             self._timer = loop.call_later(self._resolution_s, self._sweep, loop)
 
@@ -403,7 +405,9 @@ class Client:
             # 1. connect: a failure here means nothing was sent.
             try:
                 conn_or_none = self._conns.get(address)
+                dialed = False
                 if conn_or_none is None or conn_or_none.closed:
+                    dialed = True
                     async with asyncio.timeout(min(remaining, self.connect_timeout_s)):
                         conn_or_none = await self._connection(address)
                 conn = conn_or_none
@@ -419,7 +423,8 @@ class Client:
             # 2. in flight: from here a write's outcome is unknown until answered.
             request_id = conn.last_request_id
             timer: asyncio.TimerHandle | None = None
-            if attempt == 0 and redirects == 0:
+            if attempt == 0 and redirects == 0 and not dialed:
+                # Sent at once: the attempt's deadline is first_wait_s from now.
                 wait_s = first_wait_s
                 self._deadlines.add(loop, wait_s, future)
             else:

@@ -327,7 +327,8 @@ class _Connection(asyncio.Protocol):
         future: asyncio.Future[Any],
     ) -> None:
         self._pending.discard(future)
-        self._batched -= len(requests) - 1
+        # (After a close, _cancel_pending already zeroed it.)
+        self._batched = max(0, self._batched - (len(requests) - 1))
         if future.cancelled():
             return  # the connection closed: nobody to answer
         replies: list[Reply]

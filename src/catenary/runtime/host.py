@@ -581,13 +581,17 @@ class MetadataHost:
         except NotLeader as exc:
             error = self._not_leader(exc.leader_hint)
             for w in writes:
-                w.future.set_exception(error)
+                # (A future may have ended while the Ready before the proposal was
+                # persisted: its client went away, or its deadline passed.)
+                if not w.future.done():
+                    w.future.set_exception(error)
             return
         except ProposalDropped as exc:
             # Not proposed at all: the client may retry safely.
             dropped = ServiceError(ErrorCode.OVERLOADED, f"write not accepted now: {exc}")
             for w in writes:
-                w.future.set_exception(dropped)
+                if not w.future.done():
+                    w.future.set_exception(dropped)
             return
         request_id = first_id
         for w in writes:

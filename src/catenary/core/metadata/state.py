@@ -347,8 +347,12 @@ class MetadataStateMachine:
     def _checkpoint(self, command: LeaseCheckpoint) -> Result:
         for lease, remaining_ms in command.remaining_ms:
             held = self._leases.get(lease)
-            if held is not None and held.refreshed_index <= command.applied_index:
-                # (A lease refreshed after the proposer measured keeps its fresh TTL.)
+            if held is not None and (
+                command.applied_index == 0 or held.refreshed_index <= command.applied_index
+            ):
+                # A lease refreshed after the proposer measured keeps its fresh TTL.
+                # (0: a checkpoint written before checkpoints carried the index; it is
+                # replayed as it was first applied.)
                 held.remaining_ms = max(0, min(remaining_ms, held.ttl_ms))
         return Done()
 

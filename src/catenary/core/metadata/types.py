@@ -51,7 +51,8 @@ class LeaseCheckpoint(msgspec.Struct, tag="lc", array_like=True, frozen=True):
 
     ``applied_index`` is the proposer's applied index when it measured: a lease
     refreshed by a later entry (a keep-alive that was in flight) keeps its
-    fresh TTL instead of the older remaining time measured before it.
+    fresh TTL instead of the older remaining time measured before it.  (0 marks
+    a checkpoint of the earlier format, applied to every listed lease.)
     """
 
     remaining_ms: tuple[tuple[int, int], ...]  # (lease, remaining_ms), sorted by lease
