@@ -163,61 +163,78 @@ def test_handshake_timeout_closes_silent_connections() -> None:
     asyncio.run(main())
 
 
-class FastNode(FakeNode):
-    """Serves puts on the fast path (client_port rule 7); the rest through ``handle``."""
+async def one_read(
+    host: str, number: int, requests: list[api.Request], *, count: int
+) -> list[api.Reply]:
+    """Send ``requests`` in one write (the node reads them in one go); ``count`` replies."""
+    reader, writer = await asyncio.open_connection(host, number)
+    writer.write(
+        hello()
+        + b"".join(encode_frame(FrameKind.REQUEST, msgspec.msgpack.encode(r)) for r in requests)
+    )
+    decoder = FrameDecoder(1 << 20)
+    got: list[api.Reply] = []
+    async with asyncio.timeout(5):
+        while len(got) < count:
+            for frame in decoder.feed(await reader.read(65536)):
+                if frame.kind == FrameKind.REPLY:
+                    got.append(api.reply_decoder.decode(frame.payload))
+    writer.close()
+    return got
+
+
+class PutNode(FakeNode):
+    """Begins puts without a task (client_port rule 7); the rest through ``handle``."""
 
     def __init__(self) -> None:
         super().__init__()
         self.futures: list[asyncio.Future[object]] = []
 
-    def begin(self, request: api.Request) -> tuple[asyncio.Future[object], object] | None:
-        if not isinstance(request, api.Put):
-            return None
-        if request.key == "refused":
+    def begin_puts(self, requests: list[api.Put]) -> object:
+        if any(r.key == "refused" for r in requests):
             raise ServiceError(api.ErrorCode.NOT_LEADER, "no", leader=2, leader_address="x:1")
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         self.futures.append(future)
-        if request.key == "fails":
+        keys = {r.key for r in requests}
+        if "fails" in keys:
             future.set_exception(ServiceError(api.ErrorCode.INDETERMINATE, "maybe"))
-        elif request.key == "bug":
+        elif "bug" in keys:
             future.set_result("not a result")
-        elif request.key != "hang":
+        elif "hang" not in keys:
             future.set_result(3)
 
-        def finish(outcome: object) -> api.Reply:
+        def finish(outcome: object) -> list[api.Reply]:
             if not isinstance(outcome, int):
                 raise RuntimeError("bug")
-            return api.OkReply(request.id, f"put {outcome}")
+            return [api.OkReply(r.id, f"put {outcome}") for r in requests]
 
-        return future, finish
+        return [], future, requests, finish
 
 
-def test_fast_path_answers_maps_errors_bounds_and_cancels_on_close() -> None:
+def test_begun_puts_answer_map_errors_count_toward_the_bound_and_cancel_on_close() -> None:
     async def main() -> None:
-        node = FastNode()
+        node = PutNode()
         port = ClientPort(node, ServerMetrics(lambda: STATUS), ClientPortConfig())
         await port.start("127.0.0.1", 0)
         assert port._server is not None
         host, number = port._server.sockets[0].getsockname()[:2]
-        address = f"{host}:{number}"
         try:
-            replies = await call_many(
-                address,
-                [
+            replies = [
+                (await one_read(host, number, [request], count=1))[0]
+                for request in (
                     api.Put(1, "a", b"v"),
                     api.Put(2, "refused", b"v"),
                     api.Put(3, "fails", b"v"),
                     api.Put(4, "bug", b"v"),
                     api.Get(5, "a"),
-                ],
-                cluster_name="blue",
-            )
+                )
+            ]
             assert replies[0] == api.OkReply(1, "put 3")
             assert replies[1] == api.ErrorReply(2, "not_leader", "no", 2, "x:1")
             assert isinstance(replies[2], api.ErrorReply) and replies[2].code == "indeterminate"
             assert isinstance(replies[3], api.ErrorReply) and replies[3].code == "internal"
             assert replies[4] == api.GetReply(5, None, 7)
-            # A request left pending on the fast path counts toward inflight_max...
+            # A request left pending counts toward inflight_max...
             port.config = ClientPortConfig(inflight_max=1)  # for connections from now on
             reader, writer = await asyncio.open_connection(host, number)
             writer.write(hello())
@@ -246,7 +263,7 @@ def test_fast_path_answers_maps_errors_bounds_and_cancels_on_close() -> None:
 
 
 class BatchNode(FakeNode):
-    """Serves linearizable gets in batches (client_port rule 8)."""
+    """Serves linearizable gets in batches (client_port rule 7)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -285,27 +302,10 @@ def test_gets_of_one_read_share_one_begin_and_keep_their_ids() -> None:
         assert port._server is not None
         host, number = port._server.sockets[0].getsockname()[:2]
 
-        async def one_read(requests: list[api.Request], *, count: int) -> list[api.Reply]:
-            reader, writer = await asyncio.open_connection(host, number)
-            # Everything in one write: the node reads it in one go.
-            writer.write(
-                hello()
-                + b"".join(
-                    encode_frame(FrameKind.REQUEST, msgspec.msgpack.encode(r)) for r in requests
-                )
-            )
-            decoder = FrameDecoder(1 << 20)
-            got: list[api.Reply] = []
-            async with asyncio.timeout(5):
-                while len(got) < count:
-                    for frame in decoder.feed(await reader.read(65536)):
-                        if frame.kind == FrameKind.REPLY:
-                            got.append(api.reply_decoder.decode(frame.payload))
-            writer.close()
-            return got
-
         try:
             got = await one_read(
+                host,
+                number,
                 [
                     api.Get(1, "a"),
                     api.GetStatus(2),
@@ -323,20 +323,22 @@ def test_gets_of_one_read_share_one_begin_and_keep_their_ids() -> None:
             assert by_id[5] == api.GetReply(5, None, 7)  # served by handle()
             assert node.batches == [["a", "b"]]
             # A failed read fails each of its gets with the same error.
-            got = await one_read([api.Get(6, "x"), api.Get(7, "lost")], count=2)
+            got = await one_read(host, number, [api.Get(6, "x"), api.Get(7, "lost")], count=2)
             assert sorted((r.id, getattr(r, "code", "")) for r in got) == [
                 (6, "unavailable"),
                 (7, "unavailable"),
             ]
             # A refused batch answers each get.
-            got = await one_read([api.Get(8, "x"), api.Get(9, "not-here")], count=2)
+            got = await one_read(host, number, [api.Get(8, "x"), api.Get(9, "not-here")], count=2)
             assert sorted((r.id, getattr(r, "code", "")) for r in got) == [
                 (8, "not_leader"),
                 (9, "not_leader"),
             ]
             # A batch counts each of its gets toward inflight_max.
             port.config = ClientPortConfig(inflight_max=2)
-            got = await one_read([api.Get(10, "hang"), api.Get(11, "y"), api.Get(12, "z")], count=1)
+            got = await one_read(
+                host, number, [api.Get(10, "hang"), api.Get(11, "y"), api.Get(12, "z")], count=1
+            )
             assert [(r.id, getattr(r, "code", "")) for r in got] == [(12, "overloaded")]
             assert node.batches[-1] == ["hang", "y"]
             hung = node.futures[-1]
@@ -353,7 +355,7 @@ def test_gets_of_one_read_share_one_begin_and_keep_their_ids() -> None:
 
 
 class PutBatchNode(FakeNode):
-    """Proposes the puts of one read together (client_port rule 8)."""
+    """Proposes the puts of one read together (client_port rule 7)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -392,29 +394,15 @@ def test_puts_of_one_read_are_proposed_together_each_with_its_outcome() -> None:
         assert port._server is not None
         host, number = port._server.sockets[0].getsockname()[:2]
         try:
-            reader, writer = await asyncio.open_connection(host, number)
-            requests = [
+            requests: list[api.Request] = [
                 api.Put(1, "a", b"v"),
                 api.Put(2, "empty", b""),
                 api.Get(3, "g"),  # not a put: served by handle()
                 api.Put(4, "lost", b"v"),
                 api.Put(5, "b", b"v"),
             ]
-            writer.write(
-                hello()
-                + b"".join(
-                    encode_frame(FrameKind.REQUEST, msgspec.msgpack.encode(r)) for r in requests
-                )
-            )
-            decoder = FrameDecoder(1 << 20)
-            got: dict[int, api.Reply] = {}
-            async with asyncio.timeout(5):
-                while len(got) < len(requests):
-                    for frame in decoder.feed(await reader.read(65536)):
-                        if frame.kind == FrameKind.REPLY:
-                            reply = api.reply_decoder.decode(frame.payload)
-                            got[reply.id] = reply
-            writer.close()
+            replies = await one_read(host, number, requests, count=len(requests))
+            got = {reply.id: reply for reply in replies}
             assert node.batches == [["a", "lost", "b"]]
             assert got[1] == api.OkReply(1, "put 0")
             assert got[2] == api.ErrorReply(2, "too_large", "value too large")

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import pytest
 from click.testing import CliRunner
 
 from catenary.cli.server import server as server_command
+from catenary.core.raft.types import RaftConfig
 from catenary.server.config import (
     ConfigError,
+    RaftOptions,
     ServerConfig,
     env_names,
     load_config,
@@ -201,3 +204,14 @@ def test_cli_print_config_applies_flags_and_env(tmp_path: Path) -> None:
     assert config.cluster_name == "blue"
     assert config.seeds == ["127.0.0.1:9", "127.0.0.1:10"]
     assert config.production and not config.provision_automatically
+
+
+def test_every_raft_core_bound_is_a_server_option_with_the_core_default() -> None:
+    options = RaftOptions()
+    core = RaftConfig()
+    for name in RaftConfig.__struct_fields__:
+        assert getattr(options, name) == getattr(core, name), name
+    assert options.raft_config() == core
+    tuned = msgspec.structs.replace(options, max_read_rounds_in_flight=7, lease_reads=True)
+    assert tuned.raft_config().max_read_rounds_in_flight == 7
+    assert tuned.raft_config().lease_reads is True

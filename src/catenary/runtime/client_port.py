@@ -17,30 +17,27 @@ Theory of operation
    happen, so the client may retry it).  Open connections are bounded by
    ``connections_max``; past it a new connection is refused at the handshake.
 4. Replies are queued and written in one ``writelines`` per event-loop
-   iteration (a batch's replies, rule 8, at once when the batch completes).  While the socket's write buffer is above its high-water mark
-   the connection stops reading, so a slow reader cannot make the node buffer
+   iteration (a batch's replies, rule 7, at once when the batch completes).
+   While the socket's write buffer is above its high-water mark the
+   connection stops reading, so a slow reader cannot make the node buffer
    without bound.
 5. A watch runs as its own task, emitting ``WatchReply`` frames under the
    watch's id until ``CancelWatch`` (answered ``OkReply`` under the watch's id)
    or the connection closes.  Watches per connection are bounded.
 6. The handler never crashes the connection: an unexpected exception in it is
    logged and answered ``INTERNAL``.
-7. Fast path.  A handler may also offer ``begin(request)``: it begins a hot
-   request (a put, a linearizable get) without a task and returns the future of
-   its outcome with the function that turns that outcome into the reply (or
-   ``None``: serve it with ``handle``).  The reply leaves from the future's
-   done callback.  Such requests count toward ``inflight_max`` like the others
-   and are cancelled the same way when the connection closes.
-8. Batches.  The linearizable gets of one read from the socket go to the
-   handler's ``begin_gets(gets)`` together, and its puts to
+7. Batches, without a task.  The linearizable gets of one read from the
+   socket go to the handler's ``begin_gets(gets)`` together, and its puts to
    ``begin_puts(puts)``: the handler refuses the bad ones with their replies
    and begins the rest as one operation (one ReadIndex confirmation for the
    gets; one proposal for the puts), whose answers leave in request order
    from one done callback, counted in the metrics with one update per
-   outcome.  A handler without it, or that returns ``None``, gets them one by
-   one.  Requests of the same read are concurrent (a client that needs one to
-   follow another waits for the first's reply before it sends the second), so
-   serving them in batches changes no guarantee.
+   outcome.  A handler without it, or that returns ``None``, serves them one
+   by one with ``handle``.  Requests of the same read are concurrent (a client
+   that needs one to follow another waits for the first's reply before it
+   sends the second), so serving them in batches changes no guarantee.  Each
+   request of a batch counts toward ``inflight_max``, and a batch is
+   cancelled when its connection closes.
 """
 
 from __future__ import annotations
@@ -124,9 +121,6 @@ class ServiceError(Exception):
         )
 
 
-Started = tuple["asyncio.Future[Any]", Callable[[Any], Reply]]
-"""What ``begin`` returns: the outcome's future and how to make the reply of it."""
-
 Begun = tuple[list[Reply], "asyncio.Future[Any] | None", list[Any], Callable[[Any], list[Reply]]]
 """What ``begin_gets``/``begin_puts`` return: the replies of the requests
 refused at once, the future of the operation begun for the others (None when
@@ -179,18 +173,15 @@ class _Connection(asyncio.Protocol):
         self._handshaken = False
         self._closed = False
         self._tasks: set[asyncio.Task[None]] = set()
-        # Requests begun on the fast path (rule 7), by their outcome's future.
+        # The futures of the batches begun (rule 7) and the requests they hold.
         self._pending: set[asyncio.Future[Any]] = set()
-        self._begin: Callable[[Request], Started | None] | None = getattr(
-            port.handler, "begin", None
-        )
+        self._batched = 0
         self._begin_gets: Callable[[list[Get]], Begun | None] | None = getattr(
             port.handler, "begin_gets", None
         )
         self._begin_puts: Callable[[list[Put]], Begun | None] | None = getattr(
             port.handler, "begin_puts", None
         )
-        self._batched = 0  # requests in flight inside batches (rule 8)
         self._watches: dict[int, asyncio.Task[None]] = {}
         self._out: list[bytes] = []
         self._flush_scheduled = False
@@ -270,19 +261,11 @@ class _Connection(asyncio.Protocol):
     def _start_batch(
         self, kind: str, requests: list[Any], begin: Callable[[list[Any]], Begun | None]
     ) -> None:
-        """Rule 8."""
-        room = self._config.inflight_max - len(self._tasks) - len(self._pending) - self._batched
+        """Rule 7."""
+        room = self._config.inflight_max - len(self._tasks) - self._batched
         if room < len(requests):
             for request in requests[max(room, 0) :]:
-                self._port.metrics.observe(kind, str(ErrorCode.OVERLOADED), 0.0)
-                self.send(
-                    ErrorReply(
-                        request.id,
-                        str(ErrorCode.OVERLOADED),
-                        "too many requests in flight on this connection "
-                        f"(limit {self._config.inflight_max})",
-                    )
-                )
+                self._overloaded(request)
             requests = requests[: max(room, 0)]
             if not requests:
                 return
@@ -315,7 +298,7 @@ class _Connection(asyncio.Protocol):
         if future is None:
             return
         self._pending.add(future)
-        self._batched += len(batched) - 1  # the future itself counts one in _pending
+        self._batched += len(batched)
         future.add_done_callback(partial(self._batch_finished, kind, batched, finish, started_s))
 
     def _batch_finished(
@@ -326,9 +309,10 @@ class _Connection(asyncio.Protocol):
         started_s: float,
         future: asyncio.Future[Any],
     ) -> None:
+        if future not in self._pending:
+            return  # cancelled with its connection (_cancel_pending)
         self._pending.discard(future)
-        # (After a close, _cancel_pending already zeroed it.)
-        self._batched = max(0, self._batched - (len(requests) - 1))
+        self._batched -= len(requests)
         if future.cancelled():
             return  # the connection closed: nobody to answer
         replies: list[Reply]
@@ -427,68 +411,23 @@ class _Connection(asyncio.Protocol):
             task = asyncio.get_running_loop().create_task(self._run_watch(request))
             self._watches[request.id] = task
             return
-        if len(self._tasks) + len(self._pending) + self._batched >= self._config.inflight_max:
-            self._port.metrics.observe(_kind_of(request), str(ErrorCode.OVERLOADED), 0.0)
-            self.send(
-                ErrorReply(
-                    request.id,
-                    str(ErrorCode.OVERLOADED),
-                    f"too many requests in flight on this connection (limit {self._config.inflight_max})",
-                )
-            )
-            return
-        if self._begin is not None and self._begin_fast(self._begin, request):
+        if len(self._tasks) + self._batched >= self._config.inflight_max:
+            self._overloaded(request)
             return
         task = asyncio.get_running_loop().create_task(self._serve(request))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _begin_fast(self, begin: Callable[[Request], Started | None], request: Request) -> bool:
-        """Rule 7; False when the handler leaves this request to ``handle``."""
-        started_s = time.perf_counter()
-        try:
-            begun = begin(request)
-        except ServiceError as exc:
-            self._answer(request, exc.reply(request.id), started_s)
-            return True
-        except Exception:
-            log.exception("internal error beginning %s", _kind_of(request))
-            self._answer(request, _internal(request.id), started_s)
-            return True
-        if begun is None:
-            return False
-        future, finish = begun
-        self._pending.add(future)
-        future.add_done_callback(partial(self._finished, request, finish, started_s))
-        return True
-
-    def _finished(
-        self,
-        request: Request,
-        finish: Callable[[Any], Reply],
-        started_s: float,
-        future: asyncio.Future[Any],
-    ) -> None:
-        self._pending.discard(future)
-        if future.cancelled():
-            return  # the connection closed: nobody to answer
-        reply: Reply
-        error = future.exception()
-        try:
-            if error is not None:
-                raise error
-            reply = finish(future.result())
-        except ServiceError as exc:
-            reply = exc.reply(request.id)
-        except Exception:
-            log.exception("internal error serving %s", _kind_of(request))
-            reply = _internal(request.id)
-        self._answer(request, reply, started_s)
-
-    def _answer(self, request: Request, reply: Reply, started_s: float) -> None:
-        outcome = reply.code if isinstance(reply, ErrorReply) else "ok"
-        self._port.metrics.observe(_kind_of(request), outcome, time.perf_counter() - started_s)
-        self.send(reply)
+    def _overloaded(self, request: Request) -> None:
+        """Rule 3: past ``inflight_max`` a request surely did not happen."""
+        self._port.metrics.observe(_kind_of(request), str(ErrorCode.OVERLOADED), 0.0)
+        self.send(
+            ErrorReply(
+                request.id,
+                str(ErrorCode.OVERLOADED),
+                f"too many requests in flight on this connection (limit {self._config.inflight_max})",
+            )
+        )
 
     async def _serve(self, request: Request) -> None:
         started = time.perf_counter()

@@ -88,24 +88,8 @@ class RaftOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     promote_lag_entries_max: int = 64
 
     def raft_config(self) -> RaftConfig:
-        return RaftConfig(
-            election_timeout_ticks=self.election_timeout_ticks,
-            heartbeat_interval_ticks=self.heartbeat_interval_ticks,
-            max_entries_per_message=self.max_entries_per_message,
-            max_bytes_per_message=self.max_bytes_per_message,
-            max_inflight_messages=self.max_inflight_messages,
-            snapshot_chunk_bytes=self.snapshot_chunk_bytes,
-            compact_after_entries=self.compact_after_entries,
-            compact_after_bytes=self.compact_after_bytes,
-            pre_vote=self.pre_vote,
-            check_quorum=self.check_quorum,
-            lease_reads=self.lease_reads,
-            lease_drift_ticks=self.lease_drift_ticks,
-            max_pending_proposals=self.max_pending_proposals,
-            max_pending_reads=self.max_pending_reads,
-            max_read_rounds_in_flight=self.max_read_rounds_in_flight,
-            eager_commit_broadcast=self.eager_commit_broadcast,
-        )
+        """The core's bounds: every RaftConfig field, under the same name here."""
+        return RaftConfig(**{name: getattr(self, name) for name in RaftConfig.__struct_fields__})
 
 
 class NetworkOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -78,7 +78,6 @@ from catenary.runtime.client_port import (
     ClientPortConfig,
     Emit,
     ServiceError,
-    Started,
 )
 from catenary.runtime.host import HostConfig, MetadataHost
 from catenary.runtime.local_host import LocalHostConfig, LocalMetadataHost
@@ -117,14 +116,6 @@ def _accepted(result: md.Result) -> md.Result:
         }.get(result.code, ErrorCode.BAD_REQUEST)
         raise _error(code, result.message)
     return result
-
-
-def _write_reply(request_id: int, result: md.Result) -> api.Reply:
-    return api.WriteReply(request_id, _accepted(result))
-
-
-def _get_reply(request_id: int, answer: Any) -> api.Reply:
-    return api.GetReply(request_id, answer.kv, answer.revision, answer.behind)
 
 
 def _get_replies(requests: list[api.Get], answer: Any) -> list[api.Reply]:
@@ -648,29 +639,8 @@ class Server:
             result = await self._require_host().write(command)
         return _accepted(result)
 
-    def begin(self, request: api.Request) -> Started | None:
-        """The port's fast path (client_port rule 7): a put or a linearizable get
-        on the replicated host begins here without a task; anything else, and the
-        local store, goes through ``handle``.  Same checks and replies as ``handle``.
-        """
-        if self.local is not None:
-            return None
-        if isinstance(request, api.Put):
-            self._check_key(request.key, write=True)
-            self._check_value(request.value)
-            future = self._require_host().write_future(
-                md.Put(request.key, request.value, request.precondition, request.lease)
-            )
-            return future, functools.partial(_write_reply, request.id)
-        if isinstance(request, api.Get) and not request.stale:
-            self._check_key(request.key, write=False)
-            return self._require_host().read_future(GetQuery(request.key)), functools.partial(
-                _get_reply, request.id
-            )
-        return None
-
     def begin_gets(self, requests: list[api.Get]) -> Begun | None:
-        """The port's batched gets (client_port rule 8): linearizable gets that
+        """The port's batched gets (client_port rule 7): linearizable gets that
         arrived together share one read on the replicated host.  A bad key is
         refused alone; the local store serves them one by one."""
         if self.local is not None:
@@ -692,7 +662,7 @@ class Server:
         return refused, future, batched, functools.partial(_get_replies, batched)
 
     def begin_puts(self, requests: list[api.Put]) -> Begun | None:
-        """The port's batched puts (client_port rule 8): puts that arrived
+        """The port's batched puts (client_port rule 7): puts that arrived
         together are proposed together on the replicated host, each with its
         own outcome.  A bad key or value is refused alone; the local store
         serves them one by one."""
