@@ -125,7 +125,8 @@ class LogletState:
 
     @property
     def local_tail(self) -> Offset:
-        return self.runs[-1][1] if self.runs else 1
+        # A trim drops held runs but never moves the tail back.
+        return max(self.runs[-1][1] if self.runs else 1, self.trim_point + 1)
 
     def holds(self, start: Offset, end: Offset) -> bool:
         """Are all of ``[start, end)`` held (or trimmed)?"""
@@ -202,6 +203,10 @@ class LogServer:
         """Rebuild the state from the durable writes the store holds, in order."""
         for write in writes:
             apply(self._state(write.loglet), write)
+
+    def restore(self, loglet: LogletId, state: LogletState) -> None:
+        """Install a loglet's state from a checkpoint (what its writes had built)."""
+        self._loglets[loglet] = state
 
     def state(self, loglet: LogletId) -> LogletState | None:
         return self._loglets.get(loglet)
