@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,6 @@ FORBIDDEN_IN_CORE = {
 # Lower number = lower layer.  A package may import its own modules and any
 # package with a strictly lower number.
 LAYERS: dict[str, int] = {
-    "util": 0,
     "wire": 1,
     "storage": 1,
     "core": 1,
@@ -89,7 +89,7 @@ def core_violations(path: Path, tree: ast.AST) -> list[str]:
         if top == "catenary":
             parts = module.split(".")
             target = parts[1] if len(parts) > 1 else ""
-            if target not in ("core", "util"):
+            if target != "core":
                 bad.append(f"{path}:{line}: core imports {module}")
     return bad
 
@@ -114,6 +114,19 @@ def layer_violations(path: Path, tree: ast.AST) -> list[str]:
 def test_every_package_has_a_layer() -> None:
     packages = {p.name for p in SRC.iterdir() if p.is_dir() and p.name != "__pycache__"}
     assert packages <= set(LAYERS), f"give these a layer: {sorted(packages - set(LAYERS))}"
+    assert set(LAYERS) <= packages, f"layers without a package: {sorted(set(LAYERS) - packages)}"
+
+
+def test_the_documented_layers_are_the_checked_ones() -> None:
+    # docs/architecture.md draws the layers as "<number>  pkg/  pkg/   description".
+    text = (SRC.parent.parent / "docs" / "architecture.md").read_text()
+    documented: dict[str, int] = {}
+    for line in text.splitlines():
+        match = re.match(r"^\s*(\d)\s{2}((?:[a-z]+/\s+)+)", line)
+        if match:
+            for name in re.findall(r"([a-z]+)/", match.group(2)):
+                documented[name] = int(match.group(1))
+    assert documented == LAYERS
 
 
 def test_core_does_no_io() -> None:

@@ -136,7 +136,3 @@ async def call(
     )
     return reply
 
-
-def call_sync(address: str, request: Request, **kwargs: object) -> Reply:
-    """Blocking ``call`` for scripts and tests (runs its own event loop)."""
-    return asyncio.run(call(address, request, **kwargs))  # type: ignore[arg-type]
