@@ -135,4 +135,3 @@ async def call(
         frame_bytes_max=frame_bytes_max,
     )
     return reply
-

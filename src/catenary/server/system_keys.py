@@ -64,4 +64,3 @@ def decode_node(value: bytes) -> NodeRecord | None:
         return _node_decoder.decode(value)
     except msgspec.DecodeError:
         return None
-
