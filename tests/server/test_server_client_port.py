@@ -9,7 +9,8 @@ import msgspec
 import pytest
 
 from catenary.api import messages as api
-from catenary.runtime.client_port import ClientPort, ClientPortConfig, Emit, ServiceError
+from catenary.api.errors import ServiceError
+from catenary.runtime.client_port import ClientPort, ClientPortConfig, Emit
 from catenary.runtime.metrics import ServerMetrics
 from catenary.runtime.rpc import call, call_many
 from catenary.wire import FrameDecoder, FrameKind, encode_frame, encode_hello, make_hello

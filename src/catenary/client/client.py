@@ -45,6 +45,17 @@ from types import TracebackType
 from typing import TypeVar
 
 from catenary.api import messages as m
+from catenary.api.types import (
+    Compacted,
+    Done,
+    Event,
+    KeyValue,
+    LeaseGranted,
+    LeaseNotFound,
+    Precondition,
+    PreconditionFailed,
+    Written,
+)
 from catenary.client.connection import (
     FRAME_BYTES_MAX_DEFAULT,
     WRITE_BATCH_MAX_DEFAULT,
@@ -68,17 +79,6 @@ from catenary.client.errors import (
     RefusedError,
     TooLargeError,
     UnavailableError,
-)
-from catenary.core.metadata.types import (
-    Compacted,
-    Done,
-    Event,
-    KeyValue,
-    LeaseGranted,
-    LeaseNotFound,
-    Precondition,
-    PreconditionFailed,
-    Written,
 )
 
 ReplyT = TypeVar("ReplyT")

@@ -16,8 +16,8 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from catenary.api import messages as m
+from catenary.api.types import Event, KeyValue
 from catenary.client.client import Client, GetResult, ListResult, ServerSet
-from catenary.core.metadata.types import Event, KeyValue
 
 T = TypeVar("T")
 

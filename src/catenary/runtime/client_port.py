@@ -52,10 +52,9 @@ from typing import Any, Protocol, cast
 
 import msgspec
 
+from catenary.api.errors import ErrorCode, ErrorReply, ServiceError
 from catenary.api.messages import (
     CancelWatch,
-    ErrorCode,
-    ErrorReply,
     Get,
     OkReply,
     Put,
@@ -89,36 +88,6 @@ log = logging.getLogger(__name__)
 _reply_encoder = msgspec.msgpack.Encoder()
 
 Emit = Callable[[Reply], None]
-
-
-class ServiceError(Exception):
-    """A request failed with a protocol error code (becomes an ``ErrorReply``)."""
-
-    def __init__(
-        self,
-        code: ErrorCode,
-        message: str,
-        *,
-        leader: int = 0,
-        leader_address: str = "",
-        current_version: int = 0,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.leader = leader
-        self.leader_address = leader_address
-        self.current_version = current_version
-
-    def reply(self, request_id: int) -> ErrorReply:
-        return ErrorReply(
-            id=request_id,
-            code=str(self.code),
-            message=self.message,
-            leader=self.leader,
-            leader_address=self.leader_address,
-            current_version=self.current_version,
-        )
 
 
 Begun = tuple[list[Reply], "asyncio.Future[Any] | None", list[Any], Callable[[Any], list[Reply]]]
