@@ -11,6 +11,7 @@ from catenary.client.client import (
 from catenary.client.errors import (
     BadRequestError,
     CatenaryError,
+    ClientClosedError,
     CompactedError,
     ConnectionRefusedByNodeError,
     DeadlineExceededError,
@@ -30,6 +31,7 @@ __all__ = [
     "BadRequestError",
     "CatenaryError",
     "Client",
+    "ClientClosedError",
     "CompactedError",
     "ConnectionRefusedByNodeError",
     "DeadlineExceededError",
