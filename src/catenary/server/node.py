@@ -169,6 +169,7 @@ class Server:
                 inflight_max=config.network.client_inflight_per_connection_max,
                 watches_max=config.metadata.watches_per_connection_max,
             ),
+            metadata=self,
         )
         self.phase = "starting"  # starting | unprovisioned | joining | running | stopping
         self._stop_requested = asyncio.Event()
@@ -657,9 +658,9 @@ class Server:
             keys.append(request.key)
             batched.append(request)
         if not batched:
-            return refused, None, [], _no_replies
+            return Begun(refused, None, [], _no_replies)
         future = self._require_host().read_future(MultiGetQuery(tuple(keys)))
-        return refused, future, batched, functools.partial(_get_replies, batched)
+        return Begun(refused, future, batched, functools.partial(_get_replies, batched))
 
     def begin_puts(self, requests: list[api.Put]) -> Begun | None:
         """The port's batched puts (client_port rule 7): puts that arrived
@@ -682,9 +683,9 @@ class Server:
             commands.append(md.Put(request.key, request.value, precondition, request.lease))
             batched.append(request)
         if not batched:
-            return refused, None, [], _no_replies
+            return Begun(refused, None, [], _no_replies)
         future = self._require_host().write_batch_future(commands)
-        return refused, future, batched, functools.partial(_put_replies, batched)
+        return Begun(refused, future, batched, functools.partial(_put_replies, batched))
 
     async def handle(self, request: api.Request) -> api.Reply:
         rid = request.id
