@@ -84,7 +84,7 @@ from catenary.wire import (
     encode_hello_reply,
     encode_message,
 )
-from catenary.wire.handshake import PROTOCOL_VERSION
+from catenary.wire.handshake import agreed_version
 
 log = logging.getLogger(__name__)
 
@@ -352,7 +352,7 @@ class _Connection(asyncio.Protocol):
             self._close_transport()
             return
         self._transport.write(
-            encode_hello_reply(HelloAck(PROTOCOL_VERSION, cluster_name, node_id, generation))
+            encode_hello_reply(HelloAck(agreed_version(hello), cluster_name, node_id, generation))
         )
         self._handshaken = True
         if self._handshake_timer is not None:
