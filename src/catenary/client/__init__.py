@@ -1,4 +1,10 @@
-"""The catenary client: ``Client`` (asyncio) and ``SyncClient`` (blocking)."""
+"""The catenary client: ``Client`` (asyncio) and ``SyncClient`` (blocking).
+
+What it returns are the public types of ``catenary.api.types`` (re-exported
+here), never the metadata core's structs.
+"""
+
+from catenary.api.types import Event, KeyValue
 
 from catenary.client.client import (
     Client,
@@ -35,9 +41,11 @@ __all__ = [
     "CompactedError",
     "ConnectionRefusedByNodeError",
     "DeadlineExceededError",
+    "Event",
     "GetResult",
     "IndeterminateError",
     "InternalError",
+    "KeyValue",
     "LeaseNotFoundError",
     "ListResult",
     "MetadataClient",
