@@ -5,7 +5,6 @@ here), never the metadata core's structs.
 """
 
 from catenary.api.types import Event, KeyValue
-
 from catenary.client.client import (
     Client,
     GetResult,
