@@ -580,6 +580,8 @@ def test_every_client_error_is_a_catenary_error() -> None:
                 await md.list(7)  # type: ignore[arg-type]
             with pytest.raises(BadRequestError, match="key must be a str"):
                 await md.get(None)  # type: ignore[arg-type]
+            with pytest.raises(BadRequestError, match="put not sent: cannot encode"):
+                await md.put("/k", b"v", lease=2**70)
         for bad in ({"cluster_name": BAD_TEXT}, {"timeout_s": 0}):
             with pytest.raises(CatenaryError):
                 Client([node.address], **bad)  # type: ignore[arg-type]

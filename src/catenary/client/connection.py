@@ -271,7 +271,7 @@ class NodeConnection(asyncio.Protocol):
             raise TooLargeError(f"request not sent: {exc}") from None
         except UnicodeEncodeError as exc:
             raise _unencodable_text(request, exc) from None
-        except (msgspec.EncodeError, TypeError) as exc:
+        except (msgspec.EncodeError, TypeError, OverflowError) as exc:
             kind = type(request).__name__.lower()
             raise BadRequestError(f"{kind} not sent: cannot encode it: {exc}") from None
 
