@@ -61,6 +61,7 @@ from typing import Any
 
 import msgspec
 
+from catenary.api.errors import ServiceError
 from catenary.api.messages import ErrorCode
 from catenary.core.metadata.replica import (
     Completion,
@@ -82,7 +83,6 @@ from catenary.core.raft.types import (
     Snapshot,
 )
 from catenary.persist.raft_storage import RaftStorage
-from catenary.runtime.client_port import ServiceError
 from catenary.runtime.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)

@@ -110,10 +110,6 @@ class GroupCommitWriter:
     def store(self) -> SegmentedStore:
         return self._store
 
-    @property
-    def queued_records(self) -> int:
-        return self._queued_records
-
     def submit(
         self,
         payloads: Sequence[bytes],
