@@ -9,13 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from catenary.core.loglet.log_server import (
-    LogServer,
-    PutRecords,
-    PutSeal,
-    PutSequencer,
-    StoreWrite,
-)
+from catenary.core.loglet.log_server import PutRecords, PutSeal, PutSequencer
 from catenary.core.loglet.replication import ReplicationProperty
 from catenary.core.loglet.sequencer import (
     Backpressure,
@@ -43,48 +37,11 @@ from catenary.core.loglet.types import (
     Tail,
     Trim,
     Trimmed,
-    loglet_id,
 )
 
+from .nodes import LOGLET, ME, Node
+
 pytestmark = pytest.mark.timeout(60)
-
-LOGLET = loglet_id(7, 1)
-ME = SequencerId(1, 3)
-
-
-class Node:
-    """A log-server with a disk: writes become durable (and replies leave) on flush."""
-
-    def __init__(self, node_id: int) -> None:
-        self.core = LogServer(node_id)
-        self.durable: list[StoreWrite] = []
-        self.pending: list[StoreWrite] = []
-        self.replies: list[tuple[int, msgspec.Struct]] = []
-
-    def handle(self, src: int, message: msgspec.Struct) -> None:
-        effects = self.core.handle(src, message)
-        self.pending += effects.persist
-        self.replies += effects.after_persist
-
-    def flush(self) -> list[tuple[int, msgspec.Struct]]:
-        self.durable += self.pending
-        self.pending = []
-        out, self.replies = self.replies, []
-        return out
-
-    def crash(self) -> None:
-        """Lose what was not durable; rebuild the core from the disk."""
-        self.pending, self.replies = [], []
-        self.core = LogServer(self.core.node_id)
-        self.core.recover(self.durable)
-
-    def held(self) -> dict[int, bytes]:
-        out: dict[int, bytes] = {}
-        for write in self.durable:
-            if isinstance(write, PutRecords) and write.loglet == LOGLET:
-                for i, payload in enumerate(write.payloads):
-                    assert out.setdefault(write.first_offset + i, payload) == payload
-        return out
 
 
 def sequencer(n: int = 3, r: int = 2, **config: int) -> Sequencer:

@@ -18,11 +18,12 @@ Rules (docs/design/log.md; the tests check each):
 LS1  Per loglet: the held offsets (runs), the local tail (first offset after the
      highest held), the sealed flag, the pinned sequencer and the trim point are
      durable; the known global tail is not (it is learned again).
-LS2  A ``Store`` is accepted only if: well formed; the loglet is not sealed
-     (repair stores aside); its sequencer is the pinned one (the first accepted
-     store pins it; seal and repair stores never pin); and it is in order —
-     ``first_offset <= local_tail`` or ``first_offset <= known global tail``
-     (the gap below it is committed, so held elsewhere).  Offsets already held
+LS2  A ``Store`` is accepted only if: well formed; the loglet is not sealed;
+     its sequencer is the pinned one (the first accepted store pins it; seal
+     and repair stores never pin); and it is in order — ``first_offset <=
+     local_tail`` or ``first_offset <= known global tail`` (the gap below it is
+     committed, so held elsewhere).  A repair store (sent by find-tail after a
+     seal, rule T3) skips the seal, pin and order checks.  Offsets already held
      are never written again: a store only adds what is missing.
 LS3  Every reply is sent after everything accepted before it is durable.
 LS4  A read never covers an offset at or past the global tail known to either
@@ -248,7 +249,9 @@ class LogServer:
                 held = tuple(
                     (max(a, start), min(b, end)) for a, b in st.runs if a < end and b > start
                 )
-                effects.after_persist.append((src, Digest(loglet, held, st.local_tail)))
+                effects.after_persist.append(
+                    (src, Digest(loglet, held, st.local_tail, st.trim_point))
+                )
             case GetRecords():
                 effects.reads.append(self._plan_read(src, message))
             case _:
@@ -288,7 +291,11 @@ class LogServer:
             elif st.sequencer != m.sequencer:
                 answer(WRONG_SEQUENCER)
                 return
-        if m.first_offset > st.local_tail and m.first_offset > st.known_global_tail:
+        if (
+            not m.repair
+            and m.first_offset > st.local_tail
+            and m.first_offset > st.known_global_tail
+        ):
             answer(OUT_OF_ORDER)
             return
         end = m.first_offset + len(m.payloads)
@@ -299,8 +306,10 @@ class LogServer:
 
     def _plan_read(self, src: int, m: GetRecords) -> ReadPlan:
         st = self._state(m.loglet)
+        # The reader's tail clips the read but is not adopted: a repairer reads
+        # up to a sealed tail before the records below it are on write quorums,
+        # and only the sequencer or a finished repair may tell servers a tail.
         tail = max(st.known_global_tail, m.known_global_tail)
-        st.known_global_tail = tail
         start = max(m.from_offset, 1)
         end = min(m.to_offset, tail)
         runs: list[tuple[Offset, Offset] | Gap] = []

@@ -153,6 +153,7 @@ class Digest(msgspec.Struct, tag="dg", array_like=True, frozen=True):
     loglet: LogletId
     held: tuple[tuple[Offset, Offset], ...]  # half-open ranges held, in order
     local_tail: Offset
+    trim_point: Offset
 
 
 class Trimmed(msgspec.Struct, tag="td", array_like=True, frozen=True):
