@@ -22,6 +22,7 @@ _COMMANDS: dict[str, str] = {
     "metadata-server": "catenary.cli.admin:metadata_server",
     "bench": "catenary.cli.bench:bench",
     "sim": "catenary.cli.sim:sim",
+    "faults": "catenary.cli.faults:faults",
 }
 
 
