@@ -91,6 +91,10 @@ from catenary.storage.store import RecoveryReport, StoreConfig
 
 log = logging.getLogger("catenary.server")
 
+# Test only (docs/faults.md): "follower-read" plants a bug in the read path
+# so the fault suite can show it is caught.  Unset in any real deployment.
+_TEST_PLANT = os.environ.get("CATENARY_TEST_PLANT", "")
+
 AdminAppFactory = Callable[["Server"], Any]  # -> aiohttp.web.Application
 
 
@@ -659,7 +663,15 @@ class Server:
             batched.append(request)
         if not batched:
             return Begun(refused, None, [], _no_replies)
-        future = self._require_host().read_future(MultiGetQuery(tuple(keys)))
+        host = self._require_host()
+        if _TEST_PLANT == "follower-read" and not host.replica.is_leader:
+            # TEST ONLY, off by default (docs/faults.md): a planted bug that lets a
+            # follower answer a linearizable get from its own state, skipping
+            # ReadIndex, so the fault suite can show its checker catches it.
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            future.set_result(host.read_stale(MultiGetQuery(tuple(keys))))
+        else:
+            future = host.read_future(MultiGetQuery(tuple(keys)))
         return Begun(refused, future, batched, functools.partial(_get_replies, batched))
 
     def begin_puts(self, requests: list[api.Put]) -> Begun | None:
