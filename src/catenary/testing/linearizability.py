@@ -439,6 +439,77 @@ def _search(
     return _KeyResult("ok", steps)
 
 
+def _end_state(ops: list[Operation], state: _State) -> _State:
+    """The one state every linearization of ``ops`` (all completed) ends in.
+
+    Versions order the writes: the write with the highest version came last
+    (at a tie, a put after a delete of the absent key, which answers the
+    current revision); gets and failed preconditions change nothing.
+    """
+    last: Operation | None = None
+    for op in ops:
+        if op.kind == "get" or not isinstance(op.result, Written):
+            continue
+        if last is None or (op.result.version, op.kind == "put") > (
+            last.result.version,  # type: ignore[union-attr]
+            last.kind == "put",
+        ):
+            last = op
+    if last is None:
+        return state
+    assert isinstance(last.result, Written)
+    version = last.result.version
+    return (last.value, version, version) if last.kind == "put" else (None, 0, version)
+
+
+def _search_segments(
+    ops: list[Operation],
+    deadlines: list[float],
+    initial: _State,
+    max_steps: int,
+    lazy: bool = False,
+    placeholder: bytes = b"",
+) -> _KeyResult:
+    """``_search``, one quiescent segment at a time.
+
+    A segment ends where every operation called so far has returned before
+    the next one is called, and none of them is optional (of unknown
+    outcome).  The state there is then the same for every linearization
+    (``_end_state``), so the next segment starts from it and the segments are
+    checked one by one: exact, and a violation late in a long history costs
+    the search of its own segment only, not of everything before it.
+    """
+    order = sorted(range(len(ops)), key=lambda i: ops[i].call_time)
+    segments: list[list[int]] = []
+    current: list[int] = []
+    horizon = -math.inf
+    for i in order:
+        if current and ops[i].call_time > horizon:
+            segments.append(current)
+            current = []
+        current.append(i)
+        horizon = max(horizon, deadlines[i])
+    if current:
+        segments.append(current)
+    state = initial
+    steps = 0
+    for number, segment in enumerate(segments):
+        part = [ops[i] for i in segment]
+        result = _search(part, [deadlines[i] for i in segment], state, max_steps, lazy, placeholder)
+        steps += result.steps
+        if result.outcome != "ok":
+            result.steps = steps
+            if len(segments) > 1:
+                result.explanation = (
+                    f"in quiescent segment {number + 1} of {len(segments)} "
+                    f"(from {part[0].call_time}): {result.explanation}"
+                )
+            return result
+        if number + 1 < len(segments):
+            state = _end_state(part, state)
+    return _KeyResult("ok", steps)
+
+
 def _check_key(
     ops: list[Operation],
     initial: _State,
@@ -573,7 +644,7 @@ def _check_key(
             deadlines.append(math.inf)
             optional += 1
     if not optional:
-        return _search(kept, deadlines, initial, max_steps)
+        return _search_segments(kept, deadlines, initial, max_steps)
     # An optional put whose value no get returned can be given one shared
     # placeholder value: only gets look at values.  Then the optional puts
     # are interchangeable, and when every optional put is such, an optional
@@ -603,14 +674,14 @@ def _check_key(
             )
     if lazy:
         # The lazy search already tries the optional ops only where needed.
-        return _search(kept, deadlines, initial, max_steps, lazy, placeholder)
+        return _search_segments(kept, deadlines, initial, max_steps, lazy, placeholder)
     required = [i for i, deadline in enumerate(deadlines) if not math.isinf(deadline)]
-    first = _search(
+    first = _search_segments(
         [kept[i] for i in required], [deadlines[i] for i in required], initial, max_steps
     )
     if first.outcome != "violation":
         return first
-    second = _search(kept, deadlines, initial, max_steps)
+    second = _search_segments(kept, deadlines, initial, max_steps)
     second.steps += first.steps
     if second.outcome == "unknown":
         second.explanation = (

@@ -55,7 +55,8 @@ class Verdict:
 
     @property
     def failed(self) -> bool:
-        return self.status == "violation"
+        # "unknown" (a checker gave up) fails too: nothing was shown.
+        return self.status in ("violation", "unknown")
 
     def line(self) -> str:
         return f"{self.checker:<22} {self.status.upper():<9} {self.detail}"

@@ -120,7 +120,9 @@ class Nemesis:
                 continue
             code = self.cluster.exited(node.index)
             if code is not None:
-                tail = " | ".join(node.log_tail(600).strip().splitlines()[-3:])
+                lines = node.log_tail(6000).strip().splitlines()
+                errors = [x for x in lines if "ERROR" in x or "CRITICAL" in x or "Error" in x]
+                tail = " | ".join((errors or lines)[-2:])
                 self.findings.append(
                     Finding(
                         self.clock(),

@@ -25,7 +25,14 @@ from catenary.testing.faults import disk as disk_module
 from catenary.testing.faults import net as net_module
 from catenary.testing.faults.cluster import CLUSTER_NAME, FaultCluster
 from catenary.testing.faults.history import Clock, Verdict
-from catenary.testing.faults.nemesis import FAMILIES, Fault, Finding, Nemesis, schedule
+from catenary.testing.faults.nemesis import (
+    FAMILIES,
+    PARTITIONS,
+    Fault,
+    Finding,
+    Nemesis,
+    schedule,
+)
 from catenary.testing.faults.workload import Context, MetadataWorkload, Workload
 
 PLANT_ENV = "CATENARY_TEST_PLANT"
@@ -43,6 +50,7 @@ class RunOptions:
     op_timeout_s: float = 2.0
     settings: tuple[str, ...] = ()
     workloads: Callable[[], list[Workload]] | None = None
+    faults: list[Fault] | None = None  # a fixed schedule instead of one drawn from the seed
 
 
 @dataclass
@@ -146,7 +154,10 @@ async def run(options: RunOptions, out: Callable[[str], None] = print) -> Report
         if options.plant:
             out(f"PLANTED BUG (test only): {PLANT_ENV}={options.plant}")
         await cluster.start_all()
-        report.schedule = schedule(seed, options.seconds, options.nodes, families)
+        if options.faults is not None:
+            report.schedule = [f for f in options.faults if _family(f.kind) in families]
+        else:
+            report.schedule = schedule(seed, options.seconds, options.nodes, families)
         out(f"schedule ({len(report.schedule)} faults, nemeses {','.join(families) or 'none'}):")
         for fault in report.schedule:
             out("  " + fault.describe())
@@ -195,6 +206,10 @@ async def run(options: RunOptions, out: Callable[[str], None] = print) -> Report
         shutil.rmtree(directory, ignore_errors=True)
         report.directory += " (removed)"
     return report
+
+
+def _family(kind: str) -> str:
+    return "partition" if kind in PARTITIONS else kind
 
 
 def _recovery_verdict(report: Report, bound_s: float) -> Verdict:
