@@ -171,7 +171,7 @@ class MetadataWorkload:
         except UnavailableError as exc:
             record.outcome = "failed"
             record.error = type(exc).__name__
-        except CatenaryError as exc:
+        except Exception as exc:
             # Anything else leaves the outcome unknown to us: the safe reading.
             record.outcome = "indeterminate"
             record.error = type(exc).__name__
@@ -186,9 +186,11 @@ class MetadataWorkload:
         into.append(record)
         try:
             kv = await client.metadata.get(key, stale=stale)
-        except CatenaryError as exc:
+        except Exception as exc:  # a read changes nothing, whatever went wrong
             record.outcome = "failed"
             record.error = type(exc).__name__
+            if not isinstance(exc, CatenaryError):
+                self.errors[type(exc).__name__] += 1
             return record
         record.ret = self.ctx.clock.now()
         record.outcome = "ok"
@@ -340,8 +342,9 @@ class MetadataWorkload:
                         segment.events.append(event)
             except CompactedError:
                 segment.ended_by = "compacted"
-            except CatenaryError as exc:
+            except Exception as exc:  # resubscribe from a new read, as after compaction
                 segment.ended_by = type(exc).__name__
+                await asyncio.sleep(0.1)
             else:
                 segment.ended_by = "stream ended"
 
@@ -386,6 +389,8 @@ class MetadataWorkload:
         out["lease-episodes"] = len(self.episodes)
         out["watch-events"] = sum(len(s.events) for ss in self.segments.values() for s in ss)
         out["watch-resubscriptions"] = sum(max(0, len(ss) - 1) for ss in self.segments.values())
+        for name, count in self.errors.items():
+            out[f"error:{name}"] = count
         return dict(sorted(out.items()))
 
     def check(self) -> list[Verdict]:
