@@ -139,8 +139,11 @@ class Nemesis:
                 self.log(f"  restarted n{node.index}")
         self._killed.clear()
 
-    async def run(self, faults: list[Fault], stop: asyncio.Event) -> None:
-        for fault in faults:
+    async def run(
+        self, faults: list[Fault], stop: asyncio.Event, *, leave_last: bool = False
+    ) -> None:
+        """Do each fault and heal it; ``leave_last``: the last one is left for the final heal."""
+        for number, fault in enumerate(faults):
             delay = fault.at - self.clock()
             if delay > 0:
                 try:
@@ -154,11 +157,15 @@ class Nemesis:
             text = fault.describe(target)
             self.log(f"  {self.clock():7.2f}s start {text}")
             self.done.append(text)
+            last = leave_last and number == len(faults) - 1
             try:
                 await self._do(fault, target)
-            finally:
+            except BaseException:
                 self.heal()
-            self.log(f"  {self.clock():7.2f}s healed")
+                raise
+            if not last:
+                self.heal()
+                self.log(f"  {self.clock():7.2f}s healed")
 
     async def _hold(self, fault: Fault, during: str) -> None:
         end = self.clock() + fault.duration

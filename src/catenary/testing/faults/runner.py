@@ -1,9 +1,10 @@
 """One fault run: a cluster, a workload, a schedule of faults, the checkers' verdicts.
 
 Sequence: form the cluster; print the schedule; run the workload while the
-nemesis does the schedule; heal everything (the final heal) and measure how
-long until a write and a linearizable get succeed again (the recovery
-verdict fails past ``recovery_bound_s``); stop the workload; read back; run
+nemesis does the schedule; at the end of the last fault heal everything (the
+final heal) and measure how long until a write and a linearizable get
+succeed again (the recovery verdict fails past ``recovery_bound_s``); let
+the workload run out its seconds; stop it; read back; run
 the checkers; stop every process, unmount the disks, remove the network.
 """
 
@@ -171,16 +172,17 @@ async def run(options: RunOptions, out: Callable[[str], None] = print) -> Report
         nemesis = Nemesis(cluster, clock.now, out)
         running = [asyncio.ensure_future(w.run(stop)) for w in workloads]
         try:
-            await nemesis.run(report.schedule, asyncio.Event())
-            remaining = options.seconds - clock.now()
-            if remaining > 0:
-                await asyncio.sleep(remaining)
+            # The last fault lasts until the final heal, so recovery is measured from it.
+            await nemesis.run(report.schedule, asyncio.Event(), leave_last=True)
         finally:
             nemesis.heal()  # the final heal
             out(f"  {clock.now():7.2f}s final heal")
             report.done = nemesis.done
             wrote, got = await _recover(cluster.addresses, clock, options.recovery_bound_s)
             report.recovery_write_s, report.recovery_get_s = wrote, got
+            remaining = options.seconds - clock.now()
+            if remaining > 0:
+                await asyncio.sleep(remaining)
             stop.set()
             done, pending = await asyncio.wait(running, timeout=options.op_timeout_s * 4 + 10)
             for task in pending:
