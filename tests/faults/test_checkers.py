@@ -85,3 +85,15 @@ def test_a_lease_expiring_before_its_ttl_is_caught() -> None:
 
     assert checkers.leases([episode(3.5)]).status == "ok"  # past 1.0 + 2 s
     assert checkers.leases([episode(2.0)]).status == "violation"  # before 1.0 + 2 s
+
+
+def test_the_cli_refuses_an_unknown_nemesis() -> None:
+    from click.testing import CliRunner
+
+    from catenary.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["faults", "run", "--nemesis", "kill,meteor"])
+    assert result.exit_code == 2
+    assert "meteor" in result.output
+    help_text = CliRunner().invoke(cli, ["faults", "run", "--help"]).output
+    assert "--seed" in help_text and "--nemesis" in help_text
