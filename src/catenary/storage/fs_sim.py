@@ -14,8 +14,15 @@ entries as of the last ``fsync_dir`` of their parent directory).
 3. ``crash()`` replaces ``current`` with ``durable`` and every inode's ``data`` with its
    ``durable`` content - except that, with probability ``tear_probability`` per file whose
    unsynced change is a pure append, a random prefix of the unsynced appended bytes survives
-   (a torn write). All handles opened before the crash become invalid (``EBADF``).
-4. ``flip_bit`` corrupts both contents (media corruption survives crashes).
+   (a torn write). With probability ``garbage_probability`` a torn write also leaves random
+   garbage after the kept prefix, in place of some of the bytes that were being written (a
+   sector written half-way, or stale blocks the file system exposed), so a crash can leave a
+   bad checksum at the end of a file. All handles opened before the crash become invalid
+   (``EBADF``).
+4. ``flip_bit`` corrupts both contents (media corruption survives crashes). Bit-rot, the
+   fault a nemesis injects, is ``rot`` (one bit inside a file's synced bytes) or
+   ``rot_somewhere`` (a random file first); ``crash()`` additionally rots one synced bit of
+   each file with probability ``rot_probability``.
 5. With ``capacity_bytes`` set, a write that would make the live files exceed it raises
    ``OSError(ENOSPC)`` and writes nothing.
 6. Every random choice comes from the injected ``Random``; iteration is in sorted path order.
@@ -39,6 +46,14 @@ def _norm(path: str) -> str:
 
 def _parent(path: str) -> str:
     return posixpath.dirname(path)
+
+
+def _garbage(rng: Random, n: int) -> bytes:
+    """``n`` random bytes, never all zero (a zero run is what an unwritten region reads as)."""
+    data = bytearray(rng.getrandbits(8) for _ in range(n))
+    if not any(data):
+        data[-1] = 0xFF
+    return bytes(data)
 
 
 class _Inode:
@@ -121,11 +136,22 @@ class SimFileSystem:
         *,
         tear_probability: float = 0.5,
         capacity_bytes: int | None = None,
+        garbage_probability: float = 0.0,
+        rot_probability: float = 0.0,
     ) -> None:
-        if not 0.0 <= tear_probability <= 1.0:
-            raise ValueError("tear_probability must be within [0, 1]")
+        for name, value in (
+            ("tear_probability", tear_probability),
+            ("garbage_probability", garbage_probability),
+            ("rot_probability", rot_probability),
+        ):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be within [0, 1]")
         self._rng = rng
         self.tear_probability = tear_probability
+        # Of the torn writes, the share that leaves garbage after the kept prefix (rule 3).
+        self.garbage_probability = garbage_probability
+        # Per file and crash, the chance that one synced bit rots (rule 4).
+        self.rot_probability = rot_probability
         self.capacity_bytes = capacity_bytes
         self._lock = threading.RLock()
         self._current: dict[str, _Inode] = {}
@@ -138,6 +164,9 @@ class SimFileSystem:
         self.fsync_dir_count = 0
         self.write_count = 0
         self.crash_count = 0
+        self.torn_count = 0  # torn writes kept by crash()
+        self.garbage_count = 0  # of those, the ones that left garbage
+        self.rot_count = 0  # bits rotted by rot() or crash()
 
     # -- FileSystem -----------------------------------------------------------------------
 
@@ -223,8 +252,10 @@ class SimFileSystem:
     # -- Faults ---------------------------------------------------------------------------
 
     def crash(self) -> None:
-        """Lose everything unsynced (rule 3); may keep a random prefix of unsynced appends."""
+        """Lose everything unsynced (rule 3): a torn write may keep a random prefix of the
+        unsynced appended bytes, possibly followed by garbage; synced bits may rot (rule 4)."""
         with self._lock:
+            rng = self._rng
             self._generation += 1
             self.crash_count += 1
             self._current = dict(self._durable)
@@ -235,12 +266,72 @@ class SimFileSystem:
                 torn = (
                     extra > 0
                     and inode.data.startswith(durable)
-                    and self._rng.random() < self.tear_probability
+                    and rng.random() < self.tear_probability
                 )
                 if torn:
-                    keep = self._rng.randrange(extra + 1)
-                    inode.durable = bytes(inode.data[: len(durable) + keep])
+                    keep = rng.randrange(extra + 1)
+                    survived = inode.data[: len(durable) + keep]
+                    if (
+                        self.garbage_probability > 0.0
+                        and keep < extra
+                        and rng.random() < self.garbage_probability
+                    ):
+                        survived += _garbage(rng, rng.randint(1, extra - keep))
+                        self.garbage_count += 1
+                    inode.durable = bytes(survived)
+                    self.torn_count += 1
+                if (
+                    self.rot_probability > 0.0
+                    and inode.durable
+                    and rng.random() < self.rot_probability
+                ):
+                    self._rot_locked(inode, rng, 0)
                 inode.data = bytearray(inode.durable)
+
+    def rot(self, path: str, rng: Random | None = None, *, start: int = 0) -> int:
+        """Bit-rot: flip one random bit among the synced bytes of ``path`` at or after
+        ``start``, in what survives a crash and in what reads see now. Returns the byte
+        offset. ``rng`` defaults to the file system's own. ``ValueError`` if the file has no
+        synced byte at or after ``start``."""
+        path = _norm(path)
+        with self._lock:
+            inode = self._current.get(path)
+            if inode is None:
+                raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+            if len(inode.durable) <= start:
+                raise ValueError(f"{path} has no synced byte at or after {start}")
+            return self._rot_locked(inode, rng or self._rng, start)
+
+    def rot_somewhere(
+        self, rng: Random | None = None, *, under: str = "/"
+    ) -> tuple[str, int] | None:
+        """Bit-rot in a random file below directory ``under`` that has synced bytes (chosen
+        in sorted path order, so deterministic). Returns (path, byte offset), or None if no
+        file qualifies."""
+        under = _norm(under)
+        prefix = under.rstrip("/") + "/"
+        with self._lock:
+            rng = rng or self._rng
+            paths = [
+                p
+                for p in sorted(self._current)
+                if p.startswith(prefix) and self._current[p].durable
+            ]
+            if not paths:
+                return None
+            path = paths[rng.randrange(len(paths))]
+            return path, self._rot_locked(self._current[path], rng, 0)
+
+    def _rot_locked(self, inode: _Inode, rng: Random, start: int) -> int:
+        offset = rng.randrange(start, len(inode.durable))
+        mask = 1 << rng.randrange(8)
+        durable = bytearray(inode.durable)
+        durable[offset] ^= mask
+        inode.durable = bytes(durable)
+        if offset < len(inode.data) and inode.data[offset] == durable[offset] ^ mask:
+            inode.data[offset] ^= mask  # reads see it too, unless an unsynced write is there
+        self.rot_count += 1
+        return offset
 
     def flip_bit(self, path: str, offset: int, bit: int | None = None) -> None:
         """Flip one bit of byte ``offset`` (random bit unless given), durably."""

@@ -433,8 +433,9 @@ class SegmentedStore:
     ) -> None:
         report = self.recovery
         start = SEGMENT_HEADER_BYTES
+        durable_hint = 0  # bytes a checkpoint block says were durable when it was written
         if has_checkpoint:
-            reason = self._load_checkpoint(seg, f, size)
+            reason, durable_hint = self._load_checkpoint(seg, f, size)
             if reason is None:
                 report.checkpoints_used += 1
                 start = seg.checkpoint_bytes
@@ -448,6 +449,14 @@ class SegmentedStore:
         if bad is not None:
             if not last:
                 raise CorruptionError(seg.path, end, bad + " in a segment that is not the last")
+            if end < durable_hint:
+                # Checkpoints only cover synced bytes and are removed durably before any cut,
+                # so this record was durable: bit-rot, not a torn write.
+                raise CorruptionError(
+                    seg.path,
+                    end,
+                    f"{bad} below byte {durable_hint}, which a checkpoint says was durable",
+                )
             found = self._valid_record_after(f, end + 1, size)
             if found is not None:
                 raise CorruptionError(
@@ -463,8 +472,9 @@ class SegmentedStore:
             report.torn_bytes_dropped = size - end
         seg.size = seg.file_bytes = seg.synced_bytes = end
 
-    def _load_checkpoint(self, seg: _Segment, f: File, size: int) -> str | None:
-        """Load ``seg``'s checkpoint blocks; returns why it was rejected, or None (rule 4)."""
+    def _load_checkpoint(self, seg: _Segment, f: File, size: int) -> tuple[str | None, int]:
+        """Load ``seg``'s checkpoint blocks (rule 4). Returns why they were rejected (None if
+        used) and the bytes the well-formed blocks cover (which were durable once)."""
         handle = self._fs.open(seg.index_path, create=False)
         try:
             raw = handle.pread(0, handle.size())
@@ -504,21 +514,23 @@ class SegmentedStore:
             covered = block_covered
             at = stop
         if not offsets:
-            return "no valid block" if raw else "empty"
-        if covered > size:
-            return f"covers {covered} bytes but the segment holds {size}"
+            return ("no valid block" if raw else "empty"), 0
         if offsets[0] != SEGMENT_HEADER_BYTES:
-            return "first offset is not right after the header"
+            return "first offset is not right after the header", 0
+        if covered > size:
+            return f"covers {covered} bytes but the segment holds {size}", 0
         last = offsets[-1]
         raw_rec = f.pread(last, covered - last)
         n = _record_ok(raw_rec, 0, len(raw_rec), self._config.record_bytes_max)
         if n < 0 or RECORD_HEADER_BYTES + n != len(raw_rec):
-            return f"last record at offset {last} does not match the segment"
+            # The blocks are well formed, so these bytes were durable: the scan that follows
+            # treats a bad record below ``covered`` as corruption, never as a torn tail.
+            return f"last record at offset {last} does not match the segment", covered
         seg.offsets = offsets
         seg.checkpoint_records = len(offsets)
         seg.checkpoint_bytes = covered
         seg.checkpoint_file_bytes = at
-        return None
+        return None, covered
 
     def _scan(self, seg: _Segment, f: File, start: int, end: int) -> tuple[int, str | None]:
         """Index records from ``start``; returns (end of the last valid record, problem)."""
@@ -893,7 +905,13 @@ class SegmentedStore:
                 else:
                     keep = position - seg.first
                     cut = seg.offsets[keep]
-                    if seg.checkpoint_bytes > cut or seg.checkpoint_records > keep:
+                    # After a failed checkpoint write the counters are 0 while the file may
+                    # still hold blocks: drop it then too.
+                    if (
+                        seg.checkpoint_bytes > cut
+                        or seg.checkpoint_records > keep
+                        or seg.checkpoint_records == 0
+                    ):
                         dir_dirty |= self._drop_checkpoint(seg)
                     if dir_dirty:
                         fs.fsync_dir(self._dir)  # checkpoints gone before bytes are cut
