@@ -150,12 +150,13 @@ def check(recovered: State, kind: str, before: State, after: State | None) -> No
 def test_crash_at_every_operation_recovers_a_valid_state() -> None:
     _, _, total = run(None, SimFileSystem(Random(0), tear_probability=0.0))
     assert total > 50
-    torn = 0
+    torn = garbage = 0
     for k in range(total):
         for seed in (k, k + 10_000):
-            disk = SimFileSystem(Random(seed), tear_probability=0.7)
+            disk = SimFileSystem(Random(seed), tear_probability=0.7, garbage_probability=0.5)
             index, before, _ = run(k, disk)
             disk.crash()
+            garbage += disk.garbage_count
             store = SegmentedStore.open(disk, DIRECTORY, CONFIG)
             torn += store.recovery.torn_tail
             recovered = State(
@@ -166,3 +167,4 @@ def test_crash_at_every_operation_recovers_a_valid_state() -> None:
             kind = STEPS[index][0] if 0 <= index < len(STEPS) else "open"
             check(recovered, kind, before, expected_after(index, before))
     assert torn > 0  # the torn-tail path really ran
+    assert garbage > 0  # and crashes really left garbage tails
