@@ -86,7 +86,11 @@ __all__ = [
     "StoreFailedError",
 ]
 
-FORMAT_VERSION = 1
+# Segment format version written by this code. Version 2 segments may end in zeros (they are
+# preallocated); version 1 segments (never preallocated) are still read, and appended to.
+FORMAT_VERSION = 2
+SEGMENT_VERSIONS = (1, 2)
+CHECKPOINT_VERSION = 1
 SEGMENT_MAGIC = b"CTSG"
 SEGMENT_SUFFIX = ".seg"
 INDEX_SUFFIX = ".idx"
@@ -119,6 +123,10 @@ class StoreConfig:
     record_bytes_max: int = 8 * 1024 * 1024
     # Read at most this many bytes at once while scanning at open.
     scan_chunk_bytes: int = 1024 * 1024
+    # Create each segment file at its full size (segment_bytes_max) of written zeros, and
+    # overwrite them in place: an fdatasync then changes no file size and needs no journal
+    # commit. Off: files grow with each write (the segment format is the same).
+    preallocate: bool = True
 
     def __post_init__(self) -> None:
         if self.segment_bytes_max < SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES:
@@ -167,6 +175,7 @@ class _Segment:
     """One segment file and its in-memory index."""
 
     __slots__ = (
+        "allocated",
         "checkpoint_bytes",
         "checkpoint_file_bytes",
         "checkpoint_records",
@@ -179,6 +188,7 @@ class _Segment:
         "pending",
         "size",
         "synced_bytes",
+        "version",
     )
 
     def __init__(self, directory: str, first: int) -> None:
@@ -191,6 +201,8 @@ class _Segment:
         self.file_bytes = 0  # bytes written to the file
         self.synced_bytes = 0  # bytes known durable
         self.pending = bytearray()  # bytes [file_bytes, size), not yet written
+        self.allocated = 0  # the file's size (records plus, in version 2, a zero tail)
+        self.version = FORMAT_VERSION
         self.file: File | None = None
         self.checkpoint_records = 0  # records covered by the last checkpoint written or read
         self.checkpoint_bytes = 0
@@ -336,6 +348,7 @@ class SegmentedStore:
             head = f.pread(0, SEGMENT_HEADER_BYTES)
             problem = self._check_header(head, first)
             if problem is None:
+                seg.version = _SEGMENT_HEADER.unpack(head)[1]
                 gen = _SEGMENT_HEADER.unpack(head)[3]
                 if gen < self._generation:
                     f.close()
@@ -422,7 +435,7 @@ class SegmentedStore:
             return "header CRC32C mismatch"
         if magic != SEGMENT_MAGIC:
             return f"bad magic {magic!r}"
-        if version != FORMAT_VERSION or header_bytes != SEGMENT_HEADER_BYTES:
+        if version not in SEGMENT_VERSIONS or header_bytes != SEGMENT_HEADER_BYTES:
             return f"unsupported format version {version}"
         if head_first != first:
             return f"header says first position {head_first}, file name says {first}"
@@ -446,6 +459,13 @@ class SegmentedStore:
                 seg.offsets = array("Q")
                 seg.checkpoint_records = seg.checkpoint_bytes = seg.checkpoint_file_bytes = 0
         end, bad = self._scan(seg, f, start, size)
+        dirty = size  # end of the bytes after the records that are not zeros
+        if bad is not None and seg.version >= 2:
+            # Version 2: the records end at the first invalid record header; only zeros may
+            # follow (the preallocated tail). Anything else there is a torn write or damage.
+            dirty = self._dirty_end(f, end, size)
+            if dirty == end:
+                bad = None
         if bad is not None:
             if not last:
                 raise CorruptionError(seg.path, end, bad + " in a segment that is not the last")
@@ -457,20 +477,53 @@ class SegmentedStore:
                     end,
                     f"{bad} below byte {durable_hint}, which a checkpoint says was durable",
                 )
-            found = self._valid_record_after(f, end + 1, size)
+            found = self._valid_record_after(f, end + 1, dirty)
             if found is not None:
                 raise CorruptionError(
                     seg.path, end, f"{bad}, followed by a valid record at offset {found}"
                 )
             if seg.checkpoint_bytes > end:  # cannot happen: the checkpoint was validated
                 raise CorruptionError(seg.index_path, None, "covers bytes that are torn")
-            f.truncate(end)
+            if seg.version >= 2 and self._config.preallocate:
+                # Zero the torn bytes in place: the file keeps its preallocated size. A crash
+                # while zeroing leaves zeros and the rest of the same garbage: torn again.
+                self._zero(f, end, dirty)
+            else:
+                f.truncate(end)
+                size = end
             f.fsync()
             report.torn_tail = True
             report.torn_path = seg.path
             report.torn_offset = end
-            report.torn_bytes_dropped = size - end
+            report.torn_bytes_dropped = dirty - end
         seg.size = seg.file_bytes = seg.synced_bytes = end
+        seg.allocated = size
+
+    def _dirty_end(self, f: File, start: int, end: int) -> int:
+        """One past the last byte in ``[start, end)`` that is not zero, or ``start``."""
+        chunk = self._config.scan_chunk_bytes
+        dirty = start
+        at = start
+        while at < end:
+            data = f.pread(at, min(chunk, end - at))
+            if not data:
+                break
+            n = len(data.rstrip(b"\x00"))
+            if n:
+                dirty = at + n
+            at += len(data)
+        return dirty
+
+    def _zero(self, f: File, start: int, end: int) -> None:
+        """Overwrite ``[start, end)`` of ``f`` with zeros, a bounded buffer at a time."""
+        if start >= end:
+            return
+        zeros = bytes(min(self._config.scan_chunk_bytes, end - start))
+        at = start
+        while at < end:
+            n = min(len(zeros), end - at)
+            f.pwrite(at, memoryview(zeros)[:n])
+            at += n
 
     def _load_checkpoint(self, seg: _Segment, f: File, size: int) -> tuple[str | None, int]:
         """Load ``seg``'s checkpoint blocks (rule 4). Returns why they were rejected (None if
@@ -492,7 +545,7 @@ class SegmentedStore:
             stop = at + _CHECKPOINT_BLOCK.size + 8 * count
             if (
                 magic != CHECKPOINT_MAGIC
-                or version != FORMAT_VERSION
+                or version != CHECKPOINT_VERSION
                 or generation != self._generation
                 or first != seg.first
                 or start != len(offsets)
@@ -730,9 +783,18 @@ class SegmentedStore:
                 created = True
                 if seg.file.size():  # a stale file of that name cannot be durable data
                     seg.file.truncate(0)
+                seg.allocated = 0
             data = seg.pending
+            end = seg.file_bytes + len(data)
+            if end > seg.allocated and seg.version >= 2 and self._config.preallocate:
+                # Once per segment (again only after a cut): the whole file in zeros, so the
+                # syncs that follow overwrite in place and change no size.
+                size = max(self._config.segment_bytes_max, end)
+                seg.file.allocate(size)
+                seg.allocated = size
             if data:
-                seg.file.write(data)
+                seg.file.pwrite(seg.file_bytes, data)
+                seg.allocated = max(seg.allocated, end)
         except OSError:
             self._rollback()
             raise
@@ -772,8 +834,11 @@ class SegmentedStore:
                     keep = bisect.bisect_left(seg.offsets, seg.synced_bytes)
                     del seg.offsets[keep:]
                     assert seg.file is not None
-                    if seg.file_bytes > seg.synced_bytes:
+                    # A failed write may have left part of itself (or of an allocation)
+                    # past the durable bytes: cut all of it; the next sync allocates again.
+                    if seg.file.size() > seg.synced_bytes:
                         seg.file.truncate(seg.synced_bytes)
+                    seg.allocated = seg.synced_bytes
                     seg.size = seg.file_bytes = seg.synced_bytes
                     seg.pending = bytearray()
                     break
@@ -800,7 +865,7 @@ class SegmentedStore:
         body = block.tobytes()
         head = _CHECKPOINT_BLOCK.pack(
             CHECKPOINT_MAGIC,
-            FORMAT_VERSION,
+            CHECKPOINT_VERSION,
             self._generation,
             seg.first,
             done,
@@ -916,8 +981,12 @@ class SegmentedStore:
                     if dir_dirty:
                         fs.fsync_dir(self._dir)  # checkpoints gone before bytes are cut
                     assert seg.file is not None
+                    # A cut, not zeros written over the records: a torn zeroing could leave
+                    # old records after zeros, which open would rightly call corruption. The
+                    # next sync preallocates the file again.
                     seg.file.truncate(cut)
                     seg.file.fsync()
+                    seg.allocated = cut
                     del seg.offsets[keep:]
                     seg.size = seg.file_bytes = seg.synced_bytes = cut
                 self._next = self._durable_next = position
