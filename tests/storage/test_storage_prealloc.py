@@ -318,3 +318,23 @@ def test_crashes_during_overwrites_recover_a_prefix_and_report_garbage() -> None
                     store.sync()
             fs.crash()
     assert torn > 10
+
+
+def test_preallocation_in_steps_grows_a_step_at_a_time_up_to_the_segment(fscase: FsCase) -> None:
+    config = StoreConfig(segment_bytes_max=5 * SEG // 2, preallocate_step_bytes=SEG)
+    watch = _SizeWatch(fscase.fs)
+    d = fscase.path("s")
+    store = SegmentedStore.open(watch, d, config)  # type: ignore[arg-type]
+    for i in range(1, 300):
+        store.append([payload(i)])
+        store.sync()
+    store.close()
+    sizes = [size for path, size in watch.sizes if path == segments(fscase.fs, d)[0]]
+    # Whole steps, then the segment's size; each size lasts for many syncs.
+    assert sorted(set(sizes)) == [SEG, 2 * SEG, 5 * SEG // 2]
+    assert sizes == sorted(sizes)
+    store = SegmentedStore.open(fscase.fs, d, config)
+    assert store.read_range(1, 300) == [payload(i) for i in range(1, 300)]
+    store.close()
+    with pytest.raises(ValueError, match="preallocate_step_bytes"):
+        StoreConfig(preallocate_step_bytes=100)

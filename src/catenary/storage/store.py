@@ -127,6 +127,10 @@ class StoreConfig:
     # overwrite them in place: an fdatasync then changes no file size and needs no journal
     # commit. Off: files grow with each write (the segment format is the same).
     preallocate: bool = True
+    # Preallocate in steps of this many bytes instead of the whole segment at once: smaller
+    # allocations (less zero writing for small stores, a shorter stall at each step), at the
+    # cost of one size change (one journal commit) per step. None: the whole segment.
+    preallocate_step_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if self.segment_bytes_max < SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES:
@@ -137,6 +141,8 @@ class StoreConfig:
             raise ValueError("index_checkpoint_records must be >= 1")
         if self.scan_chunk_bytes < 4096:
             raise ValueError("scan_chunk_bytes must be >= 4096")
+        if self.preallocate_step_bytes is not None and self.preallocate_step_bytes < 4096:
+            raise ValueError("preallocate_step_bytes must be >= 4096 (or None)")
 
 
 @dataclass(slots=True)
@@ -789,7 +795,7 @@ class SegmentedStore:
             if end > seg.allocated and seg.version >= 2 and self._config.preallocate:
                 # Once per segment (again only after a cut): the whole file in zeros, so the
                 # syncs that follow overwrite in place and change no size.
-                size = max(self._config.segment_bytes_max, end)
+                size = self._allocation(end)
                 seg.file.allocate(size)
                 seg.allocated = size
             if data:
@@ -813,6 +819,14 @@ class SegmentedStore:
         due = len(seg.offsets) - seg.checkpoint_records >= self._config.index_checkpoint_records
         if sealed or due:
             self._write_checkpoint(seg)
+
+    def _allocation(self, end: int) -> int:
+        """The size to preallocate a segment to when it must hold ``end`` bytes."""
+        full = self._config.segment_bytes_max
+        step = self._config.preallocate_step_bytes
+        if step is None or end >= full:
+            return max(full, end)
+        return min(full, -(-end // step) * step)  # ``end`` rounded up to whole steps
 
     def _rollback(self) -> None:
         """Undo everything not yet durable after a failed write (rule 7)."""
