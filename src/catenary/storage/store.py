@@ -10,7 +10,10 @@ A store is a directory holding a contiguous run of records at integer *positions
   *base position* where the store starts when it holds no segment file.
 * ``<first position, 20 digits>.seg``: a segment file - a 24-byte header (magic, version,
   generation, first position, CRC) and then records ``length u32 | crc32c u32 | payload``,
-  where the CRC32C covers the 4 length bytes and then the payload.
+  where the CRC32C covers the 4 length bytes and then the payload. Version 2 files are
+  preallocated: created at ``segment_bytes_max`` of written zeros and overwritten in place,
+  so a steady-state fdatasync changes no file size; only zeros may follow the records.
+  Version 1 files (no zero tail) are still read and appended to.
 * ``<first position>.idx``: an optional index checkpoint for that segment (record offsets).
 
 Rules (numbered so tests and comments can cite them):
@@ -22,9 +25,11 @@ Rules (numbered so tests and comments can cite them):
 2. Positions are contiguous: segment ``k+1`` starts where segment ``k`` ends. A gap or overlap
    found at open is corruption.
 3. Open scans each segment only after its checkpoint. A record that is short, too long or fails
-   its CRC at offset X is a *torn tail* only when it is in the last segment and no valid record
-   starts anywhere after X; the file is then cut back to X (fsynced) and the cut reported.
-   Anything else is :class:`CorruptionError` naming file and offset - never skipped.
+   its CRC at offset X ends the records; in a version 2 file that is the clean end when only
+   zeros follow. Otherwise it is a *torn tail* only when it is in the last segment, below no
+   checkpoint, and no valid record starts anywhere after X; the torn bytes are then cut (or, in
+   a preallocated file, zeroed in place), fsynced, and reported. Anything else is
+   :class:`CorruptionError` naming file and offset - never skipped.
    (Residual risk: a payload that itself embeds a validly framed record after a torn point
    makes open refuse the store rather than guess; it never returns wrong data.)
 4. A checkpoint is only a hint: blocks of offsets appended without fsync, each with its own
