@@ -277,3 +277,22 @@ def test_rot_in_the_middle_is_corruption_at_open_or_read_never_data() -> None:
         detected_at_read += 1
         store.close()
     assert detected_at_open > 0 and detected_at_read > 0
+
+
+def test_garbage_is_bounded_and_never_past_the_written_region() -> None:
+    from catenary.storage.fs_sim import GARBAGE_BYTES_MAX
+
+    for seed in range(20):
+        fs = SimFileSystem(Random(seed), tear_probability=1.0, garbage_probability=1.0)
+        fs.mkdir("/d")
+        f = fs.open("/d/f", create=True)
+        f.allocate(1 << 20)
+        f.fsync()
+        fs.fsync_dir("/d")
+        f.pwrite(0, b"\x01" * 100_000)
+        fs.crash()
+        raw = file_bytes(fs, "/d/f")
+        assert len(raw) == 1 << 20
+        kept = len(raw) - len(raw.lstrip(b"\x01"))
+        rest = raw[kept:].rstrip(b"\0")
+        assert len(rest) <= GARBAGE_BYTES_MAX and kept + len(rest) <= 100_000

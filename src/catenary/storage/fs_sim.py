@@ -21,8 +21,8 @@ directory entry lives in two namespaces: ``current`` (what ``open``/``listdir`` 
    overwrite of preallocated zeros, or both. With probability ``tear_probability`` a random
    prefix ``[a, a + k)`` of that region survives and the durable (old) bytes stay after it:
    for an overwrite of zeros, a partial record followed by zeros. With probability
-   ``garbage_probability`` a torn write also leaves random garbage right after the kept
-   prefix, in place of some of the bytes that were being written (a sector written half-way,
+   ``garbage_probability`` a torn write also leaves random garbage (1 to ``GARBAGE_BYTES_MAX``
+   bytes) right after the kept prefix, in place of some of the bytes that were being written (a sector written half-way,
    or stale blocks the file system exposed), so a crash can leave a bad checksum at the end
    of the written data. All handles opened before the crash become invalid (``EBADF``).
 4. ``flip_bit`` corrupts both contents (media corruption survives crashes). Bit-rot, the
@@ -54,9 +54,13 @@ def _parent(path: str) -> str:
     return posixpath.dirname(path)
 
 
+# A garbage tail is at most this long: a few sectors the crash caught half-written.
+GARBAGE_BYTES_MAX = 4096
+
+
 def _garbage(rng: Random, n: int) -> bytes:
     """``n`` random bytes, never all zero (a zero run is what an unwritten region reads as)."""
-    data = bytearray(rng.getrandbits(8) for _ in range(n))
+    data = bytearray(rng.randbytes(n))
     if not any(data):
         data[-1] = 0xFF
     return bytes(data)
@@ -372,7 +376,7 @@ class SimFileSystem:
             survived += inode.durable[cut:]
         size = max(old_size, cut)
         if self.garbage_probability > 0.0 and cut < b and rng.random() < self.garbage_probability:
-            n = rng.randint(1, b - cut)
+            n = rng.randint(1, min(b - cut, GARBAGE_BYTES_MAX))
             _pad(survived, cut)
             survived[cut : cut + n] = _garbage(rng, n)
             size = max(size, cut + n)
