@@ -230,7 +230,8 @@ def describe_setup(
     return (
         f"storage benchmark: AsyncStore.append awaited in a loop per task, fdatasync per "
         f"group-commit batch, {seconds:g} s per case after {WARMUP_S:g} s warm-up; "
-        f"segments of {segment_bytes_max} bytes; "
+        f"segments of {segment_bytes_max} bytes, preallocated in steps of "
+        f"{StoreConfig().preallocate_step_bytes} bytes when preallocated; "
         f"dir {base_dir or tempfile.gettempdir()} (temporary, deleted); "
         f"loop {loop or available_loop()}; Python {platform.python_version()} "
         f"({sys.implementation.name}); {os.cpu_count()} CPU(s); {platform.platform()}"

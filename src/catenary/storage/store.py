@@ -11,8 +11,9 @@ A store is a directory holding a contiguous run of records at integer *positions
 * ``<first position, 20 digits>.seg``: a segment file - a 24-byte header (magic, version,
   generation, first position, CRC) and then records ``length u32 | crc32c u32 | payload``,
   where the CRC32C covers the 4 length bytes and then the payload. Version 2 files are
-  preallocated: created at ``segment_bytes_max`` of written zeros and overwritten in place,
-  so a steady-state fdatasync changes no file size; only zeros may follow the records.
+  preallocated: written zeros ahead of the records, up to ``segment_bytes_max``, overwritten
+  in place, so a steady-state fdatasync changes no file size; only zeros may follow the
+  records.
   Version 1 files (no zero tail) are still read and appended to.
 * ``<first position>.idx``: an optional index checkpoint for that segment (record offsets).
 
@@ -132,10 +133,12 @@ class StoreConfig:
     # overwrite them in place: an fdatasync then changes no file size and needs no journal
     # commit. Off: files grow with each write (the segment format is the same).
     preallocate: bool = True
-    # Preallocate in steps of this many bytes instead of the whole segment at once: smaller
-    # allocations (less zero writing for small stores, a shorter stall at each step), at the
-    # cost of one size change (one journal commit) per step. None: the whole segment.
-    preallocate_step_bytes: int | None = None
+    # Preallocate in steps of this many bytes (up to segment_bytes_max) rather than the whole
+    # segment at once: the sync that allocates writes this many zeros, not 64 MiB (which
+    # stalled a fresh store's first write past a 300 ms request timeout on a loaded machine),
+    # at the cost of one size change (one journal commit) per step instead of none.
+    # None: the whole segment at creation.
+    preallocate_step_bytes: int | None = 4 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if self.segment_bytes_max < SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES:
@@ -798,8 +801,9 @@ class SegmentedStore:
             data = seg.pending
             end = seg.file_bytes + len(data)
             if end > seg.allocated and seg.version >= 2 and self._config.preallocate:
-                # Once per segment (again only after a cut): the whole file in zeros, so the
-                # syncs that follow overwrite in place and change no size.
+                # Once per step of preallocate_step_bytes (the whole segment if None): zeros
+                # ahead of the records, so the syncs that follow overwrite in place and change
+                # no size.
                 size = self._allocation(end)
                 seg.file.allocate(size)
                 seg.allocated = size
