@@ -29,7 +29,12 @@ Rules (each one is what a restart relies on):
 4. The commit index need not be durable: the hard state file is rewritten only
    when term or vote change (a vote must be durable before it is granted; a
    term before it is acted on).  A stale commit on load is safe: Raft learns the
-   commit again from the leader.
+   commit again from the leader.  A commit ahead of the log is not: ``load``
+   clamps it to the stored log, whose tail may be the conflicting entries the
+   same Ready was replacing.  So the hard state written *before* a Ready's
+   snapshot and entries carries a commit that covers only what already stays
+   durable (below the first new entry; with a snapshot, the stored commit), and
+   the full commit is written once they are durable (only then, one more write).
 5. ``load`` returns (hard state, snapshot, entries after the snapshot).  If the
    store's entry at the snapshot's index has another term (or the store ends
    before the snapshot), the store is reset to ``snapshot.index + 1``: those
@@ -216,13 +221,31 @@ class RaftStorage:
     def save(self, ready: Ready) -> None:
         """Persist the Ready's hard state, snapshot and entries (rule 1); durable on return."""
         assert self._loaded, "load() before save()"
-        if ready.hard_state is not None:
-            self._write_hard_state(ready.hard_state)
+        hard_state, later = ready.hard_state, None
+        stored = self._hard_state
+        if hard_state is not None and (hard_state.term, hard_state.vote) != (
+            stored.term,
+            stored.vote,
+        ):
+            # Rule 4: the commit written before the snapshot and entries covers only
+            # what stays durable (the entries this Ready replaces may conflict).
+            if ready.snapshot is not None:
+                safe = stored.commit
+            elif ready.entries:
+                safe = ready.entries[0].index - 1
+            else:
+                safe = hard_state.commit
+            if safe < hard_state.commit:
+                later = hard_state
+                hard_state = HardState(term=hard_state.term, vote=hard_state.vote, commit=safe)
+            self._write_hard_state(hard_state)
         if ready.snapshot is not None:
             self._write_snapshot(ready.snapshot)
             self._store.reset(ready.snapshot.meta.index + 1)
         if ready.entries:
             self._append(ready.entries)
+        if later is not None:
+            self._write_hard_state(later, force=True)  # now the commit may follow
 
     def compact(self, index: int, snapshot: Snapshot) -> None:
         """Persist a state-machine snapshot, then drop log entries up to ``index`` (rule 6)."""
@@ -264,9 +287,9 @@ class RaftStorage:
         assert position == first, (position, first)
         store.sync()
 
-    def _write_hard_state(self, hard_state: HardState) -> None:
+    def _write_hard_state(self, hard_state: HardState, *, force: bool = False) -> None:
         previous = self._hard_state
-        if (hard_state.term, hard_state.vote) != (previous.term, previous.vote):
+        if force or (hard_state.term, hard_state.vote) != (previous.term, previous.vote):
             atomic_write(self._fs, _join(self._directory, "hardstate"), _encoder.encode(hard_state))
             self._hard_state = hard_state
 
