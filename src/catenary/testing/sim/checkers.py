@@ -20,14 +20,34 @@ indexes involved; the simulator stops the run there and reports it.
    completed save) is what it loads after a crash: the same term and vote,
    a snapshot at least as new, and the same entries -- except what a
    persistence step cut short by the crash was rewriting.
+6. Recovery: every entry a restarting member loads at or below the commit
+   index it loads is the entry the cluster committed at that index.  Checked
+   at load; an index the cluster has not yet been seen to commit is
+   remembered and checked when some member applies it.
+7. Durability at delivery: when a vote grant (not a pre-vote) or an append /
+   snapshot acknowledgement reaches its destination, the sender's storage
+   must already hold what it promises -- the term and vote of the grant, the
+   acknowledged entries up to the acknowledged index (with the terms the
+   receiving leader holds there), the installed snapshot.  Checked against
+   the durable model (completed saves), not the sender's memory.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from catenary.core.raft.types import Entry, HardState, Ready, Snapshot
+from catenary.core.raft.types import (
+    AppendEntriesResponse,
+    Entry,
+    HardState,
+    InstallSnapshotResponse,
+    Message,
+    Ready,
+    RequestVoteResponse,
+    Snapshot,
+)
 
 
 class Violation(Exception):
@@ -88,6 +108,9 @@ class SafetyChecker:
         self.commit_terms: dict[int, int] = {}
         self.applied: dict[int, int] = {}  # node -> last applied index
         self.durable: dict[int, DurableModel] = {}
+        # index -> (term, digest, node) loaded as committed by a restarting
+        # member before the cluster was seen to commit that index.
+        self.claimed: dict[int, tuple[int, bytes, int]] = {}
         self.checks = 0
 
     # ------------------------------------------------------------ election
@@ -157,6 +180,12 @@ class SafetyChecker:
                 )
             digest = _digest(entry)
             known = self.committed.setdefault(entry.index, (entry.term, digest))
+            claim = self.claimed.pop(entry.index, None)
+            if claim is not None and claim[:2] != known:
+                raise Violation(
+                    f"recovery: node {claim[2]} loaded term {claim[0]} at index {entry.index} "
+                    f"as committed, but term {known[0]} was committed there"
+                )
             if known != (entry.term, digest):
                 raise Violation(
                     f"state-machine safety: node {node} applied term {entry.term} at index "
@@ -212,3 +241,98 @@ class SafetyChecker:
                     f"{index}, but term {model.entries[index]} was durable there"
                 )
         model.reload(hard_state, snapshot, entries)
+
+    # ------------------------------------------------------------- recovery
+
+    def check_recovered_commit(
+        self, node: int, hard_state: HardState, snapshot: Snapshot | None, entries: list[Entry]
+    ) -> None:
+        """Every loaded entry at or below the loaded commit is the committed one."""
+        snapshot_index = snapshot.meta.index if snapshot else 0
+        for entry in entries:
+            if entry.index > hard_state.commit:
+                break
+            if entry.index <= snapshot_index:
+                continue
+            self.checks += 1
+            digest = _digest(entry)
+            known = self.committed.get(entry.index)
+            if known is None:
+                claim = self.claimed.setdefault(entry.index, (entry.term, digest, node))
+                if claim[:2] != (entry.term, digest):
+                    raise Violation(
+                        f"recovery: nodes {claim[2]} and {node} loaded different entries "
+                        f"(terms {claim[0]} and {entry.term}) at index {entry.index} "
+                        "as committed"
+                    )
+            elif known != (entry.term, digest):
+                raise Violation(
+                    f"recovery: node {node} loaded commit {hard_state.commit} over term "
+                    f"{entry.term} at index {entry.index}, but term {known[0]} was "
+                    "committed there"
+                )
+
+    # -------------------------------------------------- durability at delivery
+
+    def check_delivery(
+        self, message: Message, leader_term_at: Callable[[int], int | None] | None
+    ) -> None:
+        """What a delivered grant or acknowledgement promises is durable on its sender.
+
+        ``leader_term_at``: the term at an index of the receiving member's log
+        when it leads the message's term, else None.
+        """
+        if isinstance(message, RequestVoteResponse):
+            if message.pre_vote or not message.granted:
+                return
+            self.checks += 1
+            model = self.model(message.src)
+            if model.term < message.term or (
+                model.term == message.term and model.vote != message.dst
+            ):
+                raise Violation(
+                    f"durability at delivery: node {message.src} granted its vote in term "
+                    f"{message.term} to {message.dst}, but its storage holds term "
+                    f"{model.term} vote {model.vote}"
+                )
+        elif isinstance(message, AppendEntriesResponse):
+            if not message.success:
+                return
+            self.checks += 1
+            model = self.model(message.src)
+            if model.term < message.term:
+                raise Violation(
+                    f"durability at delivery: node {message.src} acknowledged appends of "
+                    f"term {message.term}, but its storage holds term {model.term}"
+                )
+            if model.term != message.term:
+                return  # it moved on durably; its log may legally have changed since
+            index = message.match_index
+            if index <= model.snapshot_index:
+                return
+            held = model.entries.get(index)
+            if held is None:
+                raise Violation(
+                    f"durability at delivery: node {message.src} acknowledged index {index} "
+                    f"in term {message.term}, but its storage ends before it"
+                )
+            if leader_term_at is not None:
+                expected = leader_term_at(index)
+                if expected is not None and expected != held:
+                    raise Violation(
+                        f"durability at delivery: node {message.src} acknowledged index "
+                        f"{index} in term {message.term}; its storage holds term {held} "
+                        f"there, leader {message.dst} term {expected}"
+                    )
+        elif isinstance(message, InstallSnapshotResponse):
+            if not message.done or message.reject:
+                return
+            self.checks += 1
+            model = self.model(message.src)
+            if model.term == message.term and model.snapshot_index < message.index and (
+                message.index not in model.entries
+            ):
+                raise Violation(
+                    f"durability at delivery: node {message.src} acknowledged snapshot "
+                    f"{message.index}, but its storage holds snapshot {model.snapshot_index}"
+                )

@@ -468,6 +468,7 @@ class MetadataSim:
             entries,
             self.interrupted.pop(member.node_id, None),
         )
+        self.checker.check_recovered_commit(member.node_id, hard_state, snapshot, entries)
         self.checker.restarted(member.node_id)
         if snapshot is not None:
             self.checker.observe_installed(member.node_id, snapshot)
@@ -535,8 +536,23 @@ class MetadataSim:
             return
         if self._deferred(member, lambda: self._deliver(message)):
             return
+        self.checker.check_delivery(message, self._log_terms(member, message.term))
         member.replica.step(message)
         self._after_input(member)
+
+    @staticmethod
+    def _log_terms(member: _Member, term: int) -> Callable[[int], int | None] | None:
+        """The term at an index of the member's log, when it leads ``term``; else None."""
+        replica = member.replica
+        if replica is None or not replica.is_leader or replica.term != term:
+            return None
+        raft = replica.raft
+
+        def term_at(index: int) -> int | None:
+            held = raft.entries(index, index + 1) if index > raft.snapshot_index else []
+            return held[0].term if held else None
+
+        return term_at
 
     # ---------------------------------------------------------- ready/persist
 

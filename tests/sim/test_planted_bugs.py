@@ -1,0 +1,270 @@
+"""The standing planted-bug battery: each test plants one realistic bug and the simulator must catch it.
+
+Every bug is monkeypatched in the test only.  Each test runs a short fixed list
+of seeds (the first one listed is a seed found to catch the bug; the others
+are a margin for a simulator change that moves the scenario), asserts that at
+least one reports a violation of the expected kind, and prints the catching
+seed.  A planted bug that no seed catches is a failing test: strengthen the
+simulator, never the test's budget or its expectations.
+
+To look for catching seeds after a simulator change::
+
+    python tests/sim/test_planted_bugs.py <plant name> [first seed] [count]
+
+Each test's CPU is kept under about 20 s.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import pytest
+
+from catenary.core.metadata.lessor import Lessor, _Held
+from catenary.core.metadata.state import MetadataStateMachine
+from catenary.core.raft.log import RaftLog
+from catenary.core.raft.node import LEADER, RaftNode
+from catenary.core.raft.types import (
+    AppendEntries,
+    AppendEntriesResponse,
+    HardState,
+    ReadState,
+    RequestVote,
+    RequestVoteResponse,
+)
+from catenary.persist.raft_storage import RaftStorage
+from catenary.storage.fs_sim import SimFile
+from catenary.testing.sim.metadata import SimOptions, SimResult, run_metadata_sim
+
+pytestmark = pytest.mark.timeout(180)
+
+Plant = Callable[[pytest.MonkeyPatch], None]
+
+
+# ------------------------------------------------------------------ the bugs
+
+
+def plant_vote_without_up_to_date_check(mp: pytest.MonkeyPatch) -> None:
+    """Raft grants votes without "the candidate's log is at least as up to date"."""
+
+    def vote_for_anyone(self: RaftLog, last_index: int, last_term: int) -> bool:
+        return True
+
+    mp.setattr(RaftLog, "is_up_to_date", vote_for_anyone)
+
+
+def plant_figure8_commit_by_counting(mp: pytest.MonkeyPatch) -> None:
+    """The leader commits an entry of an earlier term by counting replicas (Raft fig. 8)."""
+
+    def maybe_commit(self: RaftNode) -> None:
+        voters = self.membership.voters
+        if not voters:
+            return
+        matches = sorted(
+            (self._log.stable_index if v == self._id else self._progress[v].match for v in voters),
+            reverse=True,
+        )
+        candidate = matches[self._quorum() - 1]
+        if candidate > self._commit:  # the planted bug: no "entry of my term" test
+            self._commit_to(candidate)
+            self._bcast_append = True
+
+    mp.setattr(RaftNode, "_maybe_commit", maybe_commit)
+
+
+def plant_vote_grant_before_durable(mp: pytest.MonkeyPatch) -> None:
+    """A vote grant leaves with the Ready's messages, before the vote is persisted."""
+    handle = RaftNode._handle_vote_request
+
+    def eager(self: RaftNode, m: RequestVote) -> None:
+        handle(self, m)
+        after = self._msgs_after
+        if after and isinstance(after[-1], RequestVoteResponse) and after[-1].granted:
+            self._msgs.append(after.pop())
+
+    mp.setattr(RaftNode, "_handle_vote_request", eager)
+
+
+def plant_append_ack_before_durable(mp: pytest.MonkeyPatch) -> None:
+    """An append acknowledgement leaves before the entries it acknowledges are persisted."""
+    handle = RaftNode._handle_append
+
+    def eager(self: RaftNode, m: AppendEntries) -> None:
+        handle(self, m)
+        after = self._msgs_after
+        if after and isinstance(after[-1], AppendEntriesResponse) and after[-1].success:
+            self._msgs.append(after.pop())
+
+    mp.setattr(RaftNode, "_handle_append", eager)
+
+
+def plant_read_without_heartbeat_round(mp: pytest.MonkeyPatch) -> None:
+    """A linearizable read is released at the commit index without a confirming round."""
+    read_index = RaftNode.read_index
+
+    def at_once(self: RaftNode, ctx: int) -> None:
+        if self._role == LEADER and self._committed_in_term():
+            self._reads_ready.append(ReadState(ctx, self._commit))
+            return
+        read_index(self, ctx)
+
+    mp.setattr(RaftNode, "read_index", at_once)
+
+
+def plant_lease_read_without_drift_allowance(mp: pytest.MonkeyPatch) -> None:
+    """Leader-lease reads trust the whole election timeout (no clock-drift allowance)."""
+    def no_allowance(self: RaftNode) -> bool:
+        cfg = self._cfg
+        if not (cfg.lease_reads and cfg.check_quorum) or self._lease_disabled:
+            return False
+        if self._transfer_target:
+            return False
+        window = cfg.election_timeout_ticks  # the planted bug: - lease_drift_ticks dropped
+        fresh = 0
+        for v in self.membership.voters:
+            if v == self._id:
+                fresh += 1
+            elif v in self._progress:
+                started = self._round_tick.get(self._progress[v].ack_round)
+                if started is not None and self._ticks - started < window:
+                    fresh += 1
+        return fresh >= self._quorum()
+
+    mp.setattr(RaftNode, "_lease_valid", no_allowance)
+
+
+def plant_leases_reset_to_full_ttl(mp: pytest.MonkeyPatch) -> None:
+    """A new leader gives every lease a fresh full TTL (etcd's behaviour)."""
+
+    def fresh_ttl(self: Lessor, state: MetadataStateMachine, now_ms: int) -> None:
+        self._leader = True
+        self._held = {
+            info.lease: _Held(info.ttl_ms, now_ms + info.ttl_ms, info.refreshed_index)
+            for info in state.leases()
+        }
+        self._observed_index = state.applied_index
+        self._next_checkpoint_ms = now_ms + self.config.checkpoint_interval_ms
+        self._checkpoint_cursor = 0
+
+    mp.setattr(Lessor, "become_leader", fresh_ttl)
+
+
+def plant_lessor_forgets_deadlines(mp: pytest.MonkeyPatch) -> None:
+    """A new leader forgets each lease's remaining time and expires it at once."""
+    become_leader = Lessor.become_leader
+
+    def forgetful(self: Lessor, state: MetadataStateMachine, now_ms: int) -> None:
+        become_leader(self, state, now_ms)
+        for held in self._held.values():
+            held.deadline_ms = now_ms
+
+    mp.setattr(Lessor, "become_leader", forgetful)
+
+
+def plant_segments_never_fsynced(mp: pytest.MonkeyPatch) -> None:
+    """Segment files are never fsynced (the small atomic files still are)."""
+    fsync = SimFile.fsync
+
+    def fsync_all_but_segments(self: SimFile) -> None:
+        if not self.path.endswith(".seg"):
+            fsync(self)
+
+    mp.setattr(SimFile, "fsync", fsync_all_but_segments)
+
+
+def plant_hard_state_commit_before_suffix(mp: pytest.MonkeyPatch) -> None:
+    """RaftStorage.save writes the hard state with the new commit before it rewrites a
+    conflicting suffix, so a crash in between leaves commit over stale entries."""
+    write = RaftStorage._write_hard_state
+
+    def with_commit(self: RaftStorage, hard_state: HardState) -> None:
+        if hard_state != self._hard_state:
+            # The planted bug: the commit index is written too, ahead of the entries.
+            self._hard_state = HardState(-1, -1, -1)
+        write(self, hard_state)
+
+    mp.setattr(RaftStorage, "_write_hard_state", with_commit)
+
+
+# ------------------------------------------------------------------ harness
+
+
+@dataclass(frozen=True)
+class Case:
+    plant: Plant
+    seeds: Sequence[int]
+    expect: tuple[str, ...]  # the violation names one of these
+    nodes: int = 3
+    steps: int = 500
+
+
+def _catch(case: Case) -> tuple[int, SimResult] | None:
+    for seed in case.seeds:
+        result = run_metadata_sim(SimOptions(seed=seed, nodes=case.nodes, steps=case.steps))
+        if not result.ok:
+            return seed, result
+    return None
+
+
+CASES: dict[str, Case] = {
+    "vote_without_up_to_date_check": Case(
+        plant_vote_without_up_to_date_check,
+        range(1, 61),
+        ("committed entry lost", "safety", "linear", "recovery"),
+    ),
+    "figure8_commit_by_counting": Case(
+        plant_figure8_commit_by_counting,
+        range(1, 41),
+        ("committed entry lost", "safety", "linear", "recovery"),
+    ),
+    "vote_grant_before_durable": Case(
+        plant_vote_grant_before_durable, range(1, 11), ("durability at delivery",)
+    ),
+    "append_ack_before_durable": Case(
+        plant_append_ack_before_durable, range(1, 11), ("durability at delivery",)
+    ),
+    "read_without_heartbeat_round": Case(
+        plant_read_without_heartbeat_round, range(1, 41), ("linearizability",)
+    ),
+    "lease_read_without_drift_allowance": Case(
+        plant_lease_read_without_drift_allowance, range(1, 41), ("linearizability",)
+    ),
+    "leases_reset_to_full_ttl": Case(
+        plant_leases_reset_to_full_ttl, range(1, 41), ("expired late",)
+    ),
+    "lessor_forgets_deadlines": Case(
+        plant_lessor_forgets_deadlines, range(1, 41), ("expired early",)
+    ),
+    "segments_never_fsynced": Case(
+        plant_segments_never_fsynced, range(1, 21), ("durability", "CorruptionError")
+    ),
+    "hard_state_commit_before_suffix": Case(
+        plant_hard_state_commit_before_suffix, range(1, 41), ("recovery",)
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_planted_bug_is_caught(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    case = CASES[name]
+    case.plant(monkeypatch)
+    found = _catch(case)
+    assert found is not None, f"planted bug {name!r} escaped seeds {list(case.seeds)}"
+    seed, result = found
+    violation = result.violation or ""
+    print(f"planted bug {name} caught by seed {seed}: {violation.splitlines()[0]}")
+    assert any(word in violation for word in case.expect), violation
+
+
+if __name__ == "__main__":
+    name = sys.argv[1]
+    first = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+    count = int(sys.argv[3]) if len(sys.argv) > 3 else 40
+    chosen = CASES[name]
+    with pytest.MonkeyPatch.context() as patch:
+        chosen.plant(patch)
+        for s in range(first, first + count):
+            r = run_metadata_sim(SimOptions(seed=s, nodes=chosen.nodes, steps=chosen.steps))
+            print(s, "ok" if r.ok else (r.violation or "").splitlines()[0][:200], flush=True)
