@@ -34,6 +34,7 @@ indexes involved; the simulator stops the run there and reports it.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -95,6 +96,45 @@ class DurableModel:
         self.vote = hard_state.vote
         self.snapshot_index = snapshot.meta.index if snapshot else 0
         self.entries = {e.index: e.term for e in entries}
+
+
+class LeaderPresence:
+    """When some leader was ticking: samples of (time, term) from leaders' ticks.
+
+    Time between two samples more than ``gap_us`` apart counts as without a
+    leader (none ticked: none was elected, or the leader was paused or down).
+    """
+
+    def __init__(self, gap_us: int) -> None:
+        self.gap_us = gap_us
+        self.times: list[int] = []
+        self.terms: list[int] = []
+
+    def seen(self, time_us: int, term: int) -> None:
+        if self.times and self.times[-1] == time_us and self.terms[-1] == term:
+            return
+        self.times.append(time_us)
+        self.terms.append(term)
+
+    def leaderless_us(self, start_us: int, end_us: int) -> int:
+        total = 0
+        previous = start_us
+        lo = bisect.bisect_left(self.times, start_us)
+        for i in range(lo, len(self.times)):
+            t = self.times[i]
+            if t > end_us:
+                break
+            if t - previous > self.gap_us:
+                total += t - previous
+            previous = t
+        if end_us - previous > self.gap_us:
+            total += end_us - previous
+        return total
+
+    def changes(self, start_us: int, end_us: int) -> int:
+        lo = bisect.bisect_left(self.times, start_us)
+        hi = bisect.bisect_right(self.times, end_us)
+        return max(0, len(set(self.terms[lo:hi])) - 1)
 
 
 class SafetyChecker:

@@ -82,21 +82,31 @@ from catenary.core.raft.types import (
     ProposalDropped,
     RaftConfig,
     Ready,
+    RequestVoteResponse,
     Snapshot,
 )
 from catenary.persist.raft_storage import RaftStorage
 from catenary.storage.errors import StorageError
 from catenary.storage.fs_sim import SimFileSystem
 from catenary.storage.store import StoreConfig
-from catenary.testing.sim.checkers import SafetyChecker, Violation
+from catenary.testing.sim.checkers import LeaderPresence, SafetyChecker, Violation
 from catenary.testing.sim.crashfs import CrashPointFileSystem, SimulatedCrash
 from catenary.testing.sim.history import Op
-from catenary.testing.sim.linearizable import check_history, check_leases, check_stale_reads
+from catenary.core.metadata.lessor import LessorConfig
+from catenary.testing.sim.linearizable import (
+    check_history,
+    check_leases,
+    check_leases_late,
+    check_stale_reads,
+)
 from catenary.testing.sim.loop import EventLoop
 from catenary.testing.sim.network import NetworkFaults, SimNetwork, split_links
 
 _message_encoder = msgspec.msgpack.Encoder()
 RAFT_DIR = "/raft"
+# The lessor checkpoints every 200 ms (the server's default is 1 s), so a late
+# expiry is told apart from a checkpoint's age within a short run.
+LESSOR = LessorConfig(checkpoint_interval_ms=200)
 SPARES = 2  # members that may join while the simulation runs
 
 
@@ -142,6 +152,9 @@ class FaultPlan:
     leases: bool  # one more client grants, keeps alive and revokes leases with keys on them
     pauses: bool  # the nemesis freezes members (a stopped process) and thaws them later
     io_errors: bool  # the nemesis makes a member's next fsync fail (EIO)
+    # The nemesis crashes members inside narrow windows: a voter whose grant waits
+    # on its persist, a member whose persist rewrites a suffix of its log.
+    window_crashes: bool
 
     @classmethod
     def draw(cls, rng: Random) -> FaultPlan:
@@ -176,6 +189,7 @@ class FaultPlan:
             leases=rng.random() < 0.5,
             pauses=rng.random() < 0.3,
             io_errors=rng.random() < 0.2,
+            window_crashes=rng.random() < 0.4,
         )
 
 
@@ -203,6 +217,8 @@ class SimCounters:
     pauses: int = 0
     io_errors: int = 0
     stale_reads: int = 0
+    crashes_vote_window: int = 0  # crashed with a vote grant waiting on its persist
+    crashes_overwrite_window: int = 0  # crashed while persisting a rewrite of its log suffix
 
 
 @dataclass
@@ -237,6 +253,7 @@ class _Job:
 
     ready: Ready | None = None
     snapshot: Snapshot | None = None  # a compaction snapshot to persist
+    considered: bool = False  # the window nemesis looked at it
 
 
 class _Member:
@@ -269,6 +286,7 @@ class _Client:
     probe: bool = False  # the liveness probe: puts until one succeeds
     leasing: bool = False  # works on leases and "lease/" keys (outside the checked history)
     lease: int = 0  # the lease it holds (0 = none)
+    abandoned: list[int] = field(default_factory=list)  # leases it stopped keeping alive
     op: Op | None = None
     request_id: int = 0
     attempts: int = 0
@@ -331,6 +349,7 @@ class MetadataSim:
         self.ids = sorted(self.members)
         self.store_config = StoreConfig(segment_bytes_max=self.plan.segment_bytes_max)
         self.checker = SafetyChecker()
+        self.presence = LeaderPresence(gap_us=3 * options.tick_ms * 1000)
         self.counters = SimCounters()
         self.history: list[Op] = []
         self.clients: list[_Client] = []
@@ -342,6 +361,7 @@ class MetadataSim:
         self.converged = False
         self.violation: str | None = None
         self.interrupted: dict[int, Ready | None] = {}
+        self.window_quiet_until_us = 0
         self.linearizability = "not checked"
         p = self.plan
         self.fault_summary = (
@@ -351,7 +371,7 @@ class MetadataSim:
             f"tear={p.tear_probability} compact_after={p.compact_after_entries} "
             f"lease_reads={p.lease_reads} drift={p.clock_drift} transfers={p.transfers} "
             f"stale_reads={p.stale_reads} reconfigure={p.reconfigure} leases={p.leases} "
-            f"pauses={p.pauses} io_errors={p.io_errors}"
+            f"pauses={p.pauses} io_errors={p.io_errors} window_crashes={p.window_crashes}"
         )
 
     # ------------------------------------------------------------------ run
@@ -486,7 +506,7 @@ class MetadataSim:
             initial_membership=self.membership
             if member.node_id in self.membership.voters
             else None,
-            config=ReplicaConfig(),
+            config=ReplicaConfig(lessor=LESSOR),
             now_ms=self.loop.now_ms,
         )
         incarnation = member.incarnation
@@ -513,6 +533,8 @@ class MetadataSim:
         if self._deferred(member, lambda: self._tick(member, incarnation)):
             return
         member.replica.tick(self.loop.now_ms)
+        if member.replica.is_leader:
+            self.presence.seen(self.loop.now_us, member.replica.term)
         self._after_input(member)
         self.loop.after(
             self.tick_us[member.node_id],
@@ -566,6 +588,7 @@ class MetadataSim:
                 self._check_leader_log(member)
         self.checker.observe_commit(replica.raft.commit_index, replica.term)
         self._pump(member)
+        self._nemesis_window(member)
 
     def _check_leader_log(self, member: _Member) -> None:
         replica = member.replica
@@ -666,7 +689,7 @@ class MetadataSim:
 
     # -------------------------------------------------------------- crashes
 
-    def _crash(self, member: _Member, *, rerun: bool = True) -> None:
+    def _crash(self, member: _Member, *, rerun: bool = True, budget: int | None = None) -> None:
         """Drop the member's memory; run its in-flight persistence up to a crash point.
 
         ``rerun=False``: the persistence step already ran and failed (an I/O error).
@@ -678,7 +701,7 @@ class MetadataSim:
         interrupted = job.ready if job is not None else None
         if job is not None and member.storage is not None and rerun:
             self.counters.crashes_mid_persist += 1
-            member.fs.arm(self.nemesis_rng.randint(0, 12))
+            member.fs.arm(self.nemesis_rng.randint(0, 12) if budget is None else budget)
             try:
                 if job.ready is not None:
                     member.storage.save(job.ready)
@@ -760,6 +783,56 @@ class MetadataSim:
         member = self.members[victim]
         self._crash(member)
         self._schedule_restart(member)
+
+    def _nemesis_window(self, member: _Member) -> None:
+        """Crash a member inside a narrow window of its persistence step.
+
+        Two windows: a voter whose vote grant waits on the persist of its vote,
+        and a member whose persist rewrites a conflicting suffix of its log
+        (the crash point then lands around the hard-state write, before or
+        after the suffix is rewritten).  At most one such crash per 300 ms.
+        """
+        job = member.job
+        if (
+            job is None
+            or job.considered
+            or job.ready is None
+            or not self.plan.window_crashes
+            or self.phase != "safety"
+        ):
+            return
+        job.considered = True
+        if self.loop.now_us < self.window_quiet_until_us:
+            return
+        ready = job.ready
+        storage = member.storage
+        assert storage is not None
+        vote = any(
+            isinstance(m, RequestVoteResponse) and m.granted and not m.pre_vote
+            for m in ready.messages_after_persist
+        )
+        overwrite = bool(ready.entries) and ready.entries[0].index <= storage.last_index
+        if not (vote or overwrite):
+            return
+        rng = self.nemesis_rng
+        if rng.random() < 0.5:
+            return
+        self.window_quiet_until_us = self.loop.now_us + 300_000
+        budget = rng.randint(0, 8) if vote else rng.randint(3, 9)
+        incarnation = member.incarnation
+
+        def crash() -> None:
+            if member.incarnation != incarnation or member.job is not job:
+                return
+            if vote:
+                self.counters.crashes_vote_window += 1
+            else:
+                self.counters.crashes_overwrite_window += 1
+            self.loop.note(f"window crash {member.node_id} ({'vote' if vote else 'overwrite'})")
+            self._crash(member, budget=budget)
+            self._schedule_restart(member)
+
+        self.loop.after(rng.randint(0, 50), f"window-crash{member.node_id}", crash)
 
     def _schedule_restart(self, member: _Member) -> None:
         downtime_ms = self.nemesis_rng.randint(*self.plan.downtime_ms)
@@ -1011,8 +1084,15 @@ class MetadataSim:
         now = self.loop.now_us
         key = f"lease/k{rng.randrange(2)}"
         command: Command
-        if client.lease == 0:
-            command = LeaseGrant(ttl_ms=rng.choice([100, 300, 1000, 3000]))
+        probe = False
+        if client.lease != 0 and len(client.abandoned) < 3 and rng.random() < 0.05:
+            client.abandoned.append(client.lease)  # stop keeping it alive; probe it later
+            client.lease = 0
+        if client.abandoned and rng.random() < 0.3:
+            command = Put(key, value, lease=client.abandoned[0])
+            probe = True
+        elif client.lease == 0:
+            command = LeaseGrant(ttl_ms=rng.choice([100, 300, 1000, 2000, 3000]))
         else:
             roll = rng.random()
             if roll < 0.45:
@@ -1024,7 +1104,15 @@ class MetadataSim:
                 client.lease = 0
         kind = "put" if isinstance(command, Put) else "lease"
         return Op(
-            op_id, client.client_id, kind, key, now, value=value, command=command, checked=False
+            op_id,
+            client.client_id,
+            kind,
+            key,
+            now,
+            value=value,
+            command=command,
+            checked=False,
+            probe=probe,
         )
 
     def _client_send(self, client: _Client) -> None:
@@ -1122,7 +1210,11 @@ class MetadataSim:
             if isinstance(answer.result, LeaseGranted) and isinstance(op.command, LeaseGrant):
                 client.lease = answer.result.lease
             elif isinstance(answer.result, LeaseNotFound):
-                client.lease = 0
+                if op.probe and isinstance(op.command, Put):
+                    if op.command.lease in client.abandoned:
+                        client.abandoned.remove(op.command.lease)
+                else:
+                    client.lease = 0
             if not op.checked:
                 pass
             elif isinstance(answer.result, Written):
@@ -1183,6 +1275,16 @@ class MetadataSim:
         early = check_leases(self.history, slack_us=max(self.tick_us.values()))
         if early is not None:
             raise Violation(early)
+        interval_us = LESSOR.checkpoint_interval_ms * 1000
+        late = check_leases_late(
+            self.history,
+            self.presence.leaderless_us,
+            self.presence.changes,
+            bound_us=interval_us + 2 * max(self.tick_us.values()) + 100_000,
+            per_change_us=interval_us + 300_000,
+        )
+        if late is not None:
+            raise Violation(late)
         result = check_history(self.history)
         self.linearizability = result.outcome
         if result.outcome == "violation":
