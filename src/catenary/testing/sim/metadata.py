@@ -89,10 +89,17 @@ from catenary.persist.raft_storage import RaftStorage
 from catenary.storage.errors import StorageError
 from catenary.storage.fs_sim import SimFileSystem
 from catenary.storage.store import StoreConfig
-from catenary.testing.sim.checkers import LeaderPresence, SafetyChecker, Violation
+from catenary.testing.sim.checkers import (
+    LeaderPresence,
+    SafetyChecker,
+    Violation,
+    WatchChecker,
+)
 from catenary.testing.sim.crashfs import CrashPointFileSystem, SimulatedCrash
 from catenary.testing.sim.history import Op
 from catenary.core.metadata.lessor import LessorConfig
+from catenary.core.metadata.state import MetadataConfig
+from catenary.core.metadata.types import Compacted
 from catenary.testing.sim.linearizable import (
     check_history,
     check_leases,
@@ -107,6 +114,9 @@ RAFT_DIR = "/raft"
 # The lessor checkpoints every 200 ms (the server's default is 1 s), so a late
 # expiry is told apart from a checkpoint's age within a short run.
 LESSOR = LessorConfig(checkpoint_interval_ms=200)
+# The clock drift (each tick interval off by up to this fraction) that leader
+# lease reads allow for with the simulator's RaftConfig (see FaultPlan.draw).
+LEASE_DRIFT_BOUND = 1 / 9
 SPARES = 2  # members that may join while the simulation runs
 
 
@@ -155,6 +165,10 @@ class FaultPlan:
     # The nemesis crashes members inside narrow windows: a voter whose grant waits
     # on its persist, a member whose persist rewrites a suffix of its log.
     window_crashes: bool
+    watch_history_max: int  # events the state machine keeps for watchers
+    # The nemesis cuts the leader off from the other members while some clients
+    # keep sending it linearizable reads (a deposed leader that does not know yet).
+    deposed_reads: bool
 
     @classmethod
     def draw(cls, rng: Random) -> FaultPlan:
@@ -181,8 +195,11 @@ class FaultPlan:
             compact_after_entries=rng.choice([8, 32, 128, 100_000]),
             segment_bytes_max=rng.choice([1 << 12, 1 << 14, 1 << 20]),
             lease_reads=rng.random() < 0.3,
-            # Lease reads assume drift far below (election - lease_drift) / election.
-            clock_drift=rng.choice([0.0, 0.01, 0.05]),
+            # Lease reads allow for clocks whose rates differ by less than
+            # election / (election - lease_drift) = 10/8: with every tick off by up
+            # to d, (1 + d) / (1 - d) < 1.25, d < 1/9.  0.1 is inside that bound,
+            # 0.3 beyond it (expected unsafe with lease reads; see __init__).
+            clock_drift=rng.choice([0.0, 0.01, 0.05, 0.1, 0.3]),
             transfers=rng.random() < 0.5,
             stale_reads=rng.choice([0.0, 0.2]),
             reconfigure=rng.random() < 0.4,
@@ -190,6 +207,8 @@ class FaultPlan:
             pauses=rng.random() < 0.3,
             io_errors=rng.random() < 0.2,
             window_crashes=rng.random() < 0.4,
+            watch_history_max=rng.choice([16, 64, 10_000]),
+            deposed_reads=rng.random() < 0.4,
         )
 
 
@@ -219,6 +238,12 @@ class SimCounters:
     stale_reads: int = 0
     crashes_vote_window: int = 0  # crashed with a vote grant waiting on its persist
     crashes_overwrite_window: int = 0  # crashed while persisting a rewrite of its log suffix
+    deposed_leaders: int = 0  # leaders cut off while clients kept reading from them
+    drift_beyond_bound: int = 0  # 1 when this run's clocks drift beyond the lease-read bound
+    watch_polls: int = 0
+    watch_events: int = 0
+    watch_compacted: int = 0
+    watch_failovers: int = 0  # a watcher moved to another member, resuming where it was
 
 
 @dataclass
@@ -293,6 +318,16 @@ class _Client:
     versions: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass
+class _Watcher:
+    """Watches a prefix on one member, moving to another when it fails or at random."""
+
+    watcher_id: int
+    prefix: str
+    target: int
+    from_version: int = 0
+
+
 # ------------------------------------------------------------ the simulator
 
 
@@ -303,6 +338,10 @@ class MetadataSim:
         self.options = options
         seeds = Random(options.seed)
         self.plan = FaultPlan.draw(Random(seeds.getrandbits(64)))
+        if self.plan.clock_drift > LEASE_DRIFT_BOUND:
+            # Beyond the bound lease reads are expected to be unsafe: such seeds
+            # run ReadIndex reads only, which must stay safe under any drift.
+            self.plan.lease_reads = False
         self.loop = EventLoop(keep_notes=options.keep_log)
         self.network = SimNetwork(Random(seeds.getrandbits(64)), self.plan.network)
         self.nemesis_rng = Random(seeds.getrandbits(64))
@@ -347,10 +386,16 @@ class MetadataSim:
             self.members[i].started = False
             self.tick_us[i] = self.tick_us[1 + (i - 1) % options.nodes]
         self.ids = sorted(self.members)
+        # Drawn after every other generator, so adding watchers moved nothing else.
+        self.watch_rng = Random(seeds.getrandbits(64))
+        self.watchers = [_Watcher(0, "k", 1), _Watcher(1, "lease/", 1)]
+        self.watch_checker = WatchChecker()
+        self.state_config = MetadataConfig(watch_history_max=self.plan.watch_history_max)
         self.store_config = StoreConfig(segment_bytes_max=self.plan.segment_bytes_max)
         self.checker = SafetyChecker()
         self.presence = LeaderPresence(gap_us=3 * options.tick_ms * 1000)
         self.counters = SimCounters()
+        self.counters.drift_beyond_bound = int(self.plan.clock_drift > LEASE_DRIFT_BOUND)
         self.history: list[Op] = []
         self.clients: list[_Client] = []
         self.next_request_id = 1
@@ -420,7 +465,7 @@ class MetadataSim:
         c.messages_duplicated = net.duplicated
         c.leaders = len(self.checker.leaders)
         c.commits = self.checker.highest_commit
-        c.checks = self.checker.checks
+        c.checks = self.checker.checks + self.watch_checker.checks
         liveness = None
         if self.probe_done_us is not None:
             liveness = (self.probe_done_us - self.safety_end_us) // 1000
@@ -469,6 +514,13 @@ class MetadataSim:
             )
             self.clients.append(client)
             self.loop.after(0, "lease-client.start", functools.partial(self._client_next, client))
+        for watcher in self.watchers:
+            watcher.target = self.watch_rng.choice(self._started())
+            self.loop.after(
+                self.watch_rng.randint(0, 50_000),
+                f"watch{watcher.watcher_id}",
+                functools.partial(self._watch_poll, watcher),
+            )
         plan = self.plan
         faults = (plan.crashes, plan.partitions, plan.transfers, plan.reconfigure, plan.pauses)
         if any(faults) or plan.io_errors:
@@ -507,6 +559,7 @@ class MetadataSim:
             if member.node_id in self.membership.voters
             else None,
             config=ReplicaConfig(lessor=LESSOR),
+            state_config=self.state_config,
             now_ms=self.loop.now_ms,
         )
         incarnation = member.incarnation
@@ -752,6 +805,8 @@ class MetadataSim:
             actions += ["pause"]
         if self.plan.io_errors:
             actions += ["io-error"]
+        if self.plan.deposed_reads:
+            actions += ["depose", "depose"]
         action = rng.choice(actions)
         if action == "crash":
             self._nemesis_crash(rng)
@@ -763,6 +818,8 @@ class MetadataSim:
             self._nemesis_pause(rng)
         elif action == "io-error":
             self._nemesis_io_error(rng)
+        elif action == "depose":
+            self._nemesis_depose(rng)
         else:
             self._nemesis_partition(rng)
         self._schedule_nemesis()
@@ -839,6 +896,29 @@ class MetadataSim:
         self.loop.after(
             downtime_ms * 1000, f"restart{member.node_id}", lambda: self._restart(member)
         )
+
+    def _nemesis_depose(self, rng: Random) -> None:
+        """Cut the leader off from every other member; point some clients at it.
+
+        The others elect a new leader and commit writes while the old one may
+        still believe it leads; reads it serves without a confirming round (or
+        on a lease that does not allow for clock drift) are then stale, which
+        the linearizability check sees.
+        """
+        leader = self._leader()
+        ids = self._started()
+        if leader is None or len(ids) < 3:
+            return
+        old = leader.node_id
+        links = split_links([old], [i for i in ids if i != old])
+        self.counters.deposed_leaders += 1
+        self.network.partition(links)
+        self.loop.note(f"depose {old}")
+        readers = [c for c in self.clients if not c.leasing and not c.probe]
+        for client in readers[: max(1, len(readers) // 2)]:
+            client.target = old
+        duration_ms = rng.randint(200, 1_500)
+        self.loop.after(duration_ms * 1000, "heal", lambda: self.network.heal_links(links))
 
     def _nemesis_io_error(self, rng: Random) -> None:
         up = [i for i in self._started() if self.members[i].up]
@@ -1017,6 +1097,48 @@ class MetadataSim:
                 f"liveness: members did not converge within {bound} ms after faults "
                 f"healed (node, applied, commit, role): {states}"
             )
+
+    # --------------------------------------------------------------- watches
+
+    def _watch_poll(self, watcher: _Watcher) -> None:
+        """One poll of a watcher (as the server's watch stream does): changes since its
+        last seen version; on a down or paused member it moves elsewhere and resumes."""
+        if self._stopped():
+            return
+        rng = self.watch_rng
+        self.loop.after(
+            rng.randint(2_000, 30_000),
+            f"watch{watcher.watcher_id}",
+            functools.partial(self._watch_poll, watcher),
+        )
+        member = self.members[watcher.target]
+        replica = member.replica
+        if replica is None or self.loop.now_us < member.paused_until_us or rng.random() < 0.05:
+            up = [i for i in self._started() if self.members[i].up]
+            if up:
+                watcher.target = rng.choice(up)
+                self.counters.watch_failovers += 1
+            return
+        state = replica.state
+        self.watch_checker.harvest(member.node_id, state)
+        limit = rng.choice([0, 0, 2])
+        answer = state.changes_since(watcher.from_version, watcher.prefix, True, limit)
+        self.counters.watch_polls += 1
+        self.watch_checker.check(
+            watcher.watcher_id,
+            member.node_id,
+            watcher.prefix,
+            watcher.from_version,
+            answer,
+            state.history_start,
+        )
+        if isinstance(answer, Compacted):
+            # Resync (a list at the member's revision), then watch on from there.
+            self.counters.watch_compacted += 1
+            watcher.from_version = max(watcher.from_version, answer.revision)
+            return
+        self.counters.watch_events += len(answer.events)
+        watcher.from_version = answer.revision
 
     # ---------------------------------------------------------------- clients
 
