@@ -86,6 +86,7 @@ from catenary.core.raft.types import (
     Snapshot,
 )
 from catenary.persist.raft_storage import RaftStorage
+from catenary.runtime.host import HostConfig, ticks_to_deliver
 from catenary.storage.errors import StorageError
 from catenary.storage.fs_sim import SimFileSystem
 from catenary.storage.store import StoreConfig
@@ -169,6 +170,10 @@ class FaultPlan:
     # The nemesis cuts the leader off from the other members while some clients
     # keep sending it linearizable reads (a deposed leader that does not know yet).
     deposed_reads: bool
+    # Entries per append: few make a lagging follower catch up over several
+    # appends, so acknowledgements can cover old-term entries without the
+    # leader's own (Raft's Figure 8 window).
+    entries_per_message: int
 
     @classmethod
     def draw(cls, rng: Random) -> FaultPlan:
@@ -209,6 +214,7 @@ class FaultPlan:
             window_crashes=rng.random() < 0.4,
             watch_history_max=rng.choice([16, 64, 10_000]),
             deposed_reads=rng.random() < 0.4,
+            entries_per_message=rng.choice([2, 64]),
         )
 
 
@@ -356,7 +362,7 @@ class MetadataSim:
         self.raft_config = RaftConfig(
             election_timeout_ticks=10,
             heartbeat_interval_ticks=2,
-            max_entries_per_message=64,
+            max_entries_per_message=self.plan.entries_per_message,
             max_bytes_per_message=64 << 10,
             max_inflight_messages=8,
             snapshot_chunk_bytes=512,
@@ -416,7 +422,9 @@ class MetadataSim:
             f"tear={p.tear_probability} compact_after={p.compact_after_entries} "
             f"lease_reads={p.lease_reads} drift={p.clock_drift} transfers={p.transfers} "
             f"stale_reads={p.stale_reads} reconfigure={p.reconfigure} leases={p.leases} "
-            f"pauses={p.pauses} io_errors={p.io_errors} window_crashes={p.window_crashes}"
+            f"pauses={p.pauses} io_errors={p.io_errors} window_crashes={p.window_crashes} "
+            f"deposed_reads={p.deposed_reads} entries_per_message={p.entries_per_message} "
+            f"watch_history_max={p.watch_history_max}"
         )
 
     # ------------------------------------------------------------------ run
@@ -938,6 +946,11 @@ class MetadataSim:
             return
         pause_us = rng.randint(20, 2_000) * 1000
         member.paused_until_us = self.loop.now_us + pause_us
+        if leader is not None and victim == leader.node_id and self.plan.deposed_reads:
+            # Clients keep sending it reads: on thawing it handles them at once.
+            readers = [c for c in self.clients if not c.leasing and not c.probe]
+            for client in readers[: max(1, len(readers) // 2)]:
+                client.target = victim
         self.counters.pauses += 1
         self.loop.note(f"pause {victim} for {pause_us // 1000} ms")
         incarnation = member.incarnation
@@ -951,8 +964,13 @@ class MetadataSim:
             return
         member.paused_until_us = 0
         # Catch up on the ticks the clock says were missed before handling
-        # queued input, so a stale leader lease is not trusted.
-        for _ in range(pause_us // self.tick_us[member.node_id]):
+        # queued input, as the server's host does: capped at
+        # tick_catch_up_max, except that with lease reads on at least an
+        # election timeout is delivered (so a stale leader lease is not
+        # trusted).  Without lease reads a thawed leader may thus still believe
+        # it leads while handling a burst of queued reads.
+        due = pause_us // self.tick_us[member.node_id]
+        for _ in range(ticks_to_deliver(due, HostConfig().tick_catch_up_max, self.raft_config)):
             member.replica.tick(self.loop.now_ms)
         self._after_input(member)
         deferred, member.deferred = member.deferred, []
@@ -1207,10 +1225,10 @@ class MetadataSim:
         key = f"lease/k{rng.randrange(2)}"
         command: Command
         probe = False
-        if client.lease != 0 and len(client.abandoned) < 3 and rng.random() < 0.05:
+        if client.lease != 0 and len(client.abandoned) < 3 and rng.random() < 0.15:
             client.abandoned.append(client.lease)  # stop keeping it alive; probe it later
             client.lease = 0
-        if client.abandoned and rng.random() < 0.3:
+        if client.abandoned and rng.random() < 0.5:
             command = Put(key, value, lease=client.abandoned[0])
             probe = True
         elif client.lease == 0:
@@ -1363,6 +1381,8 @@ class MetadataSim:
         op = client.op
         if op is None or op.op_id != op_id:
             return
+        # The target may be down, cut off or removed: try another member next.
+        client.target = self.workload_rng.choice(self._started())
         self._close(client, "indeterminate" if op.is_write else "failed")
 
     def _close(self, client: _Client, status: str) -> None:
@@ -1379,7 +1399,7 @@ class MetadataSim:
         client.op = None
         client.request_id = 0
         think_us = self.workload_rng.randint(0, 20_000)
-        if client.leasing and self.workload_rng.random() < 0.3:
+        if client.leasing and not client.abandoned and self.workload_rng.random() < 0.3:
             think_us = self.workload_rng.randint(50_000, 1_500_000)  # let leases run out
         self.loop.after(think_us, f"client{client.client_id}", lambda: self._client_next(client))
 
