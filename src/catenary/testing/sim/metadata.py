@@ -50,6 +50,7 @@ from random import Random
 
 import msgspec
 
+from catenary.core.metadata.lessor import LessorConfig
 from catenary.core.metadata.replica import (
     Completion,
     GetQuery,
@@ -60,8 +61,10 @@ from catenary.core.metadata.replica import (
     WriteCompleted,
     WriteIndeterminate,
 )
+from catenary.core.metadata.state import MetadataConfig
 from catenary.core.metadata.types import (
     Command,
+    Compacted,
     Delete,
     LeaseGrant,
     LeaseGranted,
@@ -98,9 +101,6 @@ from catenary.testing.sim.checkers import (
 )
 from catenary.testing.sim.crashfs import CrashPointFileSystem, SimulatedCrash
 from catenary.testing.sim.history import Op
-from catenary.core.metadata.lessor import LessorConfig
-from catenary.core.metadata.state import MetadataConfig
-from catenary.core.metadata.types import Compacted
 from catenary.testing.sim.linearizable import (
     check_history,
     check_leases,
@@ -413,6 +413,7 @@ class MetadataSim:
         self.violation: str | None = None
         self.interrupted: dict[int, Ready | None] = {}
         self.window_quiet_until_us = 0
+        self.nemesis_quiet_until_us = 0
         self.linearizability = "not checked"
         p = self.plan
         self.fault_summary = (
@@ -800,6 +801,9 @@ class MetadataSim:
         if self.phase != "safety":
             return
         rng = self.nemesis_rng
+        if self.loop.now_us < self.nemesis_quiet_until_us:
+            self._schedule_nemesis()  # a deposed leader's scenario plays out undisturbed
+            return
         actions: list[str] = []
         if self.plan.crashes:
             actions += ["crash", "crash"]
@@ -814,7 +818,7 @@ class MetadataSim:
         if self.plan.io_errors:
             actions += ["io-error"]
         if self.plan.deposed_reads:
-            actions += ["depose", "depose"]
+            actions += ["depose", "depose", "depose"]
         action = rng.choice(actions)
         if action == "crash":
             self._nemesis_crash(rng)
@@ -911,22 +915,41 @@ class MetadataSim:
         The others elect a new leader and commit writes while the old one may
         still believe it leads; reads it serves without a confirming round (or
         on a lease that does not allow for clock drift) are then stale, which
-        the linearizability check sees.
+        the linearizability check sees.  Mostly the old leader is also
+        stopped (paused) until shortly before the cut heals: thawed, it catches
+        up only a few ticks (as the server's host does), still believes it
+        leads, and handles the reads that queued up meanwhile.
         """
         leader = self._leader()
         ids = self._started()
         if leader is None or len(ids) < 3:
             return
         old = leader.node_id
+        if not all(self.members[v].up for v in leader.raft.membership.voters):
+            return  # the others could not elect a leader: nothing to catch
         links = split_links([old], [i for i in ids if i != old])
         self.counters.deposed_leaders += 1
         self.network.partition(links)
         self.loop.note(f"depose {old}")
         readers = [c for c in self.clients if not c.leasing and not c.probe]
-        for client in readers[: max(1, len(readers) // 2)]:
-            client.target = old
-        duration_ms = rng.randint(200, 1_500)
+        readers = readers[: max(1, len(readers) // 2)]
+
+        def point_readers() -> None:
+            for client in readers:
+                client.target = old
+
+        duration_ms = rng.randint(300, 1_500)
         self.loop.after(duration_ms * 1000, "heal", lambda: self.network.heal_links(links))
+        self.nemesis_quiet_until_us = self.loop.now_us + (duration_ms + 200) * 1000
+        member = self.members[old]
+        if rng.random() < 0.8 and member.paused_until_us <= self.loop.now_us:
+            pause_us = (duration_ms - rng.randint(30, 150)) * 1000
+            self._pause(member, pause_us)
+            # Reads sent shortly before it thaws, after the others (likely) took
+            # writes: it handles them the moment it thaws.
+            self.loop.after(pause_us - rng.randint(5_000, 40_000), "point-readers", point_readers)
+        else:
+            point_readers()
 
     def _nemesis_io_error(self, rng: Random) -> None:
         up = [i for i in self._started() if self.members[i].up]
@@ -944,13 +967,11 @@ class MetadataSim:
         member = self.members[victim]
         if member.paused_until_us > self.loop.now_us:
             return
-        pause_us = rng.randint(20, 2_000) * 1000
+        self._pause(member, rng.randint(20, 2_000) * 1000)
+
+    def _pause(self, member: _Member, pause_us: int) -> None:
+        victim = member.node_id
         member.paused_until_us = self.loop.now_us + pause_us
-        if leader is not None and victim == leader.node_id and self.plan.deposed_reads:
-            # Clients keep sending it reads: on thawing it handles them at once.
-            readers = [c for c in self.clients if not c.leasing and not c.probe]
-            for client in readers[: max(1, len(readers) // 2)]:
-                client.target = victim
         self.counters.pauses += 1
         self.loop.note(f"pause {victim} for {pause_us // 1000} ms")
         incarnation = member.incarnation
