@@ -244,6 +244,7 @@ class SimCounters:
     stale_reads: int = 0
     crashes_vote_window: int = 0  # crashed with a vote grant waiting on its persist
     crashes_overwrite_window: int = 0  # crashed while persisting a rewrite of its log suffix
+    lease_reads: int = 0  # linearizable reads served on the leader lease (no round)
     deposed_leaders: int = 0  # leaders cut off while clients kept reading from them
     drift_beyond_bound: int = 0  # 1 when this run's clocks drift beyond the lease-read bound
     watch_polls: int = 0
@@ -322,6 +323,8 @@ class _Client:
     request_id: int = 0
     attempts: int = 0
     versions: dict[str, int] = field(default_factory=dict)
+    reads_only_until_us: int = 0  # pointed at a deposed leader: only linearizable gets
+    reader: bool = False  # only ever linearizable gets (the deposed-leader scenario's reader)
 
 
 @dataclass
@@ -348,6 +351,9 @@ class MetadataSim:
             # Beyond the bound lease reads are expected to be unsafe: such seeds
             # run ReadIndex reads only, which must stay safe under any drift.
             self.plan.lease_reads = False
+        elif self.plan.lease_reads:
+            # Lease-read seeds test the bound at its edge: drift 0.1 (inside 1/9).
+            self.plan.clock_drift = 0.1
         self.loop = EventLoop(keep_notes=options.keep_log)
         self.network = SimNetwork(Random(seeds.getrandbits(64)), self.plan.network)
         self.nemesis_rng = Random(seeds.getrandbits(64))
@@ -370,14 +376,7 @@ class MetadataSim:
             compact_after_bytes=64 << 10,
             lease_reads=self.plan.lease_reads,
         )
-        self.tick_us = {
-            i: round(
-                options.tick_ms
-                * 1000
-                * (1 + self.timing_rng.uniform(-self.plan.clock_drift, self.plan.clock_drift))
-            )
-            for i in initial
-        }
+        self.tick_us = {i: self._draw_tick_us() for i in initial}
         # Spare members join later (as learners, then voters) when the plan
         # reconfigures; their generators come last so the others do not move.
         spare_seeds = Random(seeds.getrandbits(64))
@@ -453,6 +452,17 @@ class MetadataSim:
             )
         return self._result()
 
+    def _draw_tick_us(self) -> int:
+        """One member's tick interval.  With lease reads every clock sits at an edge
+        of the drift (fast or slow by the whole fraction), so pairs of members
+        test the lease-read bound where it is tightest."""
+        drift = self.plan.clock_drift
+        if self.plan.lease_reads:
+            off = self.timing_rng.choice([-drift, drift])
+        else:
+            off = self.timing_rng.uniform(-drift, drift)
+        return round(self.options.tick_ms * 1000 * (1 + off))
+
     def _started(self) -> list[int]:
         return [i for i in self.ids if self.members[i].started]
 
@@ -523,6 +533,12 @@ class MetadataSim:
             )
             self.clients.append(client)
             self.loop.after(0, "lease-client.start", functools.partial(self._client_next, client))
+        if self.plan.deposed_reads:
+            reader = _Client(
+                len(self.clients), target=self.watch_rng.choice(self._started()), reader=True
+            )
+            self.clients.append(reader)
+            self.loop.after(0, "reader.start", functools.partial(self._client_next, reader))
         for watcher in self.watchers:
             watcher.target = self.watch_rng.choice(self._started())
             self.loop.after(
@@ -649,6 +665,13 @@ class MetadataSim:
                 self.loop.note(f"leader {member.node_id} term {term}")
                 self._check_leader_log(member)
         self.checker.observe_commit(replica.raft.commit_index, replica.term)
+        if replica.is_leader:
+            raft = replica.raft
+            commit = raft.commit_index
+            held = raft.entries(commit, commit + 1) if commit > raft.snapshot_index else []
+            self.checker.observe_leader_commit(
+                member.node_id, replica.term, commit, held[0].term if held else None
+            )
         self._pump(member)
         self._nemesis_window(member)
 
@@ -818,7 +841,8 @@ class MetadataSim:
         if self.plan.io_errors:
             actions += ["io-error"]
         if self.plan.deposed_reads:
-            actions += ["depose", "depose", "depose"]
+            # With lease reads the race it sets up is narrow: try it more often.
+            actions += ["depose"] * (8 if self.plan.lease_reads else 3)
         action = rng.choice(actions)
         if action == "crash":
             self._nemesis_crash(rng)
@@ -929,20 +953,32 @@ class MetadataSim:
             return  # the others could not elect a leader: nothing to catch
         links = split_links([old], [i for i in ids if i != old])
         self.counters.deposed_leaders += 1
+        if self.plan.lease_reads:
+            # The worst drift the lease-read bound allows: the old leader's clock
+            # runs slow, every other member's fast (real clocks change rate too).
+            base = self.options.tick_ms * 1000
+            drift = self.plan.clock_drift
+            for i in ids:
+                self.tick_us[i] = round(base * (1 + drift if i == old else 1 - drift))
         self.network.partition(links)
         self.loop.note(f"depose {old}")
-        readers = [c for c in self.clients if not c.leasing and not c.probe]
-        readers = readers[: max(1, len(readers) // 2)]
+        others = [c for c in self.clients if not (c.leasing or c.probe or c.reader)]
+        readers = [c for c in self.clients if c.reader] + others[: len(others) // 2]
+
+        duration_ms = rng.randint(300, 1_500)
 
         def point_readers() -> None:
             for client in readers:
                 client.target = old
+                client.reads_only_until_us = self.loop.now_us + duration_ms * 1000
 
-        duration_ms = rng.randint(300, 1_500)
         self.loop.after(duration_ms * 1000, "heal", lambda: self.network.heal_links(links))
         self.nemesis_quiet_until_us = self.loop.now_us + (duration_ms + 200) * 1000
         member = self.members[old]
-        if rng.random() < 0.8 and member.paused_until_us <= self.loop.now_us:
+        # (With lease reads a thawed member catches up an election timeout of
+        # ticks, which ends any lease: then the cut alone tests the lease bound.)
+        pause = rng.random() < 0.8 and not self.plan.lease_reads
+        if pause and member.paused_until_us <= self.loop.now_us:
             pause_us = (duration_ms - rng.randint(30, 150)) * 1000
             self._pause(member, pause_us)
             # Reads sent shortly before it thaws, after the others (likely) took
@@ -1198,10 +1234,11 @@ class MetadataSim:
         elif client.leasing:
             op = self._lease_op(client, op_id, value)
         else:
-            roll = rng.random()
+            reads_only = client.reader or self.loop.now_us < client.reads_only_until_us
+            roll = 0.0 if reads_only else rng.random()
             if roll < 0.4:
                 op = Op(op_id, client.client_id, "get", key, self.loop.now_us)
-                op.stale = rng.random() < self.plan.stale_reads
+                op.stale = rng.random() < self.plan.stale_reads and not reads_only
             elif roll < 0.65:
                 op = Op(op_id, client.client_id, "put", key, self.loop.now_us, value=value)
             elif roll < 0.75:
@@ -1304,7 +1341,12 @@ class MetadataSim:
                 self._reply(client, op, request_id, answer)
                 return
             if op.kind == "get":
+                released = len(replica.raft._reads_ready)
                 replica.read(request_id, GetQuery(op.key))
+                if len(replica.raft._reads_ready) > released:
+                    # Released at once, without a round: served on the leader lease.
+                    self.counters.lease_reads += 1
+                    self.checker.check_lease_read(node_id, replica.term)
             else:
                 command: Command
                 if op.command is not None:
@@ -1419,7 +1461,7 @@ class MetadataSim:
             self.counters.ops_failed += 1
         client.op = None
         client.request_id = 0
-        think_us = self.workload_rng.randint(0, 20_000)
+        think_us = self.workload_rng.randint(0, 2_000 if client.reader else 20_000)
         if client.leasing and not client.abandoned and self.workload_rng.random() < 0.3:
             think_us = self.workload_rng.randint(50_000, 1_500_000)  # let leases run out
         self.loop.after(think_us, f"client{client.client_id}", lambda: self._client_next(client))
