@@ -243,49 +243,64 @@ class Case:
 
 
 def _catch(case: Case) -> tuple[int, SimResult] | None:
+    """The first seed whose violation is of the expected kind.
+
+    (Until RaftStorage is fixed, some seeds also fail on its recovery bug; such a
+    finding is not the planted bug's, so the search goes on.)"""
     for seed in case.seeds:
         result = run_metadata_sim(SimOptions(seed=seed, nodes=case.nodes, steps=case.steps))
-        if not result.ok:
+        if not result.ok and any(word in (result.violation or "") for word in case.expect):
             return seed, result
     return None
 
 
+# Seeds: the first catches the bug (found with the search below); the rest are
+# other seeds that caught it, a margin for a simulator change that moves one.
 CASES: dict[str, Case] = {
     "vote_without_up_to_date_check": Case(
         plant_vote_without_up_to_date_check,
-        range(1, 61),
-        ("committed entry lost", "safety", "linear", "recovery"),
+        (10, 14, 16),
+        ("committed entry lost", "commit rule", "safety", "linear"),
     ),
     "figure8_commit_by_counting": Case(
         plant_figure8_commit_by_counting,
-        range(1, 41),
-        ("committed entry lost", "safety", "linear", "recovery"),
+        (2, 6, 7),
+        ("commit rule", "committed entry lost", "safety", "linear"),
     ),
     "vote_grant_before_durable": Case(
-        plant_vote_grant_before_durable, range(1, 11), ("durability at delivery",)
+        plant_vote_grant_before_durable, (1, 2, 3), ("durability at delivery",)
     ),
     "append_ack_before_durable": Case(
-        plant_append_ack_before_durable, range(1, 11), ("durability at delivery",)
+        plant_append_ack_before_durable, (1, 2, 3), ("durability at delivery",)
     ),
     "read_without_heartbeat_round": Case(
-        plant_read_without_heartbeat_round, range(1, 41), ("linearizability",)
+        plant_read_without_heartbeat_round, (7, 11, 17), ("linearizability", "lease read")
     ),
+    # The race is narrow (two ticks of lease against an election): five members
+    # give more followers that may time out first.
     "lease_read_without_drift_allowance": Case(
-        plant_lease_read_without_drift_allowance, range(1, 41), ("linearizability",)
+        plant_lease_read_without_drift_allowance,
+        (102, 143),
+        ("lease read", "linearizability"),
+        nodes=5,
     ),
+    # An abandoned lease needs an election during its life and a probe after its
+    # deadline: a 10 s run.
     "leases_reset_to_full_ttl": Case(
-        plant_leases_reset_to_full_ttl, range(1, 41), ("expired late",)
+        plant_leases_reset_to_full_ttl, (18, 27, 32), ("expired late",), steps=1000
     ),
     "lessor_forgets_deadlines": Case(
-        plant_lessor_forgets_deadlines, range(1, 41), ("expired early",)
+        plant_lessor_forgets_deadlines, (12, 18, 26), ("expired early",)
     ),
     "segments_never_fsynced": Case(
-        plant_segments_never_fsynced, range(1, 21), ("durability", "CorruptionError")
+        plant_segments_never_fsynced, (1, 2, 3), ("durability", "CorruptionError")
     ),
-    "watch_redelivers": Case(plant_watch_redelivers, range(1, 11), ("watch",)),
-    "watch_skips": Case(plant_watch_skips, range(1, 11), ("watch",)),
+    "watch_redelivers": Case(plant_watch_redelivers, (1, 2, 3), ("watch",)),
+    "watch_skips": Case(plant_watch_skips, (1, 2, 3), ("watch",)),
+    # These seeds also fail on the RaftStorage bug itself (unplanted) while it is
+    # on this branch; once it is fixed, rerun the search if they stop catching.
     "hard_state_commit_before_suffix": Case(
-        plant_hard_state_commit_before_suffix, range(1, 41), ("recovery",)
+        plant_hard_state_commit_before_suffix, (32, 40, 44), ("recovery",), nodes=5
     ),
 }
 
@@ -299,28 +314,29 @@ def test_planted_bug_is_caught(name: str, monkeypatch: pytest.MonkeyPatch) -> No
     seed, result = found
     violation = result.violation or ""
     print(f"planted bug {name} caught by seed {seed}: {violation.splitlines()[0]}")
-    assert any(word in violation for word in case.expect), violation
 
 
 if __name__ == "__main__":
+    # Search for catching seeds: <name> [first] [count] [nodes]
     name = sys.argv[1]
     first = int(sys.argv[2]) if len(sys.argv) > 2 else 1
     count = int(sys.argv[3]) if len(sys.argv) > 3 else 40
     chosen = CASES[name]
+    nodes = int(sys.argv[4]) if len(sys.argv) > 4 else chosen.nodes
     with pytest.MonkeyPatch.context() as patch:
         chosen.plant(patch)
         for s in range(first, first + count):
-            r = run_metadata_sim(SimOptions(seed=s, nodes=chosen.nodes, steps=chosen.steps))
+            r = run_metadata_sim(SimOptions(seed=s, nodes=nodes, steps=chosen.steps))
             print(s, "ok" if r.ok else (r.violation or "").splitlines()[0][:200], flush=True)
 
 
 @pytest.mark.xfail(
     strict=True,
     reason="RaftStorage.save writes the hard state, with a new commit, before it rewrites "
-    "a conflicting suffix of the log: seed 47 restarts a follower on commit 29 over an "
-    "entry of an older term.  Once RaftStorage is fixed this passes: move the seed to "
+    "a conflicting suffix of the log: seed 47 (5 members) restarts a follower on commit 25 "
+    "over an entry of an older term.  Once RaftStorage is fixed this passes: move the seed to "
     "seeds.txt and drop this test.",
 )
-def test_recovery_bug_in_raft_storage_is_caught_by_seed_47() -> None:
-    result = run_metadata_sim(SimOptions(seed=47, nodes=3, steps=500))
+def test_recovery_bug_in_raft_storage_is_caught() -> None:
+    result = run_metadata_sim(SimOptions(seed=47, nodes=5, steps=500))
     assert result.ok, result.violation
