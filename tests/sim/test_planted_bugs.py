@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import crc32c
 import pytest
 
 from catenary.core.metadata.lessor import Lessor, _Held
@@ -36,7 +37,15 @@ from catenary.core.raft.types import (
     RequestVoteResponse,
 )
 from catenary.persist.raft_storage import RaftStorage
+from catenary.storage.fs import File
 from catenary.storage.fs_sim import SimFile
+from catenary.storage.store import (
+    _HEAD_CRCS,
+    _RECORD_HEADER,
+    RECORD_HEADER_BYTES,
+    SegmentedStore,
+    _Segment,
+)
 from catenary.testing.sim.metadata import SimOptions, SimResult, run_metadata_sim
 
 pytestmark = pytest.mark.timeout(180)
@@ -230,6 +239,44 @@ def plant_watch_skips(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(MetadataStateMachine, "changes_since", lossy)
 
 
+def plant_last_record_checksum_unchecked(mp: pytest.MonkeyPatch) -> None:
+    """Opening a segment does not check the checksum of its last record (a garbage tail
+    left by a torn write is taken for a record)."""
+
+    def scan(
+        self: SegmentedStore, seg: _Segment, f: File, start: int, end: int
+    ) -> tuple[int, str | None]:
+        rmax = self._config.record_bytes_max
+        at = start
+        problem: str | None = None
+        scanned = 0
+        while at < end:
+            if at + RECORD_HEADER_BYTES > end:
+                problem = f"truncated record header ({end - at} bytes)"
+                break
+            n, expect = _RECORD_HEADER.unpack(f.pread(at, RECORD_HEADER_BYTES))
+            if n > rmax:
+                problem = f"record length {n} exceeds record_bytes_max {rmax}"
+                break
+            stop = at + RECORD_HEADER_BYTES + n
+            if stop > end:
+                problem = f"record of {n} bytes extends past the end of the file"
+                break
+            body = f.pread(at + RECORD_HEADER_BYTES, n)
+            if crc32c.crc32c(body, _HEAD_CRCS[n]) != expect:
+                last = stop + RECORD_HEADER_BYTES > end or f.pread(stop, 8) == bytes(8)
+                if not last:  # the planted bug: the last record's checksum goes unchecked
+                    problem = "record CRC32C mismatch"
+                    break
+            seg.offsets.append(at)
+            scanned += 1
+            at = stop
+        self.recovery.records_scanned += scanned
+        return at, problem
+
+    mp.setattr(SegmentedStore, "_scan", scan)
+
+
 # ------------------------------------------------------------------ harness
 
 
@@ -294,6 +341,11 @@ CASES: dict[str, Case] = {
     ),
     "segments_never_fsynced": Case(
         plant_segments_never_fsynced, (1, 2, 3), ("durability", "CorruptionError")
+    ),
+    "last_record_checksum_unchecked": Case(
+        plant_last_record_checksum_unchecked,
+        (1, 2, 3),
+        ("RaftStorageCorruption", "durability", "log matching", "safety", "exception"),
     ),
     "watch_redelivers": Case(plant_watch_redelivers, (1, 2, 3), ("watch",)),
     "watch_skips": Case(plant_watch_skips, (1, 2, 3), ("watch",)),

@@ -174,6 +174,9 @@ class FaultPlan:
     # appends, so acknowledgements can cover old-term entries without the
     # leader's own (Raft's Figure 8 window).
     entries_per_message: int
+    # Of the torn writes, the share that leave random garbage after the kept
+    # prefix (a sector written half-way): a bad checksum at the end of a file.
+    garbage_tails: float
 
     @classmethod
     def draw(cls, rng: Random) -> FaultPlan:
@@ -215,6 +218,7 @@ class FaultPlan:
             watch_history_max=rng.choice([16, 64, 10_000]),
             deposed_reads=rng.random() < 0.4,
             entries_per_message=rng.choice([2, 64]),
+            garbage_tails=rng.choice([0.0, 0.5, 1.0]),
         )
 
 
@@ -247,6 +251,7 @@ class SimCounters:
     lease_reads: int = 0  # linearizable reads served on the leader lease (no round)
     deposed_leaders: int = 0  # leaders cut off while clients kept reading from them
     drift_beyond_bound: int = 0  # 1 when this run's clocks drift beyond the lease-read bound
+    garbage_tails: int = 0  # crashes that left garbage after a torn write
     watch_polls: int = 0
     watch_events: int = 0
     watch_compacted: int = 0
@@ -289,9 +294,13 @@ class _Job:
 
 
 class _Member:
-    def __init__(self, node_id: int, disk_seed: int, raft_seed: int, tear: float) -> None:
+    def __init__(
+        self, node_id: int, disk_seed: int, raft_seed: int, tear: float, garbage: float
+    ) -> None:
         self.node_id = node_id
-        self.disk = SimFileSystem(Random(disk_seed), tear_probability=tear)
+        self.disk = SimFileSystem(
+            Random(disk_seed), tear_probability=tear, garbage_probability=garbage
+        )
         self.fs = CrashPointFileSystem(self.disk)
         self.raft_seeds = Random(raft_seed)
         self.storage: RaftStorage | None = None
@@ -361,7 +370,13 @@ class MetadataSim:
         self.timing_rng = Random(seeds.getrandbits(64))
         initial = list(range(1, options.nodes + 1))
         self.members = {
-            i: _Member(i, seeds.getrandbits(64), seeds.getrandbits(64), self.plan.tear_probability)
+            i: _Member(
+                i,
+                seeds.getrandbits(64),
+                seeds.getrandbits(64),
+                self.plan.tear_probability,
+                self.plan.garbage_tails,
+            )
             for i in initial
         }
         self.membership = Membership(voters=tuple(initial))
@@ -387,6 +402,7 @@ class MetadataSim:
                 spare_seeds.getrandbits(64),
                 spare_seeds.getrandbits(64),
                 self.plan.tear_probability,
+                self.plan.garbage_tails,
             )
             self.members[i].started = False
             self.tick_us[i] = self.tick_us[1 + (i - 1) % options.nodes]
@@ -424,7 +440,7 @@ class MetadataSim:
             f"stale_reads={p.stale_reads} reconfigure={p.reconfigure} leases={p.leases} "
             f"pauses={p.pauses} io_errors={p.io_errors} window_crashes={p.window_crashes} "
             f"deposed_reads={p.deposed_reads} entries_per_message={p.entries_per_message} "
-            f"watch_history_max={p.watch_history_max}"
+            f"watch_history_max={p.watch_history_max} garbage_tails={p.garbage_tails}"
         )
 
     # ------------------------------------------------------------------ run
@@ -485,6 +501,7 @@ class MetadataSim:
         c.leaders = len(self.checker.leaders)
         c.commits = self.checker.highest_commit
         c.checks = self.checker.checks + self.watch_checker.checks
+        c.garbage_tails = sum(m.disk.garbage_count for m in self.members.values())
         liveness = None
         if self.probe_done_us is not None:
             liveness = (self.probe_done_us - self.safety_end_us) // 1000
