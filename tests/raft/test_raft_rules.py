@@ -593,3 +593,27 @@ def test_a_node_whose_removal_is_uncommitted_can_lead_until_it_commits() -> None
     n.step(AppendEntriesResponse(3, 2, 2, True, 8))
     assert n.commit_index == 8 and n.role == "follower"
     assert [type(m).__name__ for m in n.ready().messages][-1] == "TimeoutNow"
+
+
+def test_a_voter_answers_a_node_whose_removal_it_has_not_committed() -> None:
+    # Node 1 holds the same uncommitted "remove 2" (index 7) as node 2.  Node 2 may
+    # campaign (above), so node 1 must answer it: ignoring it as removed left a group
+    # where node 2 could not win and node 1 could not either (its only other voter, 3,
+    # held an older config without node 1), and no leader was ever elected again.
+    remove = Entry(1, 7, EntryKind.CONFIG, encode_conf_change(ConfChange(ConfChangeKind.REMOVE, 2)))
+    n = RaftNode(
+        1, RaftConfig(), Random(0), hard_state=HardState(1, 0, 6), entries=[*boot_entries(), remove]
+    )
+    assert n.membership.voters == (1, 3)
+    n.step(RequestVote(2, 1, 2, 7, 1, pre_vote=True))
+    assert n.ready().messages == [RequestVoteResponse(1, 2, 2, True, pre_vote=True)]
+    n.step(RequestVote(2, 1, 2, 7, 1))
+    assert n.ready().messages_after_persist == [RequestVoteResponse(1, 2, 2, True)]
+    # Once the removal commits, node 2 is out and is ignored (a transfer's vote request,
+    # so leader stickiness cannot be what refuses it).
+    n.step(AppendEntries(3, 1, 3, 7, 1, (), 7))
+    n.advance(n.ready())
+    assert n.commit_index == 7
+    n.step(RequestVote(2, 1, 4, 7, 1, transfer=True))
+    rd = n.ready()
+    assert not rd.messages and not rd.messages_after_persist and n.term == 3

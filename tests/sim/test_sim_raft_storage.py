@@ -190,6 +190,40 @@ def test_crash_at_any_point_of_a_save_keeps_the_old_log_or_a_prefix_of_the_new(
         assert loaded == old[: len(loaded)] and len(loaded) >= 2
 
 
+@pytest.mark.parametrize("with_snapshot", [False, True])
+@pytest.mark.parametrize("budget", range(16))
+def test_a_crash_mid_save_never_leaves_a_commit_over_entries_the_save_replaced(
+    budget: int, with_snapshot: bool
+) -> None:
+    # Entries 5..10 of term 2 are uncommitted; a Ready of term 3 replaces them (with
+    # entries from 6 on, or with a snapshot at 12) and commits past them.  A crash after
+    # its hard state but before the rest must not load a commit that covers the old
+    # entries (load clamps the commit to the stored log): they would be applied.
+    disk = SimFileSystem(Random(300 + budget), tear_probability=1.0)
+    fs = CrashPointFileSystem(disk)
+    storage = RaftStorage.open(fs, DIR, SMALL)
+    storage.load()
+    storage.save(Ready(hard_state=HardState(2, 1, 4), entries=entries(1, 10, 2)))
+    if with_snapshot:
+        ready = Ready(hard_state=HardState(3, 0, 12), snapshot=snapshot(12, 3))
+        new_log = {12: 3}
+    else:
+        ready = Ready(hard_state=HardState(3, 0, 8), entries=entries(6, 8, 3))
+        new_log = {i: 2 for i in range(1, 6)} | {i: 3 for i in range(6, 9)}
+    fs.arm(budget)
+    with contextlib.suppress(SimulatedCrash):
+        storage.save(ready)
+    disk.crash()
+    hard_state, snap, loaded = reopen(disk)
+    assert hard_state.term in (2, 3)
+    committed = [e for e in loaded if e.index <= hard_state.commit]
+    if snap is not None:
+        assert snap == snapshot(12, 3)
+    for e in committed:
+        if e.index > 4:
+            assert new_log.get(e.index) == e.term, (e, hard_state)
+
+
 def test_an_entry_stored_at_the_wrong_position_is_corruption() -> None:
     fs = SimFileSystem(Random(11))
     storage = fresh(fs)

@@ -59,7 +59,8 @@ R8  Membership: one change at a time (at most one uncommitted CONFIG entry, and 
     A leader that removed itself steps down once the removal commits, after announcing
     the commit and sending TimeoutNow to an up-to-date voter.  A node whose removal is
     appended but not committed still campaigns (it may hold the newest entries) and,
-    if it wins, leads just until its removal commits.  Vote requests from outside the
+    if it wins, leads just until its removal commits, so a node holding its removal
+    uncommitted still answers its vote requests.  Other vote requests from outside the
     membership are ignored (a removed node cannot disrupt the cluster), except by a
     node that knows no membership yet; responses from nodes the leader does not track
     are ignored.
@@ -737,11 +738,15 @@ class RaftNode:
     def _may_vote_for(self, src: int) -> bool:
         """R8: nodes outside the membership (removed ones) get no say.  Learners are
         heard: our config may lag a promotion the rest of the cluster already holds.  A
-        node that knows no membership yet (it joined and was promoted before anything
-        reached it) cannot tell, and votes by the log rule alone: refusing would leave
-        it a voter that blocks every election."""
+        node whose removal we hold but have not committed is heard too: it still
+        campaigns (``_promotable``) and may be the only one that can win.  A node that
+        knows no membership yet (it joined and was promoted before anything reached it)
+        cannot tell, and votes by the log rule alone: refusing would leave it a voter
+        that blocks every election."""
         m = self.membership
-        return src in m.voters or src in m.learners or not (m.voters or m.learners)
+        if src in m.voters or src in m.learners or not (m.voters or m.learners):
+            return True
+        return src in self._membership_at(self._commit).voters
 
     def _handle_vote_request(self, m: RequestVote) -> None:
         if not self._may_vote_for(m.src):

@@ -20,14 +20,47 @@ indexes involved; the simulator stops the run there and reports it.
    completed save) is what it loads after a crash: the same term and vote,
    a snapshot at least as new, and the same entries -- except what a
    persistence step cut short by the crash was rewriting.
+6. Recovery: every entry a restarting member loads at or below the commit
+   index it loads is the entry the cluster committed at that index.  Checked
+   at load; an index the cluster has not yet been seen to commit is
+   remembered and checked when some member applies it.
+8. Watches (``WatchChecker``): what a watcher receives for its prefix is, in
+   version order, every event the cluster applied for those keys -- none
+   twice, none skipped, none different from the applied one -- and
+   ``Compacted`` only when the events it needs are no longer kept.  A watcher
+   that moves to another member (failover, crash) resumes from its last seen
+   version and must continue without a gap.
+10. Leader leases: a read a leader serves at once on its lease (no
+    confirming round) must not come after a leader of a later term was seen.
+9. Commit rule (Raft's Figure 8): a leader's commit index, seen to move
+   within its term, always lands on an entry of that term.
+7. Durability at delivery: when a vote grant (not a pre-vote) or an append /
+   snapshot acknowledgement reaches its destination, the sender's storage
+   must already hold what it promises -- the term and vote of the grant, the
+   acknowledged entries up to the acknowledged index (with the terms the
+   receiving leader holds there), the installed snapshot.  Checked against
+   the durable model (completed saves), not the sender's memory.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from catenary.core.raft.types import Entry, HardState, Ready, Snapshot
+from catenary.core.metadata.state import MetadataStateMachine
+from catenary.core.metadata.types import Compacted, Event, WatchBatch
+from catenary.core.raft.types import (
+    AppendEntriesResponse,
+    Entry,
+    HardState,
+    InstallSnapshotResponse,
+    Message,
+    Ready,
+    RequestVoteResponse,
+    Snapshot,
+)
 
 
 class Violation(Exception):
@@ -77,6 +110,45 @@ class DurableModel:
         self.entries = {e.index: e.term for e in entries}
 
 
+class LeaderPresence:
+    """When some leader was ticking: samples of (time, term) from leaders' ticks.
+
+    Time between two samples more than ``gap_us`` apart counts as without a
+    leader (none ticked: none was elected, or the leader was paused or down).
+    """
+
+    def __init__(self, gap_us: int) -> None:
+        self.gap_us = gap_us
+        self.times: list[int] = []
+        self.terms: list[int] = []
+
+    def seen(self, time_us: int, term: int) -> None:
+        if self.times and self.times[-1] == time_us and self.terms[-1] == term:
+            return
+        self.times.append(time_us)
+        self.terms.append(term)
+
+    def leaderless_us(self, start_us: int, end_us: int) -> int:
+        total = 0
+        previous = start_us
+        lo = bisect.bisect_left(self.times, start_us)
+        for i in range(lo, len(self.times)):
+            t = self.times[i]
+            if t > end_us:
+                break
+            if t - previous > self.gap_us:
+                total += t - previous
+            previous = t
+        if end_us - previous > self.gap_us:
+            total += end_us - previous
+        return total
+
+    def changes(self, start_us: int, end_us: int) -> int:
+        lo = bisect.bisect_left(self.times, start_us)
+        hi = bisect.bisect_right(self.times, end_us)
+        return max(0, len(set(self.terms[lo:hi])) - 1)
+
+
 class SafetyChecker:
     def __init__(self) -> None:
         self.leaders: dict[int, int] = {}  # term -> leader
@@ -88,6 +160,10 @@ class SafetyChecker:
         self.commit_terms: dict[int, int] = {}
         self.applied: dict[int, int] = {}  # node -> last applied index
         self.durable: dict[int, DurableModel] = {}
+        # index -> (term, digest, node) loaded as committed by a restarting
+        # member before the cluster was seen to commit that index.
+        self.claimed: dict[int, tuple[int, bytes, int]] = {}
+        self.leader_commits: dict[int, tuple[int, int]] = {}  # node -> (term, commit) as leader
         self.checks = 0
 
     # ------------------------------------------------------------ election
@@ -103,6 +179,18 @@ class SafetyChecker:
             raise Violation(f"election safety: term {term} has two leaders, {known} and {node}")
         return False
 
+    def check_lease_read(self, node: int, term: int) -> None:
+        """A read served on the leader lease of ``term`` while a leader of a later
+        term already exists: the lease did not hold (a quorum that backed it
+        voted for someone else before it ran out)."""
+        self.checks += 1
+        later = sorted(t for t in self.leaders if t > term)
+        if later:
+            raise Violation(
+                f"lease read: leader {node} of term {term} served a read on its lease while "
+                f"node {self.leaders[later[0]]} already led term {later[0]}"
+            )
+
     def check_leader_log(self, node: int, term: int, log: dict[int, int], first_index: int) -> None:
         """Leader completeness: the new leader holds every committed entry it has not compacted."""
         for index in range(max(first_index, 1), self.highest_commit + 1):
@@ -116,6 +204,25 @@ class SafetyChecker:
                     f"committed entry lost: leader {node} of term {term} holds term {held} at "
                     f"index {index}, but an entry of term {known[0]} was committed there"
                 )
+
+    def observe_leader_commit(
+        self, node: int, term: int, commit: int, term_at_commit: int | None
+    ) -> None:
+        """Raft's commit rule (Figure 8): a leader moves its commit index only by
+        counting replicas of an entry of its own term.  Each time a leader's
+        commit index is seen higher than last seen in the same term, the entry
+        there must be of that term."""
+        previous = self.leader_commits.get(node)
+        self.leader_commits[node] = (term, commit)
+        if previous is None or previous[0] != term or commit <= previous[1]:
+            return
+        self.checks += 1
+        if term_at_commit is not None and term_at_commit != term:  # None: compacted
+            raise Violation(
+                f"commit rule: leader {node} of term {term} moved its commit index from "
+                f"{previous[1]} to {commit}, an entry of term {term_at_commit} (an earlier "
+                "term's entry committed by counting replicas)"
+            )
 
     # ----------------------------------------------------------------- logs
 
@@ -157,6 +264,12 @@ class SafetyChecker:
                 )
             digest = _digest(entry)
             known = self.committed.setdefault(entry.index, (entry.term, digest))
+            claim = self.claimed.pop(entry.index, None)
+            if claim is not None and claim[:2] != known:
+                raise Violation(
+                    f"recovery: node {claim[2]} loaded term {claim[0]} at index {entry.index} "
+                    f"as committed, but term {known[0]} was committed there"
+                )
             if known != (entry.term, digest):
                 raise Violation(
                     f"state-machine safety: node {node} applied term {entry.term} at index "
@@ -212,3 +325,188 @@ class SafetyChecker:
                     f"{index}, but term {model.entries[index]} was durable there"
                 )
         model.reload(hard_state, snapshot, entries)
+
+    # ------------------------------------------------------------- recovery
+
+    def check_recovered_commit(
+        self, node: int, hard_state: HardState, snapshot: Snapshot | None, entries: list[Entry]
+    ) -> None:
+        """Every loaded entry at or below the loaded commit is the committed one."""
+        snapshot_index = snapshot.meta.index if snapshot else 0
+        for entry in entries:
+            if entry.index > hard_state.commit:
+                break
+            if entry.index <= snapshot_index:
+                continue
+            self.checks += 1
+            digest = _digest(entry)
+            known = self.committed.get(entry.index)
+            if known is None:
+                claim = self.claimed.setdefault(entry.index, (entry.term, digest, node))
+                if claim[:2] != (entry.term, digest):
+                    raise Violation(
+                        f"recovery: nodes {claim[2]} and {node} loaded different entries "
+                        f"(terms {claim[0]} and {entry.term}) at index {entry.index} "
+                        "as committed"
+                    )
+            elif known != (entry.term, digest):
+                raise Violation(
+                    f"recovery: node {node} loaded commit {hard_state.commit} over term "
+                    f"{entry.term} at index {entry.index}, but term {known[0]} was "
+                    "committed there"
+                )
+
+    # -------------------------------------------------- durability at delivery
+
+    def check_delivery(
+        self, message: Message, leader_term_at: Callable[[int], int | None] | None
+    ) -> None:
+        """What a delivered grant or acknowledgement promises is durable on its sender.
+
+        ``leader_term_at``: the term at an index of the receiving member's log
+        when it leads the message's term, else None.
+        """
+        if isinstance(message, RequestVoteResponse):
+            if message.pre_vote or not message.granted:
+                return
+            self.checks += 1
+            model = self.model(message.src)
+            if model.term < message.term or (
+                model.term == message.term and model.vote != message.dst
+            ):
+                raise Violation(
+                    f"durability at delivery: node {message.src} granted its vote in term "
+                    f"{message.term} to {message.dst}, but its storage holds term "
+                    f"{model.term} vote {model.vote}"
+                )
+        elif isinstance(message, AppendEntriesResponse):
+            if not message.success:
+                return
+            self.checks += 1
+            model = self.model(message.src)
+            if model.term < message.term:
+                raise Violation(
+                    f"durability at delivery: node {message.src} acknowledged appends of "
+                    f"term {message.term}, but its storage holds term {model.term}"
+                )
+            if model.term != message.term:
+                return  # it moved on durably; its log may legally have changed since
+            index = message.match_index
+            if index <= model.snapshot_index:
+                return
+            held = model.entries.get(index)
+            if held is None:
+                raise Violation(
+                    f"durability at delivery: node {message.src} acknowledged index {index} "
+                    f"in term {message.term}, but its storage ends before it"
+                )
+            if leader_term_at is not None:
+                expected = leader_term_at(index)
+                if expected is not None and expected != held:
+                    raise Violation(
+                        f"durability at delivery: node {message.src} acknowledged index "
+                        f"{index} in term {message.term}; its storage holds term {held} "
+                        f"there, leader {message.dst} term {expected}"
+                    )
+        elif isinstance(message, InstallSnapshotResponse):
+            if not message.done or message.reject:
+                return
+            self.checks += 1
+            model = self.model(message.src)
+            if (
+                model.term == message.term
+                and model.snapshot_index < message.index
+                and (message.index not in model.entries)
+            ):
+                raise Violation(
+                    f"durability at delivery: node {message.src} acknowledged snapshot "
+                    f"{message.index}, but its storage holds snapshot {model.snapshot_index}"
+                )
+
+
+class WatchChecker:
+    """The events every member applied, by version, and what watchers were told.
+
+    The truth is read from each member's own kept history (not through
+    ``changes_since``, the code under test), incrementally, and must agree
+    across members.
+    """
+
+    def __init__(self) -> None:
+        self.truth: dict[int, Event] = {}
+        self.harvested: dict[int, tuple[int, int]] = {}  # node -> (state id, version)
+        self.checks = 0
+
+    def harvest(self, node: int, state: MetadataStateMachine) -> None:
+        start = state.history_start
+        key = id(state)
+        known = self.harvested.get(node)
+        done = known[1] if known is not None and known[0] == key else start
+        if done > state.revision:
+            done = start  # another state object at a reused id
+        history = state._history  # the kept events, read directly
+        offset = state._history_offset
+        first = max(done, start) + 1
+        for version in range(first, state.revision + 1):
+            event = history[offset + (version - start - 1)]
+            if event.version != version:
+                raise Violation(
+                    f"watch: node {node} keeps event version {event.version} at {version}"
+                )
+            seen = self.truth.setdefault(version, event)
+            if seen != event:
+                raise Violation(
+                    f"watch: node {node} applied {event} at version {version}, "
+                    f"another member {seen}"
+                )
+        self.harvested[node] = (key, max(done, state.revision))
+
+    def check(
+        self,
+        watcher: int,
+        node: int,
+        prefix: str,
+        from_version: int,
+        answer: WatchBatch | Compacted,
+        history_start: int,
+    ) -> None:
+        self.checks += 1
+        if isinstance(answer, Compacted):
+            if from_version >= history_start:
+                raise Violation(
+                    f"watch: watcher {watcher} on node {node} was told Compacted from "
+                    f"{from_version}, but events after {history_start} are kept"
+                )
+            return
+        where = f"watcher {watcher} (prefix {prefix!r}) on node {node} from {from_version}"
+        if answer.revision < from_version:
+            raise Violation(f"watch: {where} went back to revision {answer.revision}")
+        previous = from_version
+        got: dict[int, Event] = {}
+        for event in answer.events:
+            if event.version <= previous:
+                raise Violation(
+                    f"watch: {where} received version {event.version} after {previous} "
+                    "(redelivered or out of order)"
+                )
+            if event.version > answer.revision:
+                raise Violation(
+                    f"watch: {where} received version {event.version} beyond the batch's "
+                    f"revision {answer.revision}"
+                )
+            truth = self.truth.get(event.version)
+            if truth is not None and truth != event:
+                raise Violation(
+                    f"watch: {where} received {event}, but {truth} was applied at that version"
+                )
+            previous = event.version
+            got[event.version] = event
+        if from_version < history_start:
+            raise Violation(
+                f"watch: {where} got a batch although the events after {history_start} "
+                "are all that is kept (Compacted expected)"
+            )
+        for version in range(from_version + 1, answer.revision + 1):
+            truth = self.truth.get(version)
+            if truth is not None and truth.key.startswith(prefix) and version not in got:
+                raise Violation(f"watch: {where} skipped {truth} (batch up to {answer.revision})")

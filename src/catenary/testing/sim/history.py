@@ -32,6 +32,7 @@ class Op:
     stale: bool = False  # a get answered from any member's applied state
     command: Command | None = None  # set for lease operations (kind "lease") and leased puts
     checked: bool = True  # False: outside the linearizability check (lease keys expire)
+    probe: bool = False  # a put on a lease its client abandoned (must fail once it ran out)
     read_result: KeyValue | None = None
     write_result: Result | None = None
 

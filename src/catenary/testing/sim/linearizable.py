@@ -7,10 +7,13 @@ effect and are left out.  Stale reads are not linearizable by design; they
 are checked for phantoms instead: what they return was written by some put,
 at the version that put was answered with.  Lease operations are checked for
 early expiry: a lease must live at least its TTL after the call of its last
-successful grant or keep-alive.
+successful grant or keep-alive, and -- once abandoned by its client -- be
+gone within its TTL and a stated bound of the last refresh.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from catenary.core.metadata.types import (
     LeaseGrant,
@@ -18,6 +21,7 @@ from catenary.core.metadata.types import (
     LeaseKeepAlive,
     LeaseNotFound,
     PreconditionFailed,
+    Put,
     Written,
 )
 from catenary.testing.linearizability import CheckResult, Operation, check
@@ -120,4 +124,59 @@ def check_leases(history: list[Op], slack_us: int = 0) -> str | None:
                     f"lease {result.lease} expired early: {op.describe()} after "
                     f"{source.describe()} with a TTL of {ttl_ms} ms"
                 )
+    return None
+
+
+def check_leases_late(
+    history: list[Op],
+    leaderless_us: Callable[[int, int], int],
+    leader_changes: Callable[[int, int], int],
+    bound_us: int,
+    per_change_us: int,
+) -> str | None:
+    """A lease nobody keeps alive is gone within TTL + a bound of its last refresh.
+
+    The leasing client abandons some of its leases and later probes them with a
+    put attached to the lease.  A probe that succeeds although it was called
+    more than ``TTL + bound_us`` after the last refresh answered (the refresh
+    applied no later than that), not counting time without a leader
+    (``leaderless_us(a, b)``) and ``per_change_us`` per leader change in
+    between (a new leader resumes from the last checkpoint, up to one
+    checkpoint interval old), means the lease outlived its deadline: e.g. a new
+    leader gave it a full TTL again.  Leases with an indeterminate refresh are
+    skipped (it may have applied at any time).
+    """
+    refreshed: dict[int, tuple[int, int, Op]] = {}  # lease -> (return_us, ttl_ms, op)
+    unknown: set[int] = set()
+    for op in sorted(history, key=lambda o: o.op_id):
+        command = op.command
+        if isinstance(command, LeaseKeepAlive) and op.status == "indeterminate":
+            unknown.add(command.lease)
+        if command is None or op.status != "ok" or op.return_us is None:
+            continue
+        result = op.write_result
+        if isinstance(result, LeaseGranted) and isinstance(command, LeaseGrant | LeaseKeepAlive):
+            refreshed[result.lease] = (op.return_us, result.ttl_ms, op)
+    for op in sorted(history, key=lambda o: o.op_id):
+        command = op.command
+        if not isinstance(command, Put) or not op.probe or op.status != "ok":
+            continue
+        if not isinstance(op.write_result, Written) or command.lease in unknown:
+            continue
+        known = refreshed.get(command.lease)
+        if known is None:
+            continue
+        since_us, ttl_ms, source = known
+        allowed = (
+            ttl_ms * 1000
+            + bound_us
+            + leaderless_us(since_us, op.call_us)
+            + per_change_us * leader_changes(since_us, op.call_us)
+        )
+        if op.call_us > since_us + allowed:
+            return (
+                f"lease {command.lease} expired late: {op.describe()} still found it "
+                f"{(op.call_us - since_us) // 1000} ms after {source.describe()} "
+                f"(TTL {ttl_ms} ms, allowed {allowed // 1000} ms)"
+            )
     return None

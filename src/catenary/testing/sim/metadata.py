@@ -36,7 +36,17 @@ network, disk and clock, all derived from one seed:
   leader, a fresh successful write and every member of the final group
   converged (identical state-machine snapshots) within ``liveness_bound_ms``.
 * Checkers (``checkers.py``) run on every step; the client history is checked
-  for linearizability at the end.
+  for linearizability at the end.  Hooks stay outside the Ready loop
+  (``_pump``/``_schedule_job``/``_job_done``/``_finish_ready``): recovery is
+  checked in ``_boot`` right after ``load``, durability of grants and acks in
+  ``_deliver``, the commit rule and narrow-window crashes in ``_after_input``,
+  lease reads in ``_request_arrives``, watches in ``_watch_poll``.
+* Nemeses aimed at narrow windows: crashes while a vote grant or a suffix
+  rewrite is being persisted; a deposed leader (cut off, mostly paused, then
+  thawed with queued reads; with lease reads at the worst drift the lease
+  bound allows); clock drift beyond the lease bound (ReadIndex only).
+* Watchers poll ``changes_since`` on a member and fail over to another,
+  resuming from their last seen version.
 """
 
 from __future__ import annotations
@@ -50,6 +60,7 @@ from random import Random
 
 import msgspec
 
+from catenary.core.metadata.lessor import LessorConfig
 from catenary.core.metadata.replica import (
     Completion,
     GetQuery,
@@ -60,8 +71,10 @@ from catenary.core.metadata.replica import (
     WriteCompleted,
     WriteIndeterminate,
 )
+from catenary.core.metadata.state import MetadataConfig
 from catenary.core.metadata.types import (
     Command,
+    Compacted,
     Delete,
     LeaseGrant,
     LeaseGranted,
@@ -82,21 +95,39 @@ from catenary.core.raft.types import (
     ProposalDropped,
     RaftConfig,
     Ready,
+    RequestVoteResponse,
     Snapshot,
 )
 from catenary.persist.raft_storage import RaftStorage
+from catenary.runtime.host import HostConfig, ticks_to_deliver
 from catenary.storage.errors import StorageError
 from catenary.storage.fs_sim import SimFileSystem
 from catenary.storage.store import StoreConfig
-from catenary.testing.sim.checkers import SafetyChecker, Violation
+from catenary.testing.sim.checkers import (
+    LeaderPresence,
+    SafetyChecker,
+    Violation,
+    WatchChecker,
+)
 from catenary.testing.sim.crashfs import CrashPointFileSystem, SimulatedCrash
 from catenary.testing.sim.history import Op
-from catenary.testing.sim.linearizable import check_history, check_leases, check_stale_reads
+from catenary.testing.sim.linearizable import (
+    check_history,
+    check_leases,
+    check_leases_late,
+    check_stale_reads,
+)
 from catenary.testing.sim.loop import EventLoop
 from catenary.testing.sim.network import NetworkFaults, SimNetwork, split_links
 
 _message_encoder = msgspec.msgpack.Encoder()
 RAFT_DIR = "/raft"
+# The lessor checkpoints every 200 ms (the server's default is 1 s), so a late
+# expiry is told apart from a checkpoint's age within a short run.
+LESSOR = LessorConfig(checkpoint_interval_ms=200)
+# The clock drift (each tick interval off by up to this fraction) that leader
+# lease reads allow for with the simulator's RaftConfig (see FaultPlan.draw).
+LEASE_DRIFT_BOUND = 1 / 9
 SPARES = 2  # members that may join while the simulation runs
 
 
@@ -142,6 +173,20 @@ class FaultPlan:
     leases: bool  # one more client grants, keeps alive and revokes leases with keys on them
     pauses: bool  # the nemesis freezes members (a stopped process) and thaws them later
     io_errors: bool  # the nemesis makes a member's next fsync fail (EIO)
+    # The nemesis crashes members inside narrow windows: a voter whose grant waits
+    # on its persist, a member whose persist rewrites a suffix of its log.
+    window_crashes: bool
+    watch_history_max: int  # events the state machine keeps for watchers
+    # The nemesis cuts the leader off from the other members while some clients
+    # keep sending it linearizable reads (a deposed leader that does not know yet).
+    deposed_reads: bool
+    # Entries per append: few make a lagging follower catch up over several
+    # appends, so acknowledgements can cover old-term entries without the
+    # leader's own (Raft's Figure 8 window).
+    entries_per_message: int
+    # Of the torn writes, the share that leave random garbage after the kept
+    # prefix (a sector written half-way): a bad checksum at the end of a file.
+    garbage_tails: float
 
     @classmethod
     def draw(cls, rng: Random) -> FaultPlan:
@@ -168,14 +213,22 @@ class FaultPlan:
             compact_after_entries=rng.choice([8, 32, 128, 100_000]),
             segment_bytes_max=rng.choice([1 << 12, 1 << 14, 1 << 20]),
             lease_reads=rng.random() < 0.3,
-            # Lease reads assume drift far below (election - lease_drift) / election.
-            clock_drift=rng.choice([0.0, 0.01, 0.05]),
+            # Lease reads allow for clocks whose rates differ by less than
+            # election / (election - lease_drift) = 10/8: with every tick off by up
+            # to d, (1 + d) / (1 - d) < 1.25, d < 1/9.  0.1 is inside that bound,
+            # 0.3 beyond it (expected unsafe with lease reads; see __init__).
+            clock_drift=rng.choice([0.0, 0.01, 0.05, 0.1, 0.3]),
             transfers=rng.random() < 0.5,
             stale_reads=rng.choice([0.0, 0.2]),
             reconfigure=rng.random() < 0.4,
             leases=rng.random() < 0.5,
             pauses=rng.random() < 0.3,
             io_errors=rng.random() < 0.2,
+            window_crashes=rng.random() < 0.4,
+            watch_history_max=rng.choice([16, 64, 10_000]),
+            deposed_reads=rng.random() < 0.4,
+            entries_per_message=rng.choice([2, 64]),
+            garbage_tails=rng.choice([0.0, 0.5, 1.0]),
         )
 
 
@@ -203,6 +256,16 @@ class SimCounters:
     pauses: int = 0
     io_errors: int = 0
     stale_reads: int = 0
+    crashes_vote_window: int = 0  # crashed with a vote grant waiting on its persist
+    crashes_overwrite_window: int = 0  # crashed while persisting a rewrite of its log suffix
+    lease_reads: int = 0  # linearizable reads served on the leader lease (no round)
+    deposed_leaders: int = 0  # leaders cut off while clients kept reading from them
+    drift_beyond_bound: int = 0  # 1 when this run's clocks drift beyond the lease-read bound
+    garbage_tails: int = 0  # crashes that left garbage after a torn write
+    watch_polls: int = 0
+    watch_events: int = 0
+    watch_compacted: int = 0
+    watch_failovers: int = 0  # a watcher moved to another member, resuming where it was
 
 
 @dataclass
@@ -237,12 +300,17 @@ class _Job:
 
     ready: Ready | None = None
     snapshot: Snapshot | None = None  # a compaction snapshot to persist
+    considered: bool = False  # the window nemesis looked at it
 
 
 class _Member:
-    def __init__(self, node_id: int, disk_seed: int, raft_seed: int, tear: float) -> None:
+    def __init__(
+        self, node_id: int, disk_seed: int, raft_seed: int, tear: float, garbage: float
+    ) -> None:
         self.node_id = node_id
-        self.disk = SimFileSystem(Random(disk_seed), tear_probability=tear)
+        self.disk = SimFileSystem(
+            Random(disk_seed), tear_probability=tear, garbage_probability=garbage
+        )
         self.fs = CrashPointFileSystem(self.disk)
         self.raft_seeds = Random(raft_seed)
         self.storage: RaftStorage | None = None
@@ -269,10 +337,23 @@ class _Client:
     probe: bool = False  # the liveness probe: puts until one succeeds
     leasing: bool = False  # works on leases and "lease/" keys (outside the checked history)
     lease: int = 0  # the lease it holds (0 = none)
+    abandoned: list[int] = field(default_factory=list)  # leases it stopped keeping alive
     op: Op | None = None
     request_id: int = 0
     attempts: int = 0
     versions: dict[str, int] = field(default_factory=dict)
+    reads_only_until_us: int = 0  # pointed at a deposed leader: only linearizable gets
+    reader: bool = False  # only ever linearizable gets (the deposed-leader scenario's reader)
+
+
+@dataclass
+class _Watcher:
+    """Watches a prefix on one member, moving to another when it fails or at random."""
+
+    watcher_id: int
+    prefix: str
+    target: int
+    from_version: int = 0
 
 
 # ------------------------------------------------------------ the simulator
@@ -285,6 +366,13 @@ class MetadataSim:
         self.options = options
         seeds = Random(options.seed)
         self.plan = FaultPlan.draw(Random(seeds.getrandbits(64)))
+        if self.plan.clock_drift > LEASE_DRIFT_BOUND:
+            # Beyond the bound lease reads are expected to be unsafe: such seeds
+            # run ReadIndex reads only, which must stay safe under any drift.
+            self.plan.lease_reads = False
+        elif self.plan.lease_reads:
+            # Lease-read seeds test the bound at its edge: drift 0.1 (inside 1/9).
+            self.plan.clock_drift = 0.1
         self.loop = EventLoop(keep_notes=options.keep_log)
         self.network = SimNetwork(Random(seeds.getrandbits(64)), self.plan.network)
         self.nemesis_rng = Random(seeds.getrandbits(64))
@@ -292,14 +380,20 @@ class MetadataSim:
         self.timing_rng = Random(seeds.getrandbits(64))
         initial = list(range(1, options.nodes + 1))
         self.members = {
-            i: _Member(i, seeds.getrandbits(64), seeds.getrandbits(64), self.plan.tear_probability)
+            i: _Member(
+                i,
+                seeds.getrandbits(64),
+                seeds.getrandbits(64),
+                self.plan.tear_probability,
+                self.plan.garbage_tails,
+            )
             for i in initial
         }
         self.membership = Membership(voters=tuple(initial))
         self.raft_config = RaftConfig(
             election_timeout_ticks=10,
             heartbeat_interval_ticks=2,
-            max_entries_per_message=64,
+            max_entries_per_message=self.plan.entries_per_message,
             max_bytes_per_message=64 << 10,
             max_inflight_messages=8,
             snapshot_chunk_bytes=512,
@@ -307,14 +401,7 @@ class MetadataSim:
             compact_after_bytes=64 << 10,
             lease_reads=self.plan.lease_reads,
         )
-        self.tick_us = {
-            i: round(
-                options.tick_ms
-                * 1000
-                * (1 + self.timing_rng.uniform(-self.plan.clock_drift, self.plan.clock_drift))
-            )
-            for i in initial
-        }
+        self.tick_us = {i: self._draw_tick_us() for i in initial}
         # Spare members join later (as learners, then voters) when the plan
         # reconfigures; their generators come last so the others do not move.
         spare_seeds = Random(seeds.getrandbits(64))
@@ -325,13 +412,21 @@ class MetadataSim:
                 spare_seeds.getrandbits(64),
                 spare_seeds.getrandbits(64),
                 self.plan.tear_probability,
+                self.plan.garbage_tails,
             )
             self.members[i].started = False
             self.tick_us[i] = self.tick_us[1 + (i - 1) % options.nodes]
         self.ids = sorted(self.members)
+        # Drawn after every other generator, so adding watchers moved nothing else.
+        self.watch_rng = Random(seeds.getrandbits(64))
+        self.watchers = [_Watcher(0, "k", 1), _Watcher(1, "lease/", 1)]
+        self.watch_checker = WatchChecker()
+        self.state_config = MetadataConfig(watch_history_max=self.plan.watch_history_max)
         self.store_config = StoreConfig(segment_bytes_max=self.plan.segment_bytes_max)
         self.checker = SafetyChecker()
+        self.presence = LeaderPresence(gap_us=3 * options.tick_ms * 1000)
         self.counters = SimCounters()
+        self.counters.drift_beyond_bound = int(self.plan.clock_drift > LEASE_DRIFT_BOUND)
         self.history: list[Op] = []
         self.clients: list[_Client] = []
         self.next_request_id = 1
@@ -342,6 +437,8 @@ class MetadataSim:
         self.converged = False
         self.violation: str | None = None
         self.interrupted: dict[int, Ready | None] = {}
+        self.window_quiet_until_us = 0
+        self.nemesis_quiet_until_us = 0
         self.linearizability = "not checked"
         p = self.plan
         self.fault_summary = (
@@ -351,7 +448,9 @@ class MetadataSim:
             f"tear={p.tear_probability} compact_after={p.compact_after_entries} "
             f"lease_reads={p.lease_reads} drift={p.clock_drift} transfers={p.transfers} "
             f"stale_reads={p.stale_reads} reconfigure={p.reconfigure} leases={p.leases} "
-            f"pauses={p.pauses} io_errors={p.io_errors}"
+            f"pauses={p.pauses} io_errors={p.io_errors} window_crashes={p.window_crashes} "
+            f"deposed_reads={p.deposed_reads} entries_per_message={p.entries_per_message} "
+            f"watch_history_max={p.watch_history_max} garbage_tails={p.garbage_tails}"
         )
 
     # ------------------------------------------------------------------ run
@@ -379,6 +478,17 @@ class MetadataSim:
             )
         return self._result()
 
+    def _draw_tick_us(self) -> int:
+        """One member's tick interval.  With lease reads every clock sits at an edge
+        of the drift (fast or slow by the whole fraction), so pairs of members
+        test the lease-read bound where it is tightest."""
+        drift = self.plan.clock_drift
+        if self.plan.lease_reads:
+            off = self.timing_rng.choice([-drift, drift])
+        else:
+            off = self.timing_rng.uniform(-drift, drift)
+        return round(self.options.tick_ms * 1000 * (1 + off))
+
     def _started(self) -> list[int]:
         return [i for i in self.ids if self.members[i].started]
 
@@ -400,7 +510,8 @@ class MetadataSim:
         c.messages_duplicated = net.duplicated
         c.leaders = len(self.checker.leaders)
         c.commits = self.checker.highest_commit
-        c.checks = self.checker.checks
+        c.checks = self.checker.checks + self.watch_checker.checks
+        c.garbage_tails = sum(m.disk.garbage_count for m in self.members.values())
         liveness = None
         if self.probe_done_us is not None:
             liveness = (self.probe_done_us - self.safety_end_us) // 1000
@@ -449,6 +560,19 @@ class MetadataSim:
             )
             self.clients.append(client)
             self.loop.after(0, "lease-client.start", functools.partial(self._client_next, client))
+        if self.plan.deposed_reads:
+            reader = _Client(
+                len(self.clients), target=self.watch_rng.choice(self._started()), reader=True
+            )
+            self.clients.append(reader)
+            self.loop.after(0, "reader.start", functools.partial(self._client_next, reader))
+        for watcher in self.watchers:
+            watcher.target = self.watch_rng.choice(self._started())
+            self.loop.after(
+                self.watch_rng.randint(0, 50_000),
+                f"watch{watcher.watcher_id}",
+                functools.partial(self._watch_poll, watcher),
+            )
         plan = self.plan
         faults = (plan.crashes, plan.partitions, plan.transfers, plan.reconfigure, plan.pauses)
         if any(faults) or plan.io_errors:
@@ -468,6 +592,7 @@ class MetadataSim:
             entries,
             self.interrupted.pop(member.node_id, None),
         )
+        self.checker.check_recovered_commit(member.node_id, hard_state, snapshot, entries)
         self.checker.restarted(member.node_id)
         if snapshot is not None:
             self.checker.observe_installed(member.node_id, snapshot)
@@ -485,7 +610,8 @@ class MetadataSim:
             initial_membership=self.membership
             if member.node_id in self.membership.voters
             else None,
-            config=ReplicaConfig(),
+            config=ReplicaConfig(lessor=LESSOR),
+            state_config=self.state_config,
             now_ms=self.loop.now_ms,
         )
         incarnation = member.incarnation
@@ -512,6 +638,8 @@ class MetadataSim:
         if self._deferred(member, lambda: self._tick(member, incarnation)):
             return
         member.replica.tick(self.loop.now_ms)
+        if member.replica.is_leader:
+            self.presence.seen(self.loop.now_us, member.replica.term)
         self._after_input(member)
         self.loop.after(
             self.tick_us[member.node_id],
@@ -535,8 +663,23 @@ class MetadataSim:
             return
         if self._deferred(member, lambda: self._deliver(message)):
             return
+        self.checker.check_delivery(message, self._log_terms(member, message.term))
         member.replica.step(message)
         self._after_input(member)
+
+    @staticmethod
+    def _log_terms(member: _Member, term: int) -> Callable[[int], int | None] | None:
+        """The term at an index of the member's log, when it leads ``term``; else None."""
+        replica = member.replica
+        if replica is None or not replica.is_leader or replica.term != term:
+            return None
+        raft = replica.raft
+
+        def term_at(index: int) -> int | None:
+            held = raft.entries(index, index + 1) if index > raft.snapshot_index else []
+            return held[0].term if held else None
+
+        return term_at
 
     # ---------------------------------------------------------- ready/persist
 
@@ -549,7 +692,15 @@ class MetadataSim:
                 self.loop.note(f"leader {member.node_id} term {term}")
                 self._check_leader_log(member)
         self.checker.observe_commit(replica.raft.commit_index, replica.term)
+        if replica.is_leader:
+            raft = replica.raft
+            commit = raft.commit_index
+            held = raft.entries(commit, commit + 1) if commit > raft.snapshot_index else []
+            self.checker.observe_leader_commit(
+                member.node_id, replica.term, commit, held[0].term if held else None
+            )
         self._pump(member)
+        self._nemesis_window(member)
 
     def _check_leader_log(self, member: _Member) -> None:
         replica = member.replica
@@ -650,7 +801,7 @@ class MetadataSim:
 
     # -------------------------------------------------------------- crashes
 
-    def _crash(self, member: _Member, *, rerun: bool = True) -> None:
+    def _crash(self, member: _Member, *, rerun: bool = True, budget: int | None = None) -> None:
         """Drop the member's memory; run its in-flight persistence up to a crash point.
 
         ``rerun=False``: the persistence step already ran and failed (an I/O error).
@@ -662,7 +813,7 @@ class MetadataSim:
         interrupted = job.ready if job is not None else None
         if job is not None and member.storage is not None and rerun:
             self.counters.crashes_mid_persist += 1
-            member.fs.arm(self.nemesis_rng.randint(0, 12))
+            member.fs.arm(self.nemesis_rng.randint(0, 12) if budget is None else budget)
             try:
                 if job.ready is not None:
                     member.storage.save(job.ready)
@@ -700,6 +851,9 @@ class MetadataSim:
         if self.phase != "safety":
             return
         rng = self.nemesis_rng
+        if self.loop.now_us < self.nemesis_quiet_until_us:
+            self._schedule_nemesis()  # a deposed leader's scenario plays out undisturbed
+            return
         actions: list[str] = []
         if self.plan.crashes:
             actions += ["crash", "crash"]
@@ -713,6 +867,9 @@ class MetadataSim:
             actions += ["pause"]
         if self.plan.io_errors:
             actions += ["io-error"]
+        if self.plan.deposed_reads:
+            # With lease reads the race it sets up is narrow: try it more often.
+            actions += ["depose"] * (8 if self.plan.lease_reads else 3)
         action = rng.choice(actions)
         if action == "crash":
             self._nemesis_crash(rng)
@@ -724,6 +881,8 @@ class MetadataSim:
             self._nemesis_pause(rng)
         elif action == "io-error":
             self._nemesis_io_error(rng)
+        elif action == "depose":
+            self._nemesis_depose(rng)
         else:
             self._nemesis_partition(rng)
         self._schedule_nemesis()
@@ -745,11 +904,115 @@ class MetadataSim:
         self._crash(member)
         self._schedule_restart(member)
 
+    def _nemesis_window(self, member: _Member) -> None:
+        """Crash a member inside a narrow window of its persistence step.
+
+        Two windows: a voter whose vote grant waits on the persist of its vote,
+        and a member whose persist rewrites a conflicting suffix of its log
+        (the crash point then lands around the hard-state write, before or
+        after the suffix is rewritten).  At most one such crash per 300 ms.
+        """
+        job = member.job
+        if (
+            job is None
+            or job.considered
+            or job.ready is None
+            or not self.plan.window_crashes
+            or self.phase != "safety"
+        ):
+            return
+        job.considered = True
+        if self.loop.now_us < self.window_quiet_until_us:
+            return
+        ready = job.ready
+        storage = member.storage
+        assert storage is not None
+        vote = any(
+            isinstance(m, RequestVoteResponse) and m.granted and not m.pre_vote
+            for m in ready.messages_after_persist
+        )
+        overwrite = bool(ready.entries) and ready.entries[0].index <= storage.last_index
+        if not (vote or overwrite):
+            return
+        rng = self.nemesis_rng
+        if rng.random() < 0.5:
+            return
+        self.window_quiet_until_us = self.loop.now_us + 300_000
+        budget = rng.randint(0, 8) if vote else rng.randint(3, 9)
+        incarnation = member.incarnation
+
+        def crash() -> None:
+            if member.incarnation != incarnation or member.job is not job:
+                return
+            if vote:
+                self.counters.crashes_vote_window += 1
+            else:
+                self.counters.crashes_overwrite_window += 1
+            self.loop.note(f"window crash {member.node_id} ({'vote' if vote else 'overwrite'})")
+            self._crash(member, budget=budget)
+            self._schedule_restart(member)
+
+        self.loop.after(rng.randint(0, 50), f"window-crash{member.node_id}", crash)
+
     def _schedule_restart(self, member: _Member) -> None:
         downtime_ms = self.nemesis_rng.randint(*self.plan.downtime_ms)
         self.loop.after(
             downtime_ms * 1000, f"restart{member.node_id}", lambda: self._restart(member)
         )
+
+    def _nemesis_depose(self, rng: Random) -> None:
+        """Cut the leader off from every other member; point some clients at it.
+
+        The others elect a new leader and commit writes while the old one may
+        still believe it leads; reads it serves without a confirming round (or
+        on a lease that does not allow for clock drift) are then stale, which
+        the linearizability check sees.  Mostly the old leader is also
+        stopped (paused) until shortly before the cut heals: thawed, it catches
+        up only a few ticks (as the server's host does), still believes it
+        leads, and handles the reads that queued up meanwhile.
+        """
+        leader = self._leader()
+        ids = self._started()
+        if leader is None or len(ids) < 3:
+            return
+        old = leader.node_id
+        if not all(self.members[v].up for v in leader.raft.membership.voters):
+            return  # the others could not elect a leader: nothing to catch
+        links = split_links([old], [i for i in ids if i != old])
+        self.counters.deposed_leaders += 1
+        if self.plan.lease_reads:
+            # The worst drift the lease-read bound allows: the old leader's clock
+            # runs slow, every other member's fast (real clocks change rate too).
+            base = self.options.tick_ms * 1000
+            drift = self.plan.clock_drift
+            for i in ids:
+                self.tick_us[i] = round(base * (1 + drift if i == old else 1 - drift))
+        self.network.partition(links)
+        self.loop.note(f"depose {old}")
+        others = [c for c in self.clients if not (c.leasing or c.probe or c.reader)]
+        readers = [c for c in self.clients if c.reader] + others[: len(others) // 2]
+
+        duration_ms = rng.randint(300, 1_500)
+
+        def point_readers() -> None:
+            for client in readers:
+                client.target = old
+                client.reads_only_until_us = self.loop.now_us + duration_ms * 1000
+
+        self.loop.after(duration_ms * 1000, "heal", lambda: self.network.heal_links(links))
+        self.nemesis_quiet_until_us = self.loop.now_us + (duration_ms + 200) * 1000
+        member = self.members[old]
+        # (With lease reads a thawed member catches up an election timeout of
+        # ticks, which ends any lease: then the cut alone tests the lease bound.)
+        pause = rng.random() < 0.8 and not self.plan.lease_reads
+        if pause and member.paused_until_us <= self.loop.now_us:
+            pause_us = (duration_ms - rng.randint(30, 150)) * 1000
+            self._pause(member, pause_us)
+            # Reads sent shortly before it thaws, after the others (likely) took
+            # writes: it handles them the moment it thaws.
+            self.loop.after(pause_us - rng.randint(5_000, 40_000), "point-readers", point_readers)
+        else:
+            point_readers()
 
     def _nemesis_io_error(self, rng: Random) -> None:
         up = [i for i in self._started() if self.members[i].up]
@@ -767,7 +1030,10 @@ class MetadataSim:
         member = self.members[victim]
         if member.paused_until_us > self.loop.now_us:
             return
-        pause_us = rng.randint(20, 2_000) * 1000
+        self._pause(member, rng.randint(20, 2_000) * 1000)
+
+    def _pause(self, member: _Member, pause_us: int) -> None:
+        victim = member.node_id
         member.paused_until_us = self.loop.now_us + pause_us
         self.counters.pauses += 1
         self.loop.note(f"pause {victim} for {pause_us // 1000} ms")
@@ -782,8 +1048,13 @@ class MetadataSim:
             return
         member.paused_until_us = 0
         # Catch up on the ticks the clock says were missed before handling
-        # queued input, so a stale leader lease is not trusted.
-        for _ in range(pause_us // self.tick_us[member.node_id]):
+        # queued input, as the server's host does: capped at
+        # tick_catch_up_max, except that with lease reads on at least an
+        # election timeout is delivered (so a stale leader lease is not
+        # trusted).  Without lease reads a thawed leader may thus still believe
+        # it leads while handling a burst of queued reads.
+        due = pause_us // self.tick_us[member.node_id]
+        for _ in range(ticks_to_deliver(due, HostConfig().tick_catch_up_max, self.raft_config)):
             member.replica.tick(self.loop.now_ms)
         self._after_input(member)
         deferred, member.deferred = member.deferred, []
@@ -929,6 +1200,48 @@ class MetadataSim:
                 f"healed (node, applied, commit, role): {states}"
             )
 
+    # --------------------------------------------------------------- watches
+
+    def _watch_poll(self, watcher: _Watcher) -> None:
+        """One poll of a watcher (as the server's watch stream does): changes since its
+        last seen version; on a down or paused member it moves elsewhere and resumes."""
+        if self._stopped():
+            return
+        rng = self.watch_rng
+        self.loop.after(
+            rng.randint(2_000, 30_000),
+            f"watch{watcher.watcher_id}",
+            functools.partial(self._watch_poll, watcher),
+        )
+        member = self.members[watcher.target]
+        replica = member.replica
+        if replica is None or self.loop.now_us < member.paused_until_us or rng.random() < 0.05:
+            up = [i for i in self._started() if self.members[i].up]
+            if up:
+                watcher.target = rng.choice(up)
+                self.counters.watch_failovers += 1
+            return
+        state = replica.state
+        self.watch_checker.harvest(member.node_id, state)
+        limit = rng.choice([0, 0, 2])
+        answer = state.changes_since(watcher.from_version, watcher.prefix, True, limit)
+        self.counters.watch_polls += 1
+        self.watch_checker.check(
+            watcher.watcher_id,
+            member.node_id,
+            watcher.prefix,
+            watcher.from_version,
+            answer,
+            state.history_start,
+        )
+        if isinstance(answer, Compacted):
+            # Resync (a list at the member's revision), then watch on from there.
+            self.counters.watch_compacted += 1
+            watcher.from_version = max(watcher.from_version, answer.revision)
+            return
+        self.counters.watch_events += len(answer.events)
+        watcher.from_version = answer.revision
+
     # ---------------------------------------------------------------- clients
 
     def _client_delay_us(self) -> int:
@@ -948,10 +1261,11 @@ class MetadataSim:
         elif client.leasing:
             op = self._lease_op(client, op_id, value)
         else:
-            roll = rng.random()
+            reads_only = client.reader or self.loop.now_us < client.reads_only_until_us
+            roll = 0.0 if reads_only else rng.random()
             if roll < 0.4:
                 op = Op(op_id, client.client_id, "get", key, self.loop.now_us)
-                op.stale = rng.random() < self.plan.stale_reads
+                op.stale = rng.random() < self.plan.stale_reads and not reads_only
             elif roll < 0.65:
                 op = Op(op_id, client.client_id, "put", key, self.loop.now_us, value=value)
             elif roll < 0.75:
@@ -995,8 +1309,15 @@ class MetadataSim:
         now = self.loop.now_us
         key = f"lease/k{rng.randrange(2)}"
         command: Command
-        if client.lease == 0:
-            command = LeaseGrant(ttl_ms=rng.choice([100, 300, 1000, 3000]))
+        probe = False
+        if client.lease != 0 and len(client.abandoned) < 3 and rng.random() < 0.15:
+            client.abandoned.append(client.lease)  # stop keeping it alive; probe it later
+            client.lease = 0
+        if client.abandoned and rng.random() < 0.5:
+            command = Put(key, value, lease=client.abandoned[0])
+            probe = True
+        elif client.lease == 0:
+            command = LeaseGrant(ttl_ms=rng.choice([100, 300, 1000, 2000, 3000]))
         else:
             roll = rng.random()
             if roll < 0.45:
@@ -1008,7 +1329,15 @@ class MetadataSim:
                 client.lease = 0
         kind = "put" if isinstance(command, Put) else "lease"
         return Op(
-            op_id, client.client_id, kind, key, now, value=value, command=command, checked=False
+            op_id,
+            client.client_id,
+            kind,
+            key,
+            now,
+            value=value,
+            command=command,
+            checked=False,
+            probe=probe,
         )
 
     def _client_send(self, client: _Client) -> None:
@@ -1039,7 +1368,12 @@ class MetadataSim:
                 self._reply(client, op, request_id, answer)
                 return
             if op.kind == "get":
+                released = len(replica.raft._reads_ready)
                 replica.read(request_id, GetQuery(op.key))
+                if len(replica.raft._reads_ready) > released:
+                    # Released at once, without a round: served on the leader lease.
+                    self.counters.lease_reads += 1
+                    self.checker.check_lease_read(node_id, replica.term)
             else:
                 command: Command
                 if op.command is not None:
@@ -1106,7 +1440,11 @@ class MetadataSim:
             if isinstance(answer.result, LeaseGranted) and isinstance(op.command, LeaseGrant):
                 client.lease = answer.result.lease
             elif isinstance(answer.result, LeaseNotFound):
-                client.lease = 0
+                if op.probe and isinstance(op.command, Put):
+                    if op.command.lease in client.abandoned:
+                        client.abandoned.remove(op.command.lease)
+                else:
+                    client.lease = 0
             if not op.checked:
                 pass
             elif isinstance(answer.result, Written):
@@ -1133,6 +1471,8 @@ class MetadataSim:
         op = client.op
         if op is None or op.op_id != op_id:
             return
+        # The target may be down, cut off or removed: try another member next.
+        client.target = self.workload_rng.choice(self._started())
         self._close(client, "indeterminate" if op.is_write else "failed")
 
     def _close(self, client: _Client, status: str) -> None:
@@ -1148,8 +1488,8 @@ class MetadataSim:
             self.counters.ops_failed += 1
         client.op = None
         client.request_id = 0
-        think_us = self.workload_rng.randint(0, 20_000)
-        if client.leasing and self.workload_rng.random() < 0.3:
+        think_us = self.workload_rng.randint(0, 2_000 if client.reader else 20_000)
+        if client.leasing and not client.abandoned and self.workload_rng.random() < 0.3:
             think_us = self.workload_rng.randint(50_000, 1_500_000)  # let leases run out
         self.loop.after(think_us, f"client{client.client_id}", lambda: self._client_next(client))
 
@@ -1167,6 +1507,16 @@ class MetadataSim:
         early = check_leases(self.history, slack_us=max(self.tick_us.values()))
         if early is not None:
             raise Violation(early)
+        interval_us = LESSOR.checkpoint_interval_ms * 1000
+        late = check_leases_late(
+            self.history,
+            self.presence.leaderless_us,
+            self.presence.changes,
+            bound_us=interval_us + 2 * max(self.tick_us.values()) + 100_000,
+            per_change_us=interval_us + 300_000,
+        )
+        if late is not None:
+            raise Violation(late)
         result = check_history(self.history)
         self.linearizability = result.outcome
         if result.outcome == "violation":
