@@ -60,7 +60,16 @@ def _run(options: RunOptions, timeout_s: float) -> Report:
 
 
 def test_every_nemesis_keeps_every_checker_green(tmp_path: Path) -> None:
-    options = RunOptions(seconds=34.0, seed=12, nodes=3, directory=tmp_path, faults=EVERY_FAULT)
+    # The recovery bound is generous on purpose: the test asks that the cluster
+    # serves again after the final heal, not how fast (that is printed).
+    options = RunOptions(
+        seconds=34.0,
+        seed=12,
+        nodes=3,
+        directory=tmp_path,
+        faults=EVERY_FAULT,
+        recovery_bound_s=120.0,
+    )
     report = _run(options, timeout_s=300)
     verdicts = {v.checker: v for v in report.verdicts}
     assert set(verdicts) == {
