@@ -96,7 +96,7 @@ class FaultCluster:
         *,
         network: Network | None = None,
         small_disks: bool = False,
-        disk_mb: int = 64,
+        disk_mb: int = 256,
         env: Mapping[str, str] | None = None,
         settings: tuple[str, ...] = (),
     ) -> None:

@@ -1,7 +1,7 @@
 """A small filesystem per node, so one node's disk can be filled on purpose.
 
 When the harness runs as root, each node's data directory is a ``tmpfs``
-mounted with ``size=`` (default 64 MiB) that the harness mounts before the
+mounted with ``size=`` (default 256 MiB) that the harness mounts before the
 node starts and unmounts after it stopped.  ``fill`` writes a filler file
 until the filesystem answers ENOSPC (1 MiB writes, then 4 KiB ones, so the
 space left is under a page); ``release`` deletes it.  Without root there is
@@ -29,7 +29,7 @@ def unavailable_reason() -> str | None:
 class SmallDisk:
     """A tmpfs of ``size_mb`` at ``path`` (see the module doc)."""
 
-    def __init__(self, path: Path, size_mb: int = 64) -> None:
+    def __init__(self, path: Path, size_mb: int = 256) -> None:
         self.path = path
         self.size_mb = size_mb
         self.mounted = False

@@ -15,22 +15,29 @@ Families (``--nemesis``) and the faults they draw from:
   (a node's packets to every peer are dropped, the peers' to it arrive),
   ``flap`` (the link between two nodes cut and healed every 0.2-0.8 s),
   ``disconnect`` (the node's link down: no peer and no client reaches it).
-- ``disk-full``: fill the node's small filesystem until writes fail; free
-  the space when the fault ends.
+- ``disk-full``: fill the node's small filesystem until writes fail, then
+  write up to 6 MiB of ballast (64 KiB values to ``/faults/ballast``) through
+  the cluster so the node uses up the log space it preallocated; free the
+  space when the fault ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from random import Random
 
+from catenary.client import Client
+from catenary.client.errors import CatenaryError
 from catenary.testing.faults.cluster import FaultCluster
 
 FAMILIES = ("kill", "pause", "partition", "disk-full")
 PARTITIONS = ("isolate", "split", "one-way", "flap", "disconnect")
 LEADER = 0  # a target resolved to the leader when the fault starts
+BALLAST_VALUE_BYTES = 64 << 10
+BALLAST_BYTES = 6 << 20  # more than one preallocation step of the node's log (4 MiB)
 
 
 @dataclass(frozen=True)
@@ -190,7 +197,13 @@ class Nemesis:
             assert disk is not None, "disk-full needs small disks"
             filled = disk.fill()
             self.log(f"           filled n{target}'s disk with {filled >> 10} KiB")
-            await self._hold(fault, during)
+            ballast = asyncio.ensure_future(self._ballast(target, self.clock() + fault.duration))
+            try:
+                await self._hold(fault, during)
+            finally:
+                ballast.cancel()
+                with contextlib.suppress(BaseException):
+                    await ballast
         else:
             assert net is not None, "partitions need the network"
             if fault.kind == "isolate":
@@ -221,6 +234,24 @@ class Nemesis:
                     await asyncio.sleep(min(rng.uniform(0.2, 0.8), max(0.0, end - self.clock())))
                 return
             await self._hold(fault, during)
+
+    async def _ballast(self, target: int, until: float) -> None:
+        """Write ``BALLAST_BYTES`` to a key of its own, so the full node needs more space.
+
+        A node preallocates its log in steps, so a filled disk is felt only once
+        the step in hand is used up; the workload's small writes take minutes.
+        """
+        value = b"b" * BALLAST_VALUE_BYTES
+        written = 0
+        async with Client(self.cluster.addresses, timeout_s=1.0) as client:
+            while written < BALLAST_BYTES and self.clock() < until:
+                if not self.cluster.node(target).running():
+                    return
+                try:
+                    await client.metadata.put("/faults/ballast", value)
+                    written += len(value)
+                except CatenaryError:
+                    await asyncio.sleep(0.05)
 
     def heal(self) -> None:
         """Undo every fault: network whole, disks freed, paused nodes continued, dead restarted."""
