@@ -176,3 +176,33 @@ def test_the_checker_handles_a_hundred_thousand_operations() -> None:
         break
     assert planted
     assert lin.check(ops).outcome == "violation"
+
+
+def test_without_namespaces_the_partitions_are_skipped_and_said_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As on a machine where the harness is not root: nodes on 127.0.0.1, and
+    # the partition faults left out with the reason printed and reported.
+    monkeypatch.setattr(net, "unavailable_reason", lambda: "not root (simulated by the test)")
+    printed: list[str] = []
+    faults = [Fault(1.0, 1.5, "isolate", 2), Fault(3.0, 1.5, "kill", 3)]
+    options = RunOptions(
+        seconds=5.0,
+        seed=4,
+        nodes=3,
+        nemeses=("kill", "partition"),
+        directory=tmp_path,
+        faults=faults,
+        recovery_bound_s=120.0,
+    )
+
+    async def bounded() -> Report:
+        async with asyncio.timeout(200):
+            return await run(options, out=printed.append)
+
+    report = asyncio.run(bounded())
+    assert report.skipped == {"partition": "not root (simulated by the test)"}
+    assert any(line.startswith("SKIPPING the partition nemesis") for line in printed)
+    assert "SKIPPED nemesis partition" in report.summary()
+    assert len(report.done) == 1 and " kill " in report.done[0], report.done
+    assert report.ok, report.summary()
