@@ -1,0 +1,505 @@
+"""An in-process log service for the conformance suite: the driver every provider runs under.
+
+``Cluster(provider)`` holds one log's chain in a fake metadata store
+(compare-and-set on a version), the loglets behind its segments, and a
+deterministic network: every message, and every metadata read or write a
+reconfiguration or trim asks for, is an event in one queue that a seeded
+``Random`` delivers in any order.  The provider-specific part is small:
+
+- ``memory``: each segment is a ``MemoryLoglet``; appends, seals and reads
+  are in place.
+- ``local``: one log-server core; each segment runs a ``Sequencer`` over the
+  nodeset ``(1,)`` with ``{node: 1}`` (``local_placement``).
+- ``replicated``: three log-server cores, ``{node: 2}``; each segment runs
+  the ``Sequencer`` named in the chain.
+
+The suite talks only to the driver surface: ``append`` (asynchronous,
+outcomes in ``acked`` and ``failed``), ``reconfigure``, ``trim``, ``reader``,
+``step`` and ``settle``; and checks the invariants with ``check``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from random import Random
+
+import msgspec
+
+from catenary.core.bifrost.chain import (
+    LOCAL,
+    MEMORY,
+    REPLICATED,
+    Chain,
+    LocalParams,
+    ReplicatedParams,
+    Segment,
+    chain_key,
+    decode_chain,
+    encode_chain,
+)
+from catenary.core.bifrost.memory import MemoryLoglet
+from catenary.core.bifrost.read_stream import DataLoss, Item, ReadConfig, ReadStream, Record
+from catenary.core.bifrost.reconfigure import (
+    CasChain,
+    NewSegment,
+    ReadChain,
+    Reconfigure,
+    SendLoglet,
+    TrimLog,
+    placement,
+)
+from catenary.core.loglet.log_server import LogServer, PutRecords, ReadPlan, StoreWrite
+from catenary.core.loglet.nodeset import LogServerInfo
+from catenary.core.loglet.repair import FinderConfig
+from catenary.core.loglet.replication import ReplicationProperty
+from catenary.core.loglet.sequencer import (
+    AppendError,
+    Backpressure,
+    LogletSealed,
+    Sequencer,
+    SequencerConfig,
+)
+from catenary.core.loglet.types import Gap, LogletId, Records, SequencerId, Stored, to_lsn
+
+LOG = 5
+PROVIDERS = (MEMORY, LOCAL, REPLICATED)
+
+
+class Server:
+    """A log-server whose writes are durable at once (its disk never loses them)."""
+
+    def __init__(self, node_id: int) -> None:
+        self.core = LogServer(node_id)
+        self.durable: list[StoreWrite] = []
+
+    def handle(self, src: int, message: msgspec.Struct) -> list[tuple[int, msgspec.Struct]]:
+        effects = self.core.handle(src, message)
+        self.durable += effects.persist
+        out = list(effects.after_persist)
+        out += [(plan.src, self._answer(plan)) for plan in effects.reads]
+        return out
+
+    def held(self, loglet: LogletId) -> dict[int, bytes]:
+        out: dict[int, bytes] = {}
+        for write in self.durable:
+            if isinstance(write, PutRecords) and write.loglet == loglet:
+                for i, payload in enumerate(write.payloads):
+                    assert out.setdefault(write.first_offset + i, payload) == payload
+        return out
+
+    def _answer(self, plan: ReadPlan) -> Records:
+        held = self.held(plan.request.loglet)
+        runs: list[tuple[bytes, ...] | Gap] = []
+        for run in plan.runs:
+            if isinstance(run, Gap):
+                runs.append(run)
+            else:
+                runs.append(tuple(held[o] for o in range(run[0], run[1])))
+        m = plan.request
+        return Records(
+            m.loglet,
+            m.from_offset,
+            tuple(runs),
+            plan.end_offset,
+            plan.known_global_tail,
+            plan.sealed,
+        )
+
+
+@dataclass
+class Reader:
+    stream: ReadStream
+    items: list[Item] = field(default_factory=list)
+    auto_take: bool = True
+
+
+Task = Reconfigure | TrimLog
+
+
+class Cluster:
+    def __init__(
+        self,
+        provider: str,
+        *,
+        seed: int = 0,
+        loss: float = 0.0,
+        read_config: ReadConfig | None = None,
+        inflight_max: int = 64,
+    ) -> None:
+        self.provider = provider
+        self.rng = Random(seed)
+        self.loss = loss
+        self.read_config = read_config or ReadConfig(buffer_max=8, bytes_max=64, poll_ticks=1)
+        self.seq_config = SequencerConfig(
+            records_inflight_max=inflight_max, store_timeout_ticks=3, tail_release_ticks=1
+        )
+        count = {MEMORY: 0, LOCAL: 1, REPLICATED: 3}[provider]
+        self.servers = {i: Server(i) for i in range(1, count + 1)}
+        self.memory: dict[LogletId, MemoryLoglet] = {}
+        self._next_id = 100
+        first = Segment(0, 1, provider, *self._params())
+        self.meta: dict[str, tuple[bytes, int]] = {
+            chain_key(LOG): (encode_chain(Chain(LOG, (first,))), 1)
+        }
+        self.net: list[tuple[int, int, msgspec.Struct]] = []
+        self.meta_ops: list[tuple[Task, ReadChain | CasChain]] = []
+        self.sequencers: dict[LogletId, tuple[int, Sequencer]] = {}
+        self.actors: dict[int, Callable[[int, msgspec.Struct], None]] = {}
+        self.readers: dict[int, Reader] = {}
+        self.tasks: dict[int, Task] = {}
+        self._tokens = 0
+        self._appends: dict[int, tuple[LogletId, int, tuple[bytes, ...]]] = {}
+        self.acked: dict[int, bytes] = {}  # lsn -> payload
+        self.acked_at: dict[int, tuple[LogletId, int]] = {}  # lsn -> (loglet, offset)
+        self.failed: dict[int, AppendError] = {}
+        self.assigned: dict[tuple[LogletId, int], bytes] = {}
+        self.trim_history: list[int] = [0]
+        self.tail_history: list[int] = [1]
+
+    # ------------------------------------------------------------ the chain
+
+    @property
+    def chain(self) -> Chain:
+        return decode_chain(self.meta[chain_key(LOG)][0])
+
+    @property
+    def version(self) -> int:
+        return self.meta[chain_key(LOG)][1]
+
+    def committed_tail(self) -> int:
+        """First LSN not committed: the open segment's base plus its global tail."""
+        tail = self.chain.tail
+        loglet = tail.loglet(LOG)
+        if tail.provider == MEMORY:
+            return to_lsn(tail.base_lsn, self._memory(loglet).tail)
+        entry = self.sequencers.get(loglet)
+        return to_lsn(tail.base_lsn, entry[1].global_tail if entry else 1)
+
+    def _params(self) -> tuple[ReplicatedParams | None, LocalParams | None]:
+        if self.provider == REPLICATED:
+            sequencer = SequencerId(self._fresh_id(), 1)
+            return ReplicatedParams(sequencer, (1, 2, 3), ReplicationProperty(node=2)), None
+        if self.provider == LOCAL:
+            return None, LocalParams(1)
+        return None, None
+
+    def _fresh_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def _memory(self, loglet: LogletId) -> MemoryLoglet:
+        if loglet not in self.memory:
+            self.memory[loglet] = MemoryLoglet(loglet)
+        return self.memory[loglet]
+
+    def memory_lookup(self, loglet: LogletId) -> MemoryLoglet | None:
+        return self._memory(loglet) if self.provider == MEMORY else None
+
+    # --------------------------------------------------------------- appends
+
+    def append(self, payloads: list[bytes]) -> int:
+        """Append to the chain's tail segment; the outcome lands in acked/failed."""
+        self._tokens += 1
+        token = self._tokens
+        tail = self.chain.tail
+        loglet = tail.loglet(LOG)
+        if tail.provider == MEMORY:
+            try:
+                last = self._memory(loglet).append(payloads)
+            except LogletSealed as exc:
+                self.failed[token] = exc
+            else:
+                self._record(loglet, last - len(payloads) + 1, tuple(payloads))
+                self._ack(tail, loglet, last - len(payloads) + 1, tuple(payloads))
+            self._wake_readers()
+            return token
+        seq = self._sequencer(tail)
+        try:
+            last = seq.append(payloads, token)
+        except (Backpressure, LogletSealed) as exc:
+            self.failed[token] = exc
+            return token
+        first = last - len(payloads) + 1
+        self._record(loglet, first, tuple(payloads))
+        self._appends[token] = (loglet, first, tuple(payloads))
+        self._collect()
+        return token
+
+    def _record(self, loglet: LogletId, first: int, payloads: tuple[bytes, ...]) -> None:
+        for i, payload in enumerate(payloads):
+            assert self.assigned.setdefault((loglet, first + i), payload) == payload
+
+    def _ack(
+        self, segment: Segment, loglet: LogletId, first: int, payloads: tuple[bytes, ...]
+    ) -> None:
+        for i, payload in enumerate(payloads):
+            lsn = to_lsn(segment.base_lsn, first + i)
+            assert self.acked.setdefault(lsn, payload) == payload, f"LSN {lsn} acked twice"
+            self.acked_at[lsn] = (loglet, first + i)
+
+    def _sequencer(self, segment: Segment) -> Sequencer:
+        loglet = segment.loglet(LOG)
+        if loglet not in self.sequencers:
+            params = placement(segment)
+            assert params is not None
+            actor = self._fresh_id()
+            seq = Sequencer(
+                loglet, params.sequencer, params.nodeset, params.replication, config=self.seq_config
+            )
+            self.sequencers[loglet] = (actor, seq)
+            self.actors[actor] = lambda src, m, seq=seq: (
+                seq.on_stored(src, m) if isinstance(m, Stored) else None
+            )
+        return self.sequencers[loglet][1]
+
+    def segment_of(self, loglet: LogletId) -> Segment:
+        for segment in self.chain.segments:
+            if segment.loglet(LOG) == loglet:
+                return segment
+        raise KeyError(loglet)
+
+    # ------------------------------------------------- reconfigure and trim
+
+    def reconfigure(self) -> Reconfigure:
+        """Start sealing the tail segment and extending the chain (runs as events)."""
+        me = self._fresh_id()
+        new = NewSegment(
+            self.provider,
+            sequencer=SequencerId(self._fresh_id(), 1),
+            replication=ReplicationProperty(node=2) if self.provider == REPLICATED else None,
+            node=1 if self.provider == LOCAL else None,
+        )
+        task = Reconfigure(
+            self.chain,
+            self.version,
+            new,
+            repairer=SequencerId(me, 1),
+            servers={i: LogServerInfo() for i in self.servers},
+            memory=self.memory_lookup,
+            finder_config=FinderConfig(resend_ticks=3),
+        )
+        self.tasks[me] = task
+        self.actors[me] = task.on_message
+        self._collect()
+        return task
+
+    def trim(self, lsn: int) -> TrimLog:
+        task = TrimLog(
+            self.chain, self.version, lsn, self.committed_tail(), memory=self.memory_lookup
+        )
+        self.tasks[self._fresh_id()] = task
+        self._collect()
+        return task
+
+    # ------------------------------------------------------------------ reads
+
+    def reader(
+        self, from_lsn: int = 1, to_lsn: int | None = None, *, auto_take: bool = True
+    ) -> Reader:
+        me = self._fresh_id()
+        stream = ReadStream(
+            self.chain,
+            from_lsn,
+            to_lsn,
+            config=self.read_config,
+            memory=self.memory_lookup,
+            salt=me,
+        )
+        reader = Reader(stream, auto_take=auto_take)
+        self.readers[me] = reader
+        self.actors[me] = stream.on_message
+        self._collect()
+        return reader
+
+    def take(self, reader: Reader, n: int | None = None) -> list[Item]:
+        items = reader.stream.take(n)
+        self._check_new(items)
+        reader.items += items
+        self._collect()
+        return items
+
+    def _wake_readers(self) -> None:
+        for reader in self.readers.values():
+            reader.stream.wake()
+        self._collect()
+
+    # -------------------------------------------------------------- driving
+
+    def _collect(self) -> None:
+        """Drain every actor's outputs into the event queues."""
+        for loglet, (actor, seq) in self.sequencers.items():
+            self.net += [(actor, dst, m) for dst, m in seq.take_messages()]
+            acks, failures = seq.take_outcomes()
+            for token, _last in acks:
+                _, first, payloads = self._appends.pop(token)
+                self._ack(self.segment_of(loglet), loglet, first, payloads)
+            for token, error in failures:
+                self._appends.pop(token, None)
+                self.failed[token] = error
+        for actor, task in self.tasks.items():
+            for effect in task.take_effects():
+                if isinstance(effect, SendLoglet):
+                    self.net.append((actor, effect.node, effect.message))
+                else:
+                    self.meta_ops.append((task, effect))
+        for actor, reader in self.readers.items():
+            stream = reader.stream
+            self.net += [(actor, dst, m) for dst, m in stream.take_messages()]
+            if stream.need_chain:
+                stream.on_chain(self.chain)
+                self.net += [(actor, dst, m) for dst, m in stream.take_messages()]
+            if reader.auto_take and stream.buffered:
+                self.take(reader)
+        self.trim_history.append(self.chain.trim_point)
+        self.tail_history.append(self.committed_tail())
+
+    def _check_new(self, items: list[Item]) -> None:
+        """Nothing read at or past the tail; a record read is the one its LSN holds."""
+        chain = self.chain
+        committed = self.committed_tail()
+        for item in items:
+            if not isinstance(item, Record):
+                continue
+            segment = chain.find(item.lsn)
+            assert segment is not None, item
+            end = chain.end_of(segment)
+            limit = end if end is not None else committed
+            assert item.lsn < limit, f"read LSN {item.lsn} at or past the tail {limit}"
+            offset = item.lsn - segment.base_lsn + 1
+            expected = self.assigned.get((segment.loglet(LOG), offset))
+            assert expected == item.payload, (item, expected)
+
+    def step(self) -> bool:
+        """Deliver one random event; False when there was none."""
+        events = len(self.net) + len(self.meta_ops)
+        if events == 0:
+            return False
+        pick = self.rng.randrange(events)
+        if pick < len(self.net):
+            src, dst, message = self.net.pop(pick)
+            if self.loss and self.rng.random() < self.loss:
+                return True
+            if dst in self.servers:
+                self.net += [
+                    (dst, to, reply) for to, reply in self.servers[dst].handle(src, message)
+                ]
+            elif dst in self.actors:
+                self.actors[dst](src, message)
+        else:
+            task, effect = self.meta_ops.pop(pick - len(self.net))
+            self._metadata(task, effect)
+        self._collect()
+        return True
+
+    def _metadata(self, task: Task, effect: ReadChain | CasChain) -> None:
+        value, version = self.meta[effect.key]
+        if isinstance(effect, ReadChain):
+            task.on_chain_read(decode_chain(value), version)
+        elif effect.expected_version == version:
+            self.meta[effect.key] = (effect.value, version + 1)
+            task.on_cas(True, version + 1)
+        else:
+            task.on_cas(False)
+
+    def tick(self) -> None:
+        for _, seq in self.sequencers.values():
+            seq.tick()
+        for task in self.tasks.values():
+            if isinstance(task, Reconfigure):
+                task.tick()
+        for reader in self.readers.values():
+            reader.stream.tick()
+        self._collect()
+
+    def _signature(self) -> tuple[object, ...]:
+        return (
+            len(self.acked),
+            len(self.failed),
+            self.version,
+            sum(len(r.items) + r.stream.buffered for r in self.readers.values()),
+            sum(task.done for task in self.tasks.values()),
+            sum(len(s.durable) for s in self.servers.values()),
+        )
+
+    def settle(self, rounds: int = 2_000) -> None:
+        """Run until nothing changes any more: a round delivers every queued event (and
+        what they cause), then ticks; tailing readers keep polling, so quiet means
+        twelve rounds in a row without progress."""
+        quiet = 0
+        for _ in range(rounds):
+            before = self._signature()
+            for _ in range(5_000):
+                if not self.step():
+                    break
+            self.tick()
+            quiet = quiet + 1 if self._signature() == before else 0
+            if quiet > 12:
+                return
+        raise AssertionError("the cluster did not settle")
+
+    def run_until(self, done: Callable[[], bool], steps: int = 20_000) -> None:
+        for _ in range(steps):
+            if done():
+                return
+            if not self.step():
+                self.tick()
+        raise AssertionError("condition not reached")
+
+    # --------------------------------------------------------------- checks
+
+    def check(self) -> None:
+        """The log's invariants after a run (docs/design/log.md, Checkers)."""
+        chain = self.chain
+        # The trim point and the tail never go back.
+        assert self.trim_history == sorted(self.trim_history), self.trim_history
+        # Nothing acknowledged beyond a sealed tail; no LSN with two payloads.
+        for lsn, (loglet, _offset) in self.acked_at.items():
+            segment = chain.find(lsn)
+            assert (
+                segment is not None and segment.loglet(LOG) == loglet
+            ) or lsn <= chain.trim_point, (
+                f"LSN {lsn} acked in loglet {loglet} but the chain puts it in {segment}"
+            )
+        sequences: list[dict[int, bytes]] = []
+        for reader in self.readers.values():
+            seen: dict[int, bytes] = {}
+            expect = None
+            for item in reader.items:
+                first = item.lsn if isinstance(item, Record) else item.from_lsn
+                assert expect is None or first == expect, (
+                    f"hole or overlap at {first} (want {expect})"
+                )
+                if isinstance(item, Record):
+                    seen[item.lsn] = item.payload
+                    expect = item.lsn + 1
+                else:
+                    assert item.to_lsn > item.from_lsn
+                    assert not isinstance(item, DataLoss), f"data loss {item}"
+                    expect = item.to_lsn
+            sequences.append(seen)
+        for a in sequences:
+            for b in sequences:
+                for lsn in a.keys() & b.keys():
+                    assert a[lsn] == b[lsn], f"readers disagree at LSN {lsn}"
+            for lsn, payload in a.items():
+                if lsn in self.acked:
+                    assert self.acked[lsn] == payload
+
+
+def payload(n: int) -> bytes:
+    return b"r%d" % n
+
+
+def flatten(items: list[Item]) -> list[object]:
+    out: list[object] = []
+    for item in items:
+        out.append((item.lsn, item.payload) if isinstance(item, Record) else item)
+    return out
+
+
+def records(items: list[Item]) -> dict[int, bytes]:
+    return {item.lsn: item.payload for item in items if isinstance(item, Record)}
+
+
+__all__ = ["LOG", "PROVIDERS", "Cluster", "Reader", "Server", "flatten", "payload", "records"]

@@ -1,0 +1,292 @@
+"""One conformance suite for every loglet provider, driven through the virtual log.
+
+Each test runs over ``memory``, ``local`` (one log-server core, ``{node: 1}``)
+and ``replicated`` (three log-server cores, ``{node: 2}``) through the same
+driver (``harness.Cluster``): appends, read streams, reconfigurations through
+``Reconfigure`` against a fake metadata store, trims through ``TrimLog``.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from catenary.core.bifrost.chain import MEMORY
+from catenary.core.bifrost.read_stream import ReadConfig, Record, TrimGap
+from catenary.core.bifrost.reconfigure import DONE
+from catenary.core.loglet.sequencer import LogletSealed
+from catenary.core.loglet.types import loglet_id
+
+from .harness import LOG, PROVIDERS, Cluster, flatten, payload, records
+
+pytestmark = pytest.mark.timeout(120)
+
+providers = pytest.mark.parametrize("provider", PROVIDERS)
+
+
+def append_all(cluster: Cluster, batches: list[list[bytes]]) -> list[int]:
+    tokens = [cluster.append(batch) for batch in batches]
+    cluster.settle()
+    return tokens
+
+
+def reconfigure(cluster: Cluster) -> None:
+    task = cluster.reconfigure()
+    cluster.run_until(lambda: task.done)
+    assert task.phase == DONE, task.error
+    cluster.settle()
+
+
+@providers
+def test_appends_are_gapless_and_read_back_in_order(provider: str) -> None:
+    cluster = Cluster(provider)
+    append_all(cluster, [[payload(i), payload(i + 100)] for i in range(10)])
+    assert sorted(cluster.acked) == list(range(1, 21))
+    reader = cluster.reader(1, 21)
+    cluster.settle()
+    assert reader.stream.finished
+    assert [i.lsn for i in reader.items if isinstance(i, Record)] == list(range(1, 21))
+    assert records(reader.items) == cluster.acked
+    cluster.check()
+
+
+@providers
+def test_a_read_stream_crosses_segments_and_a_tailing_reader_keeps_up(provider: str) -> None:
+    cluster = Cluster(provider)
+    tailing = cluster.reader(1)
+    expected: list[bytes] = []
+    for round_ in range(3):
+        batch = [payload(round_ * 10 + i) for i in range(4)]
+        append_all(cluster, [batch])
+        expected += batch
+        reconfigure(cluster)
+    append_all(cluster, [[b"last"]])
+    expected.append(b"last")
+    assert len(cluster.chain.segments) == 4
+    assert [s.base_lsn for s in cluster.chain.segments] == [1, 5, 9, 13]
+    bounded = cluster.reader(1, 14)
+    cluster.settle()
+    for reader in (tailing, bounded):
+        assert [item.payload for item in reader.items if isinstance(item, Record)] == expected
+    assert bounded.stream.finished and not tailing.stream.finished
+    cluster.check()
+
+
+@providers
+def test_trim_answers_the_effective_point_and_readers_see_one_trim_gap(provider: str) -> None:
+    cluster = Cluster(provider)
+    append_all(cluster, [[payload(i) for i in range(5)]])
+    reconfigure(cluster)
+    append_all(cluster, [[payload(i) for i in range(5, 10)]])
+    task = cluster.trim(7)
+    cluster.run_until(lambda: task.done)
+    assert task.trim_point == 7 and [s.index for s in task.dropped] == [0]
+    assert cluster.chain.trim_point == 7 and cluster.chain.segments[0].index == 1
+    reader = cluster.reader(1, 11)
+    cluster.settle()
+    assert flatten(reader.items) == [
+        TrimGap(1, 8),
+        (8, payload(7)),
+        (9, payload(8)),
+        (10, payload(9)),
+    ]
+    # Never back, clipped to the committed tail, never silently nothing.
+    back = cluster.trim(3)
+    cluster.run_until(lambda: back.done)
+    assert back.trim_point == 7 and back.dropped == ()
+    far = cluster.trim(1000)
+    cluster.run_until(lambda: far.done)
+    assert far.trim_point == 10
+    cluster.settle()
+    late = cluster.reader(2)
+    cluster.settle()
+    assert flatten(late.items) == [TrimGap(2, 11)]
+    append_all(cluster, [[b"after"]])
+    assert flatten(late.items) == [TrimGap(2, 11), (11, b"after")]
+    cluster.check()
+
+
+@providers
+def test_a_log_server_trims_what_the_chain_says(provider: str) -> None:
+    cluster = Cluster(provider)
+    append_all(cluster, [[payload(i) for i in range(6)]])
+    task = cluster.trim(3)
+    cluster.run_until(lambda: task.done)
+    cluster.settle()
+    loglet = cluster.chain.tail.loglet(LOG)
+    if provider == MEMORY:
+        assert cluster.memory[loglet].trim_point() == 3
+    else:
+        for server in cluster.servers.values():
+            state = server.core.state(loglet)
+            assert state is not None and state.trim_point == 3
+
+
+@providers
+def test_append_after_seal_is_refused_with_loglet_sealed(provider: str) -> None:
+    cluster = Cluster(provider)
+    append_all(cluster, [[b"a"]])
+    old = cluster.chain.tail
+    reconfigure(cluster)
+    loglet = old.loglet(LOG)
+    if provider == MEMORY:
+        with pytest.raises(LogletSealed):
+            cluster.memory[loglet].append([b"late"])
+        return
+    seq = cluster.sequencers[loglet][1]
+    token = 999
+    seq.append([b"late"], token)
+    cluster._appends[token] = (loglet, 2, (b"late",))
+    cluster.settle()
+    assert isinstance(cluster.failed[token], LogletSealed)
+    with pytest.raises(LogletSealed):
+        seq.append([b"later"], 1000)
+    assert 2 not in cluster.acked
+    cluster.check()
+
+
+@providers
+def test_sealing_an_empty_loglet_gives_a_segment_at_the_same_base(provider: str) -> None:
+    cluster = Cluster(provider)
+    reader = cluster.reader(1)
+    reconfigure(cluster)
+    assert [s.base_lsn for s in cluster.chain.segments] == [1, 1]
+    append_all(cluster, [[b"x"], [b"y"]])
+    cluster.settle()
+    assert flatten(reader.items) == [(1, b"x"), (2, b"y")]
+    cluster.check()
+
+
+@providers
+def test_a_reader_holding_an_old_chain_reads_the_sealed_segment_to_its_end(provider: str) -> None:
+    cluster = Cluster(provider)
+    append_all(cluster, [[payload(i) for i in range(3)]])
+    reader = cluster.reader(1, auto_take=False)  # stalls on a full buffer
+    stale = cluster.chain
+    reconfigure(cluster)
+    append_all(cluster, [[b"new"]])
+    assert reader.stream.chain == stale or reader.stream.chain.tail.index == 1
+    cluster.take(reader)
+    cluster.settle()
+    cluster.take(reader)
+    cluster.settle()
+    cluster.take(reader)
+    assert flatten(reader.items) == [(1, payload(0)), (2, payload(1)), (3, payload(2)), (4, b"new")]
+    cluster.check()
+
+
+@providers
+def test_racing_reconfigurations_agree_and_the_loser_adopts(provider: str) -> None:
+    cluster = Cluster(provider, seed=3)
+    append_all(cluster, [[payload(i)] for i in range(4)])
+    first, second = cluster.reconfigure(), cluster.reconfigure()
+    cluster.run_until(lambda: first.done and second.done)
+    assert first.phase == second.phase == DONE
+    assert first.segment == second.segment == cluster.chain.tail
+    assert [first.adopted, second.adopted].count(True) == 1
+    assert len(cluster.chain.segments) == 2
+    assert cluster.chain.tail.base_lsn == 5
+    append_all(cluster, [[b"next"]])
+    reader = cluster.reader(1, 6)
+    cluster.settle()
+    assert [i.payload for i in reader.items if isinstance(i, Record)] == [
+        *(payload(i) for i in range(4)),
+        b"next",
+    ]
+    cluster.check()
+
+
+@providers
+def test_appends_racing_a_seal_are_readable_when_acknowledged_and_none_beyond(
+    provider: str,
+) -> None:
+    for seed in range(6):
+        cluster = Cluster(provider, seed=seed)
+        reader = cluster.reader(1)
+        tokens = [cluster.append([payload(i)]) for i in range(12)]
+        for _ in range(seed * 3):
+            cluster.step()
+        task = cluster.reconfigure()
+        for i in range(12, 20):
+            cluster.step()
+            tokens.append(cluster.append([payload(i)]))
+        cluster.run_until(lambda: task.done)  # noqa: B023
+        cluster.settle()
+        assert task.phase == DONE
+        sealed = loglet_id(LOG, 0)
+        end = cluster.chain.tail.base_lsn
+        acked_in_sealed = [lsn for lsn, (loglet, _) in cluster.acked_at.items() if loglet == sealed]
+        assert all(lsn < end for lsn in acked_in_sealed), "acknowledged beyond the sealed tail"
+        if provider != MEMORY:
+            assert any(isinstance(cluster.failed.get(t), LogletSealed) for t in tokens)
+        got = records(reader.items)
+        for lsn, value in cluster.acked.items():
+            assert got.get(lsn) == value, (seed, lsn)
+        cluster.check()
+
+
+@providers
+def test_the_read_buffer_is_bounded(provider: str) -> None:
+    cluster = Cluster(
+        provider, read_config=ReadConfig(buffer_max=4, bytes_max=1 << 10, poll_ticks=1)
+    )
+    append_all(cluster, [[payload(i) for i in range(10)]])
+    reader = cluster.reader(1, auto_take=False)
+    cluster.settle()
+    assert reader.stream.buffered == 4
+    assert not cluster.net  # nothing requested while full
+    got = cluster.take(reader, 3)
+    cluster.settle()
+    assert reader.stream.buffered == 4
+    got += cluster.take(reader)
+    cluster.settle()
+    got += cluster.take(reader)
+    cluster.settle()
+    assert [i.lsn for i in got if isinstance(i, Record)] == list(range(1, 11))
+
+
+ACTIONS = st.lists(
+    st.tuples(
+        st.sampled_from(["append", "step", "reconfigure", "trim", "reader", "tick"]),
+        st.integers(0, 50),
+    ),
+    min_size=5,
+    max_size=60,
+)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(actions=ACTIONS, seed=st.integers(0, 2**16))
+def test_any_interleaving_keeps_the_log_invariants(
+    provider: str, actions: list[tuple[str, int]], seed: int
+) -> None:
+    cluster = Cluster(provider, seed=seed)
+    cluster.reader(1)
+    n = 0
+    for action, arg in actions:
+        if action == "append":
+            cluster.append([payload(n + i) for i in range(1 + arg % 3)])
+            n += 3
+        elif action == "step":
+            for _ in range(arg):
+                cluster.step()
+        elif action == "reconfigure" and sum(not t.done for t in cluster.tasks.values()) < 2:
+            cluster.reconfigure()
+        elif action == "trim":
+            cluster.trim(cluster.chain.trim_point + arg % 4)
+        elif action == "reader":
+            cluster.reader(1 + arg % 8, None if arg % 2 else 1 + arg)
+        else:
+            cluster.tick()
+    cluster.settle()
+    assert all(task.done for task in cluster.tasks.values())
+    cluster.check()
+    # Every acknowledged record above the trim point is read by the first reader.
+    first = next(iter(cluster.readers.values()))
+    got = records(first.items)
+    trim_point = cluster.chain.trim_point
+    for lsn, value in cluster.acked.items():
+        if lsn > trim_point:
+            assert got.get(lsn) == value, lsn
