@@ -27,7 +27,9 @@ S5  A batch is committed once the servers that stored it durably form a write
     quorum; the global tail moves over committed batches in order only, and
     appends are acknowledged in that order.
 S6  The global tail rides on every store; when nothing is in flight and the
-    servers have not been told the current tail, ``Tail`` releases it.
+    servers have not been told the current tail, ``Tail`` releases it, and
+    repeats it ``tail_resends`` times every ``tail_resend_ticks`` while idle
+    (a release is not answered and may be lost).
 S7  When the servers that answered ``sealed`` form an f-majority, every
     unacknowledged append fails with ``LogletSealed`` and the sequencer stops.
     (So does a sequencer whose loglet some server pinned to another writer.)
@@ -61,11 +63,15 @@ class SequencerConfig(msgspec.Struct, frozen=True):
     record_bytes_max: int = 1 << 20
     store_timeout_ticks: int = 20  # a wave's answers, in ticks
     tail_release_ticks: int = 2  # idle ticks before the global tail is released
+    tail_resend_ticks: int = 50  # idle ticks between repeats of the release (it may be lost)
+    tail_resends: int = 3  # repeats per idle period
 
     def __post_init__(self) -> None:
         for name in ("records_inflight_max", "record_bytes_max", "store_timeout_ticks"):
             if getattr(self, name) < 1:
                 raise ValueError(f"sequencer {name} must be >= 1")
+        if self.tail_resend_ticks < 1 or self.tail_resends < 0:
+            raise ValueError("sequencer tail_resend_ticks must be >= 1, tail_resends >= 0")
         if self.tail_release_ticks < 0:
             raise ValueError("sequencer tail_release_ticks must be >= 0")
 
@@ -238,7 +244,18 @@ class Sequencer:
                     self._server_tail[node] = batch.first
         if not self._batches:
             self._idle_ticks += 1
-            if self._idle_ticks >= self.config.tail_release_ticks:
+            config = self.config
+            since = self._idle_ticks - config.tail_release_ticks
+            if (
+                since > 0
+                and since % config.tail_resend_ticks == 0
+                and since // config.tail_resend_ticks <= config.tail_resends
+                and self._global_tail > 1
+            ):
+                # A release is not answered, so it is repeated a few times: a lost
+                # one would leave readers short of the tail for as long as we idle.
+                self._released = dict.fromkeys(self.nodeset, 0)
+            if self._idle_ticks >= config.tail_release_ticks:
                 self._release_tail()
         else:
             self._idle_ticks = 0
