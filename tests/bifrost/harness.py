@@ -378,6 +378,39 @@ class Cluster:
             expected = self.assigned.get((segment.loglet(LOG), offset))
             assert expected == item.payload, (item, expected)
 
+    def deliver_where(
+        self, pick: Callable[[int, int, msgspec.Struct], bool], *, drop: bool = False
+    ) -> int:
+        """Deliver (or drop) the queued messages ``pick`` chooses, and what they cause, in
+        order, until none is left; other events wait.  Returns how many."""
+        count = 0
+        while True:
+            chosen = next((i for i, (s, d, m) in enumerate(self.net) if pick(s, d, m)), None)
+            if chosen is None:
+                return count
+            src, dst, message = self.net.pop(chosen)
+            count += 1
+            if drop:
+                continue
+            if dst in self.servers:
+                self.net += [
+                    (dst, to, reply) for to, reply in self.servers[dst].handle(src, message)
+                ]
+            elif dst in self.actors:
+                self.actors[dst](src, message)
+            self._collect()
+
+    def run_metadata(self, task: Task) -> None:
+        """Execute the queued metadata calls of ``task`` now."""
+        while any(t is task for t, _ in self.meta_ops):
+            index = next(i for i, (t, _) in enumerate(self.meta_ops) if t is task)
+            _, effect = self.meta_ops.pop(index)
+            self._metadata(task, effect)
+            self._collect()
+
+    def actor_of(self, task: Task) -> int:
+        return next(actor for actor, t in self.tasks.items() if t is task)
+
     def step(self) -> bool:
         """Deliver one random event; False when there was none."""
         events = len(self.net) + len(self.meta_ops)

@@ -12,11 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from catenary.core.bifrost.chain import MEMORY
+from catenary.core.bifrost.chain import MEMORY, REPLICATED
 from catenary.core.bifrost.read_stream import ReadConfig, Record, TrimGap
 from catenary.core.bifrost.reconfigure import DONE
 from catenary.core.loglet.sequencer import LogletSealed
-from catenary.core.loglet.types import loglet_id
+from catenary.core.loglet.types import Seal, Sealed, loglet_id
 
 from .harness import LOG, PROVIDERS, Cluster, flatten, payload, records
 
@@ -291,3 +291,42 @@ def test_any_interleaving_keeps_the_log_invariants(
     for lsn, value in cluster.acked.items():
         if lsn > trim_point:
             assert got.get(lsn) == value, lsn
+
+
+def test_finders_with_different_candidates_never_let_a_reader_past_the_recorded_tail() -> None:
+    """T4 end to end: two finders see different f-majorities, so different tails; the
+    loser has repaired a record the chain does not admit.  No reader may see it."""
+    cluster = Cluster(REPLICATED, seed=1)
+    reader = cluster.reader(1)
+    append_all(cluster, [[b"a"]])
+    sequencer_actor = next(iter(cluster.sequencers.values()))[0]
+    cluster.append([b"b"])  # offset 2 reaches node 1 only, and is never acknowledged
+    cluster.deliver_where(lambda s, d, m: s == sequencer_actor and d == 1)
+    cluster.deliver_where(lambda s, d, m: s == 1 and d == sequencer_actor, drop=True)
+    cluster.deliver_where(lambda s, d, m: s == sequencer_actor, drop=True)
+    loser, winner = cluster.reconfigure(), cluster.reconfigure()
+    a, b = cluster.actor_of(loser), cluster.actor_of(winner)
+    # The loser seals {1, 2}: its candidate covers offset 2 (node 1 holds it).
+    cluster.deliver_where(
+        lambda s, d, m: (
+            isinstance(m, Seal | Sealed) and ((s == a and d in (1, 2)) or (d == a and s in (1, 2)))
+        )
+    )
+    # The winner seals {2, 3} (neither holds offset 2) and finds tail 2; its write waits.
+    cluster.deliver_where(lambda s, d, m: (s == b and d in (2, 3)) or (d == b and s in (2, 3)))
+    assert winner.tail == 2
+    # The loser repairs offset 2 to a write quorum and finishes while the chain is open.
+    cluster.deliver_where(lambda s, d, m: s == a or d == a)
+    assert loser.tail == 3
+    for _ in range(10):  # the reader polls the sealed servers meanwhile
+        cluster.tick()
+        cluster.deliver_where(lambda s, d, m: s not in (a, b) and d not in (a, b))
+    assert [(i.lsn, i.payload) for i in reader.items if isinstance(i, Record)] == [(1, b"a")]
+    cluster.run_metadata(winner)
+    cluster.run_metadata(loser)
+    cluster.settle()
+    assert winner.phase == loser.phase == DONE and loser.adopted
+    assert cluster.chain.tail.base_lsn == 2
+    append_all(cluster, [[b"c"]])
+    assert records(reader.items) == {1: b"a", 2: b"c"}
+    cluster.check()
