@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from catenary.core.bifrost.chain import MEMORY, REPLICATED
-from catenary.core.bifrost.read_stream import ReadConfig, Record, TrimGap
+from catenary.core.bifrost.chain import LOCAL, MEMORY, REPLICATED
+from catenary.core.bifrost.read_stream import DataLoss, ReadConfig, Record, TrimGap
 from catenary.core.bifrost.reconfigure import DONE
 from catenary.core.loglet.sequencer import LogletSealed
 from catenary.core.loglet.types import Seal, Sealed, loglet_id
@@ -248,7 +248,7 @@ def test_the_read_buffer_is_bounded(provider: str) -> None:
 
 ACTIONS = st.lists(
     st.tuples(
-        st.sampled_from(["append", "step", "reconfigure", "trim", "reader", "tick"]),
+        st.sampled_from(["append", "step", "reconfigure", "trim", "reader", "tick", "restart"]),
         st.integers(0, 50),
     ),
     min_size=5,
@@ -279,6 +279,8 @@ def test_any_interleaving_keeps_the_log_invariants(
             cluster.trim(cluster.chain.trim_point + arg % 4)
         elif action == "reader":
             cluster.reader(1 + arg % 8, None if arg % 2 else 1 + arg)
+        elif action == "restart" and cluster.servers:
+            cluster.servers[1 + arg % len(cluster.servers)].restart()
         else:
             cluster.tick()
     cluster.settle()
@@ -330,3 +332,17 @@ def test_finders_with_different_candidates_never_let_a_reader_past_the_recorded_
     append_all(cluster, [[b"c"]])
     assert records(reader.items) == {1: b"a", 2: b"c"}
     cluster.check()
+
+
+@pytest.mark.parametrize("provider", [LOCAL, REPLICATED])
+def test_records_no_server_holds_are_one_data_loss_gap(provider: str) -> None:
+    cluster = Cluster(provider)
+    append_all(cluster, [[payload(i) for i in range(4)]])
+    reconfigure(cluster)
+    append_all(cluster, [[b"after"]])
+    for server in cluster.servers.values():
+        server.restart(wipe=loglet_id(LOG, 0))  # every copy of segment 0 is gone
+    cluster.allow_data_loss = True
+    reader = cluster.reader(2)
+    cluster.settle()
+    assert flatten(reader.items) == [DataLoss(2, 5), (5, b"after")]
