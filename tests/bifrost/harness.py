@@ -173,6 +173,7 @@ class Cluster:
         self.trim_history: list[int] = [0]
         self.tail_history: list[int] = [1]
         self.allow_data_loss = False
+        self.known_segments: dict[LogletId, Segment] = {}
 
     # ------------------------------------------------------------ the chain
 
@@ -271,10 +272,10 @@ class Cluster:
         return self.sequencers[loglet][1]
 
     def segment_of(self, loglet: LogletId) -> Segment:
+        """The segment of ``loglet``, even once a trim dropped it from the chain."""
         for segment in self.chain.segments:
-            if segment.loglet(LOG) == loglet:
-                return segment
-        raise KeyError(loglet)
+            self.known_segments[segment.loglet(LOG)] = segment
+        return self.known_segments[loglet]
 
     # ------------------------------------------------- reconfigure and trim
 
@@ -368,6 +369,8 @@ class Cluster:
                 self.net += [(actor, dst, m) for dst, m in stream.take_messages()]
             if reader.auto_take and stream.buffered:
                 self.take(reader)
+        for segment in self.chain.segments:
+            self.known_segments[segment.loglet(LOG)] = segment
         self.trim_history.append(self.chain.trim_point)
         self.tail_history.append(self.committed_tail())
 
