@@ -52,7 +52,7 @@ from catenary.core.bifrost.reconfigure import (
 from catenary.core.loglet.log_server import LogServer, PutRecords, ReadPlan, StoreWrite
 from catenary.core.loglet.nodeset import LogServerInfo
 from catenary.core.loglet.repair import FinderConfig
-from catenary.core.loglet.replication import ReplicationProperty
+from catenary.core.loglet.replication import NodeSetChecker, ReplicationProperty
 from catenary.core.loglet.sequencer import (
     AppendError,
     Backpressure,
@@ -510,6 +510,21 @@ class Cluster:
         # The trim point and the tail never go back.
         assert self.trim_history == sorted(self.trim_history), self.trim_history
         assert self.tail_history == sorted(self.tail_history), self.tail_history
+        # A sealed segment's records are on a write quorum before the chain ends it (T3).
+        if not self.allow_data_loss:
+            for segment in chain.segments:
+                end = chain.end_of(segment)
+                params = placement(segment)
+                if end is None or params is None:
+                    continue
+                checker = NodeSetChecker(params.nodeset, params.replication)
+                loglet = segment.loglet(LOG)
+                held = {node: self.servers[node].held(loglet) for node in params.nodeset}
+                # Servers trim only at or below the chain's trim point (after its write).
+                first = max(1, chain.trim_point - segment.base_lsn + 2)
+                for offset in range(first, end - segment.base_lsn + 1):
+                    holders = {n for n, records in held.items() if offset in records}
+                    assert checker.is_write_quorum(holders), (segment.index, offset, holders)
         # Nothing acknowledged beyond a sealed tail; no LSN with two payloads.
         for lsn, (loglet, _offset) in self.acked_at.items():
             segment = chain.find(lsn)
