@@ -60,7 +60,15 @@ from catenary.core.loglet.sequencer import (
     Sequencer,
     SequencerConfig,
 )
-from catenary.core.loglet.types import Gap, LogletId, Records, SequencerId, Stored, to_lsn
+from catenary.core.loglet.types import (
+    Gap,
+    GetRecords,
+    LogletId,
+    Records,
+    SequencerId,
+    Stored,
+    to_lsn,
+)
 
 LOG = 5
 PROVIDERS = (MEMORY, LOCAL, REPLICATED)
@@ -174,6 +182,7 @@ class Cluster:
         self.tail_history: list[int] = [1]
         self.allow_data_loss = False
         self.known_segments: dict[LogletId, Segment] = {}
+        self.reads_to: dict[int, int] = {}  # destination -> GetRecords delivered
 
     # ------------------------------------------------------------ the chain
 
@@ -436,6 +445,8 @@ class Cluster:
             src, dst, message = self.net.pop(pick)
             if self.loss and self.rng.random() < self.loss:
                 return True
+            if isinstance(message, GetRecords):
+                self.reads_to[dst] = self.reads_to.get(dst, 0) + 1
             if dst in self.servers:
                 self.net += [
                     (dst, to, reply) for to, reply in self.servers[dst].handle(src, message)

@@ -48,6 +48,8 @@ def test_appends_are_gapless_and_read_back_in_order(provider: str) -> None:
     assert reader.stream.finished
     assert [i.lsn for i in reader.items if isinstance(i, Record)] == list(range(1, 21))
     assert records(reader.items) == cluster.acked
+    # Reads spread over the nodeset's servers and never reach a sequencer.
+    assert set(cluster.reads_to) == set(cluster.servers)
     cluster.check()
 
 
