@@ -1,21 +1,27 @@
-"""An in-process log service for the conformance suite: the driver every provider runs under.
+"""An in-process log service for the conformance suite, over one provider's driver.
 
 ``Cluster(provider)`` holds one log's chain in a fake metadata store
-(compare-and-set on a version), the loglets behind its segments, and a
-deterministic network: every message, and every metadata read or write a
-reconfiguration or trim asks for, is an event in one queue that a seeded
-``Random`` delivers in any order.  The provider-specific part is small:
+(compare-and-set on a version), and a deterministic network: every message,
+and every metadata read or write a reconfiguration or trim asks for, is an
+event in one queue that a seeded ``Random`` delivers in any order (and drops,
+with ``loss``).  Reads go through ``ReadStream``, reconfigurations through
+``Reconfigure``, trims through ``TrimLog`` — the same state machines for
+every provider.
 
-- ``memory``: each segment is a ``MemoryLoglet``; appends, seals and reads
-  are in place.
-- ``local``: one log-server core; each segment runs a ``Sequencer`` over the
-  nodeset ``(1,)`` with ``{node: 1}`` (``local_placement``).
-- ``replicated``: three log-server cores, ``{node: 2}``; each segment runs
-  the ``Sequencer`` named in the chain.
+What differs per provider is behind the small ``LogletDriver`` interface
+(first and next segment, append to a segment's writer, its global tail,
+messages and outcomes of its writers):
 
-The suite talks only to the driver surface: ``append`` (asynchronous,
-outcomes in ``acked`` and ``failed``), ``reconfigure``, ``trim``, ``reader``,
-``step`` and ``settle``; and checks the invariants with ``check``.
+- ``MemoryDriver``: each segment is a ``MemoryLoglet``; appends are
+  acknowledged at once, seals and reads are in place.
+- ``ServerDriver("local")``: one log-server core; each segment runs a
+  ``Sequencer`` over the nodeset ``(1,)`` with ``{node: 1}``.
+- ``ServerDriver("replicated")``: three log-server cores, ``{node: 2}``; each
+  segment runs the ``Sequencer`` named in the chain.
+
+The suite uses ``append``/``append_to`` (outcomes in ``acked`` and
+``failed``), ``reconfigure``, ``trim``, ``reader``, ``step``/``settle`` and
+checks the log's invariants with ``check``.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from random import Random
+from typing import Protocol
 
 import msgspec
 
@@ -125,6 +132,181 @@ class Server:
         )
 
 
+Outcome = tuple[int, int] | tuple[int, AppendError]  # (token, first offset) or (token, error)
+
+
+class LogletDriver(Protocol):
+    """What the suite needs of a provider, and all it knows of one."""
+
+    provider: str
+    servers: dict[int, Server]
+
+    def first_segment(self) -> Segment: ...
+
+    def new_segment(self) -> NewSegment:
+        """The next segment a reconfiguration proposes."""
+        ...
+
+    def memory(self, loglet: LogletId) -> MemoryLoglet | None: ...
+
+    def append(self, segment: Segment, payloads: tuple[bytes, ...], token: int) -> int:
+        """Hand a batch to the segment's writer; returns its first offset, or raises
+        ``AppendError`` when refused at once.  Acknowledgements come from ``drain``."""
+        ...
+
+    def global_tail(self, segment: Segment) -> int:
+        """The writer's global tail (first offset not committed)."""
+        ...
+
+    def deliver(self, dst: int, src: int, message: msgspec.Struct) -> bool:
+        """A message to one of the driver's writers; False if ``dst`` is not one."""
+        ...
+
+    def drain(
+        self,
+    ) -> tuple[
+        list[tuple[int, int, msgspec.Struct]], list[tuple[int, int]], list[tuple[int, AppendError]]
+    ]:
+        """(messages to send as (src, dst, message), acks (token, last offset), failures)."""
+        ...
+
+    def tick(self) -> None: ...
+
+    def trim_points(self, loglet: LogletId) -> list[int]: ...
+
+
+class MemoryDriver:
+    """``memory``: each segment is a ``MemoryLoglet``; appends are acknowledged at once."""
+
+    provider = MEMORY
+
+    def __init__(self, ids: Callable[[], int]) -> None:
+        self.servers: dict[int, Server] = {}
+        self.loglets: dict[LogletId, MemoryLoglet] = {}
+        self._acks: list[tuple[int, int]] = []
+
+    def first_segment(self) -> Segment:
+        return Segment(0, 1, MEMORY)
+
+    def new_segment(self) -> NewSegment:
+        return NewSegment(MEMORY)
+
+    def memory(self, loglet: LogletId) -> MemoryLoglet | None:
+        return self.loglets.setdefault(loglet, MemoryLoglet(loglet))
+
+    def append(self, segment: Segment, payloads: tuple[bytes, ...], token: int) -> int:
+        loglet = self.memory(segment.loglet(LOG))
+        assert loglet is not None
+        last = loglet.append(payloads)
+        self._acks.append((token, last))
+        return last - len(payloads) + 1
+
+    def global_tail(self, segment: Segment) -> int:
+        loglet = self.memory(segment.loglet(LOG))
+        assert loglet is not None
+        return loglet.tail
+
+    def deliver(self, dst: int, src: int, message: msgspec.Struct) -> bool:
+        return False
+
+    def drain(
+        self,
+    ) -> tuple[
+        list[tuple[int, int, msgspec.Struct]], list[tuple[int, int]], list[tuple[int, AppendError]]
+    ]:
+        acks, self._acks = self._acks, []
+        return [], acks, []
+
+    def tick(self) -> None:
+        pass
+
+    def trim_points(self, loglet: LogletId) -> list[int]:
+        return [self.loglets[loglet].trim_point()]
+
+
+class ServerDriver:
+    """``local`` (one log-server core, ``{node: 1}``) and ``replicated`` (three cores,
+    ``{node: 2}``): each segment's writer is a ``Sequencer``, an actor of its own."""
+
+    def __init__(self, provider: str, ids: Callable[[], int], config: SequencerConfig) -> None:
+        self.provider = provider
+        count = 3 if provider == REPLICATED else 1
+        self.servers = {i: Server(i) for i in range(1, count + 1)}
+        self.sequencers: dict[LogletId, tuple[int, Sequencer]] = {}
+        self._ids = ids
+        self._config = config
+
+    def first_segment(self) -> Segment:
+        if self.provider == LOCAL:
+            return Segment(0, 1, LOCAL, local=LocalParams(1))
+        sequencer = SequencerId(self._ids(), 1)
+        return Segment(0, 1, REPLICATED, ReplicatedParams(sequencer, (1, 2, 3), R2))
+
+    def new_segment(self) -> NewSegment:
+        if self.provider == LOCAL:
+            return NewSegment(LOCAL, node=1)
+        return NewSegment(REPLICATED, sequencer=SequencerId(self._ids(), 1), replication=R2)
+
+    def memory(self, loglet: LogletId) -> MemoryLoglet | None:
+        return None
+
+    def sequencer(self, segment: Segment) -> Sequencer:
+        loglet = segment.loglet(LOG)
+        if loglet not in self.sequencers:
+            params = placement(segment)
+            assert params is not None
+            seq = Sequencer(
+                loglet, params.sequencer, params.nodeset, params.replication, config=self._config
+            )
+            self.sequencers[loglet] = (self._ids(), seq)
+        return self.sequencers[loglet][1]
+
+    def append(self, segment: Segment, payloads: tuple[bytes, ...], token: int) -> int:
+        last = self.sequencer(segment).append(payloads, token)
+        return last - len(payloads) + 1
+
+    def global_tail(self, segment: Segment) -> int:
+        entry = self.sequencers.get(segment.loglet(LOG))
+        return entry[1].global_tail if entry else 1
+
+    def deliver(self, dst: int, src: int, message: msgspec.Struct) -> bool:
+        for actor, seq in self.sequencers.values():
+            if actor == dst:
+                if isinstance(message, Stored):
+                    seq.on_stored(src, message)
+                return True
+        return False
+
+    def drain(
+        self,
+    ) -> tuple[
+        list[tuple[int, int, msgspec.Struct]], list[tuple[int, int]], list[tuple[int, AppendError]]
+    ]:
+        messages: list[tuple[int, int, msgspec.Struct]] = []
+        acks: list[tuple[int, int]] = []
+        failures: list[tuple[int, AppendError]] = []
+        for actor, seq in self.sequencers.values():
+            messages += [(actor, dst, m) for dst, m in seq.take_messages()]
+            done, failed = seq.take_outcomes()
+            acks += done
+            failures += failed
+        return messages, acks, failures
+
+    def tick(self) -> None:
+        for _, seq in self.sequencers.values():
+            seq.tick()
+
+    def trim_points(self, loglet: LogletId) -> list[int]:
+        return [
+            state.trim_point
+            for server in self.servers.values()
+            if (state := server.core.state(loglet)) is not None
+        ]
+
+
+R2 = ReplicationProperty(node=2)
+
+
 @dataclass
 class Reader:
     stream: ReadStream
@@ -136,6 +318,8 @@ Task = Reconfigure | TrimLog
 
 
 class Cluster:
+    """One log over one provider's driver, with the chain in a fake metadata store."""
+
     def __init__(
         self,
         provider: str,
@@ -151,24 +335,25 @@ class Cluster:
         self.read_config = read_config or ReadConfig(
             buffer_max=8, bytes_max=64, poll_ticks=1, resend_ticks=4
         )
-        self.seq_config = SequencerConfig(
+        seq_config = SequencerConfig(
             records_inflight_max=inflight_max,
             store_timeout_ticks=3,
             tail_release_ticks=1,
             tail_resend_ticks=3,
             tail_resend_max_ticks=12,
         )
-        count = {MEMORY: 0, LOCAL: 1, REPLICATED: 3}[provider]
-        self.servers = {i: Server(i) for i in range(1, count + 1)}
-        self.memory: dict[LogletId, MemoryLoglet] = {}
         self._next_id = 100
-        first = Segment(0, 1, provider, *self._params())
+        self.driver: LogletDriver = (
+            MemoryDriver(self._fresh_id)
+            if provider == MEMORY
+            else ServerDriver(provider, self._fresh_id, seq_config)
+        )
+        self.servers = self.driver.servers
         self.meta: dict[str, tuple[bytes, int]] = {
-            chain_key(LOG): (encode_chain(Chain(LOG, (first,))), 1)
+            chain_key(LOG): (encode_chain(Chain(LOG, (self.driver.first_segment(),))), 1)
         }
         self.net: list[tuple[int, int, msgspec.Struct]] = []
         self.meta_ops: list[tuple[Task, ReadChain | CasChain]] = []
-        self.sequencers: dict[LogletId, tuple[int, Sequencer]] = {}
         self.actors: dict[int, Callable[[int, msgspec.Struct], None]] = {}
         self.readers: dict[int, Reader] = {}
         self.tasks: dict[int, Task] = {}
@@ -197,60 +382,35 @@ class Cluster:
     def committed_tail(self) -> int:
         """First LSN not committed: the open segment's base plus its global tail."""
         tail = self.chain.tail
-        loglet = tail.loglet(LOG)
-        if tail.provider == MEMORY:
-            return to_lsn(tail.base_lsn, self._memory(loglet).tail)
-        entry = self.sequencers.get(loglet)
-        return to_lsn(tail.base_lsn, entry[1].global_tail if entry else 1)
-
-    def _params(self) -> tuple[ReplicatedParams | None, LocalParams | None]:
-        if self.provider == REPLICATED:
-            sequencer = SequencerId(self._fresh_id(), 1)
-            return ReplicatedParams(sequencer, (1, 2, 3), ReplicationProperty(node=2)), None
-        if self.provider == LOCAL:
-            return None, LocalParams(1)
-        return None, None
+        return to_lsn(tail.base_lsn, self.driver.global_tail(tail))
 
     def _fresh_id(self) -> int:
         self._next_id += 1
         return self._next_id
 
-    def _memory(self, loglet: LogletId) -> MemoryLoglet:
-        if loglet not in self.memory:
-            self.memory[loglet] = MemoryLoglet(loglet)
-        return self.memory[loglet]
-
     def memory_lookup(self, loglet: LogletId) -> MemoryLoglet | None:
-        return self._memory(loglet) if self.provider == MEMORY else None
+        return self.driver.memory(loglet)
 
     # --------------------------------------------------------------- appends
 
     def append(self, payloads: list[bytes]) -> int:
         """Append to the chain's tail segment; the outcome lands in acked/failed."""
+        return self.append_to(self.chain.tail, payloads)
+
+    def append_to(self, segment: Segment, payloads: list[bytes]) -> int:
+        """Append to one segment's loglet (the tail, or an old one to see it refuse)."""
         self._tokens += 1
         token = self._tokens
-        tail = self.chain.tail
-        loglet = tail.loglet(LOG)
-        if tail.provider == MEMORY:
-            try:
-                last = self._memory(loglet).append(payloads)
-            except LogletSealed as exc:
-                self.failed[token] = exc
-            else:
-                self._record(loglet, last - len(payloads) + 1, tuple(payloads))
-                self._ack(tail, loglet, last - len(payloads) + 1, tuple(payloads))
-            self._wake_readers()
-            return token
-        seq = self._sequencer(tail)
+        loglet = segment.loglet(LOG)
         try:
-            last = seq.append(payloads, token)
+            first = self.driver.append(segment, tuple(payloads), token)
         except (Backpressure, LogletSealed) as exc:
             self.failed[token] = exc
             return token
-        first = last - len(payloads) + 1
         self._record(loglet, first, tuple(payloads))
         self._appends[token] = (loglet, first, tuple(payloads))
         self._collect()
+        self._wake_readers()
         return token
 
     def _record(self, loglet: LogletId, first: int, payloads: tuple[bytes, ...]) -> None:
@@ -265,21 +425,6 @@ class Cluster:
             assert self.acked.setdefault(lsn, payload) == payload, f"LSN {lsn} acked twice"
             self.acked_at[lsn] = (loglet, first + i)
 
-    def _sequencer(self, segment: Segment) -> Sequencer:
-        loglet = segment.loglet(LOG)
-        if loglet not in self.sequencers:
-            params = placement(segment)
-            assert params is not None
-            actor = self._fresh_id()
-            seq = Sequencer(
-                loglet, params.sequencer, params.nodeset, params.replication, config=self.seq_config
-            )
-            self.sequencers[loglet] = (actor, seq)
-            self.actors[actor] = lambda src, m, seq=seq: (
-                seq.on_stored(src, m) if isinstance(m, Stored) else None
-            )
-        return self.sequencers[loglet][1]
-
     def segment_of(self, loglet: LogletId) -> Segment:
         """The segment of ``loglet``, even once a trim dropped it from the chain."""
         for segment in self.chain.segments:
@@ -291,16 +436,10 @@ class Cluster:
     def reconfigure(self) -> Reconfigure:
         """Start sealing the tail segment and extending the chain (runs as events)."""
         me = self._fresh_id()
-        new = NewSegment(
-            self.provider,
-            sequencer=SequencerId(self._fresh_id(), 1),
-            replication=ReplicationProperty(node=2) if self.provider == REPLICATED else None,
-            node=1 if self.provider == LOCAL else None,
-        )
         task = Reconfigure(
             self.chain,
             self.version,
-            new,
+            self.driver.new_segment(),
             repairer=SequencerId(me, 1),
             servers={i: LogServerInfo() for i in self.servers},
             memory=self.memory_lookup,
@@ -355,15 +494,14 @@ class Cluster:
 
     def _collect(self) -> None:
         """Drain every actor's outputs into the event queues."""
-        for loglet, (actor, seq) in self.sequencers.items():
-            self.net += [(actor, dst, m) for dst, m in seq.take_messages()]
-            acks, failures = seq.take_outcomes()
-            for token, _last in acks:
-                _, first, payloads = self._appends.pop(token)
-                self._ack(self.segment_of(loglet), loglet, first, payloads)
-            for token, error in failures:
-                self._appends.pop(token, None)
-                self.failed[token] = error
+        messages, acks, failures = self.driver.drain()
+        self.net += messages
+        for token, _last in acks:
+            loglet, first, payloads = self._appends.pop(token)
+            self._ack(self.segment_of(loglet), loglet, first, payloads)
+        for token, error in failures:
+            self._appends.pop(token, None)
+            self.failed[token] = error
         for actor, task in self.tasks.items():
             for effect in task.take_effects():
                 if isinstance(effect, SendLoglet):
@@ -422,6 +560,8 @@ class Cluster:
                 ]
             elif dst in self.actors:
                 self.actors[dst](src, message)
+            else:
+                self.driver.deliver(dst, src, message)
             self._collect()
 
     def run_metadata(self, task: Task) -> None:
@@ -453,6 +593,8 @@ class Cluster:
                 ]
             elif dst in self.actors:
                 self.actors[dst](src, message)
+            else:
+                self.driver.deliver(dst, src, message)
         else:
             task, effect = self.meta_ops.pop(pick - len(self.net))
             self._metadata(task, effect)
@@ -470,8 +612,7 @@ class Cluster:
             task.on_cas(False)
 
     def tick(self) -> None:
-        for _, seq in self.sequencers.values():
-            seq.tick()
+        self.driver.tick()
         for task in self.tasks.values():
             if isinstance(task, Reconfigure):
                 task.tick()
