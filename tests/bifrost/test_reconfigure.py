@@ -142,9 +142,10 @@ def test_a_failed_cas_without_a_winner_proposes_the_same_tail_again() -> None:
 def test_no_nodeset_fails_before_anything_is_proposed() -> None:
     servers = servers_with(1)
     task = Reconfigure(chain(), 1, NEW, repairer=SequencerId(8, 1), servers={1: LogServerInfo()})
-    meta = run(task, servers)
-    assert meta == [] and task.phase == FAILED
-    assert isinstance(task.error, NodesetUnavailable)
+    assert task.phase == FAILED and isinstance(task.error, NodesetUnavailable)
+    assert task.take_effects() == []  # not even a seal: the log stays writable
+    assert run(task, servers) == []
+    assert not any(s.state(L0).sealed for s in servers.values())  # type: ignore[union-attr]
 
 
 def test_memory_and_local_segments_are_sealed_in_place_or_as_one_node() -> None:

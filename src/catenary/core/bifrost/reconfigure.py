@@ -39,8 +39,9 @@ RC3 A failed compare-and-set re-reads the chain: if the tail moved past the
     on the current chain and version.  The tail is never recomputed: the segment is
     sealed, its tail final.
 RC4 A replicated segment's nodeset comes from ``select_nodeset`` (previous
-    nodeset first, salted by the log id); no valid nodeset fails the
-    reconfiguration with ``NodesetUnavailable`` before anything is proposed.
+    nodeset first, salted by the log id), chosen before the seal: no valid
+    nodeset fails the reconfiguration with ``NodesetUnavailable`` before the
+    tail segment is sealed, so the log stays writable.
 TR1 A trim writes the chain only when it changes it, retries a failed
     compare-and-set on the re-read chain, and answers the effective trim point
     and the segments it dropped (B2: never silently nothing).
@@ -158,6 +159,12 @@ class Reconfigure:
         self._effects: list[Effect] = []
         self._sealed = chain.tail
         self._finder: TailFinder | None = None
+        try:
+            # RC4: chosen before the seal, so no nodeset leaves the log writable.
+            self._params = self._new_params()
+        except (ChainError, NodesetUnavailable) as exc:
+            self._fail(exc)
+            return
         params = placement(self._sealed)
         if params is not None:
             self._finder = TailFinder(
@@ -265,7 +272,7 @@ class Reconfigure:
     def _propose(self) -> None:
         assert self.tail is not None
         try:
-            replicated, local = self._new_params()
+            replicated, local = self._params
             proposed = extend(
                 self.chain,
                 self.sealed_index,
@@ -274,7 +281,7 @@ class Reconfigure:
                 replicated=replicated,
                 local=local,
             )
-        except (ChainError, NodesetUnavailable) as exc:
+        except ChainError as exc:
             self._fail(exc)
             return
         self._proposed = proposed.tail
