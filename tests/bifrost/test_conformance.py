@@ -151,19 +151,19 @@ def test_sealing_an_empty_loglet_gives_a_segment_at_the_same_base(provider: str)
 
 @providers
 def test_a_reader_holding_an_old_chain_reads_the_sealed_segment_to_its_end(provider: str) -> None:
-    cluster = Cluster(provider)
+    cluster = Cluster(provider, read_config=ReadConfig(buffer_max=1, poll_ticks=1, resend_ticks=4))
     append_all(cluster, [[payload(i) for i in range(3)]])
-    reader = cluster.reader(1, auto_take=False)  # stalls on a full buffer
+    reader = cluster.reader(1, auto_take=False)  # one item buffered, then it stalls
+    cluster.settle()
     stale = cluster.chain
     reconfigure(cluster)
     append_all(cluster, [[b"new"]])
-    assert reader.stream.chain == stale or reader.stream.chain.tail.index == 1
-    cluster.take(reader)
-    cluster.settle()
-    cluster.take(reader)
-    cluster.settle()
-    cluster.take(reader)
+    assert reader.stream.chain == stale  # nobody told it: segment 0 is open to it
+    for _ in range(4):
+        cluster.take(reader, 1)
+        cluster.settle()
     assert flatten(reader.items) == [(1, payload(0)), (2, payload(1)), (3, payload(2)), (4, b"new")]
+    assert reader.stream.chain == cluster.chain  # it asked for the chain at the sealed tail
     cluster.check()
 
 
