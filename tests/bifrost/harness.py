@@ -333,7 +333,7 @@ class Cluster:
         self.rng = Random(seed)
         self.loss = loss
         self.read_config = read_config or ReadConfig(
-            buffer_max=8, bytes_max=64, poll_ticks=1, resend_ticks=4
+            buffer_max=8, bytes_max=64, wait_ticks=6, resend_ticks=4
         )
         seq_config = SequencerConfig(
             records_inflight_max=inflight_max,

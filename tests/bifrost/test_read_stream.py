@@ -17,11 +17,11 @@ from catenary.core.bifrost.read_stream import (
 from catenary.core.loglet.replication import ReplicationProperty
 from catenary.core.loglet.types import (
     Gap,
-    GetLogletInfo,
     GetRecords,
     LogletInfo,
     Records,
     SequencerId,
+    WaitForTail,
     loglet_id,
 )
 
@@ -39,7 +39,7 @@ def chain() -> Chain:
 def stream(
     c: Chain | None = None, from_lsn: int = 1, to_lsn: int | None = None, **kw: int
 ) -> ReadStream:
-    config = ReadConfig(**{"buffer_max": 100, "poll_ticks": 1, "resend_ticks": 3, **kw})
+    config = ReadConfig(**{"buffer_max": 100, "wait_ticks": 5, "resend_ticks": 3, **kw})
     return ReadStream(c or chain(), from_lsn, to_lsn, config=config)
 
 
@@ -62,7 +62,7 @@ def info(tail: int, *, sealed: bool = False) -> LogletInfo:
 def test_an_open_segment_is_read_up_to_the_learned_tail_rotating_over_the_nodeset() -> None:
     s = stream()
     node, request = one(s)
-    assert isinstance(request, GetLogletInfo)  # nothing known yet: learn the tail
+    assert request == WaitForTail(L0, 1)  # nothing known yet: wait for a tail
     s.on_message(node, info(4))
     node, request = one(s)
     assert isinstance(request, GetRecords) and (request.from_offset, request.to_offset) == (1, 4)
@@ -72,10 +72,14 @@ def test_an_open_segment_is_read_up_to_the_learned_tail_rotating_over_the_nodese
     assert node2 != node and request.from_offset == 2  # R5: the next read goes elsewhere
     s.on_message(node2, records(2, [b"b", b"c"], 4))
     assert s.take() == [Record(1, b"a"), Record(2, b"b"), Record(3, b"c")]
-    assert s.take_messages() == []  # caught up: the next poll waits poll_ticks
-    s.tick()
     node3, request = one(s)
-    assert isinstance(request, GetLogletInfo)
+    assert request == WaitForTail(L0, 4)  # caught up: wait for more
+    for _ in range(4):
+        s.tick()
+    assert s.take_messages() == []  # a wait is patient...
+    s.tick()
+    node4, again = one(s)
+    assert again == request and node4 != node3  # ...then waits on another server
     assert {node, node2, node3} == {1, 2, 3}
 
 
@@ -144,7 +148,7 @@ def test_trim_gaps_merge_and_reads_below_the_chain_are_trim_gaps() -> None:
     s = stream(base)
     node, request = one(s)
     assert s.take() == [TrimGap(1, 20)]  # below the trim point, then below the first segment
-    assert isinstance(request, GetLogletInfo)
+    assert request == WaitForTail(loglet_id(LOG, 4), 1)
     s.on_message(node, LogletInfo(loglet_id(LOG, 4), 6, 6, False, 3))
     node, request = one(s)
     assert isinstance(request, GetRecords)

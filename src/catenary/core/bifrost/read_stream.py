@@ -21,8 +21,10 @@ segment is read up to the highest global tail learned from the answers of
 *unsealed* servers: a tail carried by a sealed server may come from a finder
 that lost the chain's compare-and-set (T4), so it is not trusted; once a
 server says the segment is sealed the stream stops at the tail it has and
-asks for a fresh chain.  When caught up with the open segment's tail it polls
-``GetLogletInfo`` every ``poll_ticks``.
+asks for a fresh chain.  When caught up with the open segment's tail it sends
+``WaitForTail`` (answered by a ``LogletInfo`` once the server knows a higher
+tail, LS6) to one server, and waits on the next one after ``wait_ticks``
+without an answer (a lost message, a restarted server, an idle log).
 
 Memory segments are read in place from the ``MemoryLoglet`` the host's lookup
 returns (the same ``Records`` answers, without a message).
@@ -43,7 +45,8 @@ R4  An "absent" gap (or an empty answer) from one server is asked of the next
     absent for the cursor is the range (the shortest of their absent ranges) a
     ``DataLoss`` gap.
 R5  Requests rotate over the nodeset's servers (never the sequencer); a server
-    that does not answer within ``resend_ticks`` is skipped for the retry.
+    that does not answer within ``resend_ticks`` (``wait_ticks`` for a
+    ``WaitForTail``) is skipped for the retry.
 R6  Back-pressure: the buffer never holds more than ``buffer_max`` items; a
     request asks for at most the free room, and none is sent while it is full.
 R7  A segment reported sealed while the chain still has it open stops the
@@ -65,13 +68,13 @@ from catenary.core.bifrost.memory import MemoryLoglet, local_placement
 from catenary.core.loglet.replication import NodeId
 from catenary.core.loglet.types import (
     Gap,
-    GetLogletInfo,
     GetRecords,
     LogletId,
     LogletInfo,
     Lsn,
     Offset,
     Records,
+    WaitForTail,
     to_lsn,
     to_offset,
 )
@@ -102,11 +105,11 @@ Item = Record | TrimGap | DataLoss
 class ReadConfig(msgspec.Struct, frozen=True):
     buffer_max: int = 1024  # items buffered before the stream stops asking
     bytes_max: int = 1 << 20  # per GetRecords answer
-    poll_ticks: int = 2  # between tail polls when caught up
+    wait_ticks: int = 100  # a WaitForTail unanswered this long is sent elsewhere
     resend_ticks: int = 10  # an unanswered request is sent elsewhere
 
     def __post_init__(self) -> None:
-        for name in ("buffer_max", "bytes_max", "poll_ticks", "resend_ticks"):
+        for name in ("buffer_max", "bytes_max", "wait_ticks", "resend_ticks"):
             if getattr(self, name) < 1:
                 raise ValueError(f"read {name} must be >= 1")
 
@@ -154,7 +157,6 @@ class ReadStream:
         self._absent_at: Lsn = 0
         self._skip: NodeId | None = None  # did not answer the last request
         self._pending: tuple[NodeId, msgspec.Struct, int] | None = None
-        self._last_poll: int | None = None
         self._ticks = 0
         self._messages: list[tuple[NodeId, msgspec.Struct]] = []
         self._pump()
@@ -193,9 +195,7 @@ class ReadStream:
             ):
                 self._pending = None
                 self._on_records(src, m)
-            case LogletInfo() if isinstance(request, GetLogletInfo) and (
-                m.loglet == request.loglet
-            ):
+            case LogletInfo() if isinstance(request, WaitForTail) and (m.loglet == request.loglet):
                 self._pending = None
                 self._on_info(m)
             case _:
@@ -204,9 +204,13 @@ class ReadStream:
 
     def tick(self) -> None:
         self._ticks += 1
-        if self._pending is not None and self._ticks - self._pending[2] >= self.config.resend_ticks:
-            self._skip = self._pending[0]  # R5: retry elsewhere
-            self._pending = None
+        pending = self._pending
+        if pending is not None:
+            waiting = isinstance(pending[1], WaitForTail)
+            timeout = self.config.wait_ticks if waiting else self.config.resend_ticks
+            if self._ticks - pending[2] >= timeout:
+                self._skip = pending[0]  # R5: retry elsewhere
+                self._pending = None
         self._pump()
 
     def wake(self) -> None:
@@ -269,7 +273,7 @@ class ReadStream:
                     if self._limit(segment)[0] > lsn or segment.index in self._sealed_seen:
                         continue
                     return
-                self._poll(segment, loglet)
+                self._wait(segment, loglet)
                 return
             first = to_offset(segment.base_lsn, lsn)
             last = min(to_offset(segment.base_lsn, limit), first + room)
@@ -299,12 +303,9 @@ class ReadStream:
         self._skip = None
         return node
 
-    def _poll(self, segment: Segment, loglet: LogletId) -> None:
-        if self._last_poll is not None and self._ticks - self._last_poll < self.config.poll_ticks:
-            return
-        self._last_poll = self._ticks
+    def _wait(self, segment: Segment, loglet: LogletId) -> None:
         node = self._choose(segment)
-        request = GetLogletInfo(loglet)
+        request = WaitForTail(loglet, self._tails.get(segment.index, 1))
         self._pending = (node, request, self._ticks)
         self._messages.append((node, request))
 
