@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from random import Random
+
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from catenary.core.bifrost.chain import MEMORY, REPLICATED, Chain, ReplicatedParams, Segment, extend
 from catenary.core.bifrost.memory import MemoryLoglet
@@ -128,6 +132,15 @@ def test_absent_is_asked_of_every_server_before_it_is_data_loss() -> None:
     assert isinstance(request, GetRecords) and request.from_offset == 4
 
 
+def test_a_sealed_range_every_server_answers_empty_for_is_data_loss() -> None:
+    s = stream(extend(chain(), 0, 4, MEMORY), 1, 4)  # segment 0 ended at offset 4
+    for _ in range(3):
+        node, request = one(s)
+        assert isinstance(request, GetRecords) and request.known_global_tail == 4
+        s.on_message(node, Records(L0, 1, (), 1, 4, True))  # local tail below: empty
+    assert s.take() == [DataLoss(1, 4)] and s.finished
+
+
 def test_an_absent_gap_then_a_holder_delivers_the_records() -> None:
     s = stream()
     node, _ = one(s)
@@ -203,3 +216,54 @@ def test_a_bounded_stream_finishes_and_memory_segments_are_read_in_place() -> No
     s.wake()
     assert s.take() == [Record(3, b"c")] and s.finished
     assert s.take_messages() == []
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    committed=st.integers(0, 40),
+    seed=st.integers(0, 2**32),
+    buffer_max=st.integers(1, 8),
+)
+def test_against_servers_answering_anything_they_may_the_items_are_the_log(
+    committed: int, seed: int, buffer_max: int
+) -> None:
+    """Servers that lag, lack records (node 1 always holds them), cut answers short,
+    answer late or never: the items are contiguous, right, and below the tail (R1, R2)."""
+    rng = Random(seed)
+    tail = committed + 1
+    s = stream(buffer_max=buffer_max, resend_ticks=2, wait_ticks=3)
+    items: list[object] = []
+    late: list[tuple[int, msgspec.Struct]] = []
+    for _ in range(2000):
+        for node, request in s.take_messages():
+            if rng.random() < 0.1:
+                continue  # lost
+            if isinstance(request, WaitForTail):
+                answer: msgspec.Struct = info(rng.randint(1, tail))
+            else:
+                assert isinstance(request, GetRecords)
+                first = request.from_offset
+                known = rng.randint(1, tail)
+                end = min(request.to_offset, max(known, request.known_global_tail))
+                held_to = end if node == 1 else rng.randint(first, max(first, end))
+                cut = rng.randint(min(first + 1, held_to), held_to) if held_to > first else first
+                runs: list[tuple[bytes, ...] | Gap] = []
+                if cut > first:
+                    runs.append(tuple(b"%d" % o for o in range(first, cut)))
+                if node != 1 and cut < end and rng.random() < 0.5:
+                    runs.append(Gap(cut, end, "absent"))
+                    cut = end
+                answer = Records(L0, first, tuple(runs), cut, known, False)
+            if rng.random() < 0.2:
+                late.append((node, answer))
+            else:
+                s.on_message(node, answer)
+        if late and rng.random() < 0.3:
+            s.on_message(*late.pop(rng.randrange(len(late))))
+        items += s.take(rng.randint(0, buffer_max))
+        assert s.buffered <= buffer_max
+        s.tick()
+        if s.next_lsn == tail and not s.buffered:
+            break
+    items += s.take()
+    assert items == [Record(o, b"%d" % o) for o in range(1, tail)]
