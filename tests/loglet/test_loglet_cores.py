@@ -37,6 +37,7 @@ from catenary.core.loglet.types import (
     Tail,
     Trim,
     Trimmed,
+    WaitForTail,
 )
 
 from .nodes import LOGLET, ME, Node
@@ -232,7 +233,10 @@ def test_a_silent_server_is_skipped_by_the_next_wave() -> None:
 
 
 def test_the_global_tail_is_released_when_idle() -> None:
-    seq, nodes = sequencer(tail_release_ticks=1), cluster()
+    seq, nodes = (
+        sequencer(tail_release_ticks=1, tail_resend_ticks=20, tail_resend_max_ticks=100),
+        cluster(),
+    )
     seq.append([b"a"], 1)
     run(seq, nodes)
     seq.tick()
@@ -240,7 +244,14 @@ def test_the_global_tail_is_released_when_idle() -> None:
     assert sorted(dst for dst, _ in tails) == [1, 2, 3]
     assert all(m.global_tail == 2 for _, m in tails)  # type: ignore[attr-defined]
     seq.tick()
-    assert seq.take_messages() == []  # told once
+    assert seq.take_messages() == []  # told once...
+    repeat_ticks = []
+    for tick in range(3, 400):
+        seq.tick()
+        if seq.take_messages():
+            repeat_ticks.append(tick)
+    # ...then again, backing off, in case a release was lost or a server restarted.
+    assert repeat_ticks == [21, 61, 141, 241, 341], repeat_ticks
 
 
 @settings(max_examples=150, deadline=None)
@@ -302,3 +313,23 @@ def test_random_schedules_never_ack_what_a_write_quorum_does_not_hold(
         for node in nodes.values():
             for offset, payload in node.held().items():
                 assert sent[offset] == payload
+
+
+def test_wait_for_tail_is_answered_when_the_tail_passes_or_the_loglet_seals() -> None:
+    node = Node(1)
+    node.handle(5, WaitForTail(LOGLET, 1))
+    assert node.flush() == []  # nothing committed yet: it waits
+    node.handle(6, WaitForTail(LOGLET, 2))
+    node.handle(5, WaitForTail(LOGLET, 1))  # again: still one waiter for 5
+    node.handle(ME.node, Store(LOGLET, ME, 1, (b"a",), 2))  # carries tail 2
+    answers = [(dst, m.known_global_tail) for dst, m in node.flush() if isinstance(m, LogletInfo)]
+    assert answers == [(5, 2)]
+    node.handle(ME.node, Tail(LOGLET, 3))
+    assert [(dst, m.known_global_tail) for dst, m in node.flush()] == [(6, 3)]  # type: ignore[attr-defined]
+    node.handle(7, WaitForTail(LOGLET, 1))  # already passed: at once
+    assert [dst for dst, _ in node.flush()] == [7]
+    node.handle(8, WaitForTail(LOGLET, 9))
+    node.handle(9, Seal(LOGLET))
+    replies = node.flush()
+    info = next(m for dst, m in replies if dst == 8)
+    assert isinstance(info, LogletInfo) and info.sealed and info.known_global_tail == 3

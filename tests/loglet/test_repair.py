@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from catenary.core.loglet.repair import DONE, FinderConfig, TailFinder
+from catenary.core.loglet.repair import DONE, REPAIRING, FinderConfig, TailFinder
 from catenary.core.loglet.replication import ReplicationProperty
 from catenary.core.loglet.sequencer import Backpressure, Sequencer, SequencerConfig
 from catenary.core.loglet.types import SequencerId, Store, Tail, Trim
@@ -176,3 +176,26 @@ def test_after_any_schedule_the_found_tail_covers_every_ack_and_is_replicated(
             seq.on_stored(node_id, reply)  # type: ignore[arg-type]
     for _, last in seq.take_outcomes()[0]:
         assert last < f.tail, "an append acknowledged beyond the sealed tail"
+
+
+def test_a_trim_that_arrives_during_the_repair_counts_as_repaired() -> None:
+    nodes = cluster(3)
+    store(nodes[1], 1, [b"a", b"b"])
+    nodes[1].handle(ME.node, Tail(LOGLET, 3))  # committed (its other copy is on a lost disk)
+    f = finder()
+    for _ in range(20):  # seal and digest, up to the repair's first read
+        for dst, message in f.take_messages():
+            nodes[dst].handle(REPAIRER.node, message)
+        if f.phase == REPAIRING:
+            break
+        for node_id, node in sorted(nodes.items()):
+            for _, reply in node.flush():
+                f.on_message(node_id, reply)
+    assert f.phase == REPAIRING
+    nodes[1].reads = []  # the read crosses the trim: answered after it
+    nodes[1].handle(9, Trim(LOGLET, 2))
+    nodes[1].flush()
+    f.tick()
+    f.tick()
+    finish(f, nodes)
+    assert f.phase == DONE and f.tail == 3 and f.lost == []

@@ -31,6 +31,11 @@ LS4  A read never covers an offset at or past the global tail known to either
      "absent" gap, offsets at or below the trim point a "trim" gap.
 LS5  A trim only grows, is clipped to the known global tail, and is durable
      before it is answered.
+LS6  ``WaitForTail(offset)`` is answered with ``LogletInfo`` once the known
+     global tail is above ``offset`` or the loglet is sealed — at once if it
+     already is, else when a store, a tail release or a seal makes it so.
+     Waiters are not durable (a restarted server forgets them; the reader
+     asks again) and a sender has at most one per loglet (the latest).
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ from catenary.core.loglet.types import (
     Tail,
     Trim,
     Trimmed,
+    WaitForTail,
 )
 
 # ------------------------------------------------------------ durable writes
@@ -199,6 +205,7 @@ class LogServer:
     def __init__(self, node_id: int) -> None:
         self.node_id = node_id
         self._loglets: dict[LogletId, LogletState] = {}
+        self._waiters: dict[LogletId, dict[int, Offset]] = {}  # LS6: src -> offset
 
     def recover(self, writes: list[StoreWrite]) -> None:
         """Rebuild the state from the durable writes the store holds, in order."""
@@ -254,9 +261,32 @@ class LogServer:
                 )
             case GetRecords():
                 effects.reads.append(self._plan_read(src, message))
+            case WaitForTail(loglet=loglet, offset=offset):
+                self._waiters.setdefault(loglet, {})[src] = offset
             case _:
                 raise ValueError(f"not a log-server request: {type(message).__name__}")
+        touched: LogletId | None = getattr(message, "loglet", None)
+        if touched is not None and self._waiters.get(touched):
+            self._wake(touched, effects)
         return effects
+
+    def _wake(self, loglet: LogletId, effects: Effects) -> None:
+        """Answer the waiters whose tail has come (LS6)."""
+        st = self._state(loglet)
+        waiters = self._waiters[loglet]
+        for src, offset in list(waiters.items()):
+            if st.known_global_tail > offset or st.sealed:
+                del waiters[src]
+                effects.after_persist.append(
+                    (
+                        src,
+                        LogletInfo(
+                            loglet, st.local_tail, st.known_global_tail, st.sealed, st.trim_point
+                        ),
+                    )
+                )
+        if not waiters:
+            del self._waiters[loglet]
 
     # ------------------------------------------------------------ internals
 

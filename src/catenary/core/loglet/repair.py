@@ -21,7 +21,9 @@ ticks it; it hands out the requests to send.  Phases:
    copies form a write quorum.  Every offset below ``T`` has a holder in F: a
    server's records are in order or above a committed gap (LS2), and committed
    records are on a write quorum, which meets F.  A piece with no holder at
-   all (a wiped disk) is reported in ``lost``, not invented.
+   all (a wiped disk) is reported in ``lost``, not invented.  Offsets the
+   source answers as trimmed (a trim that arrived after the digest) need no
+   copy and count as repaired.
 4. **done**: ``Tail(T)`` goes to the nodeset, so servers serve up to ``T``;
    ``tail`` is ``T``.  The caller records it in the chain before reporting it
    (T4): a second finder that raced this one adopts the recorded tail.
@@ -256,6 +258,10 @@ class TailFinder:
         offset = m.first_offset
         for run in m.runs:
             if isinstance(run, Gap):
+                if run.kind == "trim" and run.from_offset == offset:
+                    # Trimmed since the digest: nothing there needs a copy any more.
+                    for target in piece.targets:
+                        self._mark_stored(piece, target, offset, min(run.to_offset, piece.end))
                 offset = run.to_offset
                 continue
             run_end = min(offset + len(run), piece.end)
@@ -271,7 +277,9 @@ class TailFinder:
                     )
             offset = run_end
         piece.next_read = max(piece.next_read, min(m.next_offset, piece.end))
-        if piece.next_read < piece.end:
+        if self._piece_done(piece):
+            self._next_piece()
+        elif piece.next_read < piece.end:
             self._request_piece(piece, resend=False)
 
     def _on_stored(self, src: NodeId, m: Stored) -> None:
@@ -281,14 +289,17 @@ class TailFinder:
         pending = self._sent.get((src, m.first_offset))
         if pending is None:
             return
-        acked = piece.acked.setdefault(src, {})
-        acked[m.first_offset] = pending
-        prefix = piece.prefix.get(src, piece.start)
-        while prefix in acked:
-            prefix = acked[prefix]
-        piece.prefix[src] = prefix
+        self._mark_stored(piece, src, m.first_offset, pending)
         if self._piece_done(piece):
             self._next_piece()
+
+    def _mark_stored(self, piece: _Piece, target: NodeId, first: Offset, end: Offset) -> None:
+        acked = piece.acked.setdefault(target, {})
+        acked[first] = max(end, acked.get(first, end))
+        prefix = piece.prefix.get(target, piece.start)
+        while prefix in acked and acked[prefix] > prefix:
+            prefix = acked[prefix]
+        piece.prefix[target] = prefix
 
     def _finish(self) -> None:
         self.phase = DONE

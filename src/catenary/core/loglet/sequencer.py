@@ -27,7 +27,11 @@ S5  A batch is committed once the servers that stored it durably form a write
     quorum; the global tail moves over committed batches in order only, and
     appends are acknowledged in that order.
 S6  The global tail rides on every store; when nothing is in flight and the
-    servers have not been told the current tail, ``Tail`` releases it.
+    servers have not been told the current tail, ``Tail`` releases it, and
+    repeats it while idle, ``tail_resend_ticks`` after the release and then at
+    doubling intervals up to ``tail_resend_max_ticks``: a release is not
+    answered and may be lost, and a restarted log-server forgets the tail
+    (LS1), so an idle loglet's readers would otherwise wait for the next append.
 S7  When the servers that answered ``sealed`` form an f-majority, every
     unacknowledged append fails with ``LogletSealed`` and the sequencer stops.
     (So does a sequencer whose loglet some server pinned to another writer.)
@@ -61,11 +65,15 @@ class SequencerConfig(msgspec.Struct, frozen=True):
     record_bytes_max: int = 1 << 20
     store_timeout_ticks: int = 20  # a wave's answers, in ticks
     tail_release_ticks: int = 2  # idle ticks before the global tail is released
+    tail_resend_ticks: int = 50  # idle ticks before the release is first repeated
+    tail_resend_max_ticks: int = 3_000  # the repeats back off up to this interval
 
     def __post_init__(self) -> None:
         for name in ("records_inflight_max", "record_bytes_max", "store_timeout_ticks"):
             if getattr(self, name) < 1:
                 raise ValueError(f"sequencer {name} must be >= 1")
+        if not 1 <= self.tail_resend_ticks <= self.tail_resend_max_ticks:
+            raise ValueError("sequencer needs 1 <= tail_resend_ticks <= tail_resend_max_ticks")
         if self.tail_release_ticks < 0:
             raise ValueError("sequencer tail_release_ticks must be >= 0")
 
@@ -141,6 +149,8 @@ class Sequencer:
         self._stopped = False
         self._ticks = 0
         self._idle_ticks = 0
+        self._resend_at = 0  # idle ticks at which the release is repeated next
+        self._resend_gap = 0
         self._messages: list[tuple[NodeId, msgspec.Struct]] = []
         self._acks: list[tuple[int, Offset]] = []
         self._failures: list[tuple[int, AppendError]] = []
@@ -238,10 +248,20 @@ class Sequencer:
                     self._server_tail[node] = batch.first
         if not self._batches:
             self._idle_ticks += 1
-            if self._idle_ticks >= self.config.tail_release_ticks:
+            config = self.config
+            if self._idle_ticks == config.tail_release_ticks or self._resend_gap == 0:
+                self._resend_gap = config.tail_resend_ticks
+                self._resend_at = self._idle_ticks + self._resend_gap
+            elif self._idle_ticks >= self._resend_at and self._global_tail > 1:
+                # A release is not answered: repeat it, backing off (S6).
+                self._released = dict.fromkeys(self.nodeset, 0)
+                self._resend_gap = min(self._resend_gap * 2, config.tail_resend_max_ticks)
+                self._resend_at = self._idle_ticks + self._resend_gap
+            if self._idle_ticks >= config.tail_release_ticks:
                 self._release_tail()
         else:
             self._idle_ticks = 0
+            self._resend_gap = 0
         self._dispatch()
 
     # ------------------------------------------------------------ outputs

@@ -88,6 +88,14 @@ class Trim(msgspec.Struct, tag="tr", array_like=True, frozen=True):
     trim_point: Offset  # records at or below it are discarded
 
 
+class WaitForTail(msgspec.Struct, tag="wt", array_like=True, frozen=True):
+    """Answer ``LogletInfo`` once the known global tail is above ``offset`` or the
+    loglet is sealed (at once if it already is)."""
+
+    loglet: LogletId
+    offset: Offset
+
+
 class Tail(msgspec.Struct, tag="tl", array_like=True, frozen=True):
     """The sequencer releases the global tail when no store is in flight to carry it."""
 
@@ -169,6 +177,7 @@ LogletMessage = (
     | GetDigest
     | Trim
     | Tail
+    | WaitForTail
     | Stored
     | Sealed
     | LogletInfo
