@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -391,6 +392,14 @@ class MetadataWorkload:
         out["watch-resubscriptions"] = sum(max(0, len(ss) - 1) for ss in self.segments.values())
         for name, count in self.errors.items():
             out[f"error:{name}"] = count
+        # How long the cluster went without acknowledging a write (elections, quorum loss).
+        acked = sorted(
+            r.ret
+            for r in self.records
+            if r.kind in ("put", "delete") and r.outcome == "ok" and r.ret is not None
+        )
+        gaps = [b - a for a, b in itertools.pairwise(acked)]
+        out["longest-write-gap-ms"] = int(max(gaps, default=0.0) * 1000)
         return dict(sorted(out.items()))
 
     def check(self) -> list[Verdict]:
