@@ -482,11 +482,25 @@ def _search_segments(
 
     A segment ends where every operation called so far has returned before
     the next one is called, and none of them is optional (of unknown
-    outcome).  The state there is then the same for every linearization
+    outcome) unless it can no longer take effect: an optional write whose
+    version precondition a higher version has passed.  The state there is then the same for every linearization
     (``_end_state``), so the next segment starts from it and the segments are
     checked one by one: exact, and a violation late in a long history costs
     the search of its own segment only, not of everything before it.
     """
+    # Until when each operation may still take effect.  An optional write with
+    # a version precondition v can take effect only while the key is at
+    # version v: never after a write with a higher version returned.
+    written = sorted(
+        (deadlines[i], op.result.version)
+        for i, op in enumerate(ops)
+        if not math.isinf(deadlines[i]) and op.kind != "get" and isinstance(op.result, Written)
+    )
+    horizons = list(deadlines)
+    for i, op in enumerate(ops):
+        if math.isinf(deadlines[i]) and op.precondition.kind == "version":
+            wanted = op.precondition.version
+            horizons[i] = next((t for t, v in written if v > wanted), math.inf)
     order = sorted(range(len(ops)), key=lambda i: ops[i].call_time)
     segments: list[list[int]] = []
     current: list[int] = []
@@ -496,7 +510,7 @@ def _search_segments(
             segments.append(current)
             current = []
         current.append(i)
-        horizon = max(horizon, deadlines[i])
+        horizon = max(horizon, horizons[i])
     if current:
         segments.append(current)
     state = initial
@@ -514,7 +528,8 @@ def _search_segments(
                 )
             return result
         if number + 1 < len(segments):
-            state = _end_state(part, state)
+            # Optional writes in a closed segment came before a higher version: not last.
+            state = _end_state([ops[i] for i in segment if not math.isinf(deadlines[i])], state)
     return _KeyResult("ok", steps)
 
 
