@@ -19,7 +19,7 @@ import click
 
 from catenary.testing.faults.cluster import ClusterError
 from catenary.testing.faults.nemesis import FAMILIES
-from catenary.testing.faults.runner import RunOptions, run
+from catenary.testing.faults.runner import Report, RunOptions, run
 
 
 @click.group()
@@ -80,14 +80,27 @@ def run_command(
         plant=plant,
         recovery_bound_s=recovery_bound,
     )
-    # SIGTERM ends the run like Ctrl-C, so every cleanup (processes, mounts,
-    # namespaces) runs on the way out.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     click.echo(f"seed {seed} (replay with --seed {seed})")
     try:
-        report = asyncio.run(run(options, out=click.echo))
+        report = asyncio.run(_interruptible(options))
     except ClusterError as exc:
         click.echo(f"catenary faults: {exc}", err=True)
         sys.exit(2)
+    if report is None:
+        click.echo("interrupted: every node stopped, every mount and namespace removed", err=True)
+        sys.exit(130)
     click.echo(report.summary())
     sys.exit(0 if report.ok else 1)
+
+
+async def _interruptible(options: RunOptions) -> Report | None:
+    """The run; SIGINT or SIGTERM cancels it, so its cleanup (processes, mounts,
+    namespaces) runs on the way out.  None when interrupted."""
+    task = asyncio.ensure_future(run(options, out=click.echo))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        return None

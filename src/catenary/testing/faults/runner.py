@@ -174,22 +174,28 @@ async def run(options: RunOptions, out: Callable[[str], None] = print) -> Report
         try:
             # The last fault lasts until the final heal, so recovery is measured from it.
             await nemesis.run(report.schedule, asyncio.Event(), leave_last=True)
-        finally:
-            nemesis.heal()  # the final heal
-            out(f"  {clock.now():7.2f}s final heal")
-            report.done = nemesis.done
-            wrote, got = await _recover(cluster.addresses, clock, options.recovery_bound_s)
-            report.recovery_write_s, report.recovery_get_s = wrote, got
-            remaining = options.seconds - clock.now()
-            if remaining > 0:
-                await asyncio.sleep(remaining)
+        except BaseException:
+            # Interrupted (or the nemesis failed): undo, stop the clients, go.
+            nemesis.heal()
             stop.set()
-            done, pending = await asyncio.wait(running, timeout=options.op_timeout_s * 4 + 10)
-            for task in pending:
+            for task in running:
                 task.cancel()
-            for task in done:
-                if task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
+            raise
+        nemesis.heal()  # the final heal
+        out(f"  {clock.now():7.2f}s final heal")
+        report.done = nemesis.done
+        wrote, got = await _recover(cluster.addresses, clock, options.recovery_bound_s)
+        report.recovery_write_s, report.recovery_get_s = wrote, got
+        remaining = options.seconds - clock.now()
+        if remaining > 0:
+            await asyncio.sleep(remaining)
+        stop.set()
+        done, pending = await asyncio.wait(running, timeout=options.op_timeout_s * 4 + 10)
+        for task in pending:
+            task.cancel()
+        for task in done:
+            if task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
         nemesis._check_exits("the read-back")
         for workload in workloads:
             await workload.finish()
