@@ -217,6 +217,9 @@ class NodeConnection(asyncio.Protocol):
         except (NotSentError, CatenaryError):
             conn.close("handshake failed")
             raise
+        except asyncio.CancelledError:
+            conn.close("dial cancelled", abort=True)  # the client closed while dialing
+            raise
         return conn
 
     # ------------------------------------------------------- asyncio hooks
