@@ -284,8 +284,8 @@ async def _gather_status(client: Client) -> tuple[list[_NodeReport], list[str]]:
         warnings.append(warning)
     for report in reports:
         if report.status is None:
-            node = report.node or "?"
-            warnings.append(f"node {node} at {report.address} is unreachable: {report.error}")
+            label = str(report.node or "?")
+            warnings.append(f"node {label} at {report.address} is unreachable: {report.error}")
     return reports, warnings
 
 
@@ -315,11 +315,12 @@ def status(
             }
         )
     else:
-        rows = []
+        rows: list[list[object]] = []
         for r in reports:
             s = r.status
             if s is None:
-                row = [node_text[r.address], "-", "unreachable", "-", "-", "-", "-", "-", "-"]
+                row: list[object] = [node_text[r.address], "-", "unreachable"]
+                row += ["-"] * 6
                 rows.append([*row, r.address])
                 continue
             voters = sum(1 for x in s.members if x.role == "voter")
