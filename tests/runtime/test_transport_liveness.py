@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from catenary.core.raft.types import Message, RequestVote
+from catenary.core.raft.types import AppendEntries, Entry, Message, RequestVote
 from catenary.runtime.transport import PeerTransport, TransportConfig
 from catenary.wire import (
     LIVENESS_PROTOCOL_VERSION_MIN,
@@ -19,7 +19,11 @@ from catenary.wire import (
     FrameKind,
     HelloAck,
     LivenessClock,
+    Role,
+    encode_hello,
     encode_hello_reply,
+    encode_ping,
+    make_hello,
     tune_socket,
 )
 
@@ -205,3 +209,41 @@ def test_sockets_get_keepalive_and_a_user_timeout() -> None:
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 2500
         if hasattr(socket, "TCP_KEEPIDLE"):
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 3
+
+
+def test_a_peer_that_talks_but_never_reads_is_dropped_once_the_buffer_stops_draining() -> None:
+    async def main() -> None:
+        config = TransportConfig(
+            connect_timeout_ms=500,
+            reconnect_backoff_min_ms=10,
+            reconnect_backoff_max_ms=100,
+            ping_interval_ms=100,
+            idle_timeout_ms=500,
+            write_buffer_high_bytes=64 << 10,
+        )
+        node = transport(1, config)
+        await node.start()
+        try:
+            _reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+            writer.write(encode_hello(make_hello(CLUSTER, 3, 1, Role.PEER)))
+            await until(lambda: node.connected(3), "the raw N3 registered", 3.0)
+            blob = b"b" * (64 << 10)
+            pinging = True
+
+            async def keep_talking() -> None:  # heard from, yet never reads a byte
+                while pinging:
+                    writer.write(encode_ping())
+                    await asyncio.sleep(0.05)
+
+            talker = asyncio.create_task(keep_talking())
+            for term in range(1, 200):
+                node.send(3, AppendEntries(1, 3, term, 0, 0, (Entry(1, 1, 0, blob),), 0))
+                await asyncio.sleep(0.001)
+            await until(lambda: not node.connected(3), "the stalled link to be dropped", 3.0)
+            pinging = False
+            await talker
+            writer.close()
+        finally:
+            await node.close()
+
+    run(main())

@@ -67,7 +67,8 @@ Theory of operation
    connection that agreed protocol version 3 or later, each side records when
    it last heard anything; after ``ping_interval_ms`` of silence it sends a
    ``PING`` (answered by a ``PONG``), and after ``idle_timeout_ms`` of silence,
-   or of a write buffer that does not drain, it aborts the connection.  A peer
+   or of a paused write buffer that does not shrink at all, it aborts the
+   connection (a slow reader that drains, however slowly, is not stalled).  A peer
    link so lost is redialled with the backoff of rule 7, so a link that stalled
    during a network cut is replaced within about ``idle_timeout_ms`` plus one
    backoff after the cut heals, not when the kernel gives up.
@@ -299,7 +300,9 @@ class FramedConnection(asyncio.Protocol):
         # Liveness (rule 11): started at readiness on connections of protocol >= 3.
         self.liveness: LivenessClock | None = None
         self._liveness_timer: asyncio.TimerHandle | None = None
-        self._paused_since: float | None = None  # when the socket's buffer went above high
+        # While writing is paused: since when the socket's buffer has not shrunk, and its size.
+        self._stall_since: float | None = None
+        self._stall_bytes = 0
         self.pings_sent = 0
 
     @property
@@ -373,11 +376,12 @@ class FramedConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.writable = False
-        self._paused_since = self._loop.time()
+        self._stall_since = self._loop.time()
+        self._stall_bytes = self._buffered_bytes()
 
     def resume_writing(self) -> None:
         self.writable = True
-        self._paused_since = None
+        self._stall_since = None
         if self._on_writable is not None and not self.closed:
             self._on_writable(self)
 
@@ -471,7 +475,12 @@ class FramedConnection(asyncio.Protocol):
                 abort=True,
             )
             return
-        stuck = self._paused_since
+        stuck = self._stall_since
+        if stuck is not None:
+            buffered = self._buffered_bytes()
+            if buffered < self._stall_bytes:  # draining, however slowly: not stalled
+                stuck = self._stall_since = now
+                self._stall_bytes = buffered
         if stuck is not None and now - stuck >= clock.idle_timeout_s:
             self.close(
                 f"the other side read nothing for {(now - stuck) * 1000:.0f} ms "
@@ -487,6 +496,10 @@ class FramedConnection(asyncio.Protocol):
         if stuck is not None:
             next_s = min(next_s, stuck + clock.idle_timeout_s)
         self._schedule_liveness(max(next_s, now + 0.001))
+
+    def _buffered_bytes(self) -> int:
+        transport = self._transport
+        return 0 if transport is None else transport.get_write_buffer_size()
 
     # ------------------------------------------------------------ sending
 
