@@ -10,7 +10,7 @@ from typing import TypeVar
 
 import pytest
 
-from catenary.client import Client, UnavailableError
+from catenary.client import Client, ConnectionRefusedByNodeError, UnavailableError
 
 from .fakenode import FakeNode
 
@@ -148,3 +148,14 @@ def test_liveness_options_are_validated() -> None:
         Client(["127.0.0.1:1"], ping_interval_s=1.0, idle_timeout_s=1.0)
     with pytest.raises(ValueError, match="ping_interval_s"):
         Client(["127.0.0.1:1"], ping_interval_s=0)
+
+
+def test_connect_reports_a_refusal_rather_than_unavailability() -> None:
+    async def body(node: FakeNode) -> None:
+        async with black_hole("backlog") as hole:
+            addresses = [hole, node.address]
+            async with Client(addresses, cluster_name="other", connect_timeout_s=0.3) as client:
+                with pytest.raises(ConnectionRefusedByNodeError, match="cluster"):
+                    await client.connect(timeout_s=1.0)
+
+    run(body)

@@ -437,14 +437,14 @@ class Client:
         loop = asyncio.get_running_loop()
         total_s = timeout_s if timeout_s is not None else self.timeout_s
         deadline = loop.time() + total_s
-        failures: dict[str, str] = {}
+        failures: dict[str, BaseException] = {}
 
         async def dial(address: str) -> str:
             try:
                 async with asyncio.timeout(min(self.connect_timeout_s, total_s)):
                     await self._connection(address)
-            except (NotSentError, TimeoutError) as exc:
-                failures[address] = str(exc) or "connect timed out"
+            except (NotSentError, TimeoutError, CatenaryError) as exc:
+                failures[address] = exc
                 raise
             return address
 
@@ -466,7 +466,15 @@ class Client:
             await asyncio.gather(*tasks, return_exceptions=True)
         connected = [a for a in self.addresses if a in self._conns and not self._conns[a].closed]
         if not connected:
-            detail = "; ".join(f"{a}: {failures.get(a, 'no answer')}" for a in self.addresses)
+            for exc in failures.values():
+                if isinstance(exc, ConnectionRefusedByNodeError):
+                    raise exc  # e.g. another cluster: a usage error, not unavailability
+            detail = "; ".join(
+                f"{a}: {str(failures[a]) or 'connect timed out'}"
+                if a in failures
+                else f"{a}: no answer"
+                for a in self.addresses
+            )
             raise UnavailableError(f"no node reachable: {detail}")
         return connected
 
