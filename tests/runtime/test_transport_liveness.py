@@ -247,3 +247,44 @@ def test_a_peer_that_talks_but_never_reads_is_dropped_once_the_buffer_stops_drai
             await node.close()
 
     run(main())
+
+
+def test_a_link_frozen_on_one_side_is_replaced_and_traffic_resumes() -> None:
+    """A cut that heals: N2 stops reading and writing on the link (as if packets vanished)."""
+
+    async def main() -> None:
+        received: list[Message] = []
+        a = transport(1)
+        b = PeerTransport(
+            2,
+            1,
+            CLUSTER,
+            "127.0.0.1",
+            0,
+            lambda peer, message: received.append(message),
+            LIVE,
+            decoder=DECODER,
+            rng=Random(2),
+        )
+        await a.start()
+        await b.start()
+        a.set_peer_address(2, b.listen_address)
+        b.set_peer_address(1, a.listen_address)
+        try:
+            await until(lambda: a.connected(2) and b.connected(1), "the link", 3.0)
+            frozen = b._peers[1].conns[1]
+            assert frozen._transport is not None
+            frozen._transport.pause_reading()  # N2 hears nothing more on it...
+            if frozen._liveness_timer is not None:
+                frozen._liveness_timer.cancel()  # ...and says nothing more on it
+            frozen.liveness = None
+            a.send(2, RequestVote(1, 2, 7, 0, 0))  # lost in the frozen link (Raft tolerates it)
+            await until(lambda: a.stats().peers[0].connects >= 2, "N1 to redial", 3.0)
+            await until(lambda: a.connected(2), "the new link", 3.0)
+            a.send(2, RequestVote(1, 2, 8, 0, 0))
+            await until(lambda: any(m.term == 8 for m in received), "traffic to resume", 3.0)
+        finally:
+            await a.close()
+            await b.close()
+
+    run(main())
