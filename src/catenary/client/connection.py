@@ -415,7 +415,8 @@ class NodeConnection(asyncio.Protocol):
         frame = self._encode(build(request_id))
         future: asyncio.Future[Reply] = self._loop.create_future()
         self._pending[request_id] = future
-        self._owe(self._loop.time())
+        if self._owed_since is None:
+            self._owed_since = self._loop.time()
         if len(self._pending) == 1 and not self._out and self._transport is not None:
             # The only request in flight: nothing to coalesce it with, write it now
             # instead of one loop iteration later.
