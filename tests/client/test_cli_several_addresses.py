@@ -81,3 +81,12 @@ def test_other_commands_work_through_a_black_hole_first(hole: str, nodes: list[F
             cli, [*args, "--address", addresses(hole, nodes), "--timeout", "1"]
         )
         assert result.exit_code == 0, (args, result.stderr)
+
+
+def test_status_waits_for_the_other_rows_only_the_node_timeout(
+    hole: str, nodes: list[FakeNode]
+) -> None:
+    args = ["status", "--address", addresses(hole, nodes), "--timeout", "20"]
+    result = CliRunner().invoke(cli, [*args, "--node-timeout", "0.3"])
+    assert result.exit_code == 3
+    assert f"{hole} is unreachable: no answer within 0.3s" in result.stderr

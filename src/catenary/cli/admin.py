@@ -138,14 +138,17 @@ def exit_code_of(exc: BaseException) -> int:
     return EXIT_FAILED  # precondition failed, not found, refused, internal, compacted
 
 
-def run(options: Options, action: Callable[[Client], Awaitable[T]]) -> T:
-    """Run ``action`` with a client; turn every error into its exit code and one line."""
+def run(options: Options, action: Callable[[Client], Awaitable[T]], *, dial_all: bool = True) -> T:
+    """Run ``action`` with a client; turn every error into its exit code and one line.
+
+    Given several addresses, every one is dialed at once first (``dial_all``;
+    ``status`` asks them all itself)."""
 
     async def main() -> T:
         async with Client(
             options.addresses, cluster_name=options.cluster_name, timeout_s=options.timeout_s
         ) as client:
-            if len(options.addresses) > 1 and action is not _gather_status:
+            if dial_all and len(options.addresses) > 1:
                 await client.connect()
             return await action(client)
 
@@ -231,8 +234,18 @@ class _NodeReport:
     error: str
 
 
-async def _gather_status(client: Client) -> tuple[list[_NodeReport], list[str]]:
-    """Every node's status, asked at once; an unreachable node is a row with its reason."""
+STATUS_NODE_TIMEOUT_S_DEFAULT = 1.0
+
+
+async def _gather_status(
+    client: Client, node_timeout_s: float = STATUS_NODE_TIMEOUT_S_DEFAULT
+) -> tuple[list[_NodeReport], list[str]]:
+    """Every node's status, asked at once; an unreachable node is a row with its reason.
+
+    The given addresses have the whole deadline for a first answer; once one
+    answered, the rest (and the registered nodes not given) get at most
+    ``node_timeout_s`` more, so one dead node does not hold the report.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + client.timeout_s
 
@@ -259,11 +272,20 @@ async def _gather_status(client: Client) -> tuple[list[_NodeReport], list[str]]:
         nodes = ()
         warnings.append(f"could not list nodes: {exc}")
     registered = {n.client_address: n.node for n in nodes}
+    rest_deadline = min(deadline, loop.time() + node_timeout_s)
     for address, node in registered.items():
         if address not in asked:
             asked[address] = loop.create_task(one(address, node))
-    await asyncio.gather(*asked.values())
-    by_address = {a: t.result() for a, t in asked.items()}
+    _, late = await asyncio.wait(asked.values(), timeout=max(0.0, rest_deadline - loop.time()))
+    for task in late:
+        task.cancel()
+    await asyncio.gather(*late, return_exceptions=True)
+    by_address = {
+        a: t.result()
+        if not t.cancelled()
+        else _NodeReport(a, registered.get(a, 0), None, f"no answer within {node_timeout_s}s")
+        for a, t in asked.items()
+    }
     for address, report in by_address.items():
         if report.node == 0 and address in registered:
             by_address[address] = _NodeReport(address, registered[address], None, report.error)
@@ -291,12 +313,26 @@ async def _gather_status(client: Client) -> tuple[list[_NodeReport], list[str]]:
 
 @click.command()
 @client_options
+@click.option(
+    "--node-timeout",
+    "node_timeout_s",
+    type=click.FloatRange(min=0.001),
+    default=STATUS_NODE_TIMEOUT_S_DEFAULT,
+    show_default=True,
+    help="once one node has answered, how long to wait for each other node's row",
+)
 def status(
-    addresses: tuple[str, ...], as_json: bool, timeout_s: float, cluster_name: str | None
+    addresses: tuple[str, ...],
+    as_json: bool,
+    timeout_s: float,
+    cluster_name: str | None,
+    node_timeout_s: float,
 ) -> None:
     """Show every node's Raft state and warn when the cluster cannot survive a failure."""
     options = make_options(addresses, as_json, timeout_s, cluster_name)
-    reports, warnings = run(options, _gather_status)
+    reports, warnings = run(
+        options, lambda client: _gather_status(client, node_timeout_s), dial_all=False
+    )
     node_text = {r.address: str(r.node) if r.node else "?" for r in reports}
     if options.json:
         emit_json(
