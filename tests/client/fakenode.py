@@ -38,6 +38,7 @@ from catenary.wire import (
     decode_payload,
     encode_hello_reply,
     encode_message,
+    encode_pong,
 )
 
 Hook = Callable[[m.Request], "m.Reply | str | None"]
@@ -51,6 +52,9 @@ class FakeNode:
         self.hook: Hook | None = None
         self.accept_any_cluster = True  # a client hello with "" learns the name
         self.hello_delay_s = 0.0  # a slow node: the handshake answer comes this late
+        self.protocol_version = 1  # 3: answers and may receive PING (catenary.wire.liveness)
+        self.silent = False  # a stalled node: reads everything, answers nothing
+        self.pings = 0
         self.received: list[m.Request] = []
         self.kv: dict[str, KeyValue] = {}
         self.revision = 0
@@ -117,9 +121,17 @@ class FakeNode:
                         if self.hello_delay_s:
                             await asyncio.sleep(self.hello_delay_s)
                         writer.write(
-                            encode_hello_reply(HelloAck(1, self.cluster_name, self.node_id, 1))
+                            encode_hello_reply(
+                                HelloAck(self.protocol_version, self.cluster_name, self.node_id, 1)
+                            )
                         )
                         shook = True
+                        continue
+                    if self.silent:
+                        continue
+                    if frame.kind == FrameKind.PING:
+                        self.pings += 1
+                        writer.write(encode_pong(frame.payload))
                         continue
                     request = decode_payload(frame, m.request_decoder)
                     self.received.append(request)

@@ -463,6 +463,9 @@ def test_slow_reader_backpressure_bounds_memory_and_keeps_the_newest() -> None:
             send_queue_messages_max=20,
             write_buffer_high_bytes=256 << 10,
             write_batch_bytes_max=1 << 20,
+            # The raw N3 below neither reads nor answers pings: not what this test is about.
+            ping_interval_ms=30_000,
+            idle_timeout_ms=60_000,
         )
         a = Node(1, config=config)
         await a.transport.start()

@@ -27,7 +27,12 @@ from catenary.core.raft.types import (
 )
 from catenary.testing.sim.checkers import SafetyChecker, Violation, WatchChecker
 from catenary.testing.sim.history import Op
-from catenary.testing.sim.linearizable import check_history, check_leases, check_stale_reads
+from catenary.testing.sim.linearizable import (
+    check_history,
+    check_leases,
+    check_leases_late,
+    check_stale_reads,
+)
 from catenary.testing.sim.loop import EventLoop
 from catenary.testing.sim.network import NetworkFaults, SimNetwork, split_links
 
@@ -139,6 +144,45 @@ def test_early_lease_expiry() -> None:
     )  # fmt: skip
     problem = check_leases([grant, early])
     assert problem is not None and "expired early" in problem
+
+
+def test_late_lease_expiry_counts_the_decision_drift_and_stale_checkpoints() -> None:
+    grant = Op(
+        0, 3, "lease", "", 0, return_us=10_000, status="ok",
+        command=LeaseGrant(100), write_result=LeaseGranted(1, 100), checked=False,
+    )  # fmt: skip
+    probe = Op(
+        1, 3, "put", "lease/k", 400_000, return_us=410_000, status="ok", probe=True,
+        command=Put("lease/k", b"x", lease=1), write_result=Written(7), checked=False,
+    )  # fmt: skip
+
+    def late(
+        decided: int | None = None,
+        drift: float = 0.0,
+        changes: list[int] | None = None,
+        stale_us: int = 0,
+    ) -> str | None:
+        return check_leases_late(
+            [grant, probe],
+            lambda a, b: 0,
+            lambda a, b: changes or [],
+            lambda change, since: stale_us,
+            lambda lease: decided,
+            drift=drift,
+            bound_us=50_000,
+            per_change_us=10_000,
+        )
+
+    # Deadline 10 ms + 100 ms + 50 ms: a probe at 400 ms finding the lease is late...
+    problem = late()
+    assert problem is not None and "expired late" in problem
+    assert late(decided=500_000) is not None  # ...and so is a decision after the deadline
+    assert late(decided=150_000) is None  # decided in time: the commit may lag
+    # A slow clock (drift) or a leader change resuming from a stale checkpoint
+    # extend what is allowed.
+    assert late(drift=3.0) is None
+    assert late(changes=[100_000]) is not None
+    assert late(changes=[100_000], stale_us=300_000) is None
 
 
 def test_event_loop_orders_by_time_then_schedule() -> None:

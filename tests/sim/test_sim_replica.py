@@ -216,3 +216,26 @@ def test_bounded_pending_writes() -> None:
     leader.propose(2, Put("a", b"2"))
     with pytest.raises(ProposalDropped):
         leader.propose(3, Put("a", b"3"))
+
+
+def test_an_expiry_refused_during_a_transfer_is_decided_again_at_the_next_tick() -> None:
+    # While a leadership transfer is in flight the leader refuses proposals; an
+    # expiry refused then must not wait out expire_retry_ms (2 s) before it is
+    # proposed again: nothing of it is in flight.
+    h = Harness(3)
+    leader = settle(h)
+    leader.propose(1, LeaseGrant(ttl_ms=30))
+    h.drain()
+    [granted] = h.take()
+    assert isinstance(granted, WriteCompleted) and isinstance(granted.result, LeaseGranted)
+    lease = granted.result.lease
+    target = next(n for n in sorted(h.replicas) if n != leader.node_id)
+    h.cut.add(target)  # the transfer cannot complete: it times out after an election
+    leader.raft.transfer_leadership(target)
+    with pytest.raises(ProposalDropped):
+        leader.propose(2, Put("k", b"v"))
+    h.tick(6)  # the deadline passes while the transfer refuses every proposal
+    assert leader.state.lease(lease) is not None
+    h.tick(40)  # the transfer gave up after an election timeout; 460 ms in all
+    assert leader.is_leader
+    assert leader.state.lease(lease) is None, "the expiry waited for expire_retry_ms"

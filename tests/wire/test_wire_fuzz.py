@@ -114,6 +114,8 @@ def _decode_typed(frame: Frame) -> object:
             return decode_payload(frame, REQUEST_DECODER)
         if frame.kind == FrameKind.REPLY:
             return decode_payload(frame, reply_decoder)
+        if frame.kind in (FrameKind.PING, FrameKind.PONG):
+            return frame.payload  # opaque (catenary.wire.liveness)
         return decode_handshake(frame.kind, frame.payload)
     except WireError as exc:
         assert isinstance(exc, MalformedPayload), exc

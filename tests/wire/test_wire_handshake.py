@@ -188,11 +188,14 @@ def test_a_peer_needs_the_version_with_service_tags_and_a_client_of_either_is_se
     assert check_hello(old_client, cluster_name="c", roles=BOTH) is None
     # The ack speaks the lower of the two versions.
     assert agreed_version(old_client) == 1
-    assert agreed_version(make_hello("c", 2, 1, Role.PEER)) == PROTOCOL_VERSION == 2
+    assert agreed_version(make_hello("c", 2, 1, Role.PEER)) == PROTOCOL_VERSION == 3
+    old_peer_v2 = Hello(protocol_version=2, cluster_name="c", node_id=2, generation=1, role="peer")
+    assert check_hello(old_peer_v2, cluster_name="c", roles=BOTH) is None
+    assert agreed_version(old_peer_v2) == 2  # no PING/PONG on this connection
     # A dialing peer refuses an acceptor that chose a version without service tags.
     old_ack = _one(encode_hello_reply(HelloAck(1, "c", 3, 9)))
     assert decode_hello_reply(old_ack, cluster_name="c").protocol_version == 1
-    with pytest.raises(HandshakeError, match=r"version 1, not in \[2, 2\]"):
+    with pytest.raises(HandshakeError, match=r"version 1, not in \[2, 3\]"):
         decode_hello_reply(old_ack, cluster_name="c", version_min=PEER_PROTOCOL_VERSION_MIN)
 
 

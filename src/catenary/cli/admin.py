@@ -7,10 +7,15 @@ holds the cluster that ``make run`` started, else 127.0.0.1:5123), prints a huma
 ``--json``.  Exit codes mean the same everywhere:
 
     0 ok, 1 the operation failed (precondition failed, not found, refused),
-    2 usage or bad input, 3 unavailable or timed out, 4 indeterminate
-    (a write that may or may not have been applied).
+    2 usage or bad input, 3 unavailable or timed out (``status``: at least
+    one node did not answer; the others' rows are still printed), 4
+    indeterminate (a write that may or may not have been applied).
 
-A failure prints one line with the reason on stderr.  These helpers are
+A failure prints one line with the reason on stderr.  Given several
+addresses, a command dials them all at once (``Client.connect``) and works
+through the first that answers, so an unreachable node costs it nothing;
+``status`` asks every node at once and prints an unreachable node's row with
+the reason.  These helpers are
 shared with ``catenary.cli.metadata``.
 """
 
@@ -133,13 +138,18 @@ def exit_code_of(exc: BaseException) -> int:
     return EXIT_FAILED  # precondition failed, not found, refused, internal, compacted
 
 
-def run(options: Options, action: Callable[[Client], Awaitable[T]]) -> T:
-    """Run ``action`` with a client; turn every error into its exit code and one line."""
+def run(options: Options, action: Callable[[Client], Awaitable[T]], *, dial_all: bool = True) -> T:
+    """Run ``action`` with a client; turn every error into its exit code and one line.
+
+    Given several addresses, every one is dialed at once first (``dial_all``;
+    ``status`` asks them all itself)."""
 
     async def main() -> T:
         async with Client(
             options.addresses, cluster_name=options.cluster_name, timeout_s=options.timeout_s
         ) as client:
+            if dial_all and len(options.addresses) > 1:
+                await client.connect()
             return await action(client)
 
     try:
@@ -224,29 +234,68 @@ class _NodeReport:
     error: str
 
 
-async def _gather_status(client: Client) -> tuple[list[_NodeReport], list[str]]:
-    first = await client.status()
-    warnings: list[str] = []
-    try:
-        nodes = await client.nodes(timeout_s=min(client.timeout_s, 2.0))
-    except CatenaryError as exc:
-        nodes = ()
-        warnings.append(f"could not list nodes: {exc}")
-    targets = [(n.client_address, n.node) for n in sorted(nodes, key=lambda n: n.node)]
-    if not targets:
-        targets = [(client.addresses[0], first.node)]
+STATUS_NODE_TIMEOUT_S_DEFAULT = 1.0
+
+
+async def _gather_status(
+    client: Client, node_timeout_s: float = STATUS_NODE_TIMEOUT_S_DEFAULT
+) -> tuple[list[_NodeReport], list[str]]:
+    """Every node's status, asked at once; an unreachable node is a row with its reason.
+
+    The given addresses have the whole deadline for a first answer; once one
+    answered, the rest (and the registered nodes not given) get at most
+    ``node_timeout_s`` more, so one dead node does not hold the report.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + client.timeout_s
 
     async def one(address: str, node: int) -> _NodeReport:
         try:
-            status = await client.status(address, timeout_s=min(client.timeout_s, 1.0))
+            status = await client.status(address, timeout_s=max(0.001, deadline - loop.time()))
         except CatenaryError as exc:
             return _NodeReport(address, node, None, str(exc))
-        return _NodeReport(address, node, status, "")
+        return _NodeReport(address, status.node, status, "")
 
-    reports = list(await asyncio.gather(*(one(a, n) for a, n in targets)))
+    asked = {a: loop.create_task(one(a, 0)) for a in client.addresses}
+    first: _NodeReport | None = None
+    waiting = set(asked.values())
+    while waiting and first is None:
+        done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        first = next((t.result() for t in done if t.result().status is not None), None)
+    if first is None or first.status is None:
+        reasons = "; ".join(f"{a}: {t.result().error}" for a, t in asked.items())
+        raise UnavailableError(f"no node answered: {reasons}")
+    warnings: list[str] = []
+    try:
+        nodes = await client.nodes(timeout_s=max(0.001, min(deadline - loop.time(), 2.0)))
+    except CatenaryError as exc:
+        nodes = ()
+        warnings.append(f"could not list nodes: {exc}")
+    registered = {n.client_address: n.node for n in nodes}
+    rest_deadline = min(deadline, loop.time() + node_timeout_s)
+    for address, node in registered.items():
+        if address not in asked:
+            asked[address] = loop.create_task(one(address, node))
+    _, late = await asyncio.wait(asked.values(), timeout=max(0.0, rest_deadline - loop.time()))
+    for task in late:
+        task.cancel()
+    await asyncio.gather(*late, return_exceptions=True)
+    by_address = {
+        a: t.result()
+        if not t.cancelled()
+        else _NodeReport(a, registered.get(a, 0), None, f"no answer within {node_timeout_s}s")
+        for a, t in asked.items()
+    }
+    for address, report in by_address.items():
+        if report.node == 0 and address in registered:
+            by_address[address] = _NodeReport(address, registered[address], None, report.error)
+    # Registered nodes by id, then addresses given that no node is registered at.
+    reports = [by_address[a] for a in sorted(registered, key=lambda a: registered[a])]
+    reports += [r for a, r in by_address.items() if a not in registered]
+    first_status = first.status
     leader_view = next(
         (r.status for r in reports if r.status is not None and r.status.raft_state == "leader"),
-        first,
+        first_status,
     )
     if leader_view.leader == 0:
         warnings.append("no metadata leader is known")
@@ -257,20 +306,34 @@ async def _gather_status(client: Client) -> tuple[list[_NodeReport], list[str]]:
         warnings.append(warning)
     for report in reports:
         if report.status is None:
-            warnings.append(
-                f"node {report.node} at {report.address} is unreachable: {report.error}"
-            )
+            label = str(report.node or "?")
+            warnings.append(f"node {label} at {report.address} is unreachable: {report.error}")
     return reports, warnings
 
 
 @click.command()
 @client_options
+@click.option(
+    "--node-timeout",
+    "node_timeout_s",
+    type=click.FloatRange(min=0.001),
+    default=STATUS_NODE_TIMEOUT_S_DEFAULT,
+    show_default=True,
+    help="once one node has answered, how long to wait for each other node's row",
+)
 def status(
-    addresses: tuple[str, ...], as_json: bool, timeout_s: float, cluster_name: str | None
+    addresses: tuple[str, ...],
+    as_json: bool,
+    timeout_s: float,
+    cluster_name: str | None,
+    node_timeout_s: float,
 ) -> None:
     """Show every node's Raft state and warn when the cluster cannot survive a failure."""
     options = make_options(addresses, as_json, timeout_s, cluster_name)
-    reports, warnings = run(options, _gather_status)
+    reports, warnings = run(
+        options, lambda client: _gather_status(client, node_timeout_s), dial_all=False
+    )
+    node_text = {r.address: str(r.node) if r.node else "?" for r in reports}
     if options.json:
         emit_json(
             {
@@ -288,11 +351,13 @@ def status(
             }
         )
     else:
-        rows = []
+        rows: list[list[object]] = []
         for r in reports:
             s = r.status
             if s is None:
-                rows.append([r.node, "-", "unreachable", "-", "-", "-", "-", "-", "-", r.address])
+                row: list[object] = [node_text[r.address], "-", "unreachable"]
+                row += ["-"] * 6
+                rows.append([*row, r.address])
                 continue
             voters = sum(1 for x in s.members if x.role == "voter")
             rows.append(
@@ -328,6 +393,8 @@ def status(
         )
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
+    if any(r.status is None for r in reports):
+        sys.exit(EXIT_UNAVAILABLE)
 
 
 # ---------------------------------------------------------------- nodes

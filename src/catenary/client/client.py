@@ -30,6 +30,22 @@ Theory of operation
    (``watch_queue_max`` batches); a consumer that falls behind is unsubscribed
    and resubscribed from its last revision once it catches up, so a slow
    consumer costs the node nothing.
+8. A stalled connection is abandoned, never waited on.  Dialing one address
+   (connect and handshake) is bounded by ``connect_timeout_s``, whatever the
+   call's deadline, so the next address still gets its turn.  A read attempt
+   unanswered within ``attempt_timeout_s`` on a connection that heard nothing
+   from the node meanwhile retires that connection (what is in flight on it
+   may still finish) and the next attempt goes to another node, or dials
+   anew; so does any call that finds its connection has owed an answer for
+   ``attempt_timeout_s`` already.  Each connection also pings a silent node
+   (``ping_interval_s``) and closes after ``idle_timeout_s`` of silence
+   (``catenary.client.connection``, rule 6).  When another address remains
+   to try, one dial may take at most half of what is left of the deadline.
+9. Calls bound for the leader (when none is known) or for any node pass
+   over addresses whose dial is still in progress (started by another call or
+   by ``connect``) and go to the next one connected or not yet dialed.
+   ``connect()`` dials every address at once, so a tool that names several
+   nodes pays for an unreachable one only in the background.
 """
 
 from __future__ import annotations
@@ -58,6 +74,8 @@ from catenary.api.types import (
 )
 from catenary.client.connection import (
     FRAME_BYTES_MAX_DEFAULT,
+    IDLE_TIMEOUT_S_DEFAULT,
+    PING_INTERVAL_S_DEFAULT,
     WRITE_BATCH_MAX_DEFAULT,
     ConnectionLostError,
     NodeConnection,
@@ -262,6 +280,8 @@ class Client:
         watch_queue_max: int = 1024,
         deadline_resolution_s: float = 0.01,
         write_batch_max: int = WRITE_BATCH_MAX_DEFAULT,
+        ping_interval_s: float = PING_INTERVAL_S_DEFAULT,
+        idle_timeout_s: float = IDLE_TIMEOUT_S_DEFAULT,
         rng: random.Random | None = None,
     ) -> None:
         for name, value in (
@@ -269,9 +289,16 @@ class Client:
             ("attempt_timeout_s", attempt_timeout_s),
             ("connect_timeout_s", connect_timeout_s),
             ("deadline_resolution_s", deadline_resolution_s),
+            ("ping_interval_s", ping_interval_s),
         ):
             if not value > 0:
                 raise BadRequestError(f"{name} must be > 0, got {value}")
+        if not idle_timeout_s > ping_interval_s:
+            raise BadRequestError(
+                f"idle_timeout_s ({idle_timeout_s}) must exceed ping_interval_s ({ping_interval_s})"
+            )
+        self.ping_interval_s = ping_interval_s
+        self.idle_timeout_s = idle_timeout_s
         if backoff_initial_ms <= 0 or backoff_max_ms < backoff_initial_ms:
             raise BadRequestError("need 0 < backoff_initial_ms <= backoff_max_ms")
         if frame_bytes_max <= 0 or pending_max <= 0 or watch_queue_max <= 0:
@@ -332,7 +359,7 @@ class Client:
 
     async def _connection(self, address: str) -> NodeConnection:
         conn = self._conns.get(address)
-        if conn is not None and not conn.closed:
+        if conn is not None and not conn.closed and not conn.retiring:
             return conn
         if self._closed:
             raise NotSentError("client closed")
@@ -347,6 +374,8 @@ class Client:
                     frame_bytes_max=self.frame_bytes_max,
                     pending_max=self.pending_max,
                     write_batch_max=self.write_batch_max,
+                    ping_interval_s=self.ping_interval_s,
+                    idle_timeout_s=self.idle_timeout_s,
                 )
             )
             self._dialing[address] = task
@@ -366,12 +395,88 @@ class Client:
             self.cluster_name = conn.peer_cluster_name
         self._conns[address] = conn
 
+    def _abandon(self, address: str, conn: NodeConnection, reason: str) -> None:
+        """Rule 8: stop using a connection that seems stalled; the next call dials anew."""
+        if self._conns.get(address) is conn:
+            del self._conns[address]
+        conn.retire(reason)
+
     def _pick(self, target: str) -> str:
         if target == LEADER and self._leader is not None:
             return self._leader
         if target in (LEADER, ANY):
-            return self.addresses[self._cursor % len(self.addresses)]
+            # Rule 9: from the cursor on, pass over nodes still being dialed.
+            count = len(self.addresses)
+            for step in range(count):
+                address = self.addresses[(self._cursor + step) % count]
+                conn = self._conns.get(address)
+                if (
+                    conn is not None and not conn.closed and not conn.retiring
+                ) or address not in self._dialing:
+                    self._cursor += step
+                    return address
+            return self.addresses[self._cursor % count]
         return target
+
+    def _connect_bound(self, target: str, remaining: float) -> float:
+        """Rule 8: how long one dial may take; half the rest when another address remains."""
+        bound = min(remaining, self.connect_timeout_s)
+        if target in (LEADER, ANY) and len(self.addresses) > 1:
+            bound = min(bound, remaining / 2)
+        return bound
+
+    async def connect(self, *, timeout_s: float | None = None) -> list[str]:
+        """Dial every known address at once; return those connected (rule 9).
+
+        Returns as soon as one node is connected (the others keep dialing in
+        the background and join when they answer), or when all have failed or
+        ``timeout_s`` (default: the client's deadline) passed.  Later calls
+        then start at a connected node, so an unreachable address costs them
+        nothing.  Raises ``UnavailableError`` if no node could be reached.
+        """
+        loop = asyncio.get_running_loop()
+        total_s = timeout_s if timeout_s is not None else self.timeout_s
+        deadline = loop.time() + total_s
+        failures: dict[str, BaseException] = {}
+
+        async def dial(address: str) -> str:
+            try:
+                async with asyncio.timeout(min(self.connect_timeout_s, total_s)):
+                    await self._connection(address)
+            except (NotSentError, TimeoutError, CatenaryError) as exc:
+                failures[address] = exc
+                raise
+            return address
+
+        tasks = [loop.create_task(dial(a)) for a in self.addresses]
+        try:
+            pending = set(tasks)
+            while pending:
+                done, pending = await asyncio.wait(
+                    pending,
+                    timeout=max(0.0, deadline - loop.time()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if not done or any(not t.exception() for t in done):
+                    break
+        finally:
+            for task in tasks:
+                if not task.done():
+                    task.cancel()  # the dial itself goes on, shielded (``_connection``)
+            await asyncio.gather(*tasks, return_exceptions=True)
+        connected = [a for a in self.addresses if a in self._conns and not self._conns[a].closed]
+        if not connected:
+            for exc in failures.values():
+                if isinstance(exc, ConnectionRefusedByNodeError):
+                    raise exc  # e.g. another cluster: a usage error, not unavailability
+            detail = "; ".join(
+                f"{a}: {str(failures[a]) or 'connect timed out'}"
+                if a in failures
+                else f"{a}: no answer"
+                for a in self.addresses
+            )
+            raise UnavailableError(f"no node reachable: {detail}")
+        return connected
 
     def _failed(self, address: str) -> None:
         """``address`` could not serve: forget it as leader and move on."""
@@ -416,9 +521,19 @@ class Client:
             try:
                 conn_or_none = self._conns.get(address)
                 dialed = False
+                if (
+                    conn_or_none is not None
+                    and conn_or_none.owed_for(loop.time()) >= self.attempt_timeout_s
+                ):
+                    self._abandon(
+                        address,
+                        conn_or_none,
+                        f"no answer for {self.attempt_timeout_s}s (attempt_timeout_s)",
+                    )
+                    conn_or_none = None
                 if conn_or_none is None or conn_or_none.closed:
                     dialed = True
-                    async with asyncio.timeout(min(remaining, self.connect_timeout_s)):
+                    async with asyncio.timeout(self._connect_bound(target, remaining)):
                         conn_or_none = await self._connection(address)
                 conn = conn_or_none
                 future = conn.call(build)
@@ -432,6 +547,7 @@ class Client:
                 raise
             # 2. in flight: from here a write's outcome is unknown until answered.
             request_id = conn.last_request_id
+            sent_at = loop.time()
             timer: asyncio.TimerHandle | None = None
             if attempt == 0 and redirects == 0 and not dialed:
                 # Sent at once: the attempt's deadline is first_wait_s from now.
@@ -451,6 +567,8 @@ class Client:
                         "have been applied"
                     ) from None
                 last = f"{address}: no answer in {wait_s:.3f}s"
+                if conn.last_heard <= sent_at:
+                    self._abandon(address, conn, f"nothing heard for {wait_s:.3f}s")
                 self._failed(address)
                 attempt += 1
                 continue

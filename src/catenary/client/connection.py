@@ -21,6 +21,16 @@ Theory of operation
    a request's failure.
 5. A malformed frame from the node closes the connection with a logged reason;
    every pending request then fails with ``ConnectionLostError``.
+6. Liveness (``catenary.wire.liveness``).  The socket gets TCP keepalive and
+   ``TCP_USER_TIMEOUT`` (``idle_timeout_s``).  The connection records when it
+   last heard the node (``last_heard``) and since when the node has owed it
+   an answer (a request or a ping unanswered: ``owed_for``).  With a node of
+   protocol 3 or later it pings after ``ping_interval_s`` of silence, answers
+   the node's pings, and aborts after ``idle_timeout_s`` of silence: pending
+   requests fail with ``ConnectionLostError`` and the client redials.
+7. ``retire()`` takes a connection out of use without failing what is in
+   flight on it: it closes once its last pending request and watch are gone
+   (the client retires a connection it suspects has stalled, and dials anew).
 """
 
 from __future__ import annotations
@@ -43,17 +53,23 @@ from catenary.client.errors import (
 )
 from catenary.wire import (
     HELLO_FRAME_BYTES_MAX_DEFAULT,
+    LIVENESS_PROTOCOL_VERSION_MIN,
     FrameDecoder,
     FrameKind,
     FrameTooLarge,
     HelloAck,
     HelloRefused,
+    LivenessClock,
     Role,
     WireError,
+    check_liveness_bounds,
     decode_handshake,
     encode_hello,
     encode_message,
+    encode_ping,
+    encode_pong,
     make_hello,
+    tune_socket,
 )
 
 log = logging.getLogger(__name__)
@@ -64,6 +80,8 @@ PENDING_MAX_DEFAULT = 65536
 # many: a larger burst is cut so the node starts on the first part while the rest
 # is being made (client and node then work at the same time).
 WRITE_BATCH_MAX_DEFAULT = 32
+PING_INTERVAL_S_DEFAULT = 0.5
+IDLE_TIMEOUT_S_DEFAULT = 2.0
 
 
 class NotSentError(Exception):
@@ -118,7 +136,10 @@ class NodeConnection(asyncio.Protocol):
         frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT,
         pending_max: int = PENDING_MAX_DEFAULT,
         write_batch_max: int = WRITE_BATCH_MAX_DEFAULT,
+        ping_interval_s: float = PING_INTERVAL_S_DEFAULT,
+        idle_timeout_s: float = IDLE_TIMEOUT_S_DEFAULT,
     ) -> None:
+        check_liveness_bounds(ping_interval_s, idle_timeout_s, "s")
         self.address = address
         self._cluster_name = cluster_name
         self._decoder = FrameDecoder(
@@ -143,6 +164,14 @@ class NodeConnection(asyncio.Protocol):
         self.close_reason = ""
         self.peer_cluster_name = ""
         self.last_request_id = 0  # the id of the latest ``call``
+        self.protocol_version = 0  # agreed in the handshake
+        self._ping_interval_s = ping_interval_s
+        self._idle_timeout_s = idle_timeout_s
+        self.last_heard = self._loop.time()  # rule 6
+        self._owed_since: float | None = None  # a request or ping unanswered since then
+        self._liveness: LivenessClock | None = None
+        self._liveness_timer: asyncio.TimerHandle | None = None
+        self.retiring = False
 
     # ------------------------------------------------------------ opening
 
@@ -156,8 +185,11 @@ class NodeConnection(asyncio.Protocol):
         frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT,
         pending_max: int = PENDING_MAX_DEFAULT,
         write_batch_max: int = WRITE_BATCH_MAX_DEFAULT,
+        ping_interval_s: float = PING_INTERVAL_S_DEFAULT,
+        idle_timeout_s: float = IDLE_TIMEOUT_S_DEFAULT,
     ) -> NodeConnection:
-        """Dial and handshake; raises ``NotSentError`` (or a refusal) on failure."""
+        """Dial and handshake within ``connect_timeout_s``; raises ``NotSentError`` (or a
+        refusal) on failure."""
         try:
             host, port = parse_address(address)
         except ValueError as exc:
@@ -169,19 +201,24 @@ class NodeConnection(asyncio.Protocol):
             frame_bytes_max=frame_bytes_max,
             pending_max=pending_max,
             write_batch_max=write_batch_max,
+            ping_interval_s=ping_interval_s,
+            idle_timeout_s=idle_timeout_s,
         )
         try:
             async with asyncio.timeout(connect_timeout_s):
                 await loop.create_connection(lambda: conn, host, port)
                 await conn._handshake
         except TimeoutError as exc:
-            conn.close("connect timed out")
+            conn.close("connect timed out", abort=True)
             raise NotSentError(f"{address}: connect timed out after {connect_timeout_s}s") from exc
         except OSError as exc:
             conn.close(str(exc))
             raise NotSentError(f"{address}: {exc.strerror or exc}") from exc
         except (NotSentError, CatenaryError):
             conn.close("handshake failed")
+            raise
+        except asyncio.CancelledError:
+            conn.close("dial cancelled", abort=True)  # the client closed while dialing
             raise
         return conn
 
@@ -190,9 +227,17 @@ class NodeConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not derive from asyncio.Transport; they implement it.
         self._transport = cast(asyncio.Transport, transport)
+        tune_socket(
+            self._transport.get_extra_info("socket"), max(1, round(self._idle_timeout_s * 1000))
+        )
         self._transport.write(encode_hello(make_hello(self._cluster_name, 0, 0, Role.CLIENT)))
 
     def data_received(self, data: bytes) -> None:
+        now = self._loop.time()
+        self.last_heard = now
+        self._owed_since = now if self._pending else None
+        if self._liveness is not None:
+            self._liveness.heard(now)
         try:
             frames = self._decoder.feed(data)
         except WireError as exc:
@@ -204,6 +249,12 @@ class NodeConnection(asyncio.Protocol):
                 return
             if not self._handshake.done():
                 self._on_handshake(frame.kind, frame.payload)
+                continue
+            if frame.kind == FrameKind.PING:
+                if self._transport is not None and not self._transport.is_closing():
+                    self._transport.write(encode_pong(frame.payload))
+                continue
+            if frame.kind == FrameKind.PONG:
                 continue
             if frame.kind != FrameKind.REPLY:
                 self.close(f"unexpected frame kind {frame.kind} from node")
@@ -217,6 +268,9 @@ class NodeConnection(asyncio.Protocol):
             self._dispatch(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._liveness_timer is not None:
+            self._liveness_timer.cancel()
+            self._liveness_timer = None
         self._fail_all(f"connection lost: {exc}" if exc else "connection closed by node")
 
     # ----------------------------------------------------------- handshake
@@ -240,6 +294,13 @@ class NodeConnection(asyncio.Protocol):
                 self.close("another cluster")
                 return
             self.peer_cluster_name = message.cluster_name
+            self.protocol_version = message.protocol_version
+            if message.protocol_version >= LIVENESS_PROTOCOL_VERSION_MIN:
+                now = self._loop.time()
+                self._liveness = LivenessClock(self._ping_interval_s, self._idle_timeout_s, now)
+                self._liveness_timer = self._loop.call_at(
+                    now + self._ping_interval_s, self._check_liveness
+                )
             self._handshake.set_result(None)
         elif isinstance(message, HelloRefused):
             hint = ""
@@ -254,6 +315,51 @@ class NodeConnection(asyncio.Protocol):
         else:
             self._handshake.set_exception(NotSentError(f"{self.address}: unexpected handshake"))
             self.close("unexpected handshake frame")
+
+    # ------------------------------------------------------------ liveness
+
+    def _check_liveness(self) -> None:
+        """Rule 6: ping a silent node; abort the connection once silent past the bound."""
+        self._liveness_timer = None
+        clock = self._liveness
+        if self.closed or clock is None or self._transport is None:
+            return
+        now = self._loop.time()
+        poll = clock.poll(now)
+        if poll.dead:
+            reason = (
+                f"heard nothing from the node for {poll.silent_s:.3f}s "
+                f"(idle_timeout_s={self._idle_timeout_s})"
+            )
+            log.warning("closing connection to %s: %s", self.address, reason)
+            self.close(reason, abort=True)
+            return
+        if poll.ping:
+            self._transport.write(encode_ping())
+            self._owe(now)
+        self._liveness_timer = self._loop.call_at(
+            max(poll.next_s, now + 0.001), self._check_liveness
+        )
+
+    def _owe(self, now: float) -> None:
+        if self._owed_since is None:
+            self._owed_since = now
+
+    def owed_for(self, now: float) -> float:
+        """How long the node has owed this connection an answer and said nothing (0: owes none)."""
+        return 0.0 if self._owed_since is None else max(0.0, now - self._owed_since)
+
+    def retire(self, reason: str) -> None:
+        """Rule 7: no new requests; close once nothing is pending or watched."""
+        if self.closed:
+            return
+        self.retiring = True
+        self.close_reason = reason
+        self._close_if_retired()
+
+    def _close_if_retired(self) -> None:
+        if self.retiring and not self._pending and not self._listeners and not self.closed:
+            self.close(self.close_reason or "retired", abort=True)
 
     # ------------------------------------------------------------- sending
 
@@ -297,7 +403,7 @@ class NodeConnection(asyncio.Protocol):
         self._transport.write(b"".join(out))
 
     def _check_open(self) -> None:
-        if self.closed or self._transport is None or self._transport.is_closing():
+        if self.closed or self.retiring or self._transport is None or self._transport.is_closing():
             raise NotSentError(f"{self.address}: connection closed ({self.close_reason})")
         if len(self._pending) + len(self._listeners) >= self._pending_max:
             raise NotSentError(f"{self.address}: {self._pending_max} requests already pending")
@@ -309,6 +415,8 @@ class NodeConnection(asyncio.Protocol):
         frame = self._encode(build(request_id))
         future: asyncio.Future[Reply] = self._loop.create_future()
         self._pending[request_id] = future
+        if self._owed_since is None:
+            self._owed_since = self._loop.time()
         if len(self._pending) == 1 and not self._out and self._transport is not None:
             # The only request in flight: nothing to coalesce it with, write it now
             # instead of one loop iteration later.
@@ -321,6 +429,9 @@ class NodeConnection(asyncio.Protocol):
     def forget(self, request_id: int) -> None:
         """The caller stopped waiting for ``request_id``: a late reply is dropped."""
         self._pending.pop(request_id, None)
+        if not self._pending:
+            self._owed_since = None
+        self._close_if_retired()
 
     def watch(self, build: Callable[[int], Request], listener: WatchListener) -> int:
         """Send a watch request; every reply under its id goes to ``listener``."""
@@ -334,6 +445,9 @@ class NodeConnection(asyncio.Protocol):
     def unwatch(self, request_id: int, cancel: Callable[[int], Request]) -> None:
         """Stop delivering a watch and tell the node (best effort)."""
         if self._listeners.pop(request_id, None) is None:
+            return
+        if self.retiring:
+            self._close_if_retired()
             return
         if not self.closed and self._transport is not None and not self._transport.is_closing():
             self._enqueue(self._encode(cancel(request_id)))
@@ -352,11 +466,18 @@ class NodeConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------- closing
 
-    def close(self, reason: str = "closed by client") -> None:
+    def close(self, reason: str = "closed by client", *, abort: bool = False) -> None:
+        """Close; ``abort`` drops the socket at once (a stalled one would never flush)."""
         if not self.closed:
             self.close_reason = reason
+        if self._liveness_timer is not None:
+            self._liveness_timer.cancel()
+            self._liveness_timer = None
         if self._transport is not None:
-            self._transport.close()
+            if abort:
+                self._transport.abort()
+            else:
+                self._transport.close()
         self._fail_all(reason)
 
     def _fail_all(self, reason: str) -> None:

@@ -41,6 +41,12 @@ Theory of operation
    sends the second), so serving them in batches changes no guarantee.  Each
    request of a batch counts toward ``inflight_max``, and a batch is
    cancelled when its connection closes.
+8. Liveness (``catenary.wire.liveness``).  Every accepted socket gets TCP
+   keepalive and ``TCP_USER_TIMEOUT`` (``idle_timeout_ms``).  A ``PING`` from
+   the client is answered ``PONG`` at once.  On a connection that agreed
+   protocol 3 or later the port pings a client it has heard nothing from for
+   ``ping_interval_ms`` and aborts the connection after ``idle_timeout_ms`` of
+   silence, so a vanished client's watches and buffers are freed.
 """
 
 from __future__ import annotations
@@ -69,20 +75,26 @@ from catenary.api.messages import (
 from catenary.runtime.metrics import ServerMetrics
 from catenary.wire import (
     HELLO_FRAME_BYTES_MAX_DEFAULT,
+    LIVENESS_PROTOCOL_VERSION_MIN,
     FrameDecoder,
     FrameKind,
     FrameTooLarge,
     Hello,
     HelloAck,
     HelloRefused,
+    LivenessClock,
     RefusalCode,
     Role,
     WireError,
     check_hello,
+    check_liveness_bounds,
     decode_hello,
     decode_payload,
     encode_hello_reply,
     encode_message,
+    encode_ping,
+    encode_pong,
+    tune_socket,
 )
 from catenary.wire.handshake import agreed_version
 
@@ -137,6 +149,11 @@ class ClientPortConfig(msgspec.Struct, frozen=True, kw_only=True):
     inflight_max: int = 1024
     watches_max: int = 1000
     write_buffer_high_bytes: int = 4 << 20
+    ping_interval_ms: int = 1000  # ping a client heard from for this long (protocol >= 3)
+    idle_timeout_ms: int = 5000  # abort a client connection silent for this long
+
+    def __post_init__(self) -> None:
+        check_liveness_bounds(self.ping_interval_ms, self.idle_timeout_ms, "ms")
 
 
 def _internal(request_id: int) -> ErrorReply:
@@ -169,6 +186,8 @@ class _Connection(asyncio.Protocol):
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._handshake_timer: asyncio.TimerHandle | None = None
+        self._liveness: LivenessClock | None = None  # rule 8, from a protocol-3 handshake
+        self._liveness_timer: asyncio.TimerHandle | None = None
         self.peer = "?"
 
     # ------------------------------------------------------ asyncio hooks
@@ -179,6 +198,7 @@ class _Connection(asyncio.Protocol):
         peer = self._transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self._transport.set_write_buffer_limits(high=self._config.write_buffer_high_bytes)
+        tune_socket(self._transport.get_extra_info("socket"), self._config.idle_timeout_ms)
         loop = asyncio.get_running_loop()
         self._handshake_timer = loop.call_later(
             self._config.handshake_timeout_ms / 1000, self._handshake_timed_out
@@ -190,6 +210,9 @@ class _Connection(asyncio.Protocol):
         self._closed = True
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
+        if self._liveness_timer is not None:
+            self._liveness_timer.cancel()
+            self._liveness_timer = None
         if self in self._port._connections:
             self._port._connections.discard(self)
             self._port.metrics.client_connections.dec()
@@ -210,6 +233,8 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closed:
             return
+        if self._liveness is not None:
+            self._liveness.heard(asyncio.get_running_loop().time())
         gets: list[Get] = []
         puts: list[Put] = []
         batch_gets = self._begin_gets is not None
@@ -221,6 +246,11 @@ class _Connection(asyncio.Protocol):
                     return  # dropped or refused by an earlier frame of this chunk
                 if not self._handshaken:
                     self._on_hello(decode_hello(frame))
+                    continue
+                if frame.kind == FrameKind.PING:
+                    self._send_frame(encode_pong(frame.payload))
+                    continue
+                if frame.kind == FrameKind.PONG:
                     continue
                 if frame.kind != FrameKind.REQUEST:
                     self.drop(f"unexpected frame kind {frame.kind} (expected REQUEST)", "kind")
@@ -358,6 +388,42 @@ class _Connection(asyncio.Protocol):
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
+        if agreed_version(hello) >= LIVENESS_PROTOCOL_VERSION_MIN:
+            loop = asyncio.get_running_loop()
+            self._liveness = LivenessClock(
+                self._config.ping_interval_ms / 1000,
+                self._config.idle_timeout_ms / 1000,
+                loop.time(),
+            )
+            self._liveness_timer = loop.call_at(
+                loop.time() + self._liveness.ping_interval_s, self._check_liveness
+            )
+
+    def _check_liveness(self) -> None:
+        """Rule 8: ping a silent client; abort one silent past ``idle_timeout_ms``."""
+        self._liveness_timer = None
+        clock = self._liveness
+        if self._closed or clock is None or self._transport is None:
+            return
+        loop = asyncio.get_running_loop()
+        poll = clock.poll(loop.time())
+        if poll.dead:
+            log.warning(
+                "dropping client connection %s: heard nothing for %.0f ms (idle_timeout_ms=%d)",
+                self.peer,
+                poll.silent_s * 1000,
+                self._config.idle_timeout_ms,
+            )
+            self._port.metrics.connections_dropped.labels("idle").inc()
+            transport = self._transport
+            self._close_transport()
+            transport.abort()  # presumed stalled: do not wait for its buffer to drain
+            return
+        if poll.ping:
+            self._send_frame(encode_ping())
+        self._liveness_timer = loop.call_at(
+            max(poll.next_s, loop.time() + 0.001), self._check_liveness
+        )
 
     # ---------------------------------------------------------- requests
 
@@ -458,6 +524,11 @@ class _Connection(asyncio.Protocol):
                 ErrorReply(reply.id, str(ErrorCode.TOO_LARGE), f"reply too large: {exc}"),
                 _reply_encoder,
             )
+        self._send_frame(frame)
+
+    def _send_frame(self, frame: bytes) -> None:
+        if self._closed:
+            return
         self._out.append(frame)
         if not self._flush_scheduled:
             self._flush_scheduled = True

@@ -62,6 +62,16 @@ Theory of operation
    with its own tag, decoder and handler, and returns the ``PeerChannel`` it
    sends through.  Every service's frames go through the same per-peer
    queue, bounds and connection.
+11. Liveness (``catenary.wire.liveness``).  Every socket gets TCP keepalive
+   and ``TCP_USER_TIMEOUT`` (``idle_timeout_ms``) as a kernel backstop.  On a
+   connection that agreed protocol version 3 or later, each side records when
+   it last heard anything; after ``ping_interval_ms`` of silence it sends a
+   ``PING`` (answered by a ``PONG``), and after ``idle_timeout_ms`` of silence,
+   or of a paused write buffer that does not shrink at all, it aborts the
+   connection (a slow reader that drains, however slowly, is not stalled).  A peer
+   link so lost is redialled with the backoff of rule 7, so a link that stalled
+   during a network cut is replaced within about ``idle_timeout_ms`` plus one
+   backoff after the cut heals, not when the kernel gives up.
 """
 
 from __future__ import annotations
@@ -79,6 +89,7 @@ import msgspec
 
 from catenary.wire import (
     HELLO_FRAME_BYTES_MAX_DEFAULT,
+    LIVENESS_PROTOCOL_VERSION_MIN,
     PEER_PROTOCOL_VERSION_MIN,
     PROTOCOL_VERSION_MIN,
     Frame,
@@ -90,6 +101,7 @@ from catenary.wire import (
     Hello,
     HelloAck,
     HelloRefused,
+    LivenessClock,
     MalformedPayload,
     PeerService,
     RefusalCode,
@@ -98,13 +110,17 @@ from catenary.wire import (
     WireError,
     agreed_version,
     check_hello,
+    check_liveness_bounds,
     decode_hello,
     decode_hello_reply,
     decode_peer_message,
     encode_hello,
     encode_hello_reply,
     encode_peer_message,
+    encode_ping,
+    encode_pong,
     peer_service_of,
+    tune_socket,
 )
 from catenary.wire.frame import FRAME_BYTES_MAX_DEFAULT, check_frame_bytes_max
 
@@ -112,6 +128,10 @@ log = logging.getLogger(__name__)
 
 M = TypeVar("M")
 T = TypeVar("T")
+
+
+PING_INTERVAL_MS_DEFAULT = 500
+IDLE_TIMEOUT_MS_DEFAULT = 2000
 
 
 class ConnectionConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -122,6 +142,8 @@ class ConnectionConfig(msgspec.Struct, frozen=True, kw_only=True):
     handshake_timeout_ms: int = 5000
     retire_timeout_ms: int = 2000  # a retired connection closes after this even without EOF
     write_buffer_high_bytes: int = 4 << 20
+    ping_interval_ms: int = PING_INTERVAL_MS_DEFAULT  # ping after this long hearing nothing
+    idle_timeout_ms: int = IDLE_TIMEOUT_MS_DEFAULT  # abort after this long hearing nothing
 
     def __post_init__(self) -> None:
         check_frame_bytes_max(self.frame_bytes_max)
@@ -129,6 +151,7 @@ class ConnectionConfig(msgspec.Struct, frozen=True, kw_only=True):
         _positive("handshake_timeout_ms", self.handshake_timeout_ms)
         _positive("retire_timeout_ms", self.retire_timeout_ms)
         _positive("write_buffer_high_bytes", self.write_buffer_high_bytes)
+        check_liveness_bounds(self.ping_interval_ms, self.idle_timeout_ms, "ms")
 
 
 class TransportConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -146,6 +169,10 @@ class TransportConfig(msgspec.Struct, frozen=True, kw_only=True):
     send_queue_bytes_max: int = 64 << 20  # per peer; the oldest are dropped past it
     write_batch_bytes_max: int = 1 << 20  # per socket write (a larger single frame goes alone)
     write_buffer_high_bytes: int = 4 << 20  # socket buffer above which writing pauses
+    # Liveness (rule 11): ping a peer heard from for this long; abort and redial past the idle
+    # bound.  The default idle bound is four of Raft's default election timeouts (500 ms).
+    ping_interval_ms: int = PING_INTERVAL_MS_DEFAULT
+    idle_timeout_ms: int = IDLE_TIMEOUT_MS_DEFAULT
 
     def __post_init__(self) -> None:
         check_frame_bytes_max(self.frame_bytes_max)
@@ -168,6 +195,7 @@ class TransportConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("reconnect_jitter_ratio must be in [0, 1]")
         if self.send_queue_bytes_max < self.frame_bytes_max:
             raise ValueError("send_queue_bytes_max must hold at least one frame_bytes_max frame")
+        check_liveness_bounds(self.ping_interval_ms, self.idle_timeout_ms, "ms")
 
     def connection(self) -> ConnectionConfig:
         return ConnectionConfig(
@@ -176,6 +204,8 @@ class TransportConfig(msgspec.Struct, frozen=True, kw_only=True):
             handshake_timeout_ms=self.handshake_timeout_ms,
             retire_timeout_ms=self.retire_timeout_ms,
             write_buffer_high_bytes=self.write_buffer_high_bytes,
+            ping_interval_ms=self.ping_interval_ms,
+            idle_timeout_ms=self.idle_timeout_ms,
         )
 
     def backoff_ms(self, attempt: int, rng: Random) -> float:
@@ -266,6 +296,14 @@ class FramedConnection(asyncio.Protocol):
         self.close_error: BaseException | None = None
         self.writable = True
         self.bytes_written = 0
+        self.protocol_version = 0  # agreed in the handshake
+        # Liveness (rule 11): started at readiness on connections of protocol >= 3.
+        self.liveness: LivenessClock | None = None
+        self._liveness_timer: asyncio.TimerHandle | None = None
+        # While writing is paused: since when the socket's buffer has not shrunk, and its size.
+        self._stall_since: float | None = None
+        self._stall_bytes = 0
+        self.pings_sent = 0
 
     @property
     def is_dialer(self) -> bool:
@@ -292,6 +330,7 @@ class FramedConnection(asyncio.Protocol):
         if isinstance(peername, tuple) and len(peername) >= 2:
             self.remote = f"{peername[0]}:{peername[1]}"
         stream.set_write_buffer_limits(high=self.config.write_buffer_high_bytes)
+        tune_socket(stream.get_extra_info("socket"), self.config.idle_timeout_ms)
         self._timer = self._loop.call_later(
             self.config.handshake_timeout_ms / 1000.0, self._handshake_timed_out
         )
@@ -301,6 +340,8 @@ class FramedConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        if self.liveness is not None:
+            self.liveness.heard(self._loop.time())
         try:
             frames = self._decoder.feed(data)
         except WireError as exc:
@@ -310,7 +351,10 @@ class FramedConnection(asyncio.Protocol):
             if self._is_closed():  # a callback may have closed it
                 return
             if self.ready:
-                self._on_frame(self, frame)
+                if frame.kind == FrameKind.PING:
+                    self.write(encode_pong(frame.payload))
+                elif frame.kind != FrameKind.PONG:
+                    self._on_frame(self, frame)
             elif self._hello is not None:
                 self._dialer_handshake(frame)
             else:
@@ -332,9 +376,12 @@ class FramedConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.writable = False
+        self._stall_since = self._loop.time()
+        self._stall_bytes = self._buffered_bytes()
 
     def resume_writing(self) -> None:
         self.writable = True
+        self._stall_since = None
         if self._on_writable is not None and not self.closed:
             self._on_writable(self)
 
@@ -353,6 +400,7 @@ class FramedConnection(asyncio.Protocol):
         except WireError as exc:
             self.close(f"handshake failed: {exc}", error=exc)
             return
+        self.protocol_version = self.peer_ack.protocol_version
         self._become_ready()
 
     def _acceptor_handshake(self, frame: Frame) -> None:
@@ -370,6 +418,7 @@ class FramedConnection(asyncio.Protocol):
         if isinstance(verdict, HelloRefused):
             self._refuse(verdict, HandshakeRefused(verdict.code, verdict.reason))
             return
+        self.protocol_version = verdict.protocol_version
         self.write(encode_hello_reply(verdict, self.config.hello_frame_bytes_max))
         self._become_ready()
 
@@ -383,6 +432,12 @@ class FramedConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self.protocol_version >= LIVENESS_PROTOCOL_VERSION_MIN:
+            now = self._loop.time()
+            self.liveness = LivenessClock(
+                self.config.ping_interval_ms / 1000.0, self.config.idle_timeout_ms / 1000.0, now
+            )
+            self._schedule_liveness(now + self.liveness.ping_interval_s)
         if self._on_ready is not None:
             self._on_ready(self)
         if not self.handshake.done():
@@ -398,6 +453,53 @@ class FramedConnection(asyncio.Protocol):
                 f"no handshake within {self.config.handshake_timeout_ms} ms",
                 error=HandshakeError("handshake timeout"),
             )
+
+    # ----------------------------------------------------------- liveness
+
+    def _schedule_liveness(self, at: float) -> None:
+        self._liveness_timer = self._loop.call_at(at, self._check_liveness)
+
+    def _check_liveness(self) -> None:
+        """Rule 11: ping a silent side; abort one silent (or not draining) past the idle bound."""
+        self._liveness_timer = None
+        clock = self.liveness
+        if self.closed or clock is None:
+            return
+        now = self._loop.time()
+        poll = clock.poll(now)
+        idle_ms = self.config.idle_timeout_ms
+        if poll.dead:
+            self.close(
+                f"heard nothing for {poll.silent_s * 1000:.0f} ms (idle_timeout_ms={idle_ms})",
+                error=TimeoutError("peer silent"),
+                abort=True,
+            )
+            return
+        stuck = self._stall_since
+        if stuck is not None:
+            buffered = self._buffered_bytes()
+            if buffered < self._stall_bytes:  # draining, however slowly: not stalled
+                stuck = self._stall_since = now
+                self._stall_bytes = buffered
+        if stuck is not None and now - stuck >= clock.idle_timeout_s:
+            self.close(
+                f"the other side read nothing for {(now - stuck) * 1000:.0f} ms "
+                f"(idle_timeout_ms={idle_ms})",
+                error=TimeoutError("peer not reading"),
+                abort=True,
+            )
+            return
+        if poll.ping and not self.retiring:
+            self.write(encode_ping())
+            self.pings_sent += 1
+        next_s = poll.next_s
+        if stuck is not None:
+            next_s = min(next_s, stuck + clock.idle_timeout_s)
+        self._schedule_liveness(max(next_s, now + 0.001))
+
+    def _buffered_bytes(self) -> int:
+        transport = self._transport
+        return 0 if transport is None else transport.get_write_buffer_size()
 
     # ------------------------------------------------------------ sending
 
@@ -439,9 +541,18 @@ class FramedConnection(asyncio.Protocol):
         )
 
     def close(
-        self, reason: str, *, error: BaseException | None = None, level: int | None = None
+        self,
+        reason: str,
+        *,
+        error: BaseException | None = None,
+        level: int | None = None,
+        abort: bool = False,
     ) -> None:
-        """Close once, logging the reason (a warning when caused by an error)."""
+        """Close once, logging the reason (a warning when caused by an error).
+
+        ``abort`` drops the socket at once, discarding unsent bytes: for a
+        connection presumed stalled, whose buffer would never drain.
+        """
         if self.closed:
             return
         self.closed = True
@@ -450,6 +561,9 @@ class FramedConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._liveness_timer is not None:
+            self._liveness_timer.cancel()
+            self._liveness_timer = None
         if level is None:
             level = logging.WARNING if error is not None else logging.INFO
         log.log(level, "closing %s connection %s: %s", self.name, self.remote, reason)
@@ -464,8 +578,11 @@ class FramedConnection(asyncio.Protocol):
             # close() flushes what was written (e.g. a refusal) before the FIN; a
             # peer that never reads must not pin the socket, so the flush is bounded.
             transport = self._transport
-            transport.close()
-            if transport.get_write_buffer_size() > 0:
+            if abort:
+                transport.abort()
+            else:
+                transport.close()
+            if not abort and transport.get_write_buffer_size() > 0:
                 self._loop.call_later(self.config.retire_timeout_ms / 1000.0, transport.abort)
         if self._on_close is not None:
             self._on_close(self, reason)

@@ -101,6 +101,10 @@ class NetworkOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     peer_send_queue_max: int = 4096  # messages queued per peer before the oldest are dropped
     reconnect_backoff_min_ms: int = 50
     reconnect_backoff_max_ms: int = 2000
+    peer_ping_interval_ms: int = 500  # ping a peer heard from for this long
+    peer_idle_timeout_ms: int = 2000  # drop and redial a peer link silent this long
+    client_ping_interval_ms: int = 1000  # ping a client heard from for this long
+    client_idle_timeout_ms: int = 5000  # drop a client connection silent this long
 
 
 class StorageOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -503,6 +507,15 @@ def validate(config: ServerConfig, sources: Mapping[str, str] | None = None) -> 
             config.network.reconnect_backoff_min_ms,
             "must not exceed network.reconnect_backoff_max_ms",
         )
+    for side in ("peer", "client"):
+        ping = getattr(config.network, f"{side}_ping_interval_ms")
+        idle = getattr(config.network, f"{side}_idle_timeout_ms")
+        if idle <= ping:
+            bad(
+                f"network.{side}_idle_timeout_ms",
+                idle,
+                f"must exceed network.{side}_ping_interval_ms ({ping})",
+            )
     return problems
 
 

@@ -172,6 +172,8 @@ class Server:
                 connections_max=config.network.client_connections_max,
                 inflight_max=config.network.client_inflight_per_connection_max,
                 watches_max=config.metadata.watches_per_connection_max,
+                ping_interval_ms=config.network.client_ping_interval_ms,
+                idle_timeout_ms=config.network.client_idle_timeout_ms,
             ),
             metadata=self,
         )

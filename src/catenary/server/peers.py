@@ -64,6 +64,8 @@ def make_peer_link(server: Server) -> PeerTransport[Message]:
             reconnect_backoff_min_ms=network.reconnect_backoff_min_ms,
             reconnect_backoff_max_ms=network.reconnect_backoff_max_ms,
             send_queue_messages_max=network.peer_send_queue_max,
+            ping_interval_ms=network.peer_ping_interval_ms,
+            idle_timeout_ms=network.peer_idle_timeout_ms,
         ),
         decoder=_message_decoder,
         validate_peer=validate,

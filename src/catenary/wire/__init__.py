@@ -48,6 +48,14 @@ from catenary.wire.handshake import (
     encode_hello_reply,
     make_hello,
 )
+from catenary.wire.liveness import (
+    LIVENESS_PROTOCOL_VERSION_MIN,
+    LivenessClock,
+    check_liveness_bounds,
+    encode_ping,
+    encode_pong,
+    tune_socket,
+)
 from catenary.wire.peer import (
     PEER_SERVICE_BYTES,
     PeerService,
@@ -61,6 +69,7 @@ __all__ = [
     "HEADER_BYTES",
     "HELLO_FRAME_BYTES_MAX_DEFAULT",
     "KNOWN_FRAME_KINDS",
+    "LIVENESS_PROTOCOL_VERSION_MIN",
     "MAGIC",
     "PEER_PROTOCOL_VERSION_MIN",
     "PEER_SERVICE_BYTES",
@@ -75,6 +84,7 @@ __all__ = [
     "HandshakeError",
     "HandshakeRefused",
     "Hello",
+    "LivenessClock",
     "HelloAck",
     "HelloCheck",
     "HelloRefused",
@@ -88,6 +98,7 @@ __all__ = [
     "WireError",
     "agreed_version",
     "check_hello",
+    "check_liveness_bounds",
     "decode_handshake",
     "decode_hello",
     "decode_hello_reply",
@@ -98,6 +109,9 @@ __all__ = [
     "encode_hello_reply",
     "encode_message",
     "encode_peer_message",
+    "encode_ping",
+    "encode_pong",
     "make_hello",
     "peer_service_of",
+    "tune_socket",
 ]

@@ -57,13 +57,15 @@ HELLO_FRAME_BYTES_MAX_DEFAULT = 4 << 10  # a handshake frame is a few dozen byte
 class FrameKind(IntEnum):
     """What a frame's payload is.  Values are stable on the wire; never reuse one.
 
-    Ranges keep room for growth: 1-15 handshake, 16-31 node-to-node,
+    Ranges keep room for growth: 1-15 handshake and connection control, 16-31 node-to-node,
     32-47 client protocol; the rest is unassigned.
     """
 
     HELLO = 1  # first frame from the dialer: a Hello
     HELLO_ACK = 2  # acceptor's answer: a HelloAck
     HELLO_REFUSED = 3  # acceptor's answer: a HelloRefused, then the acceptor closes
+    PING = 4  # either side, protocol >= 3: are you there? (catenary.wire.liveness)
+    PONG = 5  # the answer to a PING, echoing its payload
     PEER = 16  # node -> node (Raft and other peer messages)
     REQUEST = 32  # client -> node: catenary.api.messages.Request
     REPLY = 33  # node -> client: catenary.api.messages.Reply

@@ -45,10 +45,13 @@ from catenary.wire.frame import (
 MAGIC = 0x43544E59
 # Version 2: peer frames carry a service tag (``catenary.wire.peer``).  The
 # client protocol is the same in 1 and 2, so clients of either are served; a
-# peer must speak 2 (its frames would lack the tag otherwise).
-PROTOCOL_VERSION = 2
+# peer must speak 2 (its frames would lack the tag otherwise).  Version 3: a
+# connection may carry PING and PONG frames (``catenary.wire.liveness``); they
+# are sent only on connections that agreed 3 or later, so nodes and clients of
+# 1 and 2 are still served as before.
+PROTOCOL_VERSION = 3
 PROTOCOL_VERSION_MIN = 1
-PROTOCOL_VERSION_MAX = 2
+PROTOCOL_VERSION_MAX = 3
 PEER_PROTOCOL_VERSION_MIN = 2
 
 

@@ -21,7 +21,9 @@ with time passed in as ``now_ms`` (the host's monotonic clock).  Rules:
    passed (at most ``expire_batch_max``, smallest ids first) carrying the
    highest applied index observed, so the state machine spares a lease
    refreshed by a later entry.  A lease proposed for expiry is not proposed
-   again for ``expire_retry_ms`` (the proposal may still be in flight).
+   again for ``expire_retry_ms`` (the proposal may still be in flight) — unless
+   the proposal was refused outright (``expiry_refused``: a leadership transfer
+   in flight, no entry of the term committed yet), then at the next tick.
 4. ``checkpoint(now_ms)`` (call it every tick: it keeps its own interval)
    returns, once every ``checkpoint_interval_ms``, the
    remaining time of the live leases (at most ``checkpoint_batch_max`` per
@@ -144,6 +146,14 @@ class Lessor:
         if not due:
             return None
         return LeaseExpire(tuple(due), self._observed_index)
+
+    def expiry_refused(self, leases: tuple[int, ...]) -> None:
+        """The expiry of ``leases`` was refused before it was proposed: decide again
+        at the next tick instead of after ``expire_retry_ms``."""
+        for lease in leases:
+            held = self._held.get(lease)
+            if held is not None:
+                held.expiry_proposed_ms = None
 
     def checkpoint(self, now_ms: int) -> LeaseCheckpoint | None:
         if not self._leader or now_ms < self._next_checkpoint_ms:

@@ -61,7 +61,6 @@ Rules:
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from random import Random
 
@@ -411,16 +410,21 @@ class MetadataReplica:
 
     def _lease_duties(self) -> None:
         expire = self.lessor.expired(self._now_ms)
-        if expire is not None:
-            self._propose_internal(expire)
+        if expire is not None and not self._propose_internal(expire):
+            # Refused (a transfer in flight, no entry of this term committed yet):
+            # nothing is in flight, so the next tick decides again.
+            self.lessor.expiry_refused(expire.leases)
         checkpoint = self.lessor.checkpoint(self._now_ms)
         if checkpoint is not None:
             self._propose_internal(checkpoint)
 
-    def _propose_internal(self, command: Command) -> None:
-        # On refusal the next leader, or the next tick, proposes it again.
-        with contextlib.suppress(NotLeader, ProposalDropped):
+    def _propose_internal(self, command: Command) -> bool:
+        """Propose a leader duty; False when refused (the caller retries later)."""
+        try:
             self.raft.propose(encode_request(Request(0, command)))
+        except (NotLeader, ProposalDropped):
+            return False
+        return True
 
     def _install(self, snapshot: Snapshot) -> None:
         self.state = MetadataStateMachine.restore(snapshot.data, self._state_config)

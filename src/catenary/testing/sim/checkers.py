@@ -144,9 +144,19 @@ class LeaderPresence:
         return total
 
     def changes(self, start_us: int, end_us: int) -> int:
+        return len(self.change_times(start_us, end_us))
+
+    def change_times(self, start_us: int, end_us: int) -> list[int]:
+        """When a leader of a new term was first seen ticking, in (start, end]."""
         lo = bisect.bisect_left(self.times, start_us)
         hi = bisect.bisect_right(self.times, end_us)
-        return max(0, len(set(self.terms[lo:hi])) - 1)
+        out: list[int] = []
+        seen: set[int] = set(self.terms[lo : lo + 1])
+        for i in range(lo + 1, hi):
+            if self.terms[i] not in seen:
+                seen.add(self.terms[i])
+                out.append(self.times[i])
+        return out
 
 
 class SafetyChecker:
@@ -165,6 +175,10 @@ class SafetyChecker:
         self.claimed: dict[int, tuple[int, bytes, int]] = {}
         self.leader_commits: dict[int, tuple[int, int]] = {}  # node -> (term, commit) as leader
         self.checks = 0
+        # Called with every batch of persisted entries (the simulator notes when
+        # leases were decided expired from it).
+        self.persisted_listener: Callable[[int, list[Entry]], None] | None = None
+        self.applied_listener: Callable[[int, list[Entry]], None] | None = None
 
     # ------------------------------------------------------------ election
 
@@ -227,6 +241,8 @@ class SafetyChecker:
     # ----------------------------------------------------------------- logs
 
     def observe_persisted(self, node: int, entries: list[Entry]) -> None:
+        if self.persisted_listener is not None:
+            self.persisted_listener(node, entries)
         for entry in entries:
             self.checks += 1
             digest = _digest(entry)
@@ -253,6 +269,8 @@ class SafetyChecker:
         self.applied[node] = snapshot.meta.index
 
     def observe_applied(self, node: int, entries: list[Entry]) -> None:
+        if self.applied_listener is not None:
+            self.applied_listener(node, entries)
         last = self.applied.get(node, 0)
         for entry in entries:
             if entry.index <= last:

@@ -130,21 +130,33 @@ def check_leases(history: list[Op], slack_us: int = 0) -> str | None:
 def check_leases_late(
     history: list[Op],
     leaderless_us: Callable[[int, int], int],
-    leader_changes: Callable[[int, int], int],
+    leader_changes: Callable[[int, int], list[int]],
+    staleness_us: Callable[[int, int], int],
+    decided_us: Callable[[int], int | None],
+    *,
+    drift: float,
     bound_us: int,
     per_change_us: int,
 ) -> str | None:
-    """A lease nobody keeps alive is gone within TTL + a bound of its last refresh.
+    """A lease nobody keeps alive is decided expired within TTL + a bound of its
+    last refresh.
 
     The leasing client abandons some of its leases and later probes them with a
-    put attached to the lease.  A probe that succeeds although it was called
-    more than ``TTL + bound_us`` after the last refresh answered (the refresh
-    applied no later than that), not counting time without a leader
-    (``leaderless_us(a, b)``) and ``per_change_us`` per leader change in
-    between (a new leader resumes from the last checkpoint, up to one
-    checkpoint interval old), means the lease outlived its deadline: e.g. a new
-    leader gave it a full TTL again.  Leases with an indeterminate refresh are
-    skipped (it may have applied at any time).
+    put attached to the lease.  The deadline is ``TTL * (1 + drift)`` (the
+    leader measures it on its own clock, which may run slow by ``drift``) plus
+    ``bound_us``, not counting time without a leader (``leaderless_us(a, b)``)
+    and, per leader change in between (``leader_changes(a, b)``: their times),
+    ``per_change_us`` plus how stale the newest checkpoint was at that change
+    (``staleness_us(change, since)``: a new leader resumes each lease from it,
+    so the lease runs that much longer; checkpoints refused during a transfer
+    or a partition make it older than one interval).  A probe that
+    succeeds although it was called past the deadline is a violation unless the
+    expiry had been decided by then (``decided_us(lease)``: when a leader's
+    LeaseExpire naming it was first persisted): committing the decision takes
+    as long as the network and disks make any write take, which is liveness,
+    not the lessor's clock.  So a lease whose expiry is decided late — e.g. a
+    new leader gave it a full TTL again — is caught.  Leases with an
+    indeterminate refresh are skipped (it may have applied at any time).
     """
     refreshed: dict[int, tuple[int, int, Op]] = {}  # lease -> (return_us, ttl_ms, op)
     unknown: set[int] = set()
@@ -168,11 +180,17 @@ def check_leases_late(
             continue
         since_us, ttl_ms, source = known
         allowed = (
-            ttl_ms * 1000
+            int(ttl_ms * 1000 * (1 + drift))
             + bound_us
             + leaderless_us(since_us, op.call_us)
-            + per_change_us * leader_changes(since_us, op.call_us)
+            + sum(
+                per_change_us + staleness_us(change, since_us)
+                for change in leader_changes(since_us, op.call_us)
+            )
         )
+        decided = decided_us(command.lease)
+        if decided is not None and decided <= since_us + allowed:
+            continue  # decided in time; the expiry's commit may lag behind
         if op.call_us > since_us + allowed:
             return (
                 f"lease {command.lease} expired late: {op.describe()} still found it "

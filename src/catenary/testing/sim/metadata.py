@@ -76,6 +76,8 @@ from catenary.core.metadata.types import (
     Command,
     Compacted,
     Delete,
+    LeaseCheckpoint,
+    LeaseExpire,
     LeaseGrant,
     LeaseGranted,
     LeaseKeepAlive,
@@ -85,10 +87,13 @@ from catenary.core.metadata.types import (
     PreconditionFailed,
     Put,
     Written,
+    decode_request,
 )
 from catenary.core.raft.types import (
     ConfChange,
     ConfChangeKind,
+    Entry,
+    EntryKind,
     Membership,
     Message,
     NotLeader,
@@ -424,6 +429,18 @@ class MetadataSim:
         self.state_config = MetadataConfig(watch_history_max=self.plan.watch_history_max)
         self.store_config = StoreConfig(segment_bytes_max=self.plan.segment_bytes_max)
         self.checker = SafetyChecker()
+        # lease -> simulated time a LeaseExpire naming it was first persisted by a
+        # member (the leader's decision, one persistence step later).
+        self.expiry_decided_us: dict[int, int] = {}
+        # A new leader resumes each lease from the newest committed checkpoint: how
+        # stale that was bounds how far it may push a deadline.  Checkpoint entry
+        # (index, term) -> first persisted (about when it was measured); and the
+        # (first applied, first persisted) times of checkpoints, in apply order.
+        self._checkpoint_persisted_us: dict[tuple[int, int], int] = {}
+        self._checkpoints_applied: list[tuple[int, int]] = []
+        self._checkpoints_seen: set[tuple[int, int]] = set()
+        self.checker.persisted_listener = self._note_expiries
+        self.checker.applied_listener = self._note_checkpoints_applied
         self.presence = LeaderPresence(gap_us=3 * options.tick_ms * 1000)
         self.counters = SimCounters()
         self.counters.drift_beyond_bound = int(self.plan.clock_drift > LEASE_DRIFT_BOUND)
@@ -1500,6 +1517,41 @@ class MetadataSim:
                 op.status = "indeterminate" if op.is_write else "failed"
                 client.op = None
 
+    def _note_expiries(self, node: int, entries: list[Entry]) -> None:
+        for entry in entries:
+            if entry.kind != EntryKind.NORMAL or not entry.data:
+                continue
+            try:
+                command = decode_request(entry.data).command
+            except (msgspec.DecodeError, ValueError):
+                continue
+            if isinstance(command, LeaseExpire):
+                for lease in command.leases:
+                    self.expiry_decided_us.setdefault(lease, self.loop.now_us)
+            elif isinstance(command, LeaseCheckpoint):
+                self._checkpoint_persisted_us.setdefault(
+                    (entry.index, entry.term), self.loop.now_us
+                )
+
+    def _note_checkpoints_applied(self, node: int, entries: list[Entry]) -> None:
+        for entry in entries:
+            key = (entry.index, entry.term)
+            if key in self._checkpoint_persisted_us and key not in self._checkpoints_seen:
+                self._checkpoints_seen.add(key)
+                self._checkpoints_applied.append(
+                    (self.loop.now_us, self._checkpoint_persisted_us[key])
+                )
+
+    def _checkpoint_staleness_us(self, change_us: int, since_us: int) -> int:
+        """How old the newest checkpoint applied before ``change_us`` was (measured
+        from its first persist); with none since ``since_us``, from ``since_us``."""
+        measured = since_us
+        for applied_us, persisted_us in self._checkpoints_applied:
+            if applied_us > change_us:
+                break
+            measured = max(measured, min(persisted_us, change_us))
+        return change_us - measured
+
     def _check_history(self) -> None:
         phantom = check_stale_reads(self.history)
         if phantom is not None:
@@ -1511,9 +1563,17 @@ class MetadataSim:
         late = check_leases_late(
             self.history,
             self.presence.leaderless_us,
-            self.presence.changes,
-            bound_us=interval_us + 2 * max(self.tick_us.values()) + 100_000,
-            per_change_us=interval_us + 300_000,
+            self.presence.change_times,
+            self._checkpoint_staleness_us,
+            self.expiry_decided_us.get,
+            drift=self.plan.clock_drift,
+            # A decision is persisted one step after it is made; a step may wait
+            # behind the one in flight.
+            bound_us=interval_us
+            + 2 * max(self.tick_us.values())
+            + 2 * self.plan.fsync_us[1]
+            + 100_000,
+            per_change_us=300_000,
         )
         if late is not None:
             raise Violation(late)

@@ -1,0 +1,19 @@
+"""The liveness bounds of peer and client connections are server options, validated."""
+
+from __future__ import annotations
+
+import pytest
+
+from catenary.server.config import ConfigError, load_config
+
+
+def test_liveness_options_have_defaults_and_are_validated() -> None:
+    network = load_config(env={}).network
+    assert network.peer_ping_interval_ms < network.peer_idle_timeout_ms
+    assert network.client_ping_interval_ms < network.client_idle_timeout_ms
+    texts = {"network.peer_idle_timeout_ms": "400", "network.client_ping_interval_ms": "0"}
+    with pytest.raises(ConfigError) as info:
+        load_config(env={}, flag_texts=texts)
+    joined = "\n".join(info.value.problems)
+    assert "network.peer_idle_timeout_ms: must exceed network.peer_ping_interval_ms" in joined
+    assert "network.client_ping_interval_ms: must be at least 1" in joined
