@@ -133,7 +133,7 @@ class Nemesis:
                 self.findings.append(
                     Finding(
                         self.clock(),
-                        f"n{node.index} exited with code {code} during {during}: {tail}",
+                        f"n{node.index} exited with code {code}, noticed during {during}: {tail}",
                     )
                 )
                 self.log(f"  ! n{node.index} exited by itself (code {code}) during {during}")
