@@ -49,6 +49,7 @@ from catenary.wire import (
     encode_message,
     make_hello,
 )
+from catenary.wire.address import parse_address
 
 log = logging.getLogger(__name__)
 
@@ -70,17 +71,6 @@ class ConnectionLostError(Exception):
 
 WatchListener = Callable[[Reply | None], None]
 """Receives each reply under a watch's id, then ``None`` once the connection closes."""
-
-
-def parse_address(address: str) -> tuple[str, int]:
-    """``"host:port"`` -> (host, port); raises ``ValueError`` with the reason."""
-    host, sep, port_text = address.strip().rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise ValueError(f"bad address {address!r}: expected host:port")
-    port = int(port_text)
-    if not 0 < port < 65536:
-        raise ValueError(f"bad address {address!r}: port out of range")
-    return host.strip("[]"), port
 
 
 class NodeConnection(asyncio.Protocol):

@@ -32,6 +32,7 @@ from typing import Any
 import msgspec
 
 from catenary.core.raft.types import RaftConfig
+from catenary.wire.address import AddressError, parse_address
 
 ROLES = ("metadata-server", "log-server", "sequencer", "admin")
 METADATA_SERVERS = ("replicated", "local")
@@ -252,21 +253,6 @@ def _convert(path: str, value: Any, typ: Any, source: str, problems: list[str]) 
 _MISSING = object()
 
 
-def parse_address(text: str) -> tuple[str, int]:
-    """``host:port`` -> (host, port); raises ValueError with a reason."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not host:
-        raise ValueError("expected host:port")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not port_text.isdigit():
-        raise ValueError("the port must be a number")
-    port = int(port_text)
-    if not 1 <= port <= 65535:
-        raise ValueError("the port must be between 1 and 65535")
-    return host, port
-
-
 def load_config(
     path: str | None = None,
     *,
@@ -404,13 +390,13 @@ def validate(config: ServerConfig, sources: Mapping[str, str] | None = None) -> 
         value = getattr(config, option)
         try:
             parse_address(value)
-        except ValueError as exc:
-            bad(option, value, str(exc))
+        except AddressError as exc:
+            bad(option, value, exc.reason)
     if config.admin_address:
         try:
             parse_address(config.admin_address)
-        except ValueError as exc:
-            bad("admin_address", config.admin_address, f"{exc} (or empty to disable)")
+        except AddressError as exc:
+            bad("admin_address", config.admin_address, f"{exc.reason} (or empty to disable)")
     listen = [config.peer_address, config.client_address]
     if config.admin_address:
         listen.append(config.admin_address)
@@ -419,8 +405,8 @@ def validate(config: ServerConfig, sources: Mapping[str, str] | None = None) -> 
     for seed in config.seeds:
         try:
             parse_address(seed)
-        except ValueError as exc:
-            bad("seeds", seed, f"each seed: {exc}")
+        except AddressError as exc:
+            bad("seeds", seed, f"each seed: {exc.reason}")
     if not config.roles:
         bad("roles", config.roles, f"must name at least one of {', '.join(ROLES)}")
     for role in config.roles:

@@ -4,6 +4,7 @@ Sans-IO (layer 1): bytes in, frames and values out.  The format is described,
 with its version, in ``docs/design/wire-format.md``.
 """
 
+from catenary.wire.address import AddressError, parse_address
 from catenary.wire.errors import (
     FrameTooLarge,
     HandshakeError,
@@ -47,6 +48,7 @@ from catenary.wire.handshake import (
 )
 
 __all__ = [
+    "AddressError",
     "FRAME_BYTES_MAX_DEFAULT",
     "HEADER_BYTES",
     "HELLO_FRAME_BYTES_MAX_DEFAULT",
@@ -82,4 +84,5 @@ __all__ = [
     "encode_hello_reply",
     "encode_message",
     "make_hello",
+    "parse_address",
 ]
