@@ -49,7 +49,7 @@ from catenary.wire import (
     encode_message,
     make_hello,
 )
-from catenary.wire.address import parse_address
+from catenary.wire.address import parse_address as parse_address  # re-exported
 
 log = logging.getLogger(__name__)
 

@@ -95,7 +95,7 @@ from catenary.wire import (
     encode_hello_reply,
     encode_message,
 )
-from catenary.wire.address import parse_address
+from catenary.wire.address import parse_address as parse_address  # re-exported
 from catenary.wire.frame import FRAME_BYTES_MAX_DEFAULT, check_frame_bytes_max
 
 log = logging.getLogger(__name__)

@@ -84,10 +84,11 @@ from catenary.runtime.local_host import LocalHostConfig, LocalMetadataHost
 from catenary.runtime.metrics import ServerMetrics
 from catenary.runtime.rpc import RpcError, call
 from catenary.server import system_keys as sk
-from catenary.server.config import ServerConfig, parse_address
+from catenary.server.config import ServerConfig
 from catenary.server.datadir import DataDir, DataDirError
 from catenary.storage.fs import OsFileSystem
 from catenary.storage.store import RecoveryReport, StoreConfig
+from catenary.wire.address import parse_address
 
 log = logging.getLogger("catenary.server")
 

@@ -16,8 +16,8 @@ import msgspec
 
 from catenary.core.raft.types import Message
 from catenary.runtime.transport import PeerTransport, TransportConfig
-from catenary.server.config import parse_address
 from catenary.wire import Hello, HelloRefused, RefusalCode
+from catenary.wire.address import parse_address
 
 if TYPE_CHECKING:
     from catenary.server.node import Server
