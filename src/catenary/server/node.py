@@ -60,27 +60,23 @@ from typing import Any, Protocol
 from catenary.api import messages as api
 from catenary.api.messages import ErrorCode
 from catenary.core.metadata import types as md
-from catenary.core.metadata.lessor import LessorConfig
 from catenary.core.metadata.replica import (
     GetQuery,
     ListQuery,
     MetadataReplica,
     MultiGetQuery,
-    ReplicaConfig,
 )
-from catenary.core.metadata.state import MetadataConfig
 from catenary.core.raft.node import RaftNode
 from catenary.core.raft.types import ConfChange, ConfChangeKind, Membership, Message
 from catenary.persist.raft_storage import RaftStorage
 from catenary.runtime.client_port import (
     Begun,
     ClientPort,
-    ClientPortConfig,
     Emit,
     ServiceError,
 )
-from catenary.runtime.host import HostConfig, MetadataHost
-from catenary.runtime.local_host import LocalHostConfig, LocalMetadataHost
+from catenary.runtime.host import MetadataHost
+from catenary.runtime.local_host import LocalMetadataHost
 from catenary.runtime.metrics import ServerMetrics
 from catenary.runtime.rpc import RpcError, call
 from catenary.server import system_keys as sk
@@ -163,13 +159,7 @@ class Server:
         self.port = ClientPort(
             self,
             self.metrics,
-            ClientPortConfig(
-                frame_bytes_max=config.network.frame_bytes_max,
-                handshake_timeout_ms=config.network.handshake_timeout_ms,
-                connections_max=config.network.client_connections_max,
-                inflight_max=config.network.client_inflight_per_connection_max,
-                watches_max=config.metadata.watches_per_connection_max,
-            ),
+            config.network.client_port_options(config.metadata),
         )
         self.phase = "starting"  # starting | unprovisioned | joining | running | stopping
         self._stop_requested = asyncio.Event()
@@ -341,23 +331,9 @@ class Server:
             await asyncio.get_running_loop().run_in_executor(
                 None, lambda: self._marker_update(node_id=1, founder=True)
             )
-        md_config = self.config.metadata
         local = LocalMetadataHost(
             self.datadir.subdir("metadata-local"),
-            LocalHostConfig(
-                key_bytes_max=md_config.key_bytes_max,
-                value_bytes_max=md_config.value_bytes_max,
-                watch_history_max=md_config.watch_history_max,
-                snapshot_every_writes=md_config.local_snapshot_every_writes,
-                segment_bytes_max=self.config.storage.segment_bytes_max,
-                index_checkpoint_records=self.config.storage.index_checkpoint_records,
-                record_bytes_max=self.config.storage.record_bytes_max,
-                lease_checkpoint_interval_ms=md_config.lease_checkpoint_interval_ms,
-                tick_ms=self.config.raft.tick_ms,
-                queue_max=md_config.queue_max,
-                batch_max=min(md_config.batch_max, 1024),
-                request_timeout_ms=md_config.request_timeout_ms,
-            ),
+            self.config.metadata.local_host_options(self.config.raft, self.config.storage),
             on_failure=self.fail,
         )
         try:
@@ -374,12 +350,7 @@ class Server:
     # ------------------------------------------------------ replicated mode
 
     def _store_config(self) -> StoreConfig:
-        storage = self.config.storage
-        return StoreConfig(
-            segment_bytes_max=storage.segment_bytes_max,
-            index_checkpoint_records=storage.index_checkpoint_records,
-            record_bytes_max=storage.record_bytes_max,
-        )
+        return self.config.storage.options()
 
     async def _start_replica(self, *, founder: bool) -> None:
         assert self.datadir is not None and self.node_id
@@ -401,7 +372,7 @@ class Server:
         md_config = config.metadata
         replica = MetadataReplica(
             self.node_id,
-            config.raft.raft_config(),
+            config.raft.options(),
             Random(int.from_bytes(os.urandom(8), "big")),
             hard_state=hard_state,
             snapshot=snapshot,
@@ -409,16 +380,8 @@ class Server:
             # The founder's first membership is in no log entry: give it on every
             # start; entries and snapshots after it take precedence.
             initial_membership=Membership(voters=(self.node_id,)) if founder else None,
-            config=ReplicaConfig(
-                lessor=LessorConfig(checkpoint_interval_ms=md_config.lease_checkpoint_interval_ms),
-                max_pending_writes=config.raft.max_pending_proposals,
-                max_pending_reads=config.raft.max_pending_reads,
-            ),
-            state_config=MetadataConfig(
-                key_bytes_max=md_config.key_bytes_max,
-                value_bytes_max=md_config.value_bytes_max,
-                watch_history_max=md_config.watch_history_max,
-            ),
+            config=md_config.replica_options(config.raft),
+            state_config=md_config.state_options(),
         )
         transport = self._make_transport()
         self.transport = transport
@@ -426,12 +389,7 @@ class Server:
             replica,
             storage,
             lambda message: _ignore(transport.send(message.dst, message)),
-            HostConfig(
-                tick_ms=config.raft.tick_ms,
-                queue_max=md_config.queue_max,
-                batch_max=md_config.batch_max,
-                request_timeout_ms=md_config.request_timeout_ms,
-            ),
+            md_config.host_options(config.raft),
             self.metrics,
             leader_address=self._client_address_of,
             on_applied=self._on_applied,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from catenary.core.raft.types import Message
-from catenary.runtime.transport import PeerTransport, TransportConfig
+from catenary.runtime.transport import PeerTransport
 from catenary.wire import Hello, HelloRefused, RefusalCode
 from catenary.wire.address import parse_address
 
@@ -58,13 +58,7 @@ def make_peer_link(server: Server) -> PeerTransport[Message]:
         host,
         port,
         on_message,
-        TransportConfig(
-            frame_bytes_max=network.frame_bytes_max,
-            handshake_timeout_ms=network.handshake_timeout_ms,
-            reconnect_backoff_min_ms=network.reconnect_backoff_min_ms,
-            reconnect_backoff_max_ms=network.reconnect_backoff_max_ms,
-            send_queue_messages_max=network.peer_send_queue_max,
-        ),
+        network.transport_options(),
         decoder=_message_decoder,
         validate_peer=validate,
         rng=Random(server.node_id * 1_000_003 + server.generation),
