@@ -42,7 +42,9 @@ from catenary.runtime.rpc import RpcError, call
 from catenary.server.config import ServerConfig, to_toml
 
 MANIFEST = "cluster.json"
-_LAUNCH = "from catenary.cli.main import main; main()"
+# Nodes run the package's own entry point (``python -m catenary server``, the
+# same command as the installed ``catenary`` script) in this interpreter.
+NODE_COMMAND = ("-m", "catenary", "server")
 
 
 class LaunchError(Exception):
@@ -167,7 +169,7 @@ class DevCluster:
     # ----------------------------------------------------------- processes
 
     def command(self, node: DevNode) -> list[str]:
-        args = [self.python, "-c", _LAUNCH, "server", "--config", node.config]
+        args = [self.python, *NODE_COMMAND, "--config", node.config]
         for setting in self.settings:
             args += ["--set", setting]
         return args

@@ -9,29 +9,44 @@ that are not members.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from random import Random
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import msgspec
 
 from catenary.core.raft.types import Message
 from catenary.runtime.transport import PeerTransport
+from catenary.server.config import ServerConfig
+from catenary.server.system_keys import NodeRecord
 from catenary.wire import Hello, HelloRefused, RefusalCode
 from catenary.wire.address import parse_address
-
-if TYPE_CHECKING:
-    from catenary.server.node import Server
 
 _message_decoder: msgspec.msgpack.Decoder[Message] = msgspec.msgpack.Decoder(Message)
 
 
-def make_peer_link(server: Server) -> PeerTransport[Message]:
-    config = server.config
+class PeerLink(Protocol):
+    """What the node needs of the peer transport."""
+
+    async def start(self) -> None: ...
+    def send(self, peer_id: int, message: Message) -> object: ...
+    def set_peer_address(self, peer_id: int, address: str | None) -> None: ...
+    async def close(self) -> None: ...
+
+
+def make_peer_link(
+    config: ServerConfig,
+    node_id: int,
+    generation: int,
+    *,
+    node_record: Callable[[int], NodeRecord | None],
+    on_message: Callable[[Message], None],
+) -> PeerTransport[Message]:
+    """The transport of node ``node_id``, checking hellos against ``node_record``."""
     host, port = parse_address(config.peer_address)
-    network = config.network
 
     def validate(hello: Hello) -> HelloRefused | None:
-        record = server.node_record(hello.node_id)
+        record = node_record(hello.node_id)
         if record is None:
             return None
         if record.removed:
@@ -46,20 +61,20 @@ def make_peer_link(server: Server) -> PeerTransport[Message]:
             )
         return None
 
-    def on_message(peer_id: int, message: Message) -> None:
+    def receive(peer_id: int, message: Message) -> None:
         if message.src != peer_id:
             return  # a message must come from the node that sent the hello
-        server.on_peer_message(message)
+        on_message(message)
 
     return PeerTransport(
-        server.node_id,
-        server.generation,
+        node_id,
+        generation,
         config.cluster_name,
         host,
         port,
-        on_message,
-        network.transport_options(),
+        receive,
+        config.network.transport_options(),
         decoder=_message_decoder,
         validate_peer=validate,
-        rng=Random(server.node_id * 1_000_003 + server.generation),
+        rng=Random(node_id * 1_000_003 + generation),
     )
