@@ -1,4 +1,4 @@
-"""Cluster membership: provisioning, the leader's side of joins, NodeIds, learner promotion.
+"""Cluster membership: entering the cluster, the leader's side of joins, NodeIds, promotion.
 
 Rules (the decisions themselves are the sans-IO ``catenary.core.membership``):
 
@@ -6,11 +6,8 @@ Rules (the decisions themselves are the sans-IO ``catenary.core.membership``):
    generation; one without joins through its seeds (``joining``); with no
    seeds it provisions a cluster of one when auto-provisioning is on (the
    default unless ``production``), else waits for ``Provision``.
-2. Provision.  The node takes NodeId 1 (persisted in the marker, with
-   ``founder``), starts Raft with itself as the only voter, and once leader
-   writes ``/catenary/cluster``, ``/catenary/nodes/1`` and
-   ``/catenary/next_node_id``.  Each write is idempotent (create-if-absent), and
-   a founder that is leader completes a half-done provisioning after a crash.
+2. Provision: see ``provisioning`` (the founder creates the cluster; its
+   leader duties finish a half-done provisioning after a crash).
 3. Join (on the leader).  An id is taken by compare-and-set on
    ``/catenary/next_node_id`` (never reused) unless the joiner already holds
    an unused one; the node record is written (create-if-absent, or updated
@@ -47,6 +44,7 @@ from catenary.server import system_keys as sk
 from catenary.server.context import NodeContext
 from catenary.server.joining import Joiner
 from catenary.server.metadata import LocalMetadata, ReplicatedMetadata
+from catenary.server.provisioning import Provisioner
 from catenary.server.registry import NodeRegistry
 from catenary.wire.address import AddressError, parse_address
 
@@ -84,7 +82,6 @@ class ClusterMembership:
         self._ctx = ctx
         self._metadata = metadata
         self._registry = registry
-        self._provision_lock = asyncio.Lock()
         self._join_lock = asyncio.Lock()
         self._promotion = Promotion(ctx.config.raft.promote_lag_entries_max)
         self._joiner = Joiner(
@@ -94,6 +91,7 @@ class ClusterMembership:
             provisioned=metadata.provisioned,
             start_replica=lambda: self._start_replica(founder=False),
         )
+        self._provisioner = Provisioner(ctx, metadata, start_replica=self._start_as_founder)
 
     def _known_leader(self) -> int | None:
         host = self._metadata.host
@@ -115,7 +113,7 @@ class ClusterMembership:
             ctx.spawn(self._joiner.join_loop(), "join")
         elif config.provision_automatically:
             try:
-                await self._provision_self()
+                await self._provisioner.provision_self()
             except ServiceError as exc:
                 # Raft is running; the leader-duties loop finishes the system keys.
                 log.warning("provisioning still in progress: %s", exc.message)
@@ -123,80 +121,14 @@ class ClusterMembership:
             ctx.phase = "unprovisioned"
             log.info("waiting to be provisioned (catenary provision) or configured with seeds")
 
-    # ----------------------------------------------------- provisioning
-
     async def provision(self, request: api.Provision) -> str:
         """Rule 2, asked for by an operator."""
-        ctx, config = self._ctx, self._ctx.config
-        if request.cluster_name and request.cluster_name != config.cluster_name:
-            raise _error(
-                ErrorCode.REFUSED,
-                f"this node belongs to cluster {config.cluster_name!r}, "
-                f"not {request.cluster_name!r}",
-            )
-        if ctx.phase == "joining" or (not ctx.node_id and config.seeds):
-            raise _error(ErrorCode.REFUSED, "this node joins an existing cluster through its seeds")
-        if self._metadata.provisioned():
-            return "already provisioned"
-        await self._provision_self()
-        return "provisioned"
+        return await self._provisioner.provision(request)
 
-    async def _provision_self(self) -> None:
-        ctx, config = self._ctx, self._ctx.config
-        async with self._provision_lock:
-            if not ctx.node_id:
-                log.info("provisioning cluster %r as node 1", config.cluster_name)
-                await ctx.update_marker(node_id=1, founder=True)
-            if self._metadata.host is None:
-                await self._start_replica(founder=True)
-                ctx.phase = "running"
-                ctx.spawn(self._joiner.announce_loop(), "announce")
-            deadline = time.monotonic() + config.metadata.request_timeout_ms / 1000
-            while not self._metadata.provisioned():
-                if time.monotonic() > deadline:
-                    raise _error(ErrorCode.UNAVAILABLE, "provisioning did not complete in time")
-                await self._complete_provisioning()
-                if not self._metadata.provisioned():
-                    await asyncio.sleep(config.raft.tick_ms / 1000)
-
-    async def _complete_provisioning(self) -> None:
-        """As founder and leader: create the system keys that are missing (idempotent)."""
-        ctx, config = self._ctx, self._ctx.config
-        host = self._metadata.host
-        if host is None or not host.replica.is_leader or not ctx.founder:
-            return
-        state = host.replica.state
-        absent = md.Precondition("absent")
-        try:
-            if state.get(sk.NEXT_NODE_ID_KEY) is None:
-                await host.write(md.Put(sk.NEXT_NODE_ID_KEY, b"2", absent))
-            if state.get(sk.node_key(ctx.node_id)) is None:
-                await host.write(md.Put(sk.node_key(ctx.node_id), self._own_record(), absent))
-            if state.get(sk.CLUSTER_KEY) is None:
-                record = sk.ClusterRecord(
-                    cluster_name=config.cluster_name,
-                    created_ms=int(time.time() * 1000),
-                    founder=ctx.node_id,
-                )
-                result = await host.write(md.Put(sk.CLUSTER_KEY, sk.encode(record), absent))
-                if isinstance(result, md.Written):
-                    log.info("cluster %r provisioned", config.cluster_name)
-        except ServiceError as exc:
-            log.info("provisioning not complete yet: %s", exc.message)
-
-    def _own_record(self) -> bytes:
-        ctx, config = self._ctx, self._ctx.config
-        return sk.encode(
-            sk.NodeRecord(
-                node=ctx.node_id,
-                generation=ctx.generation,
-                name=config.node_name,
-                peer_address=config.peer_address,
-                client_address=config.client_address,
-                admin_address=config.admin_address,
-                roles=list(config.roles),
-            )
-        )
+    async def _start_as_founder(self) -> None:
+        await self._start_replica(founder=True)
+        self._ctx.phase = "running"
+        self._ctx.spawn(self._joiner.announce_loop(), "announce")
 
     # ------------------------------------------------ joins, on the leader
 
@@ -437,7 +369,7 @@ class ClusterMembership:
             if host is None or not host.replica.is_leader or self._ctx.phase == "stopping":
                 continue
             if not self._metadata.provisioned():
-                await self._complete_provisioning()
+                await self._provisioner.complete()
                 continue
             await self._promote_learners(host)
 
