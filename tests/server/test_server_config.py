@@ -288,3 +288,20 @@ def test_sections_map_to_their_components_options() -> None:
     assert local.batch_max == 1024 and local.segment_bytes_max == 1 << 20
     port = config.network.client_port_options(config.metadata)
     assert port.watches_max == config.metadata.watches_per_connection_max
+
+
+def test_the_raft_timing_rule_is_the_cores_and_reported_once() -> None:
+    both = {"raft.election_timeout_ticks": "3", "raft.heartbeat_interval_ticks": "3"}
+    assert problems_of(env={}, flag_texts=both) == [
+        "raft.heartbeat_interval_ticks: must be below raft.election_timeout_ticks (3), "
+        "got 3 (flag --set)"
+    ]
+    assert problems_of(env={}, flag_texts={"raft.election_timeout_ticks": "2"}) == [
+        "raft.election_timeout_ticks: must exceed raft.heartbeat_interval_ticks (2), "
+        "got 2 (flag --set)"
+    ]
+    assert problems_of(env={}, flag_texts={"raft.heartbeat_interval_ticks": "0"}) == [
+        "raft.heartbeat_interval_ticks: must be at least 1, got 0 (flag --set)"
+    ]
+    # What the server accepts, the core accepts, and the other way round.
+    assert load_config(env={}).raft.options().problems() == []

@@ -517,6 +517,11 @@ def validate(config: ServerConfig, sources: Mapping[str, str] | None = None) -> 
         low_value, high_value = value_of(low), value_of(high)
         if low_value < high_value or (not strict and low_value == high_value):
             return
+        broken(low, high, strict=strict)
+
+    def broken(low: str, high: str, *, strict: bool) -> None:
+        """Report a broken ``low <= high`` (``<``) on the option that was set."""
+        low_value, high_value = value_of(low), value_of(high)
         if at_fault(low, high) == low:
             relation = "must be below" if strict else "must not exceed"
             bad(low, low_value, f"{relation} {high} ({high_value})")
@@ -597,7 +602,14 @@ def validate(config: ServerConfig, sources: Mapping[str, str] | None = None) -> 
                     bad(option, value, "must be at least 1")
 
     # Relations between options.
-    at_most("raft.heartbeat_interval_ticks", "raft.election_timeout_ticks", strict=True)
+    # The Raft core states its own rules (RaftConfig.problems); report each under
+    # its option name rather than check it a second time here.
+    option_of = {core: f"raft.{option}" for option, core in RAFT_CORE_NAMES.items()}
+    for problem in config.raft.options().problems():
+        if problem.relation == "below":
+            broken(option_of[problem.field], option_of[problem.other], strict=True)
+        else:
+            bad(option_of[problem.field], value_of(option_of[problem.field]), "must be at least 1")
     at_most("metadata.batch_max", "metadata.queue_max")
     at_most("network.reconnect_backoff_ms_min", "network.reconnect_backoff_ms_max")
     # A write is one frame, and one Raft entry (or one local-log record): if the
