@@ -40,6 +40,7 @@ import msgspec
 from catenary.api.messages import GetStatus, NodeStatus, StatusReply
 from catenary.runtime.rpc import RpcError, call
 from catenary.server.config import ServerConfig, to_toml
+from catenary.wire.address import parse_address
 
 MANIFEST = "cluster.json"
 # Nodes run the package's own entry point (``python -m catenary server``, the
@@ -127,7 +128,7 @@ class DevCluster:
             self.nodes = manifest.nodes
             self.restarted = bool(self.nodes)
         taken = {
-            int(address.rpartition(":")[2])
+            parse_address(address)[1]
             for n in self.nodes
             for address in (n.peer_address, n.client_address, n.admin_address)
         }
