@@ -30,8 +30,6 @@ from catenary.api import messages as api
 from catenary.api.messages import ErrorCode
 from catenary.core.membership import (
     Promotion,
-    Registration,
-    join_refusal,
     match_indexes,
     reusable_node_id,
 )
@@ -45,32 +43,15 @@ from catenary.server.context import NodeContext
 from catenary.server.joining import Joiner
 from catenary.server.metadata import LocalMetadata, ReplicatedMetadata
 from catenary.server.provisioning import Provisioner
+from catenary.server.records import allocate_node_id, record_node
 from catenary.server.registry import NodeRegistry
 from catenary.wire.address import AddressError, parse_address
 
 log = logging.getLogger("catenary.server")
 
-ATTEMPTS_MAX = 32  # compare-and-set rounds before a contended write gives up
-
-_REFUSAL_CODES = {
-    "not_found": ErrorCode.NOT_FOUND,
-    "removed": ErrorCode.REFUSED,
-    "stale": ErrorCode.REFUSED,
-}
-
 
 def _error(code: ErrorCode, message: str) -> ServiceError:
     return ServiceError(code, message)
-
-
-def _registration(record: sk.NodeRecord) -> Registration:
-    return Registration(
-        record.node,
-        record.peer_address,
-        record.client_address,
-        record.generation,
-        record.removed,
-    )
 
 
 class ClusterMembership:
@@ -167,10 +148,10 @@ class ClusterMembership:
         async with self._join_lock:
             if request.node == 0:
                 reused = self._unused_id_for(host, request)
-                node = reused or await self._allocate_node_id(host)
+                node = reused or await allocate_node_id(host)
             else:
                 node = request.node
-            record = await self._record_node(host, node, request)
+            record = await record_node(host, node, request, roles=self._ctx.config.roles)
             await self._ensure_member(host, node)
         self._registry.refresh(force=True)
         self._registry.set_peer_address(node, record.peer_address)
@@ -190,60 +171,6 @@ class ClusterMembership:
         if node is not None:
             log.info("join from %s again: it keeps n%d", request.peer_address, node)
         return node
-
-    async def _allocate_node_id(self, host: MetadataHost) -> int:
-        for _attempt in range(ATTEMPTS_MAX):
-            kv = host.replica.state.get(sk.NEXT_NODE_ID_KEY)
-            if kv is None or not kv.value.isdigit():
-                raise _error(ErrorCode.INTERNAL, f"{sk.NEXT_NODE_ID_KEY} is missing or unreadable")
-            node = int(kv.value)
-            result = await host.write(
-                md.Put(
-                    sk.NEXT_NODE_ID_KEY,
-                    str(node + 1).encode(),
-                    md.Precondition("version", kv.version),
-                )
-            )
-            if isinstance(result, md.Written):
-                return node
-            await host.changed()
-        raise _error(ErrorCode.UNAVAILABLE, "could not allocate a node id (contention)")
-
-    async def _record_node(self, host: MetadataHost, node: int, request: api.Join) -> sk.NodeRecord:
-        for _attempt in range(ATTEMPTS_MAX):
-            kv = host.replica.state.get(sk.node_key(node))
-            old = sk.decode_node(kv.value) if kv is not None else None
-            if kv is not None and old is None:
-                raise _error(ErrorCode.INTERNAL, f"node record of n{node} is unreadable")
-            refusal = join_refusal(
-                node,
-                _registration(old) if old is not None else None,
-                asked_node=request.node,
-                generation=request.generation,
-            )
-            if refusal is not None:
-                raise _error(_REFUSAL_CODES[refusal.kind], refusal.message)
-            record = sk.NodeRecord(
-                node=node,
-                generation=max(request.generation, old.generation if old else 0) or 1,
-                name=old.name if old else "",
-                peer_address=request.peer_address,
-                client_address=request.client_address,
-                admin_address=request.admin_address,
-                roles=old.roles if old else list(self._ctx.config.roles),
-            )
-            if old == record:
-                return record
-            precondition = (
-                md.Precondition("version", kv.version)
-                if kv is not None
-                else md.Precondition("absent")
-            )
-            result = await host.write(md.Put(sk.node_key(node), sk.encode(record), precondition))
-            if isinstance(result, md.Written):
-                return record
-            await host.changed()
-        raise _error(ErrorCode.UNAVAILABLE, f"could not record node n{node} (contention)")
 
     async def _ensure_member(self, host: MetadataHost, node: int) -> None:
         deadline = time.monotonic() + self._ctx.config.metadata.request_timeout_ms / 1000

@@ -29,6 +29,17 @@ log = logging.getLogger("catenary.server")
 REFRESH_INTERVAL_S = 0.2
 
 
+def registration(record: sk.NodeRecord, node: int | None = None) -> Registration:
+    """A node record (kept under ``node``'s key) as the membership rules see it."""
+    return Registration(
+        record.node if node is None else node,
+        record.peer_address,
+        record.client_address,
+        record.generation,
+        record.removed,
+    )
+
+
 class PeerAddresses(Protocol):
     def set_peer_address(self, peer_id: int, address: str | None) -> None: ...
 
@@ -88,16 +99,7 @@ class NodeRegistry:
 
     def registrations(self) -> list[Registration]:
         """The records as the membership rules see them."""
-        return [
-            Registration(
-                node,
-                record.peer_address,
-                record.client_address,
-                record.generation,
-                record.removed,
-            )
-            for node, record in sorted(self._nodes.items())
-        ]
+        return [registration(self._nodes[node], node) for node in sorted(self._nodes)]
 
     def client_address_of(self, node: int) -> str:
         if node == self._ctx.node_id:
