@@ -48,13 +48,14 @@ LAYERS: dict[str, int] = {
     "core": 1,
     "persist": 2,
     "api": 2,
-    "runtime": 3,
-    "testing": 3,
-    "server": 4,
-    "client": 4,
-    "admin": 4,
-    "bench": 5,
-    "cli": 6,
+    "host": 3,
+    "runtime": 4,
+    "testing": 4,
+    "server": 5,
+    "client": 5,
+    "admin": 5,
+    "bench": 6,
+    "cli": 7,
 }
 
 

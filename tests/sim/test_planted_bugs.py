@@ -115,6 +115,7 @@ def plant_read_without_heartbeat_round(mp: pytest.MonkeyPatch) -> None:
 
 def plant_lease_read_without_drift_allowance(mp: pytest.MonkeyPatch) -> None:
     """Leader-lease reads trust the whole election timeout (no clock-drift allowance)."""
+
     def no_allowance(self: RaftNode) -> bool:
         cfg = self._cfg
         if not (cfg.lease_reads and cfg.check_quorum) or self._lease_disabled:

@@ -369,8 +369,10 @@ class SafetyChecker:
                 return
             self.checks += 1
             model = self.model(message.src)
-            if model.term == message.term and model.snapshot_index < message.index and (
-                message.index not in model.entries
+            if (
+                model.term == message.term
+                and model.snapshot_index < message.index
+                and (message.index not in model.entries)
             ):
                 raise Violation(
                     f"durability at delivery: node {message.src} acknowledged snapshot "

@@ -50,6 +50,7 @@ from random import Random
 
 import msgspec
 
+from catenary.core.metadata.lessor import LessorConfig
 from catenary.core.metadata.replica import (
     Completion,
     GetQuery,
@@ -92,7 +93,6 @@ from catenary.storage.store import StoreConfig
 from catenary.testing.sim.checkers import LeaderPresence, SafetyChecker, Violation
 from catenary.testing.sim.crashfs import CrashPointFileSystem, SimulatedCrash
 from catenary.testing.sim.history import Op
-from catenary.core.metadata.lessor import LessorConfig
 from catenary.testing.sim.linearizable import (
     check_history,
     check_leases,
