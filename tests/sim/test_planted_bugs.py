@@ -24,6 +24,7 @@ import pytest
 
 from catenary.core.metadata.lessor import Lessor, _Held
 from catenary.core.metadata.state import MetadataStateMachine
+from catenary.core.metadata.types import Compacted, WatchBatch
 from catenary.core.raft.log import RaftLog
 from catenary.core.raft.node import LEADER, RaftNode
 from catenary.core.raft.types import (
@@ -189,6 +190,46 @@ def plant_hard_state_commit_before_suffix(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(RaftStorage, "_write_hard_state", with_commit)
 
 
+def plant_watch_redelivers(mp: pytest.MonkeyPatch) -> None:
+    """A watch resumed from version v sends the event at v again (off by one)."""
+    changes_since = MetadataStateMachine.changes_since
+
+    def again(
+        self: MetadataStateMachine,
+        from_version: int,
+        key: str,
+        prefix: bool = False,
+        limit: int = 0,
+    ) -> WatchBatch | Compacted:
+        answer = changes_since(self, from_version, key, prefix, limit)
+        if isinstance(answer, WatchBatch) and self.history_start < from_version <= self.revision:
+            event = self._history[self._history_offset + from_version - self.history_start - 1]
+            if event.key == key or (prefix and event.key.startswith(key)):
+                return WatchBatch((event, *answer.events), answer.revision)
+        return answer
+
+    mp.setattr(MetadataStateMachine, "changes_since", again)
+
+
+def plant_watch_skips(mp: pytest.MonkeyPatch) -> None:
+    """A watch batch of several events loses its first one."""
+    changes_since = MetadataStateMachine.changes_since
+
+    def lossy(
+        self: MetadataStateMachine,
+        from_version: int,
+        key: str,
+        prefix: bool = False,
+        limit: int = 0,
+    ) -> WatchBatch | Compacted:
+        answer = changes_since(self, from_version, key, prefix, limit)
+        if isinstance(answer, WatchBatch) and len(answer.events) >= 2:
+            return WatchBatch(answer.events[1:], answer.revision)
+        return answer
+
+    mp.setattr(MetadataStateMachine, "changes_since", lossy)
+
+
 # ------------------------------------------------------------------ harness
 
 
@@ -241,6 +282,8 @@ CASES: dict[str, Case] = {
     "segments_never_fsynced": Case(
         plant_segments_never_fsynced, range(1, 21), ("durability", "CorruptionError")
     ),
+    "watch_redelivers": Case(plant_watch_redelivers, range(1, 11), ("watch",)),
+    "watch_skips": Case(plant_watch_skips, range(1, 11), ("watch",)),
     "hard_state_commit_before_suffix": Case(
         plant_hard_state_commit_before_suffix, range(1, 41), ("recovery",)
     ),
@@ -269,3 +312,15 @@ if __name__ == "__main__":
         for s in range(first, first + count):
             r = run_metadata_sim(SimOptions(seed=s, nodes=chosen.nodes, steps=chosen.steps))
             print(s, "ok" if r.ok else (r.violation or "").splitlines()[0][:200], flush=True)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="RaftStorage.save writes the hard state, with a new commit, before it rewrites "
+    "a conflicting suffix of the log: seed 47 restarts a follower on commit 29 over an "
+    "entry of an older term.  Once RaftStorage is fixed this passes: move the seed to "
+    "seeds.txt and drop this test.",
+)
+def test_recovery_bug_in_raft_storage_is_caught_by_seed_47() -> None:
+    result = run_metadata_sim(SimOptions(seed=47, nodes=3, steps=500))
+    assert result.ok, result.violation

@@ -24,6 +24,12 @@ indexes involved; the simulator stops the run there and reports it.
    index it loads is the entry the cluster committed at that index.  Checked
    at load; an index the cluster has not yet been seen to commit is
    remembered and checked when some member applies it.
+8. Watches (``WatchChecker``): what a watcher receives for its prefix is, in
+   version order, every event the cluster applied for those keys -- none
+   twice, none skipped, none different from the applied one -- and
+   ``Compacted`` only when the events it needs are no longer kept.  A watcher
+   that moves to another member (failover, crash) resumes from its last seen
+   version and must continue without a gap.
 7. Durability at delivery: when a vote grant (not a pre-vote) or an append /
    snapshot acknowledgement reaches its destination, the sender's storage
    must already hold what it promises -- the term and vote of the grant, the
@@ -39,6 +45,8 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from catenary.core.metadata.state import MetadataStateMachine
+from catenary.core.metadata.types import Compacted, Event, WatchBatch
 from catenary.core.raft.types import (
     AppendEntriesResponse,
     Entry,
@@ -381,3 +389,91 @@ class SafetyChecker:
                     f"durability at delivery: node {message.src} acknowledged snapshot "
                     f"{message.index}, but its storage holds snapshot {model.snapshot_index}"
                 )
+
+
+class WatchChecker:
+    """The events every member applied, by version, and what watchers were told.
+
+    The truth is read from each member's own kept history (not through
+    ``changes_since``, the code under test), incrementally, and must agree
+    across members.
+    """
+
+    def __init__(self) -> None:
+        self.truth: dict[int, Event] = {}
+        self.harvested: dict[int, tuple[int, int]] = {}  # node -> (state id, version)
+        self.checks = 0
+
+    def harvest(self, node: int, state: MetadataStateMachine) -> None:
+        start = state.history_start
+        key = id(state)
+        known = self.harvested.get(node)
+        done = known[1] if known is not None and known[0] == key else start
+        if done > state.revision:
+            done = start  # another state object at a reused id
+        history = state._history  # the kept events, read directly
+        offset = state._history_offset
+        first = max(done, start) + 1
+        for version in range(first, state.revision + 1):
+            event = history[offset + (version - start - 1)]
+            if event.version != version:
+                raise Violation(
+                    f"watch: node {node} keeps event version {event.version} at {version}"
+                )
+            seen = self.truth.setdefault(version, event)
+            if seen != event:
+                raise Violation(
+                    f"watch: node {node} applied {event} at version {version}, "
+                    f"another member {seen}"
+                )
+        self.harvested[node] = (key, max(done, state.revision))
+
+    def check(
+        self,
+        watcher: int,
+        node: int,
+        prefix: str,
+        from_version: int,
+        answer: WatchBatch | Compacted,
+        history_start: int,
+    ) -> None:
+        self.checks += 1
+        if isinstance(answer, Compacted):
+            if from_version >= history_start:
+                raise Violation(
+                    f"watch: watcher {watcher} on node {node} was told Compacted from "
+                    f"{from_version}, but events after {history_start} are kept"
+                )
+            return
+        where = f"watcher {watcher} (prefix {prefix!r}) on node {node} from {from_version}"
+        if answer.revision < from_version:
+            raise Violation(f"watch: {where} went back to revision {answer.revision}")
+        previous = from_version
+        got: dict[int, Event] = {}
+        for event in answer.events:
+            if event.version <= previous:
+                raise Violation(
+                    f"watch: {where} received version {event.version} after {previous} "
+                    "(redelivered or out of order)"
+                )
+            if event.version > answer.revision:
+                raise Violation(
+                    f"watch: {where} received version {event.version} beyond the batch's "
+                    f"revision {answer.revision}"
+                )
+            truth = self.truth.get(event.version)
+            if truth is not None and truth != event:
+                raise Violation(
+                    f"watch: {where} received {event}, but {truth} was applied at that version"
+                )
+            previous = event.version
+            got[event.version] = event
+        if from_version < history_start:
+            raise Violation(
+                f"watch: {where} got a batch although the events after {history_start} "
+                "are all that is kept (Compacted expected)"
+            )
+        for version in range(from_version + 1, answer.revision + 1):
+            truth = self.truth.get(version)
+            if truth is not None and truth.key.startswith(prefix) and version not in got:
+                raise Violation(f"watch: {where} skipped {truth} (batch up to {answer.revision})")

@@ -66,8 +66,10 @@ from catenary.core.metadata.replica import (
     WriteCompleted,
     WriteIndeterminate,
 )
+from catenary.core.metadata.state import MetadataConfig
 from catenary.core.metadata.types import (
     Command,
+    Compacted,
     Delete,
     LeaseGrant,
     LeaseGranted,
@@ -94,7 +96,12 @@ from catenary.persist.raft_storage import RaftStorage
 from catenary.storage.errors import StorageError
 from catenary.storage.fs_sim import SimFileSystem
 from catenary.storage.store import StoreConfig
-from catenary.testing.sim.checkers import LeaderPresence, SafetyChecker, Violation
+from catenary.testing.sim.checkers import (
+    LeaderPresence,
+    SafetyChecker,
+    Violation,
+    WatchChecker,
+)
 from catenary.testing.sim.crashfs import CrashPointFileSystem, SimulatedCrash
 from catenary.testing.sim.history import Op
 from catenary.testing.sim.linearizable import (
@@ -111,6 +118,9 @@ RAFT_DIR = "/raft"
 # The lessor checkpoints every 200 ms (the server's default is 1 s), so a late
 # expiry is told apart from a checkpoint's age within a short run.
 LESSOR = LessorConfig(checkpoint_interval_ms=200)
+# The clock drift (each tick interval off by up to this fraction) that leader
+# lease reads allow for with the simulator's RaftConfig (see FaultPlan.draw).
+LEASE_DRIFT_BOUND = 1 / 9
 SPARES = 2  # members that may join while the simulation runs
 
 
@@ -159,6 +169,14 @@ class FaultPlan:
     # The nemesis crashes members inside narrow windows: a voter whose grant waits
     # on its persist, a member whose persist rewrites a suffix of its log.
     window_crashes: bool
+    watch_history_max: int  # events the state machine keeps for watchers
+    # The nemesis cuts the leader off from the other members while some clients
+    # keep sending it linearizable reads (a deposed leader that does not know yet).
+    deposed_reads: bool
+    # Entries per append: few make a lagging follower catch up over several
+    # appends, so acknowledgements can cover old-term entries without the
+    # leader's own (Raft's Figure 8 window).
+    entries_per_message: int
     # The host loop's knobs (the server's defaults are 10 s, 4096 and 20000):
     # a deadline shorter than the clients' timeout makes the host answer
     # "indeterminate" itself; tiny batches and a small inbox force the rare paths.
@@ -191,8 +209,11 @@ class FaultPlan:
             compact_after_entries=rng.choice([8, 32, 128, 100_000]),
             segment_bytes_max=rng.choice([1 << 12, 1 << 14, 1 << 20]),
             lease_reads=rng.random() < 0.3,
-            # Lease reads assume drift far below (election - lease_drift) / election.
-            clock_drift=rng.choice([0.0, 0.01, 0.05]),
+            # Lease reads allow for clocks whose rates differ by less than
+            # election / (election - lease_drift) = 10/8: with every tick off by up
+            # to d, (1 + d) / (1 - d) < 1.25, d < 1/9.  0.1 is inside that bound,
+            # 0.3 beyond it (expected unsafe with lease reads; see __init__).
+            clock_drift=rng.choice([0.0, 0.01, 0.05, 0.1, 0.3]),
             transfers=rng.random() < 0.5,
             stale_reads=rng.choice([0.0, 0.2]),
             reconfigure=rng.random() < 0.4,
@@ -200,6 +221,9 @@ class FaultPlan:
             pauses=rng.random() < 0.3,
             io_errors=rng.random() < 0.2,
             window_crashes=rng.random() < 0.4,
+            watch_history_max=rng.choice([16, 64, 10_000]),
+            deposed_reads=rng.random() < 0.4,
+            entries_per_message=rng.choice([2, 64]),
             host_timeout_ms=rng.choice([200, 500, 10_000]),
             host_batch_max=rng.choice([1, 4, 4096]),
             host_queue_max=rng.choice([32, 20_000]),
@@ -232,6 +256,12 @@ class SimCounters:
     stale_reads: int = 0
     crashes_vote_window: int = 0  # crashed with a vote grant waiting on its persist
     crashes_overwrite_window: int = 0  # crashed while persisting a rewrite of its log suffix
+    deposed_leaders: int = 0  # leaders cut off while clients kept reading from them
+    drift_beyond_bound: int = 0  # 1 when this run's clocks drift beyond the lease-read bound
+    watch_polls: int = 0
+    watch_events: int = 0
+    watch_compacted: int = 0
+    watch_failovers: int = 0  # a watcher moved to another member, resuming where it was
     host_batches: int = 0  # host-loop batches that proposed more than one write
     host_expired: int = 0  # requests the host loop answered at their deadline
     host_refused: int = 0  # requests the host loop refused before proposing them
@@ -325,6 +355,16 @@ class _Client:
     versions: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass
+class _Watcher:
+    """Watches a prefix on one member, moving to another when it fails or at random."""
+
+    watcher_id: int
+    prefix: str
+    target: int
+    from_version: int = 0
+
+
 # ------------------------------------------------------------ the simulator
 
 
@@ -335,6 +375,10 @@ class MetadataSim:
         self.options = options
         seeds = Random(options.seed)
         self.plan = FaultPlan.draw(Random(seeds.getrandbits(64)))
+        if self.plan.clock_drift > LEASE_DRIFT_BOUND:
+            # Beyond the bound lease reads are expected to be unsafe: such seeds
+            # run ReadIndex reads only, which must stay safe under any drift.
+            self.plan.lease_reads = False
         self.loop = EventLoop(keep_notes=options.keep_log)
         self.network = SimNetwork(Random(seeds.getrandbits(64)), self.plan.network)
         self.nemesis_rng = Random(seeds.getrandbits(64))
@@ -349,7 +393,7 @@ class MetadataSim:
         self.raft_config = RaftConfig(
             election_timeout_ticks=10,
             heartbeat_interval_ticks=2,
-            max_entries_per_message=64,
+            max_entries_per_message=self.plan.entries_per_message,
             max_bytes_per_message=64 << 10,
             max_inflight_messages=8,
             snapshot_chunk_bytes=512,
@@ -379,10 +423,16 @@ class MetadataSim:
             self.members[i].started = False
             self.tick_us[i] = self.tick_us[1 + (i - 1) % options.nodes]
         self.ids = sorted(self.members)
+        # Drawn after every other generator, so adding watchers moved nothing else.
+        self.watch_rng = Random(seeds.getrandbits(64))
+        self.watchers = [_Watcher(0, "k", 1), _Watcher(1, "lease/", 1)]
+        self.watch_checker = WatchChecker()
+        self.state_config = MetadataConfig(watch_history_max=self.plan.watch_history_max)
         self.store_config = StoreConfig(segment_bytes_max=self.plan.segment_bytes_max)
         self.checker = SafetyChecker()
         self.presence = LeaderPresence(gap_us=3 * options.tick_ms * 1000)
         self.counters = SimCounters()
+        self.counters.drift_beyond_bound = int(self.plan.clock_drift > LEASE_DRIFT_BOUND)
         self.history: list[Op] = []
         self.clients: list[_Client] = []
         self.next_request_id = 1
@@ -394,6 +444,7 @@ class MetadataSim:
         self.violation: str | None = None
         self.interrupted: dict[int, Ready | None] = {}
         self.window_quiet_until_us = 0
+        self.nemesis_quiet_until_us = 0
         self.linearizability = "not checked"
         p = self.plan
         self.fault_summary = (
@@ -404,6 +455,8 @@ class MetadataSim:
             f"lease_reads={p.lease_reads} drift={p.clock_drift} transfers={p.transfers} "
             f"stale_reads={p.stale_reads} reconfigure={p.reconfigure} leases={p.leases} "
             f"pauses={p.pauses} io_errors={p.io_errors} window_crashes={p.window_crashes} "
+            f"deposed_reads={p.deposed_reads} entries_per_message={p.entries_per_message} "
+            f"watch_history_max={p.watch_history_max} "
             f"host_timeout_ms={p.host_timeout_ms} host_batch_max={p.host_batch_max} "
             f"host_queue_max={p.host_queue_max}"
         )
@@ -454,7 +507,7 @@ class MetadataSim:
         c.messages_duplicated = net.duplicated
         c.leaders = len(self.checker.leaders)
         c.commits = self.checker.highest_commit
-        c.checks = self.checker.checks
+        c.checks = self.checker.checks + self.watch_checker.checks
         liveness = None
         if self.probe_done_us is not None:
             liveness = (self.probe_done_us - self.safety_end_us) // 1000
@@ -503,6 +556,13 @@ class MetadataSim:
             )
             self.clients.append(client)
             self.loop.after(0, "lease-client.start", functools.partial(self._client_next, client))
+        for watcher in self.watchers:
+            watcher.target = self.watch_rng.choice(self._started())
+            self.loop.after(
+                self.watch_rng.randint(0, 50_000),
+                f"watch{watcher.watcher_id}",
+                functools.partial(self._watch_poll, watcher),
+            )
         plan = self.plan
         faults = (plan.crashes, plan.partitions, plan.transfers, plan.reconfigure, plan.pauses)
         if any(faults) or plan.io_errors:
@@ -540,6 +600,7 @@ class MetadataSim:
             if member.node_id in self.membership.voters
             else None,
             config=ReplicaConfig(lessor=LESSOR),
+            state_config=self.state_config,
             now_ms=self.loop.now_ms,
         )
         incarnation = member.incarnation
@@ -794,6 +855,9 @@ class MetadataSim:
         if self.phase != "safety":
             return
         rng = self.nemesis_rng
+        if self.loop.now_us < self.nemesis_quiet_until_us:
+            self._schedule_nemesis()  # a deposed leader's scenario plays out undisturbed
+            return
         actions: list[str] = []
         if self.plan.crashes:
             actions += ["crash", "crash"]
@@ -807,6 +871,8 @@ class MetadataSim:
             actions += ["pause"]
         if self.plan.io_errors:
             actions += ["io-error"]
+        if self.plan.deposed_reads:
+            actions += ["depose", "depose", "depose"]
         action = rng.choice(actions)
         if action == "crash":
             self._nemesis_crash(rng)
@@ -818,6 +884,8 @@ class MetadataSim:
             self._nemesis_pause(rng)
         elif action == "io-error":
             self._nemesis_io_error(rng)
+        elif action == "depose":
+            self._nemesis_depose(rng)
         else:
             self._nemesis_partition(rng)
         self._schedule_nemesis()
@@ -895,6 +963,48 @@ class MetadataSim:
             downtime_ms * 1000, f"restart{member.node_id}", lambda: self._restart(member)
         )
 
+    def _nemesis_depose(self, rng: Random) -> None:
+        """Cut the leader off from every other member; point some clients at it.
+
+        The others elect a new leader and commit writes while the old one may
+        still believe it leads; reads it serves without a confirming round (or
+        on a lease that does not allow for clock drift) are then stale, which
+        the linearizability check sees.  Mostly the old leader is also
+        stopped (paused) until shortly before the cut heals: thawed, it catches
+        up only a few ticks (as the server's host does), still believes it
+        leads, and handles the reads that queued up meanwhile.
+        """
+        leader = self._leader()
+        ids = self._started()
+        if leader is None or len(ids) < 3:
+            return
+        old = leader.node_id
+        if not all(self.members[v].up for v in leader.raft.membership.voters):
+            return  # the others could not elect a leader: nothing to catch
+        links = split_links([old], [i for i in ids if i != old])
+        self.counters.deposed_leaders += 1
+        self.network.partition(links)
+        self.loop.note(f"depose {old}")
+        readers = [c for c in self.clients if not c.leasing and not c.probe]
+        readers = readers[: max(1, len(readers) // 2)]
+
+        def point_readers() -> None:
+            for client in readers:
+                client.target = old
+
+        duration_ms = rng.randint(300, 1_500)
+        self.loop.after(duration_ms * 1000, "heal", lambda: self.network.heal_links(links))
+        self.nemesis_quiet_until_us = self.loop.now_us + (duration_ms + 200) * 1000
+        member = self.members[old]
+        if rng.random() < 0.8 and member.paused_until_us <= self.loop.now_us:
+            pause_us = (duration_ms - rng.randint(30, 150)) * 1000
+            self._pause(member, pause_us)
+            # Reads sent shortly before it thaws, after the others (likely) took
+            # writes: it handles them the moment it thaws.
+            self.loop.after(pause_us - rng.randint(5_000, 40_000), "point-readers", point_readers)
+        else:
+            point_readers()
+
     def _nemesis_io_error(self, rng: Random) -> None:
         up = [i for i in self._started() if self.members[i].up]
         if up:
@@ -911,7 +1021,10 @@ class MetadataSim:
         member = self.members[victim]
         if member.paused_until_us > self.loop.now_us:
             return
-        pause_us = rng.randint(20, 2_000) * 1000
+        self._pause(member, rng.randint(20, 2_000) * 1000)
+
+    def _pause(self, member: _Member, pause_us: int) -> None:
+        victim = member.node_id
         member.paused_until_us = self.loop.now_us + pause_us
         self.counters.pauses += 1
         self.loop.note(f"pause {victim} for {pause_us // 1000} ms")
@@ -1092,6 +1205,48 @@ class MetadataSim:
                 f"healed (node, applied, commit, role): {states}"
             )
 
+    # --------------------------------------------------------------- watches
+
+    def _watch_poll(self, watcher: _Watcher) -> None:
+        """One poll of a watcher (as the server's watch stream does): changes since its
+        last seen version; on a down or paused member it moves elsewhere and resumes."""
+        if self._stopped():
+            return
+        rng = self.watch_rng
+        self.loop.after(
+            rng.randint(2_000, 30_000),
+            f"watch{watcher.watcher_id}",
+            functools.partial(self._watch_poll, watcher),
+        )
+        member = self.members[watcher.target]
+        replica = member.replica
+        if replica is None or self.loop.now_us < member.paused_until_us or rng.random() < 0.05:
+            up = [i for i in self._started() if self.members[i].up]
+            if up:
+                watcher.target = rng.choice(up)
+                self.counters.watch_failovers += 1
+            return
+        state = replica.state
+        self.watch_checker.harvest(member.node_id, state)
+        limit = rng.choice([0, 0, 2])
+        answer = state.changes_since(watcher.from_version, watcher.prefix, True, limit)
+        self.counters.watch_polls += 1
+        self.watch_checker.check(
+            watcher.watcher_id,
+            member.node_id,
+            watcher.prefix,
+            watcher.from_version,
+            answer,
+            state.history_start,
+        )
+        if isinstance(answer, Compacted):
+            # Resync (a list at the member's revision), then watch on from there.
+            self.counters.watch_compacted += 1
+            watcher.from_version = max(watcher.from_version, answer.revision)
+            return
+        self.counters.watch_events += len(answer.events)
+        watcher.from_version = answer.revision
+
     # ---------------------------------------------------------------- clients
 
     def _client_delay_us(self) -> int:
@@ -1159,10 +1314,10 @@ class MetadataSim:
         key = f"lease/k{rng.randrange(2)}"
         command: Command
         probe = False
-        if client.lease != 0 and len(client.abandoned) < 3 and rng.random() < 0.05:
+        if client.lease != 0 and len(client.abandoned) < 3 and rng.random() < 0.15:
             client.abandoned.append(client.lease)  # stop keeping it alive; probe it later
             client.lease = 0
-        if client.abandoned and rng.random() < 0.3:
+        if client.abandoned and rng.random() < 0.5:
             command = Put(key, value, lease=client.abandoned[0])
             probe = True
         elif client.lease == 0:
@@ -1336,6 +1491,8 @@ class MetadataSim:
         op = client.op
         if op is None or op.op_id != op_id:
             return
+        # The target may be down, cut off or removed: try another member next.
+        client.target = self.workload_rng.choice(self._started())
         self._close(client, "indeterminate" if op.is_write else "failed")
 
     def _close(self, client: _Client, status: str) -> None:
@@ -1352,7 +1509,7 @@ class MetadataSim:
         client.op = None
         client.request_id = 0
         think_us = self.workload_rng.randint(0, 20_000)
-        if client.leasing and self.workload_rng.random() < 0.3:
+        if client.leasing and not client.abandoned and self.workload_rng.random() < 0.3:
             think_us = self.workload_rng.randint(50_000, 1_500_000)  # let leases run out
         self.loop.after(think_us, f"client{client.client_id}", lambda: self._client_next(client))
 
