@@ -4,11 +4,17 @@
    module-level ``random`` functions (``from random import Random`` is the one
    allowed form: randomness is injected as a seeded generator).
 2. A package imports only packages of a strictly lower layer (or itself).
+3. The public API is not the core: ``api`` (the wire schema, its error codes
+   and public types) and ``client`` (which users import) never import a
+   core's structs, a host, the server or the storage beneath them -- even where
+   the layers alone would allow it.  The node converts between the core's
+   structs and the public types at its port (``runtime/public.py``).
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -42,7 +48,6 @@ FORBIDDEN_IN_CORE = {
 # Lower number = lower layer.  A package may import its own modules and any
 # package with a strictly lower number.
 LAYERS: dict[str, int] = {
-    "util": 0,
     "wire": 1,
     "storage": 1,
     "core": 1,
@@ -56,6 +61,12 @@ LAYERS: dict[str, int] = {
     "admin": 5,
     "bench": 6,
     "cli": 7,
+}
+
+# Rule 3: lower packages a package must not import although its layer is above them.
+NEVER_IMPORTS: dict[str, frozenset[str]] = {
+    "api": frozenset({"core", "storage", "persist", "host", "runtime", "testing"}),
+    "client": frozenset({"core", "storage", "persist", "host", "runtime", "testing", "server"}),
 }
 
 
@@ -90,7 +101,7 @@ def core_violations(path: Path, tree: ast.AST) -> list[str]:
         if top == "catenary":
             parts = module.split(".")
             target = parts[1] if len(parts) > 1 else ""
-            if target not in ("core", "util"):
+            if target != "core":
                 bad.append(f"{path}:{line}: core imports {module}")
     return bad
 
@@ -109,12 +120,27 @@ def layer_violations(path: Path, tree: ast.AST) -> list[str]:
             continue
         if LAYERS[target] >= LAYERS[package]:
             bad.append(f"{path}:{line}: {package} (layer {LAYERS[package]}) imports {module}")
+        elif target in NEVER_IMPORTS.get(package, ()):
+            bad.append(f"{path}:{line}: {package} is public and may not import {module}")
     return bad
 
 
 def test_every_package_has_a_layer() -> None:
     packages = {p.name for p in SRC.iterdir() if p.is_dir() and p.name != "__pycache__"}
     assert packages <= set(LAYERS), f"give these a layer: {sorted(packages - set(LAYERS))}"
+    assert set(LAYERS) <= packages, f"layers without a package: {sorted(set(LAYERS) - packages)}"
+
+
+def test_the_documented_layers_are_the_checked_ones() -> None:
+    # docs/architecture.md draws the layers as "<number>  pkg/  pkg/   description".
+    text = (SRC.parent.parent / "docs" / "architecture.md").read_text()
+    documented: dict[str, int] = {}
+    for line in text.splitlines():
+        match = re.match(r"^\s*(\d)\s{2}((?:[a-z]+/\s+)+)", line)
+        if match:
+            for name in re.findall(r"([a-z]+)/", match.group(2)):
+                documented[name] = int(match.group(1))
+    assert documented == LAYERS
 
 
 def test_core_does_no_io() -> None:
@@ -149,6 +175,32 @@ def test_rule_catches_a_planted_import(snippet: str) -> None:
     # The checker itself must fail on each of these, or the rule is hollow.
     fake = SRC / "core" / "planted.py"
     assert core_violations(fake, ast.parse(snippet)), snippet
+
+
+@pytest.mark.parametrize(
+    ("package", "snippet"),
+    [
+        ("client", "from catenary.core.metadata.types import KeyValue"),
+        ("client", "from catenary.core.metadata import types as md"),
+        ("client", "import catenary.core.raft.types"),
+        ("client", "from catenary.runtime.client_port import ServiceError"),
+        ("client", "from catenary.server import node"),
+        ("client", "from catenary.storage.store import SegmentedStore"),
+        ("api", "from catenary.core.metadata.types import Precondition"),
+        ("api", "from catenary.runtime import public"),
+    ],
+)
+def test_public_rule_catches_a_planted_import(package: str, snippet: str) -> None:
+    # Rule 3 must fail on each of these, or the public API can quietly grow
+    # a dependency on the core again.
+    fake = SRC / package / "planted.py"
+    assert layer_violations(fake, ast.parse(snippet)), snippet
+
+
+def test_public_rule_allows_the_wire_schema() -> None:
+    fake = SRC / "client" / "planted.py"
+    snippet = "from catenary.api import messages\nfrom catenary.api.types import KeyValue\n"
+    assert not layer_violations(fake, ast.parse(snippet + "from catenary.wire import FrameKind"))
 
 
 def test_rule_allows_injected_randomness() -> None:

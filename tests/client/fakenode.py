@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import Callable
 
 from catenary.api import messages as m
-from catenary.core.metadata.types import (
+from catenary.api.types import (
     Compacted,
     Done,
     Event,
@@ -23,8 +23,8 @@ from catenary.core.metadata.types import (
     LeaseGranted,
     LeaseNotFound,
     PreconditionFailed,
-    Result,
     WatchBatch,
+    WriteResult,
     Written,
 )
 from catenary.wire import (
@@ -228,7 +228,7 @@ class FakeNode:
             case _:
                 return m.ErrorReply(request.id, m.ErrorCode.BAD_REQUEST, "unsupported")
 
-    def _check(self, key: str, kind: str, version: int) -> Result | None:
+    def _check(self, key: str, kind: str, version: int) -> WriteResult | None:
         current = self.kv[key].version if key in self.kv else 0
         if kind == "absent" and current != 0:
             return PreconditionFailed(key, current)

@@ -12,6 +12,7 @@ import pytest
 from catenary.api import messages as m
 from catenary.client import (
     BadRequestError,
+    CatenaryError,
     Client,
     CompactedError,
     ConnectionRefusedByNodeError,
@@ -538,3 +539,59 @@ def test_first_attempt_deadlines_leave_no_queue_behind() -> None:
                     await asyncio.sleep(0.01)
 
     run(body)
+
+
+BAD_TEXT = "/bad\udc80key"  # a lone surrogate: a str that has no UTF-8 form
+
+
+def test_text_that_is_not_utf8_is_a_bad_request_naming_the_argument() -> None:
+    async def body(node: FakeNode) -> None:
+        async with Client([node.address], timeout_s=2) as client:
+            md = client.metadata
+            calls: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+                ("key", lambda: md.put(BAD_TEXT, b"v")),
+                ("key", lambda: md.get(BAD_TEXT)),
+                ("key", lambda: md.get(BAD_TEXT, stale=True)),
+                ("key", lambda: md.get_result(BAD_TEXT)),
+                ("key", lambda: md.delete(BAD_TEXT)),
+                ("prefix", lambda: md.list(BAD_TEXT)),
+                ("cluster_name", lambda: client.provision(BAD_TEXT)),
+            ]
+            for argument, call in calls:
+                with pytest.raises(BadRequestError) as info:
+                    await call()
+                assert argument in str(info.value) and "UTF-8" in str(info.value)
+            with pytest.raises(BadRequestError, match=r"key.*UTF-8"):
+                async with md.watch(BAD_TEXT) as watcher:
+                    await anext(watcher)
+            # Nothing was sent: the connection still serves.
+            assert await md.put("/fine", b"v") > 0
+
+    run(body)
+
+
+def test_every_client_error_is_a_catenary_error() -> None:
+    async def body(node: FakeNode) -> None:
+        async with Client([node.address], timeout_s=2) as client:
+            md = client.metadata
+            with pytest.raises(BadRequestError, match="key must be a str"):
+                await md.put(b"/bytes-key", b"v")  # type: ignore[arg-type]
+            with pytest.raises(BadRequestError, match="prefix must be a str"):
+                await md.list(7)  # type: ignore[arg-type]
+            with pytest.raises(BadRequestError, match="key must be a str"):
+                await md.get(None)  # type: ignore[arg-type]
+            with pytest.raises(BadRequestError, match="put not sent: cannot encode"):
+                await md.put("/k", b"v", lease=2**70)
+        for bad in ({"cluster_name": BAD_TEXT}, {"timeout_s": 0}):
+            with pytest.raises(CatenaryError):
+                Client([node.address], **bad)  # type: ignore[arg-type]
+        with pytest.raises(CatenaryError, match="UTF-8"):
+            Client(["h\udc80st:1"])
+        with pytest.raises(CatenaryError):
+            Client("nohost")
+
+    run(body)
+    sync = SyncClient(["127.0.0.1:1"], timeout_s=0.1)
+    sync.close()
+    with pytest.raises(CatenaryError, match="closed"):
+        sync.metadata.get("/k")

@@ -22,6 +22,7 @@ from typing import TypeVar
 import aiohttp
 import pytest
 
+from catenary.api.types import Event
 from catenary.bench.metadata import LocalCluster, NodeProcess
 from catenary.client import (
     Client,
@@ -30,7 +31,6 @@ from catenary.client import (
     PreconditionFailedError,
     UnavailableError,
 )
-from catenary.core.metadata.types import Event
 from catenary.wire import FrameKind, Role, encode_hello, make_hello
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e"), pytest.mark.timeout(120)]

@@ -52,6 +52,10 @@ from catenary.core.raft.types import (
     Snapshot,
     TimeoutNow,
 )
+from catenary.persist.raft_storage import RaftStorage
+from catenary.storage.fs_sim import SimFileSystem
+from catenary.storage.store import StoreConfig
+from catenary.testing.sim.crashfs import CrashPointFileSystem, SimulatedCrash
 
 _CONF_NAMES = {
     ConfChangeKind.ADD_LEARNER: "add-learner",
@@ -138,6 +142,55 @@ class Stored:
         self.entries = [e for e in self.entries if e.index > snap.meta.index]
 
 
+class DiskStored(Stored):
+    """``Stored`` kept by the real ``RaftStorage`` on a simulated disk (``cluster disk=sim``).
+
+    The fields of ``Stored`` mirror what completed saves made durable (the
+    persist-before-send check reads them); a restart rebuilds the node from what
+    ``RaftStorage.load`` returns after the disk dropped everything unsynced, so a
+    scenario can crash a node in the middle of a save (``crash-in-save``).
+    """
+
+    _RAFT_DIR = "/raft"
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        self.disk = SimFileSystem(Random(seed))
+        self.fs = CrashPointFileSystem(self.disk)
+        self.storage = self._open()
+
+    def _open(self) -> RaftStorage:
+        storage = RaftStorage.open(self.fs, self._RAFT_DIR, StoreConfig(segment_bytes_max=256))
+        self.hard_state, self.snapshot, self.entries = storage.load()
+        return storage
+
+    def save(self, rd: Ready) -> None:
+        self.storage.save(rd)
+        super().save(rd)
+
+    def compact(self, snap: Snapshot) -> None:
+        self.storage.compact(snap.meta.index, snap)
+        super().compact(snap)
+
+    def save_until_crash(self, rd: Ready, operations: int) -> bool:
+        """Run ``save`` with a crash after ``operations`` file operations; False when
+        the save completed within them."""
+        self.fs.arm(operations)
+        try:
+            self.storage.save(rd)
+        except SimulatedCrash:
+            return True
+        finally:
+            self.fs.disarm()
+        return False
+
+    def crash(self) -> None:
+        self.disk.crash()
+
+    def reload(self) -> None:
+        self.storage = self._open()
+
+
 def _check_persist_before_send(st: Stored, rd: Ready) -> None:
     """R2 end to end: promises leave only in messages_after_persist, and only once
     what they promise is in ``st`` (what a crash would leave)."""
@@ -169,9 +222,10 @@ _state_decoder = msgspec.json.Decoder(list[str])
 
 
 class Cluster:
-    def __init__(self, config: RaftConfig, seed: int = 0) -> None:
+    def __init__(self, config: RaftConfig, seed: int = 0, disk: bool = False) -> None:
         self.config = config
         self.seed = seed
+        self.disk = disk  # keep each node's state in RaftStorage on a simulated disk
         self.nodes: dict[int, RaftNode] = {}
         self.stored: dict[int, Stored] = {}
         self.applied: dict[int, list[str]] = {}
@@ -193,7 +247,7 @@ class Cluster:
     # ------------------------------------------------------------ membership of the harness
 
     def add_node(self, nid: int, initial: Membership | None) -> None:
-        self.stored[nid] = Stored()
+        self.stored[nid] = DiskStored(self.seed * 1000 + nid) if self.disk else Stored()
         self.restarts[nid] = 0
         self.initial[nid] = initial
         self.nodes[nid] = RaftNode(
@@ -205,10 +259,15 @@ class Cluster:
     def crash(self, nid: int) -> None:
         self.down.add(nid)
         self.pending.pop(nid, None)  # never reached the disk
+        st = self.stored[nid]
+        if isinstance(st, DiskStored):
+            st.crash()
         self.net = [m for m in self.net if m.dst != nid and m.src != nid]
 
     def restart(self, nid: int) -> None:
         st = self.stored[nid]
+        if isinstance(st, DiskStored):
+            st.reload()
         self.restarts[nid] += 1
         rng = Random(self.seed * 1000 + nid + 100 * self.restarts[nid])
         self.nodes[nid] = RaftNode(
@@ -283,6 +342,36 @@ class Cluster:
             )
         self.reads[nid].extend(rd.reads)
         self.nodes[nid].advance(rd)
+
+    def send_ready(self, nid: int, out: list[str]) -> bool:
+        """Take a Ready and send its messages; it is persisted by a later
+        ``process-ready`` (or lost by a crash first), as on a host whose disk is slow."""
+        node = self.nodes[nid]
+        if nid in self.down or nid in self.pending or not node.has_ready():
+            return False
+        rd = node.ready()
+        out.append(f"> {nid} ready (persistence pending)")
+        out += [f"  {ln}" for ln in self._describe(rd)]
+        self.send(rd.messages)
+        self.pending[nid] = rd
+        return True
+
+    def crash_in_save(self, nid: int, operations: int, out: list[str]) -> None:
+        """Take a Ready, send its messages and crash the node after ``operations``
+        file operations of its save."""
+        st = self.stored[nid]
+        assert isinstance(st, DiskStored), "crash-in-save needs cluster disk=sim"
+        node = self.nodes[nid]
+        assert nid not in self.pending and node.has_ready()
+        rd = node.ready()
+        out.append(f"> {nid} ready")
+        out += [f"  {ln}" for ln in self._describe(rd)]
+        self.send(rd.messages)
+        if st.save_until_crash(rd, operations):
+            out.append(f"  crashed after {operations} file operations of its save")
+        else:
+            out.append(f"  saved within {operations} file operations, then crashed")
+        self.crash(nid)
 
     def process_ready(self, nid: int, out: list[str] | None) -> bool:
         if self.finish_ready(nid):
@@ -452,7 +541,8 @@ class Runner:
         voters = tuple(_ids(kv.pop("voters")))
         learners = tuple(_ids(kv.pop("learners", "")))
         seed = int(kv.pop("seed", "0"))
-        self.cluster = Cluster(_config(kv), seed)
+        disk = kv.pop("disk", "") == "sim"
+        self.cluster = Cluster(_config(kv), seed, disk)
         for nid in sorted(voters + learners):
             self.cluster.add_node(nid, Membership(voters=voters, learners=learners))
 
@@ -479,6 +569,23 @@ class Runner:
     def cmd_process_ready(self, pos: list[str], kv: dict[str, str], out: list[str]) -> None:
         for nid in _ids(pos[0]):
             self.c.process_ready(nid, out)
+
+    # send-ready 1: send a Ready's messages, persist it at the next process-ready
+    def cmd_send_ready(self, pos: list[str], kv: dict[str, str], out: list[str]) -> None:
+        for nid in _ids(pos[0]):
+            self.c.send_ready(nid, out)
+
+    # crash-in-save 3 ops=6: the next Ready's save stops after 6 file operations
+    def cmd_crash_in_save(self, pos: list[str], kv: dict[str, str], out: list[str]) -> None:
+        self.c.crash_in_save(int(pos[0]), int(kv["ops"]), out)
+
+    # stored 3: what the node's storage holds (on disk=sim: what load returned)
+    def cmd_stored(self, pos: list[str], kv: dict[str, str], out: list[str]) -> None:
+        for nid in _ids(pos[0]):
+            st = self.c.stored[nid]
+            hs = st.hard_state
+            log = fmt_entries(st.entries) if st.entries else "[]"
+            out.append(f"{nid}: hs term={hs.term} vote={hs.vote} commit={hs.commit} log={log}")
 
     def cmd_deliver(self, pos: list[str], kv: dict[str, str], out: list[str]) -> None:
         for nid in _ids(pos[0]):

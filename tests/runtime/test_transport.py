@@ -23,12 +23,15 @@ from catenary.runtime.transport import (
     parse_address,
 )
 from catenary.wire import (
+    PROTOCOL_VERSION,
     Frame,
     FrameDecoder,
     FrameKind,
     HelloAck,
+    PeerService,
     Role,
     decode_hello_reply,
+    decode_peer_message,
     encode_frame,
     encode_hello,
     make_hello,
@@ -360,7 +363,13 @@ def test_bad_input_drops_only_that_connection(caplog: pytest.LogCaptureFixture) 
                 port, hello, then=struct.pack(">IB", 1 << 30, FrameKind.PEER)
             )
             answers["bad payload"] = await _raw(
-                port, hello, then=encode_frame(FrameKind.PEER, b"\xc1")
+                port, hello, then=encode_frame(FrameKind.PEER, b"\x00\xc1")
+            )
+            answers["no service tag"] = await _raw(
+                port, hello, then=encode_frame(FrameKind.PEER, b"")
+            )
+            answers["unknown service"] = await _raw(
+                port, hello, then=encode_frame(FrameKind.PEER, b"\x07\x90")
             )
             answers["wrong kind"] = await _raw(
                 port, hello + encode_frame(FrameKind.REQUEST, b"\x90")
@@ -370,7 +379,7 @@ def test_bad_input_drops_only_that_connection(caplog: pytest.LogCaptureFixture) 
                 b.transport.send(1, vote(2, 1, term))
             await until(lambda: len(a.got(2)) == 3 and len(b.got(1)) == 3, "peers unaffected")
             assert a.transport.connection_count(2) == 1
-            assert a.transport.stats().bad_connections >= 7
+            assert a.transport.stats().bad_connections >= 9
             assert a.got(3) == []
         finally:
             await stop(a, b)
@@ -384,7 +393,7 @@ def test_bad_input_drops_only_that_connection(caplog: pytest.LogCaptureFixture) 
         decode_hello_reply(reply, cluster_name=CLUSTER)
     for case in ("garbage", "unknown kind", "not hello first", "truncated"):
         assert answers[case] == b"", case
-    for case in ("oversized", "bad payload", "wrong kind"):
+    for case in ("oversized", "bad payload", "no service tag", "unknown service", "wrong kind"):
         frames = FrameDecoder().feed(answers[case])
         assert [f.kind for f in frames] == [FrameKind.HELLO_ACK], case
     text = caplog.text
@@ -394,6 +403,8 @@ def test_bad_input_drops_only_that_connection(caplog: pytest.LogCaptureFixture) 
     assert "refused the hello (malformed)" in text
     assert "FrameTooLarge: frame of 1073741829 bytes" in text
     assert "malformed payload in frame of kind 16" in text
+    assert "a peer frame without a service tag" in text
+    assert "peer frame for service tag 7, which this node does not serve (it serves raft=0)" in text
     assert "unexpected frame kind 32; expected PEER" in text
     assert "closed by the other side" in text
 
@@ -481,7 +492,7 @@ def test_slow_reader_backpressure_bounds_memory_and_keeps_the_newest() -> None:
                 assert chunk, "connection closed early"
                 for frame in decoder.feed(chunk):  # the HELLO_ACK first, then PEER frames
                     if frame.kind == FrameKind.PEER:
-                        message = DECODER.decode(frame.payload)
+                        message = decode_peer_message(frame, DECODER)
                         assert isinstance(message, AppendEntries)
                         terms.append(message.term)
             assert terms == sorted(terms)
@@ -501,7 +512,8 @@ def test_send_queue_byte_bound() -> None:
         await a.transport.start()
         try:
             a.transport.set_peer_address(2, "127.0.0.1:1")  # never connects
-            payload = AppendEntries(1, 2, 1, 0, 0, (Entry(1, 1, 0, b"y" * 1000),), 0)
+            # Each frame is 1024 bytes (header, service tag, message): four fit the bound.
+            payload = AppendEntries(1, 2, 1, 0, 0, (Entry(1, 1, 0, b"y" * 999),), 0)
             for _ in range(20):
                 a.transport.send(2, payload)
             stats = a.transport.stats().peers[0]
@@ -580,7 +592,7 @@ def test_retired_connection_delivers_what_was_already_sent() -> None:
                 config=config,
                 on_frame=lambda c, f: at_server.append(f),
                 on_close=lambda c, r: reasons.append(r),
-                answer=lambda c, h: HelloAck(1, CLUSTER, 1, 1),
+                answer=lambda c, h: HelloAck(PROTOCOL_VERSION, CLUSTER, 1, 1),
             )
             accepted.append(conn)
             return conn
@@ -682,7 +694,7 @@ def test_acceptor_fed_any_bytes_never_raises(
             config=ConnectionConfig(hello_frame_bytes_max=256, frame_bytes_max=4096),
             on_frame=lambda c, f: got.append(f),
             on_close=lambda c, r: closes.append(r),
-            answer=lambda c, h: HelloAck(1, CLUSTER, 1, 1),
+            answer=lambda c, h: HelloAck(PROTOCOL_VERSION, CLUSTER, 1, 1),
         )
         fake = FakeTransport()
         conn.connection_made(fake)  # type: ignore[arg-type]
@@ -777,7 +789,7 @@ def test_on_message_exception_is_logged_and_the_link_survives(
             if len(seen) == 1:
                 raise RuntimeError("host bug")
 
-        b.transport._on_message = fragile
+        b.transport._services[PeerService.RAFT] = (DECODER, fragile)
         await start(a, b)
         try:
             await settled(a, b)
@@ -843,3 +855,57 @@ def test_backoff_grows_bounded_and_jittered() -> None:
     replay = Random(1)
     assert delays == [config.backoff_ms(attempt, replay) for attempt in range(12)]
     assert config.backoff_ms(10_000, rng) <= 2000
+
+
+def test_a_second_service_shares_the_link_with_raft() -> None:
+    # What the loglet's traffic will do: its own tag, decoder and handler, one connection.
+    loglet_tag = 1
+    log_decoder: msgspec.msgpack.Decoder[list[str]] = msgspec.msgpack.Decoder(list[str])
+
+    async def main() -> None:
+        a, b = Node(1), Node(2)
+        at_b: list[tuple[int, list[str]]] = []
+        a_log = a.transport.add_service(loglet_tag, log_decoder, lambda p, m: None)
+        b.transport.add_service(loglet_tag, log_decoder, lambda p, m: at_b.append((p, m)))
+        with pytest.raises(ValueError, match="already served"):
+            b.transport.add_service(PeerService.RAFT, log_decoder, lambda p, m: None)
+        await start(a, b)
+        try:
+            await settled(a, b)
+            assert a_log.send(2, ["append", "x"])
+            a.transport.send(2, vote(1, 2, 1))
+            assert a_log.send(2, ["append", "y"])
+            await until(lambda: len(at_b) == 2 and len(b.got(1)) == 1, "both services")
+            assert at_b == [(1, ["append", "x"]), (1, ["append", "y"])]
+            assert b.got(1) == [vote(1, 2, 1)]
+            assert b.transport.connection_count(1) == 1
+        finally:
+            await stop(a, b)
+
+    run(main())
+
+
+def test_a_frame_for_a_service_not_served_drops_the_connection(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def main() -> None:
+        a, b = Node(1), Node(2)
+        a_log = a.transport.add_service(1, DECODER, lambda p, m: None)  # b serves Raft only
+        await start(a, b)
+        try:
+            await settled(a, b)
+            before = b.transport.stats().bad_connections
+            a_log.send(2, vote(1, 2, 1))
+            await until(lambda: b.transport.stats().bad_connections > before, "refused")
+            # The link comes back (the refusal is per connection) and Raft still flows.
+            a.transport.send(2, vote(1, 2, 2))
+            await until(lambda: vote(1, 2, 2) in b.got(1), "raft after the refusal")
+            assert vote(1, 2, 1) not in b.got(1)
+        finally:
+            await stop(a, b)
+
+    with caplog.at_level(logging.INFO, logger="catenary.runtime.transport"):
+        run(main())
+    assert "peer frame for service tag 1, which this node does not serve (it serves raft=0)" in (
+        caplog.text
+    )

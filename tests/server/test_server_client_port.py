@@ -9,7 +9,8 @@ import msgspec
 import pytest
 
 from catenary.api import messages as api
-from catenary.runtime.client_port import ClientPort, ClientPortConfig, Emit, ServiceError
+from catenary.api.errors import ServiceError
+from catenary.runtime.client_port import Begun, ClientPort, ClientPortConfig, Emit
 from catenary.runtime.metrics import ServerMetrics
 from catenary.runtime.rpc import call, call_many
 from catenary.wire import FrameDecoder, FrameKind, encode_frame, encode_hello, make_hello
@@ -40,6 +41,13 @@ class FakeNode:
 
     async def watch(self, request: api.Watch, emit: Emit) -> None:
         await asyncio.sleep(3600)
+
+    # The metadata family (client_port rule 7): None serves each request with ``handle``.
+    def begin_gets(self, requests: list[api.Get]) -> Begun | None:
+        return None
+
+    def begin_puts(self, requests: list[api.Put]) -> Begun | None:
+        return None
 
 
 async def start_port(**config: int) -> tuple[ClientPort, str]:
@@ -190,7 +198,7 @@ class PutNode(FakeNode):
         super().__init__()
         self.futures: list[asyncio.Future[object]] = []
 
-    def begin_puts(self, requests: list[api.Put]) -> object:
+    def begin_puts(self, requests: list[api.Put]) -> Begun | None:
         if any(r.key == "refused" for r in requests):
             raise ServiceError(api.ErrorCode.NOT_LEADER, "no", leader=2, leader_address="x:1")
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
@@ -208,13 +216,13 @@ class PutNode(FakeNode):
                 raise RuntimeError("bug")
             return [api.OkReply(r.id, f"put {outcome}") for r in requests]
 
-        return [], future, requests, finish
+        return Begun([], future, requests, finish)
 
 
 def test_begun_puts_answer_map_errors_count_toward_the_bound_and_cancel_on_close() -> None:
     async def main() -> None:
         node = PutNode()
-        port = ClientPort(node, ServerMetrics(lambda: STATUS), ClientPortConfig())
+        port = ClientPort(node, ServerMetrics(lambda: STATUS), ClientPortConfig(), metadata=node)
         await port.start("127.0.0.1", 0)
         assert port._server is not None
         host, number = port._server.sockets[0].getsockname()[:2]
@@ -270,7 +278,7 @@ class BatchNode(FakeNode):
         self.batches: list[list[str]] = []
         self.futures: list[asyncio.Future[object]] = []
 
-    def begin_gets(self, requests: list[api.Get]) -> object:
+    def begin_gets(self, requests: list[api.Get]) -> Begun | None:
         if any(r.key == "not-here" for r in requests):
             raise ServiceError(api.ErrorCode.NOT_LEADER, "no", leader=2, leader_address="x:1")
         refused: list[api.Reply] = [
@@ -291,13 +299,13 @@ class BatchNode(FakeNode):
             assert isinstance(revision, int)
             return [api.GetReply(r.id, None, revision) for r in batched]
 
-        return refused, future, batched, finish
+        return Begun(refused, future, batched, finish)
 
 
 def test_gets_of_one_read_share_one_begin_and_keep_their_ids() -> None:
     async def main() -> None:
         node = BatchNode()
-        port = ClientPort(node, ServerMetrics(lambda: STATUS), ClientPortConfig())
+        port = ClientPort(node, ServerMetrics(lambda: STATUS), ClientPortConfig(), metadata=node)
         await port.start("127.0.0.1", 0)
         assert port._server is not None
         host, number = port._server.sockets[0].getsockname()[:2]
@@ -361,7 +369,7 @@ class PutBatchNode(FakeNode):
         super().__init__()
         self.batches: list[list[str]] = []
 
-    def begin_puts(self, requests: list[api.Put]) -> object:
+    def begin_puts(self, requests: list[api.Put]) -> Begun | None:
         refused: list[api.Reply] = [
             api.ErrorReply(r.id, "too_large", "value too large") for r in requests if not r.value
         ]
@@ -383,13 +391,13 @@ class PutBatchNode(FakeNode):
                 for r, o in zip(batched, outcomes, strict=True)
             ]
 
-        return refused, future, batched, finish
+        return Begun(refused, future, batched, finish)
 
 
 def test_puts_of_one_read_are_proposed_together_each_with_its_outcome() -> None:
     async def main() -> None:
         node = PutBatchNode()
-        port = ClientPort(node, ServerMetrics(lambda: STATUS), ClientPortConfig())
+        port = ClientPort(node, ServerMetrics(lambda: STATUS), ClientPortConfig(), metadata=node)
         await port.start("127.0.0.1", 0)
         assert port._server is not None
         host, number = port._server.sockets[0].getsockname()[:2]

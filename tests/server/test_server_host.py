@@ -9,12 +9,12 @@ from random import Random
 
 import pytest
 
+from catenary.api.errors import ServiceError
 from catenary.api.messages import ErrorCode, NodeStatus
 from catenary.core.metadata.replica import GetQuery, ListQuery, MetadataReplica, MultiGetQuery
 from catenary.core.metadata.types import Precondition, PreconditionFailed, Put, Written
 from catenary.core.raft.types import Membership, Message, ProposalDropped, RaftConfig, Ready
 from catenary.persist.raft_storage import RaftStorage
-from catenary.runtime.client_port import ServiceError
 from catenary.runtime.host import HostConfig, MetadataHost, ticks_to_deliver
 from catenary.runtime.metrics import ServerMetrics
 from catenary.storage.fs import OsFileSystem

@@ -13,7 +13,7 @@ import pytest
 from server_procs import LAUNCH, NodeProcess
 
 from catenary.api import messages as api
-from catenary.core.metadata.types import Precondition, PreconditionFailed, WatchBatch, Written
+from catenary.api.types import Precondition, PreconditionFailed, WatchBatch, Written
 from catenary.server.datadir import DataDir
 from catenary.wire import (
     FrameDecoder,

@@ -9,11 +9,13 @@ from random import Random
 import msgspec
 import pytest
 
+from catenary.core.raft.node import RaftNode
 from catenary.core.raft.types import (
     Entry,
     EntryKind,
     HardState,
     Membership,
+    RaftConfig,
     Ready,
     Snapshot,
     SnapshotMeta,
@@ -63,9 +65,17 @@ def test_save_then_crash_keeps_everything_saved() -> None:
     fs.crash()
     hard_state, snap, loaded = reopen(fs)
     assert (hard_state.term, hard_state.vote) == (3, 2)
-    assert hard_state.commit == 5
+    # The commit rides on the hard state written before the entries, so it may
+    # only cover what was durable then: nothing (raft_storage rule 4).
+    assert hard_state.commit == 0
     assert snap is None
     assert loaded == entries(1, 10, 3)
+    # Once the entries are durable, the next hard state written carries the commit.
+    storage = RaftStorage.open(fs, DIR, SMALL)
+    storage.load()
+    storage.save(Ready(hard_state=HardState(4, 0, 5)))
+    fs.crash()
+    assert reopen(fs)[0] == HardState(4, 0, 5)
 
 
 def test_overlapping_entries_replace_the_suffix() -> None:
@@ -239,3 +249,77 @@ def test_round_trip_on_the_real_file_system(tmp_path: Path) -> None:
     assert (hard_state.term, hard_state.vote) == (2, 1)
     assert snap == snapshot(20, 2)
     assert loaded == entries(21, 32, 2)
+
+
+# The commit rule (raft_storage rule 4): a follower holds entries 1-3 of term 6
+# (commit 1); one Ready brings HardState(term=7, commit=3) and entry 3 of term 7.
+# Whatever file operation of that save a crash lands on, the commit it loads must
+# cover only entries in their final form, and the node built from it must never
+# hand the stale entry 3 of term 6 to its state machine.
+_CONFLICT_BEFORE = entries(1, 3, 6)
+_CONFLICT_READY = Ready(hard_state=HardState(7, 0, 3), entries=entries(3, 3, 7))
+_CONFLICT_FINAL = entries(1, 2, 6) + entries(3, 3, 7)
+
+
+def _conflicting_save_operations() -> int:
+    disk = SimFileSystem(Random(0))
+    fs = CrashPointFileSystem(disk)
+    storage = RaftStorage.open(fs, DIR, SMALL)
+    storage.load()
+    storage.save(Ready(hard_state=HardState(6, 0, 1), entries=_CONFLICT_BEFORE))
+    before = fs.operations
+    storage.save(_CONFLICT_READY)
+    return fs.operations - before
+
+
+_CONFLICT_OPERATIONS = _conflicting_save_operations()
+
+
+@pytest.mark.parametrize("tear", [0.0, 1.0])
+@pytest.mark.parametrize("budget", range(_CONFLICT_OPERATIONS + 1))
+def test_a_crash_anywhere_in_a_conflicting_save_never_loads_a_commit_over_stale_entries(
+    budget: int, tear: float
+) -> None:
+    assert _CONFLICT_OPERATIONS >= 6  # temp+fsync+rename+dir fsync, truncate, write, fsync
+    disk = SimFileSystem(Random(300 + budget), tear_probability=tear)
+    fs = CrashPointFileSystem(disk)
+    storage = RaftStorage.open(fs, DIR, SMALL)
+    storage.load()
+    storage.save(Ready(hard_state=HardState(6, 0, 1), entries=_CONFLICT_BEFORE))
+    fs.arm(budget)
+    with contextlib.suppress(SimulatedCrash):
+        storage.save(_CONFLICT_READY)
+    disk.crash()
+    hard_state, snap, loaded = reopen(disk)
+    assert snap is None
+    for entry in loaded[: hard_state.commit]:
+        assert entry == _CONFLICT_FINAL[entry.index - 1], (
+            f"crash after {budget} operations: commit {hard_state.commit} covers "
+            f"entry {entry.index} of term {entry.term}, which was never committed"
+        )
+    node = RaftNode(
+        2,
+        RaftConfig(),
+        Random(budget),
+        hard_state=hard_state,
+        entries=loaded,
+        initial_membership=None,
+    )
+    ready = node.ready()
+    for entry in ready.committed:
+        assert entry == _CONFLICT_FINAL[entry.index - 1], f"applies stale entry {entry.index}"
+
+
+def test_a_clean_restart_reports_no_repair() -> None:
+    # The hard state's commit is as of the last term change (rule 4), usually below the
+    # snapshot: raising it to the snapshot is not a repair an operator must look at.
+    fs = SimFileSystem(Random(15))
+    storage = fresh(fs)
+    storage.save(Ready(hard_state=HardState(2, 1, 0), entries=entries(1, 40, 2)))
+    storage.save(Ready(hard_state=HardState(2, 1, 30)))
+    storage.compact(30, snapshot(30, 2))
+    fs.crash()
+    reloaded = RaftStorage.open(fs, DIR, SMALL)
+    hard_state, _, _ = reloaded.load()
+    assert hard_state.commit == 30
+    assert reloaded.recovery_notes == []

@@ -7,6 +7,7 @@ import pytest
 
 from catenary.wire import (
     MAGIC,
+    PEER_PROTOCOL_VERSION_MIN,
     PROTOCOL_VERSION,
     Frame,
     FrameDecoder,
@@ -17,17 +18,23 @@ from catenary.wire import (
     HelloAck,
     HelloRefused,
     MalformedPayload,
+    PeerService,
     RefusalCode,
     Role,
     UnexpectedFrameKind,
+    UnknownPeerService,
+    agreed_version,
     check_hello,
     decode_handshake,
     decode_hello,
     decode_hello_reply,
+    decode_peer_message,
     encode_frame,
     encode_hello,
     encode_hello_reply,
+    encode_peer_message,
     make_hello,
+    peer_service_of,
 )
 
 pytestmark = pytest.mark.timeout(30)
@@ -170,3 +177,42 @@ def test_wrong_frames_during_the_handshake() -> None:
         decode_hello_reply(_one(encode_frame(FrameKind.HELLO_ACK, b"")), cluster_name="c")
     with pytest.raises(MalformedPayload):
         decode_hello_reply(_one(encode_frame(FrameKind.HELLO_REFUSED, b"\xc1")), cluster_name="c")
+
+
+def test_a_peer_needs_the_version_with_service_tags_and_a_client_of_either_is_served() -> None:
+    old_peer = Hello(protocol_version=1, cluster_name="c", node_id=2, generation=1, role="peer")
+    refusal = check_hello(old_peer, cluster_name="c", roles=BOTH)
+    assert refusal is not None and refusal.code == RefusalCode.VERSION
+    assert "service tag" in refusal.reason and str(PEER_PROTOCOL_VERSION_MIN) in refusal.reason
+    old_client = Hello(protocol_version=1, cluster_name="c", node_id=0, generation=0, role="client")
+    assert check_hello(old_client, cluster_name="c", roles=BOTH) is None
+    # The ack speaks the lower of the two versions.
+    assert agreed_version(old_client) == 1
+    assert agreed_version(make_hello("c", 2, 1, Role.PEER)) == PROTOCOL_VERSION == 2
+    # A dialing peer refuses an acceptor that chose a version without service tags.
+    old_ack = _one(encode_hello_reply(HelloAck(1, "c", 3, 9)))
+    assert decode_hello_reply(old_ack, cluster_name="c").protocol_version == 1
+    with pytest.raises(HandshakeError, match=r"version 1, not in \[2, 2\]"):
+        decode_hello_reply(old_ack, cluster_name="c", version_min=PEER_PROTOCOL_VERSION_MIN)
+
+
+def test_peer_frames_carry_the_service_tag_first() -> None:
+    encoder = msgspec.msgpack.Encoder()
+    decoder: msgspec.msgpack.Decoder[list[int]] = msgspec.msgpack.Decoder(list[int])
+    data = encode_peer_message(PeerService.RAFT, [1, 2], encoder)
+    (frame,) = FrameDecoder().feed(data)
+    assert frame.kind == FrameKind.PEER
+    assert frame.payload == bytes([PeerService.RAFT]) + encoder.encode([1, 2])
+    assert PeerService.RAFT == 0
+    served = {PeerService.RAFT: None}
+    assert peer_service_of(frame, served) == 0
+    assert decode_peer_message(frame, decoder) == [1, 2]
+    with pytest.raises(UnknownPeerService, match=r"service tag 5.*serves raft=0") as info:
+        peer_service_of(Frame(FrameKind.PEER, b"\x05\x90"), served)
+    assert info.value.service == 5
+    with pytest.raises(MalformedPayload, match="without a service tag"):
+        peer_service_of(Frame(FrameKind.PEER, b""), served)
+    with pytest.raises(MalformedPayload):
+        decode_peer_message(Frame(FrameKind.PEER, b"\x00\xc1"), decoder)
+    with pytest.raises(ValueError, match="one byte"):
+        encode_peer_message(256, [1], encoder)

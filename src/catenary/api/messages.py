@@ -7,7 +7,10 @@ requests (replies may arrive out of order).  A watch answers with a stream of
 ``WatchReply`` frames under the request's id until ``CancelWatch`` or the
 connection closes.
 
-Errors are ``ErrorReply`` with a ``code`` from ``ErrorCode``.  The one a
+Errors are ``ErrorReply`` with a ``code`` from ``ErrorCode`` (both in
+``catenary.api.errors``, re-exported here).  The keys, values, preconditions,
+results and events inside these messages are the public types of
+``catenary.api.types``, never the core's structs.  The one a
 client must treat with care is ``INDETERMINATE``: the write may or may not
 have been applied (its leader was lost mid-flight); it is never reported as
 a plain failure.
@@ -15,30 +18,17 @@ a plain failure.
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 import msgspec
 
-from catenary.core.metadata.types import (
+from catenary.api.errors import ErrorCode as ErrorCode
+from catenary.api.errors import ErrorReply as ErrorReply
+from catenary.api.types import (
     Compacted,
     KeyValue,
     Precondition,
-    Result,
     WatchBatch,
+    WriteResult,
 )
-
-
-class ErrorCode(StrEnum):
-    NOT_LEADER = "not_leader"  # retry at leader_address (may be empty: unknown yet)
-    INDETERMINATE = "indeterminate"  # a write whose outcome is unknown
-    UNAVAILABLE = "unavailable"  # no quorum / shutting down / not provisioned; safe to retry
-    BAD_REQUEST = "bad_request"  # malformed or invalid argument; do not retry
-    TOO_LARGE = "too_large"  # key or value above the configured limit; do not retry
-    OVERLOADED = "overloaded"  # a bounded queue is full; retry with backoff
-    NOT_FOUND = "not_found"  # unknown node, lease or resource
-    REFUSED = "refused"  # an operator action refused for safety (e.g. would lose quorum)
-    INTERNAL = "internal"
-
 
 # ---------------------------------------------------------------- requests
 
@@ -178,7 +168,7 @@ class ListReply(msgspec.Struct, tag="listr", array_like=True, frozen=True):
 
 class WriteReply(msgspec.Struct, tag="writer", array_like=True, frozen=True):
     id: int
-    result: Result
+    result: WriteResult
 
 
 class WatchReply(msgspec.Struct, tag="watchr", array_like=True, frozen=True):
@@ -241,15 +231,6 @@ class JoinReply(msgspec.Struct, tag="joinr", array_like=True, frozen=True):
 class OkReply(msgspec.Struct, tag="okr", array_like=True, frozen=True):
     id: int
     detail: str = ""
-
-
-class ErrorReply(msgspec.Struct, tag="err", array_like=True, frozen=True):
-    id: int
-    code: str  # an ErrorCode value
-    message: str
-    leader: int = 0
-    leader_address: str = ""  # client address of the leader, when known
-    current_version: int = 0  # for failed preconditions reported as errors
 
 
 Reply = (

@@ -14,6 +14,7 @@ import sys
 
 import click
 
+from catenary.api.types import Event, KeyValue
 from catenary.cli.admin import (
     EXIT_FAILED,
     client_options,
@@ -26,7 +27,6 @@ from catenary.cli.admin import (
     value_text,
 )
 from catenary.client import Client
-from catenary.core.metadata.types import Event, KeyValue
 
 
 def _kv_json(kv: KeyValue) -> dict[str, object]:

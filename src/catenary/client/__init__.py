@@ -1,5 +1,10 @@
-"""The catenary client: ``Client`` (asyncio) and ``SyncClient`` (blocking)."""
+"""The catenary client: ``Client`` (asyncio) and ``SyncClient`` (blocking).
 
+What it returns are the public types of ``catenary.api.types`` (re-exported
+here), never the metadata core's structs.
+"""
+
+from catenary.api.types import Event, KeyValue
 from catenary.client.client import (
     Client,
     GetResult,
@@ -11,6 +16,7 @@ from catenary.client.client import (
 from catenary.client.errors import (
     BadRequestError,
     CatenaryError,
+    ClientClosedError,
     CompactedError,
     ConnectionRefusedByNodeError,
     DeadlineExceededError,
@@ -30,12 +36,15 @@ __all__ = [
     "BadRequestError",
     "CatenaryError",
     "Client",
+    "ClientClosedError",
     "CompactedError",
     "ConnectionRefusedByNodeError",
     "DeadlineExceededError",
+    "Event",
     "GetResult",
     "IndeterminateError",
     "InternalError",
+    "KeyValue",
     "LeaseNotFoundError",
     "ListResult",
     "MetadataClient",

@@ -45,6 +45,17 @@ from types import TracebackType
 from typing import TypeVar
 
 from catenary.api import messages as m
+from catenary.api.types import (
+    Compacted,
+    Done,
+    Event,
+    KeyValue,
+    LeaseGranted,
+    LeaseNotFound,
+    Precondition,
+    PreconditionFailed,
+    Written,
+)
 from catenary.client.connection import (
     FRAME_BYTES_MAX_DEFAULT,
     WRITE_BATCH_MAX_DEFAULT,
@@ -68,17 +79,7 @@ from catenary.client.errors import (
     RefusedError,
     TooLargeError,
     UnavailableError,
-)
-from catenary.core.metadata.types import (
-    Compacted,
-    Done,
-    Event,
-    KeyValue,
-    LeaseGranted,
-    LeaseNotFound,
-    Precondition,
-    PreconditionFailed,
-    Written,
+    check_text,
 )
 
 ReplyT = TypeVar("ReplyT")
@@ -178,17 +179,19 @@ class ServerSet:
 def split_addresses(addresses: str | Sequence[str]) -> list[str]:
     """Accept ``"a:1,b:2"`` or ``["a:1", "b:2,c:3"]``; validate each; keep order, drop repeats."""
     items = [addresses] if isinstance(addresses, str) else list(addresses)
+    for item in items:
+        check_text("address", item)
     out: list[str] = []
     for item in items:
         for part in item.split(","):
             part = part.strip()
             if not part:
                 continue
-            parse_address(part)  # raises ValueError with the reason
+            parse_address(part)  # raises BadRequestError (a ValueError) with the reason
             if part not in out:
                 out.append(part)
     if not out:
-        raise ValueError("no node address given")
+        raise BadRequestError("no node address given")
     return out
 
 
@@ -212,6 +215,13 @@ def error_for(reply: m.ErrorReply) -> CatenaryError:
             return UnavailableError(text)
         case _:
             return InternalError(f"{reply.code}: {text}")
+
+
+def _require_str(argument: str, value: object) -> None:
+    """A cheap type check for the hot paths; text with no UTF-8 form is found
+    when the request is encoded (``NodeConnection``), before anything is sent."""
+    if not isinstance(value, str):
+        raise BadRequestError(f"{argument} must be a str, got {type(value).__name__}")
 
 
 def _precondition(*, if_absent: bool = False, if_version: int | None = None) -> Precondition:
@@ -261,16 +271,16 @@ class Client:
             ("deadline_resolution_s", deadline_resolution_s),
         ):
             if not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value}")
+                raise BadRequestError(f"{name} must be > 0, got {value}")
         if backoff_initial_ms <= 0 or backoff_max_ms < backoff_initial_ms:
-            raise ValueError("need 0 < backoff_initial_ms <= backoff_max_ms")
+            raise BadRequestError("need 0 < backoff_initial_ms <= backoff_max_ms")
         if frame_bytes_max <= 0 or pending_max <= 0 or watch_queue_max <= 0:
-            raise ValueError("frame_bytes_max, pending_max and watch_queue_max must be > 0")
+            raise BadRequestError("frame_bytes_max, pending_max and watch_queue_max must be > 0")
         if write_batch_max <= 0:
-            raise ValueError(f"write_batch_max must be > 0, got {write_batch_max}")
+            raise BadRequestError(f"write_batch_max must be > 0, got {write_batch_max}")
         self.write_batch_max = write_batch_max
         self.addresses = split_addresses(addresses)
-        self.cluster_name = cluster_name or ""
+        self.cluster_name = check_text("cluster_name", cluster_name or "")
         self.timeout_s = timeout_s
         self.attempt_timeout_s = attempt_timeout_s
         self.connect_timeout_s = connect_timeout_s
@@ -561,6 +571,7 @@ class Client:
 
     async def provision(self, cluster_name: str = "", *, timeout_s: float | None = None) -> str:
         """Provision the cluster (idempotent)."""
+        check_text("cluster_name", cluster_name)
         reply = await self._expect(
             m.OkReply,
             lambda i: m.Provision(id=i, cluster_name=cluster_name),
@@ -587,6 +598,7 @@ class MetadataClient:
         self, key: str, *, stale: bool = False, timeout_s: float | None = None
     ) -> GetResult:
         """Like ``get`` with the answering member's revision (and lag, for stale reads)."""
+        _require_str("key", key)
         reply = await self._client._expect(
             m.GetReply,
             lambda i: m.Get(id=i, key=key, stale=stale),
@@ -598,6 +610,7 @@ class MetadataClient:
 
     async def _get_kv(self, key: str, stale: bool, timeout_s: float | None) -> KeyValue | None:
         # ``get`` without the layers of ``get_result``/``_expect``: the hot path.
+        _require_str("key", key)
         reply = await self._client._invoke(
             lambda i: m.Get(id=i, key=key, stale=stale),
             policy=Policy.READ,
@@ -624,6 +637,7 @@ class MetadataClient:
         condition does not hold, ``LeaseNotFoundError`` for an unknown lease,
         ``IndeterminateError`` when the outcome is unknown.
         """
+        _require_str("key", key)
         if not isinstance(value, bytes | bytearray | memoryview):
             raise BadRequestError(f"value must be bytes, got {type(value).__name__}")
         precondition = _precondition(if_absent=if_absent, if_version=if_version)
@@ -641,6 +655,7 @@ class MetadataClient:
         self, key: str, *, if_version: int | None = None, timeout_s: float | None = None
     ) -> int:
         """Delete the key; returns the revision of the delete."""
+        _require_str("key", key)
         precondition = _precondition(if_version=if_version)
         reply = await self._client._expect(
             m.WriteReply,
@@ -659,6 +674,7 @@ class MetadataClient:
         timeout_s: float | None = None,
     ) -> ListResult:
         """Keys starting with ``prefix`` in key order (``limit`` 0: no limit)."""
+        _require_str("prefix", prefix)
         if limit < 0:
             raise BadRequestError(f"limit must be >= 0, got {limit}")
         reply = await self._client._expect(
@@ -676,6 +692,7 @@ class MetadataClient:
         ``from_version`` 0 means "from now"; otherwise changes with a version
         above it.  Raises ``CompactedError`` when that history is gone.
         """
+        check_text("key", key)
         if from_version < 0:
             raise BadRequestError(f"from_version must be >= 0, got {from_version}")
         return Watcher(self._client, key, prefix=prefix, from_version=from_version)

@@ -34,7 +34,13 @@ from typing import cast
 import msgspec
 
 from catenary.api.messages import Reply, Request, reply_decoder, request_encoder
-from catenary.client.errors import CatenaryError, ConnectionRefusedByNodeError, TooLargeError
+from catenary.client.errors import (
+    BadRequestError,
+    CatenaryError,
+    ConnectionRefusedByNodeError,
+    TooLargeError,
+    not_utf8,
+)
 from catenary.wire import (
     HELLO_FRAME_BYTES_MAX_DEFAULT,
     FrameDecoder,
@@ -73,14 +79,32 @@ WatchListener = Callable[[Reply | None], None]
 
 
 def parse_address(address: str) -> tuple[str, int]:
-    """``"host:port"`` -> (host, port); raises ``ValueError`` with the reason."""
+    """``"host:port"`` -> (host, port); raises ``BadRequestError`` (a ``ValueError``)."""
     host, sep, port_text = address.strip().rpartition(":")
     if not sep or not host or not port_text.isdigit():
-        raise ValueError(f"bad address {address!r}: expected host:port")
+        raise BadRequestError(f"bad address {address!r}: expected host:port")
+    try:
+        host.encode()
+    except UnicodeEncodeError as exc:
+        raise not_utf8("address", address, exc) from None
     port = int(port_text)
     if not 0 < port < 65536:
-        raise ValueError(f"bad address {address!r}: port out of range")
+        raise BadRequestError(f"bad address {address!r}: port out of range")
     return host.strip("[]"), port
+
+
+def _unencodable_text(request: Request, exc: UnicodeEncodeError) -> BadRequestError:
+    """Name the text field of ``request`` that has no UTF-8 form."""
+    kind = type(request).__name__.lower()
+    for name in request.__struct_fields__:
+        value = getattr(request, name)
+        if isinstance(value, str):
+            try:
+                value.encode()
+            except UnicodeEncodeError as field_exc:
+                error = not_utf8(name, value, field_exc)
+                return BadRequestError(f"{kind}: {error}")
+    return BadRequestError(f"{kind} not sent: text that is not valid UTF-8 ({exc})")
 
 
 class NodeConnection(asyncio.Protocol):
@@ -245,6 +269,11 @@ class NodeConnection(asyncio.Protocol):
             )
         except FrameTooLarge as exc:
             raise TooLargeError(f"request not sent: {exc}") from None
+        except UnicodeEncodeError as exc:
+            raise _unencodable_text(request, exc) from None
+        except (msgspec.EncodeError, TypeError, OverflowError) as exc:
+            kind = type(request).__name__.lower()
+            raise BadRequestError(f"{kind} not sent: cannot encode it: {exc}") from None
 
     def _enqueue(self, frame: bytes, request_id: int = 0) -> None:
         self._out.append(frame)

@@ -1,6 +1,10 @@
 """Typed errors of the catenary client.
 
-Every error the client raises derives from ``CatenaryError``.  The one that
+Every error the client raises derives from ``CatenaryError``, and names what
+was wrong.  An argument the client can tell is bad before sending (a key that
+is not a ``str`` or has no UTF-8 form, a negative limit, an unparsable
+address) is a ``BadRequestError`` -- also a ``ValueError`` -- and nothing is
+sent.  The one that
 needs care is ``IndeterminateError``: a write was sent and its outcome is
 unknown (the connection was lost after sending, the leader answered
 ``INDETERMINATE``, or the deadline passed while the write was in flight).
@@ -63,10 +67,29 @@ class OverloadedError(UnavailableError):
     code = ErrorCode.OVERLOADED.value
 
 
-class BadRequestError(CatenaryError):
+class BadRequestError(CatenaryError, ValueError):
     """The request is malformed or an argument is invalid; retrying cannot help."""
 
     code = ErrorCode.BAD_REQUEST.value
+
+
+def not_utf8(argument: str, value: str, exc: UnicodeEncodeError) -> BadRequestError:
+    """The error for a text argument with no UTF-8 form (e.g. a lone surrogate)."""
+    return BadRequestError(
+        f"{argument} {value!r} is not valid UTF-8: character {value[exc.start]!r} at "
+        f"position {exc.start} ({exc.reason}); nothing was sent"
+    )
+
+
+def check_text(argument: str, value: object) -> str:
+    """``value`` if it is a ``str`` with a UTF-8 form, else the ``BadRequestError`` naming it."""
+    if not isinstance(value, str):
+        raise BadRequestError(f"{argument} must be a str, got {type(value).__name__}")
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise not_utf8(argument, value, exc) from None
+    return value
 
 
 class TooLargeError(BadRequestError):
@@ -105,6 +128,12 @@ class CompactedError(CatenaryError):
         )
         self.oldest_version = oldest_version
         self.revision = revision
+
+
+class ClientClosedError(CatenaryError, RuntimeError):
+    """The client was closed before the call."""
+
+    code = "closed"
 
 
 class ConnectionRefusedByNodeError(CatenaryError):

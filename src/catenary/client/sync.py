@@ -16,8 +16,9 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from catenary.api import messages as m
+from catenary.api.types import Event, KeyValue
 from catenary.client.client import Client, GetResult, ListResult, ServerSet
-from catenary.core.metadata.types import Event, KeyValue
+from catenary.client.errors import ClientClosedError
 
 T = TypeVar("T")
 
@@ -46,7 +47,7 @@ class SyncClient:
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         if self._closed:
             coro.close()
-            raise RuntimeError("SyncClient is closed")
+            raise ClientClosedError("SyncClient is closed")
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def __enter__(self) -> SyncClient:

@@ -29,7 +29,29 @@ Rules (each one is what a restart relies on):
 4. The commit index need not be durable: the hard state file is rewritten only
    when term or vote change (a vote must be durable before it is granted; a
    term before it is acted on).  A stale commit on load is safe: Raft learns the
-   commit again from the leader.
+   commit again from the leader.  A commit that is too *high* is not: it would
+   make a restarted member apply entries that were never committed.  Hence the
+   **commit rule**: *the commit index in the hard state file covers only entries
+   that were durable, in their final form, when that file was written.*  Because
+   the hard state is written before this Ready's snapshot and entries (rule 1),
+   ``save`` writes ``min(commit, bound)`` where ``bound`` is
+
+   - ``first index of the Ready's entries - 1`` when it carries entries: the
+     entries below it are durable (earlier saves) and match the leader's log
+     (the core appends from the first conflicting index on, and a conflict is
+     never at or below the commit); the Ready's own entries, and whatever stale
+     suffix they replace, are not durable in their final form yet;
+   - the highest commit of a completed ``save`` when it carries a snapshot (the
+     old log beyond that may be replaced wholesale by the snapshot);
+   - the Ready's commit otherwise (every entry the core holds is durable).
+
+   After ``save`` returns, every entry at or below the Ready's commit is durable
+   and final, so a later hard state may cover them.  Raft never rewrites an
+   entry at or below a commit, so what a written commit covers stays final
+   through any later truncation, torn tail or crash.  (Without the rule a member
+   holding entries 1-3 of term 6 that crashes between writing
+   ``HardState(term=7, commit=3)`` and replacing entry 3 with term 7's would
+   restart with commit 3 over its own stale entry 3 and apply it.)
 5. ``load`` returns (hard state, snapshot, entries after the snapshot).  If the
    store's entry at the snapshot's index has another term (or the store ends
    before the snapshot), the store is reset to ``snapshot.index + 1``: those
@@ -90,6 +112,9 @@ class RaftStorage:
         self._loaded = False
         # What load() had to repair (empty when nothing): for logs and reports.
         self.recovery_notes: list[str] = []
+        # The highest commit of a completed save (rule 4): every entry at or
+        # below it is durable in its final form.
+        self._final_commit = 0
 
     @classmethod
     def open(
@@ -202,10 +227,18 @@ class RaftStorage:
                 f"hard state term {hard_state.term} below the log's last term {previous_term}",
             )
         last_index = entries[-1].index if entries else snap_index
-        commit = max(snap_index, min(hard_state.commit, last_index))
+        # A commit below the snapshot is the usual case (the file's commit is as
+        # of the last term or vote change, rule 4): the snapshot proves more.  A
+        # commit above the last entry means entries the commit covered are gone.
+        commit = max(snap_index, hard_state.commit)
+        if commit > last_index:
+            self.recovery_notes.append(
+                f"commit {commit} is beyond the last entry {last_index}: clamped"
+            )
+            commit = last_index
         if commit != hard_state.commit:
-            self.recovery_notes.append(f"commit {hard_state.commit} clamped to {commit}")
             hard_state = HardState(term=hard_state.term, vote=hard_state.vote, commit=commit)
+        self._final_commit = commit
         self._hard_state = hard_state
         self._snapshot = snapshot
         self._loaded = True
@@ -216,13 +249,24 @@ class RaftStorage:
     def save(self, ready: Ready) -> None:
         """Persist the Ready's hard state, snapshot and entries (rule 1); durable on return."""
         assert self._loaded, "load() before save()"
-        if ready.hard_state is not None:
-            self._write_hard_state(ready.hard_state)
+        hard_state = ready.hard_state
+        if hard_state is not None:
+            # The commit rule (rule 4): the file's commit covers only entries
+            # already durable in their final form.
+            if ready.snapshot is not None:
+                bound = self._final_commit
+            elif ready.entries:
+                bound = ready.entries[0].index - 1
+            else:
+                bound = hard_state.commit
+            self._write_hard_state(hard_state, min(hard_state.commit, bound))
         if ready.snapshot is not None:
             self._write_snapshot(ready.snapshot)
             self._store.reset(ready.snapshot.meta.index + 1)
         if ready.entries:
             self._append(ready.entries)
+        if hard_state is not None and hard_state.commit > self._final_commit:
+            self._final_commit = hard_state.commit
 
     def compact(self, index: int, snapshot: Snapshot) -> None:
         """Persist a state-machine snapshot, then drop log entries up to ``index`` (rule 6)."""
@@ -232,6 +276,7 @@ class RaftStorage:
         if snapshot.meta.index <= current:
             return  # an older snapshot than the one we hold: nothing to gain
         self._write_snapshot(snapshot)
+        self._final_commit = max(self._final_commit, snapshot.meta.index)
         if index + 1 > self._store.first_position:
             self._store.truncate_prefix(min(index + 1, self._store.next_position))
 
@@ -264,11 +309,12 @@ class RaftStorage:
         assert position == first, (position, first)
         store.sync()
 
-    def _write_hard_state(self, hard_state: HardState) -> None:
+    def _write_hard_state(self, hard_state: HardState, commit: int) -> None:
         previous = self._hard_state
         if (hard_state.term, hard_state.vote) != (previous.term, previous.vote):
-            atomic_write(self._fs, _join(self._directory, "hardstate"), _encoder.encode(hard_state))
-            self._hard_state = hard_state
+            durable = HardState(term=hard_state.term, vote=hard_state.vote, commit=commit)
+            atomic_write(self._fs, _join(self._directory, "hardstate"), _encoder.encode(durable))
+            self._hard_state = durable
 
     def _write_snapshot(self, snapshot: Snapshot) -> None:
         atomic_write(self._fs, _join(self._directory, "snapshot"), _encoder.encode(snapshot))

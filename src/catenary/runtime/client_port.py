@@ -26,14 +26,17 @@ Theory of operation
    or the connection closes.  Watches per connection are bounded.
 6. The handler never crashes the connection: an unexpected exception in it is
    logged and answered ``INTERNAL``.
-7. Batches, without a task.  The linearizable gets of one read from the
-   socket go to the handler's ``begin_gets(gets)`` together, and its puts to
-   ``begin_puts(puts)``: the handler refuses the bad ones with their replies
-   and begins the rest as one operation (one ReadIndex confirmation for the
-   gets; one proposal for the puts), whose answers leave in request order
-   from one done callback, counted in the metrics with one update per
-   outcome.  A handler without it, or that returns ``None``, serves them one
-   by one with ``handle``.  Requests of the same read are concurrent (a client
+7. Batches, without a task.  Requests are served in families, each behind a
+   typed protocol the composition root hands to the port (``MetadataBatches``
+   for the metadata service today; a log family -- appends -- slots in beside
+   it with its own protocol and keyword).  The linearizable gets of one read
+   from the socket go to the family's ``begin_gets(gets)`` together, and its
+   puts to ``begin_puts(puts)``: the family refuses the bad ones with their
+   replies and begins the rest as one operation (one ReadIndex confirmation
+   for the gets; one proposal for the puts), returned as a ``Begun``, whose
+   answers leave in request order from one done callback, counted in the
+   metrics with one update per outcome.  Without a family, or when it returns
+   ``None``, the port serves them one by one with the handler's ``handle``.  Requests of the same read are concurrent (a client
    that needs one to follow another waits for the first's reply before it
    sends the second), so serving them in batches changes no guarantee.  Each
    request of a batch counts toward ``inflight_max``, and a batch is
@@ -46,16 +49,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from typing import Any, Protocol, cast
+from typing import Any, NamedTuple, Protocol, cast
 
 import msgspec
 
+from catenary.api.errors import ErrorCode, ErrorReply, ServiceError
 from catenary.api.messages import (
     CancelWatch,
-    ErrorCode,
-    ErrorReply,
     Get,
     OkReply,
     Put,
@@ -82,7 +84,7 @@ from catenary.wire import (
     encode_hello_reply,
     encode_message,
 )
-from catenary.wire.handshake import PROTOCOL_VERSION
+from catenary.wire.handshake import agreed_version
 
 log = logging.getLogger(__name__)
 
@@ -91,41 +93,25 @@ _reply_encoder = msgspec.msgpack.Encoder()
 Emit = Callable[[Reply], None]
 
 
-class ServiceError(Exception):
-    """A request failed with a protocol error code (becomes an ``ErrorReply``)."""
+class Begun(NamedTuple):
+    """A batch a family began (rule 7)."""
 
-    def __init__(
-        self,
-        code: ErrorCode,
-        message: str,
-        *,
-        leader: int = 0,
-        leader_address: str = "",
-        current_version: int = 0,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.leader = leader
-        self.leader_address = leader_address
-        self.current_version = current_version
-
-    def reply(self, request_id: int) -> ErrorReply:
-        return ErrorReply(
-            id=request_id,
-            code=str(self.code),
-            message=self.message,
-            leader=self.leader,
-            leader_address=self.leader_address,
-            current_version=self.current_version,
-        )
+    refused: list[Reply]  # replies of the requests refused at once
+    future: asyncio.Future[Any] | None  # the operation begun for the others (None: no others)
+    requests: Sequence[Request]  # those others, in order
+    finish: Callable[[Any], list[Reply]]  # the operation's outcome -> their replies, in order
 
 
-Begun = tuple[list[Reply], "asyncio.Future[Any] | None", list[Any], Callable[[Any], list[Reply]]]
-"""What ``begin_gets``/``begin_puts`` return: the replies of the requests
-refused at once, the future of the operation begun for the others (None when
-there are none), those others, and how to make their replies (in their order)
-of the operation's outcome."""
+class MetadataBatches(Protocol):
+    """The metadata family's batched requests (rule 7); implemented by the node."""
+
+    def begin_gets(self, requests: list[Get]) -> Begun | None:
+        """Begin linearizable gets together, or None to serve them one by one."""
+        ...
+
+    def begin_puts(self, requests: list[Put]) -> Begun | None:
+        """Begin puts together (one proposal), or None to serve them one by one."""
+        ...
 
 
 class RequestHandler(Protocol):
@@ -176,12 +162,9 @@ class _Connection(asyncio.Protocol):
         # The futures of the batches begun (rule 7) and the requests they hold.
         self._pending: set[asyncio.Future[Any]] = set()
         self._batched = 0
-        self._begin_gets: Callable[[list[Get]], Begun | None] | None = getattr(
-            port.handler, "begin_gets", None
-        )
-        self._begin_puts: Callable[[list[Put]], Begun | None] | None = getattr(
-            port.handler, "begin_puts", None
-        )
+        metadata = port.metadata
+        self._begin_gets = metadata.begin_gets if metadata is not None else None
+        self._begin_puts = metadata.begin_puts if metadata is not None else None
         self._watches: dict[int, asyncio.Task[None]] = {}
         self._out: list[bytes] = []
         self._flush_scheduled = False
@@ -304,7 +287,7 @@ class _Connection(asyncio.Protocol):
     def _batch_finished(
         self,
         kind: str,
-        requests: list[Any],
+        requests: Sequence[Request],
         finish: Callable[[Any], list[Reply]],
         started_s: float,
         future: asyncio.Future[Any],
@@ -369,7 +352,7 @@ class _Connection(asyncio.Protocol):
             self._close_transport()
             return
         self._transport.write(
-            encode_hello_reply(HelloAck(PROTOCOL_VERSION, cluster_name, node_id, generation))
+            encode_hello_reply(HelloAck(agreed_version(hello), cluster_name, node_id, generation))
         )
         self._handshaken = True
         if self._handshake_timer is not None:
@@ -521,9 +504,15 @@ class ClientPort:
     """Listens on the client address; one ``_Connection`` per accepted socket."""
 
     def __init__(
-        self, handler: RequestHandler, metrics: ServerMetrics, config: ClientPortConfig
+        self,
+        handler: RequestHandler,
+        metrics: ServerMetrics,
+        config: ClientPortConfig,
+        *,
+        metadata: MetadataBatches | None = None,
     ) -> None:
         self.handler = handler
+        self.metadata = metadata
         self.metrics = metrics
         self.config = config
         self.closing = False

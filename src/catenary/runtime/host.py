@@ -38,13 +38,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from catenary.api.errors import ServiceError
 from catenary.api.messages import ErrorCode
 from catenary.core.metadata.replica import MetadataReplica, Query, ReadCompleted
 from catenary.core.metadata.types import Command, Compacted, Result, WatchBatch
 from catenary.core.raft.types import ConfChange, Message, NotLeader, ProposalDropped
 from catenary.host.loop import Failed, HostConfig, HostLoop, Job, Output, Raised, ticks_to_deliver
 from catenary.persist.raft_storage import RaftStorage
-from catenary.runtime.client_port import ServiceError
 from catenary.runtime.disk import DiskWriter
 from catenary.runtime.metrics import ServerMetrics
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import msgspec
 
+from catenary.api.errors import ServiceError
 from catenary.api.messages import ErrorCode
 from catenary.core.metadata.lessor import LessorConfig
 from catenary.core.metadata.replica import GetQuery, ListQuery, ReadCompleted
@@ -45,7 +46,6 @@ from catenary.persist.local_metadata import (
     MetadataStoreFailed,
     MetadataStoreSealed,
 )
-from catenary.runtime.client_port import ServiceError
 from catenary.runtime.disk import DiskWriter
 from catenary.storage.fs import OsFileSystem
 from catenary.storage.store import StoreConfig

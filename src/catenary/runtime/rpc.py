@@ -135,8 +135,3 @@ async def call(
         frame_bytes_max=frame_bytes_max,
     )
     return reply
-
-
-def call_sync(address: str, request: Request, **kwargs: object) -> Reply:
-    """Blocking ``call`` for scripts and tests (runs its own event loop)."""
-    return asyncio.run(call(address, request, **kwargs))  # type: ignore[arg-type]

@@ -51,10 +51,17 @@ Theory of operation
    The queue survives reconnection.  A flush, scheduled once per loop
    iteration, writes up to ``write_batch_bytes_max`` of queued frames in one
    ``transport.write`` while the connection is writable.
-9. Every frame received from a peer must be ``PEER`` and decode as the
-   message type given; otherwise that connection is dropped with the reason.
-   ``on_message(peer_id, message)`` is called synchronously; an exception in
-   it is logged and does not affect the connection.
+9. Every frame received from a peer must be ``PEER``, carry the tag of a
+   service this transport serves (``catenary.wire.peer``) and decode as that
+   service's message type; otherwise that connection is dropped with the
+   reason (``UnknownPeerService`` names the tag and the services served).
+   The service's ``on_message(peer_id, message)`` is called synchronously; an
+   exception in it is logged and does not affect the connection.
+10. Services share the link.  The transport is built for one service (Raft,
+   tag 0, by default); ``add_service`` adds another (the loglet's traffic)
+   with its own tag, decoder and handler, and returns the ``PeerChannel`` it
+   sends through.  Every service's frames go through the same per-peer
+   queue, bounds and connection.
 """
 
 from __future__ import annotations
@@ -66,13 +73,14 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from random import Random
-from typing import Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 import msgspec
 
 from catenary.wire import (
     HELLO_FRAME_BYTES_MAX_DEFAULT,
-    PROTOCOL_VERSION,
+    PEER_PROTOCOL_VERSION_MIN,
+    PROTOCOL_VERSION_MIN,
     Frame,
     FrameDecoder,
     FrameKind,
@@ -83,23 +91,27 @@ from catenary.wire import (
     HelloAck,
     HelloRefused,
     MalformedPayload,
+    PeerService,
     RefusalCode,
     Role,
     UnexpectedFrameKind,
     WireError,
+    agreed_version,
     check_hello,
     decode_hello,
     decode_hello_reply,
-    decode_payload,
+    decode_peer_message,
     encode_hello,
     encode_hello_reply,
-    encode_message,
+    encode_peer_message,
+    peer_service_of,
 )
 from catenary.wire.frame import FRAME_BYTES_MAX_DEFAULT, check_frame_bytes_max
 
 log = logging.getLogger(__name__)
 
 M = TypeVar("M")
+T = TypeVar("T")
 
 
 class ConnectionConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -330,8 +342,13 @@ class FramedConnection(asyncio.Protocol):
 
     def _dialer_handshake(self, frame: Frame) -> None:
         try:
+            assert self._hello is not None
+            peer = self._hello.role == Role.PEER
             self.peer_ack = decode_hello_reply(
-                frame, cluster_name=self._cluster_name, expect_node_id=self._expect_node_id
+                frame,
+                cluster_name=self._cluster_name,
+                expect_node_id=self._expect_node_id,
+                version_min=PEER_PROTOCOL_VERSION_MIN if peer else PROTOCOL_VERSION_MIN,
             )
         except WireError as exc:
             self.close(f"handshake failed: {exc}", error=exc)
@@ -527,6 +544,18 @@ class _Peer:
         self.dial_failures = 0
 
 
+class PeerChannel(Generic[T]):
+    """Sends one service's messages over a ``PeerTransport`` shared with others (rule 10)."""
+
+    def __init__(self, transport: PeerTransport[Any], service: int) -> None:
+        self._transport = transport
+        self.service = service
+
+    def send(self, peer_id: int, message: T) -> bool:
+        """Queue ``message`` for ``peer_id``; never blocks.  False if it was dropped at once."""
+        return self._transport.send_tagged(peer_id, self.service, message)
+
+
 class PeerTransport(Generic[M]):
     """Links to every peer of one node; see the module docstring (rules 5-9)."""
 
@@ -544,6 +573,7 @@ class PeerTransport(Generic[M]):
         encoder: msgspec.msgpack.Encoder | None = None,
         validate_peer: Callable[[Hello], HelloRefused | None] | None = None,
         rng: Random | None = None,
+        service: int = PeerService.RAFT,
     ) -> None:
         if node_id <= 0 or generation <= 0:
             raise ValueError("a node needs node_id > 0 and generation > 0")
@@ -553,8 +583,10 @@ class PeerTransport(Generic[M]):
         self.config = config or TransportConfig()
         self._conn_config = self.config.connection()
         self._listen = (listen_host, listen_port)
-        self._on_message = on_message
-        self._decoder = decoder
+        self._service = service
+        # Tag -> (decoder, on_message) of every service served (rule 10).
+        self._services: dict[int, tuple[msgspec.msgpack.Decoder[Any], Callable[[int, Any], None]]]
+        self._services = {service: (decoder, on_message)}
         self._encoder = encoder or msgspec.msgpack.Encoder()
         self._validate_peer = validate_peer
         self._rng = rng or Random(node_id * 1_000_003 + generation)
@@ -684,15 +716,33 @@ class PeerTransport(Generic[M]):
 
     # --------------------------------------------------------------- send
 
+    def add_service(
+        self,
+        service: int,
+        decoder: msgspec.msgpack.Decoder[T],
+        on_message: Callable[[int, T], None],
+    ) -> PeerChannel[T]:
+        """Serve another service on the same links (rule 10); send through the channel."""
+        if service in self._services:
+            raise ValueError(f"peer service tag {service} is already served")
+        if not 0 <= service <= 0xFF:
+            raise ValueError(f"a peer service tag is one byte, got {service}")
+        self._services[service] = (decoder, on_message)
+        return PeerChannel(self, service)
+
     def send(self, peer_id: int, message: M) -> bool:
         """Queue ``message`` for ``peer_id``; never blocks.  False if it was dropped at once."""
+        return self.send_tagged(peer_id, self._service, message)
+
+    def send_tagged(self, peer_id: int, service: int, message: object) -> bool:
+        """``send`` for the service with tag ``service`` (see ``PeerChannel``)."""
         peer = self._peers.get(peer_id)
         if peer is None or (peer.address is None and not peer.conns):
             self._stats.dropped_unknown_peer += 1
             return False
         try:
-            frame = encode_message(
-                FrameKind.PEER, message, self._encoder, self.config.frame_bytes_max
+            frame = encode_peer_message(
+                service, message, self._encoder, self.config.frame_bytes_max
             )
         except FrameTooLarge as exc:
             self._stats.dropped_too_large += 1
@@ -875,7 +925,8 @@ class PeerTransport(Generic[M]):
             self._stats.refused_hellos += 1
             return refusal
         conn.name = f"N{self.node_id}<-N{hello.node_id}:{hello.generation}"
-        return HelloAck(PROTOCOL_VERSION, self.cluster_name, self.node_id, self.generation)
+        version = agreed_version(hello)
+        return HelloAck(version, self.cluster_name, self.node_id, self.generation)
 
     def _check_peer(self, hello: Hello) -> HelloRefused | None:
         if self._closing:
@@ -995,14 +1046,15 @@ class PeerTransport(Generic[M]):
             conn.close(str(unexpected), error=unexpected)
             return
         try:
-            message = decode_payload(frame, self._decoder)
-        except MalformedPayload as exc:
+            decoder, on_message = self._services[peer_service_of(frame, self._services)]
+            message = decode_peer_message(frame, decoder)
+        except WireError as exc:  # MalformedPayload, UnknownPeerService
             conn.close(str(exc), error=exc)
             return
         peer = self._peers.get(peer_id)
         if peer is not None:
             peer.received_messages += 1
         try:
-            self._on_message(peer_id, message)
+            on_message(peer_id, message)
         except Exception:
             log.exception("on_message failed for a message from N%d", peer_id)

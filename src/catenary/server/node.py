@@ -58,7 +58,7 @@ from random import Random
 from typing import Any, Protocol
 
 from catenary.api import messages as api
-from catenary.api.messages import ErrorCode
+from catenary.api.errors import ErrorCode, ServiceError
 from catenary.core.metadata import types as md
 from catenary.core.metadata.lessor import LessorConfig
 from catenary.core.metadata.replica import (
@@ -72,12 +72,12 @@ from catenary.core.metadata.state import MetadataConfig
 from catenary.core.raft.node import RaftNode
 from catenary.core.raft.types import ConfChange, ConfChangeKind, Membership, Message
 from catenary.persist.raft_storage import RaftStorage
+from catenary.runtime import public
 from catenary.runtime.client_port import (
     Begun,
     ClientPort,
     ClientPortConfig,
     Emit,
-    ServiceError,
 )
 from catenary.runtime.host import HostConfig, MetadataHost
 from catenary.runtime.local_host import LocalHostConfig, LocalMetadataHost
@@ -121,7 +121,7 @@ def _accepted(result: md.Result) -> md.Result:
 def _get_replies(requests: list[api.Get], answer: Any) -> list[api.Reply]:
     revision = answer.revision
     return [
-        api.GetReply(request.id, kv, revision, 0)
+        api.GetReply(request.id, public.key_value(kv), revision, 0)
         for request, kv in zip(requests, answer.values, strict=True)
     ]
 
@@ -133,7 +133,7 @@ def _put_replies(requests: list[api.Put], outcomes: list[Any]) -> list[api.Reply
             replies.append(outcome.reply(request.id))
             continue
         try:
-            replies.append(api.WriteReply(request.id, _accepted(outcome)))
+            replies.append(api.WriteReply(request.id, public.write_result(_accepted(outcome))))
         except ServiceError as exc:
             replies.append(exc.reply(request.id))
     return replies
@@ -169,6 +169,7 @@ class Server:
                 inflight_max=config.network.client_inflight_per_connection_max,
                 watches_max=config.metadata.watches_per_connection_max,
             ),
+            metadata=self,
         )
         self.phase = "starting"  # starting | unprovisioned | joining | running | stopping
         self._stop_requested = asyncio.Event()
@@ -657,9 +658,9 @@ class Server:
             keys.append(request.key)
             batched.append(request)
         if not batched:
-            return refused, None, [], _no_replies
+            return Begun(refused, None, [], _no_replies)
         future = self._require_host().read_future(MultiGetQuery(tuple(keys)))
-        return refused, future, batched, functools.partial(_get_replies, batched)
+        return Begun(refused, future, batched, functools.partial(_get_replies, batched))
 
     def begin_puts(self, requests: list[api.Put]) -> Begun | None:
         """The port's batched puts (client_port rule 7): puts that arrived
@@ -678,40 +679,46 @@ class Server:
             except ServiceError as exc:
                 refused.append(exc.reply(request.id))
                 continue
-            commands.append(md.Put(request.key, request.value, request.precondition, request.lease))
+            precondition = public.precondition(request.precondition)
+            commands.append(md.Put(request.key, request.value, precondition, request.lease))
             batched.append(request)
         if not batched:
-            return refused, None, [], _no_replies
+            return Begun(refused, None, [], _no_replies)
         future = self._require_host().write_batch_future(commands)
-        return refused, future, batched, functools.partial(_put_replies, batched)
+        return Begun(refused, future, batched, functools.partial(_put_replies, batched))
 
     async def handle(self, request: api.Request) -> api.Reply:
         rid = request.id
         if isinstance(request, api.Get):
             self._check_key(request.key, write=False)
             answer = await self._read(GetQuery(request.key), stale=request.stale)
-            return api.GetReply(rid, answer.kv, answer.revision, answer.behind)
+            return api.GetReply(rid, public.key_value(answer.kv), answer.revision, answer.behind)
         if isinstance(request, api.List):
             limit = self._list_limit(request.limit)
             answer = await self._read(ListQuery(request.prefix, limit), stale=request.stale)
-            return api.ListReply(rid, answer.kvs, answer.revision, answer.more)
+            return api.ListReply(rid, public.key_values(answer.kvs), answer.revision, answer.more)
         if isinstance(request, api.Put):
             self._check_key(request.key, write=True)
             self._check_value(request.value)
+            precondition = public.precondition(request.precondition)
             result = await self._write(
-                md.Put(request.key, request.value, request.precondition, request.lease)
+                md.Put(request.key, request.value, precondition, request.lease)
             )
-            return api.WriteReply(rid, result)
+            return api.WriteReply(rid, public.write_result(result))
         if isinstance(request, api.Delete):
             self._check_key(request.key, write=True)
-            result = await self._write(md.Delete(request.key, request.precondition))
-            return api.WriteReply(rid, result)
+            precondition = public.precondition(request.precondition)
+            result = await self._write(md.Delete(request.key, precondition))
+            return api.WriteReply(rid, public.write_result(result))
         if isinstance(request, api.GrantLease):
-            return api.WriteReply(rid, await self._write(md.LeaseGrant(request.ttl_ms)))
+            result = await self._write(md.LeaseGrant(request.ttl_ms))
+            return api.WriteReply(rid, public.write_result(result))
         if isinstance(request, api.KeepAlive):
-            return api.WriteReply(rid, await self._write(md.LeaseKeepAlive(request.lease)))
+            result = await self._write(md.LeaseKeepAlive(request.lease))
+            return api.WriteReply(rid, public.write_result(result))
         if isinstance(request, api.RevokeLease):
-            return api.WriteReply(rid, await self._write(md.LeaseRevoke(request.lease)))
+            result = await self._write(md.LeaseRevoke(request.lease))
+            return api.WriteReply(rid, public.write_result(result))
         if isinstance(request, api.GetStatus):
             return api.StatusReply(rid, self.status())
         if isinstance(request, api.ListNodes):
@@ -796,15 +803,15 @@ class Server:
         batch_max = self.config.metadata.watch_batch_max
         version = request.from_version or source.revision_now()
         # First reply: the watch is in place, caught up to ``version``.
-        emit(api.WatchReply(request.id, md.WatchBatch((), version)))
+        emit(api.WatchReply(request.id, public.watch_answer(md.WatchBatch((), version))))
         while True:
             changed = source.changed_future()  # taken before reading: no change slips by
             answer = source.changes_since(version, request.key, request.prefix, batch_max)
             if isinstance(answer, md.Compacted):
-                emit(api.WatchReply(request.id, answer))
+                emit(api.WatchReply(request.id, public.watch_answer(answer)))
                 return
             if answer.events:
-                emit(api.WatchReply(request.id, answer))
+                emit(api.WatchReply(request.id, public.watch_answer(answer)))
             if answer.revision > version:
                 version = answer.revision
             if answer.events and len(answer.events) >= batch_max:

@@ -52,7 +52,6 @@ def node_of_key(key: str) -> int | None:
 
 
 _node_decoder = msgspec.json.Decoder(NodeRecord)
-_cluster_decoder = msgspec.json.Decoder(ClusterRecord)
 
 
 def encode(record: NodeRecord | ClusterRecord) -> bytes:
@@ -63,12 +62,5 @@ def decode_node(value: bytes) -> NodeRecord | None:
     """None for a value that is not a node record (reported by the caller)."""
     try:
         return _node_decoder.decode(value)
-    except msgspec.DecodeError:
-        return None
-
-
-def decode_cluster(value: bytes) -> ClusterRecord | None:
-    try:
-        return _cluster_decoder.decode(value)
     except msgspec.DecodeError:
         return None

@@ -113,10 +113,6 @@ class GroupCommitWriter:
         assert self._store is not None, "a writer of jobs only (no store)"
         return self._store
 
-    @property
-    def queued_records(self) -> int:
-        return self._queued_records
-
     def submit(
         self,
         payloads: Sequence[bytes],

@@ -11,6 +11,7 @@ from catenary.wire.errors import (
     MalformedPayload,
     UnexpectedFrameKind,
     UnknownFrameKind,
+    UnknownPeerService,
     WireError,
 )
 from catenary.wire.frame import (
@@ -28,6 +29,7 @@ from catenary.wire.frame import (
 )
 from catenary.wire.handshake import (
     MAGIC,
+    PEER_PROTOCOL_VERSION_MIN,
     PROTOCOL_VERSION,
     PROTOCOL_VERSION_MAX,
     PROTOCOL_VERSION_MIN,
@@ -37,6 +39,7 @@ from catenary.wire.handshake import (
     HelloRefused,
     RefusalCode,
     Role,
+    agreed_version,
     check_hello,
     decode_handshake,
     decode_hello,
@@ -45,6 +48,13 @@ from catenary.wire.handshake import (
     encode_hello_reply,
     make_hello,
 )
+from catenary.wire.peer import (
+    PEER_SERVICE_BYTES,
+    PeerService,
+    decode_peer_message,
+    encode_peer_message,
+    peer_service_of,
+)
 
 __all__ = [
     "FRAME_BYTES_MAX_DEFAULT",
@@ -52,6 +62,8 @@ __all__ = [
     "HELLO_FRAME_BYTES_MAX_DEFAULT",
     "KNOWN_FRAME_KINDS",
     "MAGIC",
+    "PEER_PROTOCOL_VERSION_MIN",
+    "PEER_SERVICE_BYTES",
     "PROTOCOL_VERSION",
     "PROTOCOL_VERSION_MAX",
     "PROTOCOL_VERSION_MIN",
@@ -67,19 +79,25 @@ __all__ = [
     "HelloCheck",
     "HelloRefused",
     "MalformedPayload",
+    "PeerService",
     "RefusalCode",
     "Role",
     "UnexpectedFrameKind",
     "UnknownFrameKind",
+    "UnknownPeerService",
     "WireError",
+    "agreed_version",
     "check_hello",
     "decode_handshake",
     "decode_hello",
     "decode_hello_reply",
     "decode_payload",
+    "decode_peer_message",
     "encode_frame",
     "encode_hello",
     "encode_hello_reply",
     "encode_message",
+    "encode_peer_message",
     "make_hello",
+    "peer_service_of",
 ]

@@ -49,6 +49,17 @@ class MalformedPayload(WireError):
         self.detail = detail
 
 
+class UnknownPeerService(WireError):
+    """A peer frame's service tag names a service this node does not serve."""
+
+    def __init__(self, service: int, served: str) -> None:
+        super().__init__(
+            f"peer frame for service tag {service}, which this node does not serve "
+            f"(it serves {served})"
+        )
+        self.service = service
+
+
 class HandshakeError(WireError):
     """The handshake did not complete: wrong first frame, bad hello, bad answer."""
 

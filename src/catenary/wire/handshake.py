@@ -8,12 +8,16 @@ Theory of operation
    (its own identity), or ``HELLO_REFUSED`` with a ``HelloRefused`` naming the
    reason; after a refusal the acceptor closes the connection.
 3. The acceptor checks, in this order: magic, protocol version within
-   ``[PROTOCOL_VERSION_MIN, PROTOCOL_VERSION_MAX]``, role allowed on this
+   ``[PROTOCOL_VERSION_MIN, PROTOCOL_VERSION_MAX]`` (and, for a peer, at least
+   ``PEER_PROTOCOL_VERSION_MIN``), role allowed on this
    listener, cluster name equal, identity well formed (a peer has a node id > 0
    and a generation > 0; a client has neither), then the caller's hook (which
    knows membership: expected node ids, generations already seen).  The first
    failing check names the refusal.
-4. The dialer checks the ack: protocol version in range, the same cluster,
+4. The acceptor's ack carries the version the connection speaks from then
+   on: the lower of the hello's and its own (``agreed_version``).
+   The dialer checks the ack: protocol version in range (a peer: at least
+   ``PEER_PROTOCOL_VERSION_MIN``), the same cluster,
    and, when it dialed a known peer, that the acceptor is that node.  A dialer
    that reached the wrong node drops the connection (addresses move).
 5. Both sides bound the first frame at ``HELLO_FRAME_BYTES_MAX_DEFAULT``-ish
@@ -39,9 +43,13 @@ from catenary.wire.frame import (
 
 # b"CTNY" read as a big-endian u32: a stream that is not catenary's fails here.
 MAGIC = 0x43544E59
-PROTOCOL_VERSION = 1
+# Version 2: peer frames carry a service tag (``catenary.wire.peer``).  The
+# client protocol is the same in 1 and 2, so clients of either are served; a
+# peer must speak 2 (its frames would lack the tag otherwise).
+PROTOCOL_VERSION = 2
 PROTOCOL_VERSION_MIN = 1
-PROTOCOL_VERSION_MAX = 1
+PROTOCOL_VERSION_MAX = 2
+PEER_PROTOCOL_VERSION_MIN = 2
 
 
 class Role(StrEnum):
@@ -142,6 +150,12 @@ def check_hello(
             f"protocol version {hello.protocol_version} not in "
             f"[{PROTOCOL_VERSION_MIN}, {PROTOCOL_VERSION_MAX}]",
         )
+    if hello.role == Role.PEER and hello.protocol_version < PEER_PROTOCOL_VERSION_MIN:
+        return HelloRefused(
+            RefusalCode.VERSION,
+            f"peer protocol version {hello.protocol_version} has no service tag in its peer "
+            f"frames; a peer needs version >= {PEER_PROTOCOL_VERSION_MIN}",
+        )
     if hello.role not in roles:
         return HelloRefused(
             RefusalCode.ROLE,
@@ -164,6 +178,11 @@ def check_hello(
     return None
 
 
+def agreed_version(hello: Hello) -> int:
+    """The version a connection speaks after its hello was accepted: the lower of the two."""
+    return min(hello.protocol_version, PROTOCOL_VERSION)
+
+
 def encode_hello_reply(
     answer: HelloAck | HelloRefused, frame_bytes_max: int = HELLO_FRAME_BYTES_MAX_DEFAULT
 ) -> bytes:
@@ -172,7 +191,11 @@ def encode_hello_reply(
 
 
 def decode_hello_reply(
-    frame: Frame, *, cluster_name: str, expect_node_id: int | None = None
+    frame: Frame,
+    *,
+    cluster_name: str,
+    expect_node_id: int | None = None,
+    version_min: int = PROTOCOL_VERSION_MIN,
 ) -> HelloAck:
     """The acceptor's ack, checked (rule 4).
 
@@ -185,8 +208,11 @@ def decode_hello_reply(
     if frame.kind != FrameKind.HELLO_ACK:
         raise UnexpectedFrameKind(frame.kind, "HELLO_ACK or HELLO_REFUSED")
     ack = decode_payload(frame, _ack_decoder)
-    if not PROTOCOL_VERSION_MIN <= ack.protocol_version <= PROTOCOL_VERSION_MAX:
-        raise HandshakeError(f"acceptor chose protocol version {ack.protocol_version}")
+    if not max(version_min, PROTOCOL_VERSION_MIN) <= ack.protocol_version <= PROTOCOL_VERSION_MAX:
+        raise HandshakeError(
+            f"acceptor chose protocol version {ack.protocol_version}, not in "
+            f"[{max(version_min, PROTOCOL_VERSION_MIN)}, {PROTOCOL_VERSION_MAX}]"
+        )
     if ack.cluster_name != cluster_name:
         raise HandshakeError(
             f"acceptor belongs to cluster {ack.cluster_name!r}, not {cluster_name!r}"

@@ -252,10 +252,6 @@ class MetadataReplica:
         return self._now_ms
 
     @property
-    def pending_writes(self) -> int:
-        return len(self._pending_writes)
-
-    @property
     def pending_reads(self) -> int:
         return len(self._unconfirmed_reads) + len(self._confirmed_reads)
 

@@ -154,10 +154,14 @@ class Ready(msgspec.Struct):
     """Work the host must do, in this order, then call ``RaftNode.advance(ready)``.
 
     1. send ``messages`` (they do not depend on this Ready's persistence);
-    2. durably persist ``snapshot`` (if any; it replaces the whole log -- entries after
-       it come in ``entries`` -- and must be restored into the state machine), then
-       ``entries`` (each entry replaces any stored entry with the same or a higher
-       index), then ``hard_state``; fsync;
+    2. durably persist ``hard_state`` first (a term or vote must be on disk
+       before entries of that term, so a crash part-way never leaves entries
+       above the stored term), then ``snapshot`` (if any; it replaces the whole
+       log -- entries after it come in ``entries`` -- and must be restored into
+       the state machine), then ``entries`` (each entry replaces any stored entry
+       with the same or a higher index); fsync.  The commit index the stored
+       hard state carries is clamped to what is durable in final form, so a
+       restart never claims a commit it cannot read back;
     3. only then send ``messages_after_persist``;
     4. apply ``committed`` entries in order to the state machine;
     5. serve ``reads`` once the applied index reaches each one's index.
@@ -174,18 +178,6 @@ class Ready(msgspec.Struct):
     # (the log passed its entry-count or byte threshold).  The host answers with
     # RaftNode.compact(index, data) after persisting the snapshot.
     want_snapshot: bool = False
-
-    def is_empty(self) -> bool:
-        return not (
-            self.hard_state
-            or self.entries
-            or self.snapshot
-            or self.messages
-            or self.messages_after_persist
-            or self.committed
-            or self.reads
-            or self.want_snapshot
-        )
 
 
 class RaftConfig(msgspec.Struct, frozen=True):

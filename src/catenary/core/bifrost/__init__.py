@@ -1,0 +1,1 @@
+"""The virtual log: chains of segments (sans-IO)."""

@@ -1,0 +1,1 @@
+"""The replicated loglet: replication, nodesets, sequencer and log-server cores (sans-IO)."""
