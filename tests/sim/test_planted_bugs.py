@@ -312,15 +312,3 @@ if __name__ == "__main__":
         for s in range(first, first + count):
             r = run_metadata_sim(SimOptions(seed=s, nodes=chosen.nodes, steps=chosen.steps))
             print(s, "ok" if r.ok else (r.violation or "").splitlines()[0][:200], flush=True)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="RaftStorage.save writes the hard state, with a new commit, before it rewrites "
-    "a conflicting suffix of the log: seed 47 restarts a follower on commit 29 over an "
-    "entry of an older term.  Once RaftStorage is fixed this passes: move the seed to "
-    "seeds.txt and drop this test.",
-)
-def test_recovery_bug_in_raft_storage_is_caught_by_seed_47() -> None:
-    result = run_metadata_sim(SimOptions(seed=47, nodes=3, steps=500))
-    assert result.ok, result.violation
