@@ -181,11 +181,10 @@ def plant_hard_state_commit_before_suffix(mp: pytest.MonkeyPatch) -> None:
     conflicting suffix, so a crash in between leaves commit over stale entries."""
     write = RaftStorage._write_hard_state
 
-    def with_commit(self: RaftStorage, hard_state: HardState) -> None:
-        if hard_state != self._hard_state:
-            # The planted bug: the commit index is written too, ahead of the entries.
-            self._hard_state = HardState(-1, -1, -1)
-        write(self, hard_state)
+    def with_commit(self: RaftStorage, hard_state: HardState, commit: int) -> None:
+        # The planted bug: the Ready's whole commit is written, ahead of the entries
+        # (the fixed save clamps it to the entries already durable in final form).
+        write(self, hard_state, hard_state.commit)
 
     mp.setattr(RaftStorage, "_write_hard_state", with_commit)
 
