@@ -386,6 +386,8 @@ class MetadataHost:
             elif kind is Raised:
                 future.set_exception(outcome.error)
             elif kind is list:
-                future.set_result([self._error(o) if type(o) is Failed else o for o in outcome])
+                if Failed in map(type, outcome):
+                    outcome = [self._error(o) if type(o) is Failed else o for o in outcome]
+                future.set_result(outcome)
             else:
                 future.set_result(outcome)
