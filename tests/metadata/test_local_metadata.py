@@ -142,7 +142,9 @@ def test_a_write_whose_fsync_failed_is_unknown_and_the_store_must_reopen() -> No
 
 def test_full_disk_fails_cleanly_and_recovers() -> None:
     fs = SimFileSystem(Random(4))
-    store = open_store(fs, small_config(snapshot_every_writes=1000))
+    # Segments that grow with each write: a preallocated one has room for "b" already.
+    flat = StoreConfig(segment_bytes_max=512, preallocate=False)
+    store = open_store(fs, small_config(snapshot_every_writes=1000, store=flat))
     assert store.put("a", b"1") == Written(1)
     fs.capacity_bytes = fs.used_bytes() + 10
     with pytest.raises(OSError) as raised:

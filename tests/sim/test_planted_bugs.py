@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import crc32c
 import pytest
 
 from catenary.core.metadata.lessor import Lessor, _Held
@@ -36,7 +37,15 @@ from catenary.core.raft.types import (
     RequestVoteResponse,
 )
 from catenary.persist.raft_storage import RaftStorage
+from catenary.storage.fs import File
 from catenary.storage.fs_sim import SimFile
+from catenary.storage.store import (
+    _HEAD_CRCS,
+    _RECORD_HEADER,
+    RECORD_HEADER_BYTES,
+    SegmentedStore,
+    _Segment,
+)
 from catenary.testing.sim.metadata import SimOptions, SimResult, run_metadata_sim
 
 pytestmark = pytest.mark.timeout(180)
@@ -231,6 +240,44 @@ def plant_watch_skips(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(MetadataStateMachine, "changes_since", lossy)
 
 
+def plant_last_record_checksum_unchecked(mp: pytest.MonkeyPatch) -> None:
+    """Opening a segment does not check the checksum of its last record (a garbage tail
+    left by a torn write is taken for a record)."""
+
+    def scan(
+        self: SegmentedStore, seg: _Segment, f: File, start: int, end: int
+    ) -> tuple[int, str | None]:
+        rmax = self._config.record_bytes_max
+        at = start
+        problem: str | None = None
+        scanned = 0
+        while at < end:
+            if at + RECORD_HEADER_BYTES > end:
+                problem = f"truncated record header ({end - at} bytes)"
+                break
+            n, expect = _RECORD_HEADER.unpack(f.pread(at, RECORD_HEADER_BYTES))
+            if n > rmax:
+                problem = f"record length {n} exceeds record_bytes_max {rmax}"
+                break
+            stop = at + RECORD_HEADER_BYTES + n
+            if stop > end:
+                problem = f"record of {n} bytes extends past the end of the file"
+                break
+            body = f.pread(at + RECORD_HEADER_BYTES, n)
+            if crc32c.crc32c(body, _HEAD_CRCS[n]) != expect:
+                last = stop + RECORD_HEADER_BYTES > end or f.pread(stop, 8) == bytes(8)
+                if not last:  # the planted bug: the last record's checksum goes unchecked
+                    problem = "record CRC32C mismatch"
+                    break
+            seg.offsets.append(at)
+            scanned += 1
+            at = stop
+        self.recovery.records_scanned += scanned
+        return at, problem
+
+    mp.setattr(SegmentedStore, "_scan", scan)
+
+
 # ------------------------------------------------------------------ harness
 
 
@@ -244,61 +291,78 @@ class Case:
 
 
 def _catch(case: Case) -> tuple[int, SimResult] | None:
+    """The first seed whose violation is of the expected kind.
+
+    (Until RaftStorage is fixed, some seeds also fail on its recovery bug; such a
+    finding is not the planted bug's, so the search goes on.)"""
     for seed in case.seeds:
         result = run_metadata_sim(SimOptions(seed=seed, nodes=case.nodes, steps=case.steps))
-        if not result.ok:
+        if not result.ok and any(word in (result.violation or "") for word in case.expect):
             return seed, result
     return None
 
 
+# Seeds: the first catches the bug (found with the search below); the rest are
+# other seeds that caught it, a margin for a simulator change that moves one.
 CASES: dict[str, Case] = {
     "vote_without_up_to_date_check": Case(
         plant_vote_without_up_to_date_check,
-        range(1, 61),
-        ("committed entry lost", "safety", "linear", "recovery"),
+        (10, 14, 16),
+        ("committed entry lost", "commit rule", "safety", "linear"),
     ),
     "figure8_commit_by_counting": Case(
         plant_figure8_commit_by_counting,
-        range(1, 41),
-        ("committed entry lost", "safety", "linear", "recovery"),
+        (2, 6, 7),
+        ("commit rule", "committed entry lost", "safety", "linear"),
     ),
     "vote_grant_before_durable": Case(
-        plant_vote_grant_before_durable, range(1, 11), ("durability at delivery",)
+        plant_vote_grant_before_durable, (1, 2, 3), ("durability at delivery",)
     ),
     "append_ack_before_durable": Case(
-        plant_append_ack_before_durable, range(1, 11), ("durability at delivery",)
+        plant_append_ack_before_durable, (1, 2, 3), ("durability at delivery",)
     ),
     "read_without_heartbeat_round": Case(
-        plant_read_without_heartbeat_round, range(1, 41), ("linearizability",)
+        plant_read_without_heartbeat_round, (7, 11, 17), ("linearizability", "lease read")
     ),
+    # The race is narrow (two ticks of lease against an election): five members
+    # give more followers that may time out first.
     "lease_read_without_drift_allowance": Case(
-        plant_lease_read_without_drift_allowance, range(1, 41), ("linearizability",)
+        plant_lease_read_without_drift_allowance,
+        (102, 143),
+        ("lease read", "linearizability"),
+        nodes=5,
     ),
+    # An abandoned lease needs an election during its life and a probe after its
+    # deadline: a 10 s run.
     "leases_reset_to_full_ttl": Case(
-        plant_leases_reset_to_full_ttl, range(1, 41), ("expired late",)
+        plant_leases_reset_to_full_ttl, (18, 27, 32), ("expired late",), steps=1000
     ),
     "lessor_forgets_deadlines": Case(
-        plant_lessor_forgets_deadlines, range(1, 41), ("expired early",)
+        plant_lessor_forgets_deadlines, (12, 18, 26), ("expired early",)
     ),
     "segments_never_fsynced": Case(
-        plant_segments_never_fsynced, range(1, 21), ("durability", "CorruptionError")
+        plant_segments_never_fsynced, (1, 2, 3), ("durability", "CorruptionError")
     ),
-    "watch_redelivers": Case(plant_watch_redelivers, range(1, 11), ("watch",)),
-    "watch_skips": Case(plant_watch_skips, range(1, 11), ("watch",)),
-    # 20 runs of 1000 steps, the CPU of 40 of 500: the window needs a longer run.
+    "last_record_checksum_unchecked": Case(
+        plant_last_record_checksum_unchecked,
+        (1, 2, 3),
+        ("RaftStorageCorruption", "durability", "log matching", "safety", "exception"),
+    ),
+    "watch_redelivers": Case(plant_watch_redelivers, (1, 2, 3), ("watch",)),
+    "watch_skips": Case(plant_watch_skips, (1, 2, 3), ("watch",)),
+    # These seeds also fail on the RaftStorage bug itself (unplanted) while it is
+    # on this branch; once it is fixed, rerun the search if they stop catching.
     "hard_state_commit_before_suffix": Case(
-        plant_hard_state_commit_before_suffix,
-        [7, *range(1, 7), *range(8, 21)],
-        ("recovery",),
-        steps=1000,
+        plant_hard_state_commit_before_suffix, (32, 40, 44), ("recovery",), nodes=5
     ),
 }
 
 
-# Caught, in the simulator before the host loop, only through RaftStorage's own
-# commit bug (seed 15 failed on that for every plant); with RaftStorage fixed they
-# escape seeds 1-240 there and here.  The simulator must be strengthened for them.
-ESCAPING = {"figure8_commit_by_counting", "lease_read_without_drift_allowance"}
+# Escapes seeds 1-240 (5 members) of the simulator that runs the server's host
+# loop, where inputs wait for the persistence step in flight and ticks are
+# delivered before them; the scenario that caught it (seeds 102 and 143) moved.
+# The simulator must be strengthened for it again.
+ESCAPING = {"lease_read_without_drift_allowance"}
 
 
 @pytest.mark.parametrize(
@@ -307,7 +371,7 @@ ESCAPING = {"figure8_commit_by_counting", "lease_read_without_drift_allowance"}
         pytest.param(
             name,
             marks=pytest.mark.xfail(
-                strict=False, reason="escapes the simulator since RaftStorage's commit fix"
+                strict=False, reason="escapes the simulator that runs the host loop (see ESCAPING)"
             ),
         )
         if name in ESCAPING
@@ -323,16 +387,17 @@ def test_planted_bug_is_caught(name: str, monkeypatch: pytest.MonkeyPatch) -> No
     seed, result = found
     violation = result.violation or ""
     print(f"planted bug {name} caught by seed {seed}: {violation.splitlines()[0]}")
-    assert any(word in violation for word in case.expect), violation
 
 
 if __name__ == "__main__":
+    # Search for catching seeds: <name> [first] [count] [nodes]
     name = sys.argv[1]
     first = int(sys.argv[2]) if len(sys.argv) > 2 else 1
     count = int(sys.argv[3]) if len(sys.argv) > 3 else 40
     chosen = CASES[name]
+    nodes = int(sys.argv[4]) if len(sys.argv) > 4 else chosen.nodes
     with pytest.MonkeyPatch.context() as patch:
         chosen.plant(patch)
         for s in range(first, first + count):
-            r = run_metadata_sim(SimOptions(seed=s, nodes=chosen.nodes, steps=chosen.steps))
+            r = run_metadata_sim(SimOptions(seed=s, nodes=nodes, steps=chosen.steps))
             print(s, "ok" if r.ok else (r.violation or "").splitlines()[0][:200], flush=True)

@@ -15,21 +15,36 @@ from catenary.cli.bench import bench
 def test_bench_storage_json_figures(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         bench,
-        ["storage", "--json", "--seconds", "0.2", "--dir", str(tmp_path), "--loop", "asyncio"],
+        [
+            "storage",
+            "--json",
+            "--seconds",
+            "0.2",
+            "--dir",
+            str(tmp_path),
+            "--loop",
+            "asyncio",
+            "--segment-mib",
+            "1",
+        ],
     )
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.output.splitlines()]
-    figures = {(r["figure"], r["appenders"], r["record_bytes"]) for r in rows}
-    for appenders in (1, 64):
-        for record_bytes in (100, 4096):
-            for name in (
-                "append_records_per_s",
-                "append_mb_per_s",
-                "append_latency_p50_ms",
-                "append_latency_p99_ms",
-                "fsyncs_per_s",
-            ):
-                assert (name, appenders, record_bytes) in figures
+    figures = {(r["figure"], r["appenders"], r["record_bytes"], r["preallocate"]) for r in rows}
+    for preallocate in (True, False):  # both modes in one run, by default
+        for appenders in (1, 64):
+            for record_bytes in (100, 4096):
+                for name in (
+                    "append_records_per_s",
+                    "append_mb_per_s",
+                    "append_latency_p50_ms",
+                    "append_latency_p99_ms",
+                    "fsyncs_per_s",
+                    "fsync_latency_p50_ms",
+                    "fsync_latency_p99_ms",
+                ):
+                    assert (name, appenders, record_bytes, preallocate) in figures
+    assert all(r["segment_bytes_max"] == 1 << 20 for r in rows)
     assert all(r["fsync"] is True for r in rows)
     assert all(r["value"] > 0 for r in rows if r["figure"] == "append_records_per_s")
     assert list(tmp_path.iterdir()) == []  # the temporary store is deleted

@@ -22,6 +22,8 @@ from catenary.testing.sim.crashfs import CrashPointFileSystem, SimulatedCrash
 pytestmark = pytest.mark.timeout(60)
 
 CONFIG = StoreConfig(segment_bytes_max=200, index_checkpoint_records=4)
+# The same workload on segments that grow with each write (format 2 without preallocation).
+FLAT = StoreConfig(segment_bytes_max=200, index_checkpoint_records=4, preallocate=False)
 DIRECTORY = "/disk/store"
 
 
@@ -87,7 +89,9 @@ STEPS: list[tuple[str, Callable[[SegmentedStore, State], State]]] = [
 ]
 
 
-def run(budget: int | None, disk: SimFileSystem) -> tuple[int, State, int]:
+def run(
+    budget: int | None, disk: SimFileSystem, config: StoreConfig = CONFIG
+) -> tuple[int, State, int]:
     """Run STEPS until the crash point (none if ``budget`` is None).
 
     Returns (index of the interrupted step, the state before it, mutating operations done).
@@ -98,7 +102,7 @@ def run(budget: int | None, disk: SimFileSystem) -> tuple[int, State, int]:
     state = State(1, ())
     index = -1  # -1: open; len(STEPS): close
     try:
-        store = SegmentedStore.open(fs, DIRECTORY, CONFIG)
+        store = SegmentedStore.open(fs, DIRECTORY, config)
         for i, (_, step) in enumerate(STEPS):
             index = i
             state = step(store, state)
@@ -147,16 +151,18 @@ def check(recovered: State, kind: str, before: State, after: State | None) -> No
         pytest.fail(f"{kind} interrupted: recovered {recovered}, not {before} or {after}")
 
 
-def test_crash_at_every_operation_recovers_a_valid_state() -> None:
-    _, _, total = run(None, SimFileSystem(Random(0), tear_probability=0.0))
+@pytest.mark.parametrize("config", [CONFIG, FLAT], ids=["preallocated", "growing"])
+def test_crash_at_every_operation_recovers_a_valid_state(config: StoreConfig) -> None:
+    _, _, total = run(None, SimFileSystem(Random(0), tear_probability=0.0), config)
     assert total > 50
-    torn = 0
+    torn = garbage = 0
     for k in range(total):
         for seed in (k, k + 10_000):
-            disk = SimFileSystem(Random(seed), tear_probability=0.7)
-            index, before, _ = run(k, disk)
+            disk = SimFileSystem(Random(seed), tear_probability=0.7, garbage_probability=0.5)
+            index, before, _ = run(k, disk, config)
             disk.crash()
-            store = SegmentedStore.open(disk, DIRECTORY, CONFIG)
+            garbage += disk.garbage_count
+            store = SegmentedStore.open(disk, DIRECTORY, config)
             torn += store.recovery.torn_tail
             recovered = State(
                 store.first_position,
@@ -166,3 +172,4 @@ def test_crash_at_every_operation_recovers_a_valid_state() -> None:
             kind = STEPS[index][0] if 0 <= index < len(STEPS) else "open"
             check(recovered, kind, before, expected_after(index, before))
     assert torn > 0  # the torn-tail path really ran
+    assert garbage > 0  # and crashes really left garbage tails

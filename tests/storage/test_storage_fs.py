@@ -52,6 +52,49 @@ def test_truncate_shrinks_and_writes_continue_at_new_end(fscase: FsCase) -> None
     f.close()
 
 
+def test_pwrite_overwrites_in_place_and_extends_with_a_zero_gap(fscase: FsCase) -> None:
+    fs = fscase.fs
+    f = fs.open(fscase.path("p"), create=True)
+    f.write(b"0123456789")
+    f.pwrite(2, b"ab")
+    assert f.size() == 10
+    assert f.pread(0, 10) == b"01ab456789"
+    f.pwrite(12, memoryview(b"zz"))  # past the end: the gap reads as zeros
+    assert f.size() == 14
+    assert f.pread(8, 10) == b"89\0\0zz"
+    f.write(b"!")  # write still appends at the (new) end
+    assert f.pread(13, 5) == b"z!"
+    f.fsync()
+    f.close()
+    g = fs.open(fscase.path("p"), create=False)
+    assert g.pread(0, 100) == b"01ab456789\0\0zz!"
+    g.close()
+
+
+def test_allocate_grows_with_zeros_never_shrinks_and_keeps_content(fscase: FsCase) -> None:
+    fs = fscase.fs
+    f = fs.open(fscase.path("z"), create=True)
+    f.write(b"head")
+    f.allocate(3 << 20)  # more than one allocation chunk
+    assert f.size() == 3 << 20
+    assert fs.file_size(fscase.path("z")) == 3 << 20
+    assert f.pread(0, 8) == b"head\0\0\0\0"
+    assert f.pread((3 << 20) - 4, 100) == bytes(4)
+    f.allocate(10)  # never shrinks
+    assert f.size() == 3 << 20
+    f.pwrite(4, b"body")  # an overwrite inside the allocation changes no size
+    assert f.size() == 3 << 20
+    f.fsync()
+    f.close()
+    g = fs.open(fscase.path("z"), create=False)
+    assert g.pread(0, 12) == b"headbody\0\0\0\0"
+    g.truncate(6)
+    assert g.pread(0, 100) == b"headbo"
+    g.allocate(9)  # zeros again after a cut, not the old bytes
+    assert g.pread(0, 100) == b"headbo\0\0\0"
+    g.close()
+
+
 def test_listdir_is_sorted_and_mkdir_makes_parents(fscase: FsCase) -> None:
     fs = fscase.fs
     fs.mkdir(fscase.path("d", "e", "f"))
@@ -260,3 +303,65 @@ def test_atomic_write_survives_crash_at_every_step() -> None:
     atomic_write(fs, "/d/state", b"new")
     fs.crash()
     assert read_checked(fs, "/d/state") == b"new"
+
+
+def test_sim_torn_overwrite_of_preallocated_zeros_keeps_a_prefix_then_zeros() -> None:
+    shapes = set()
+    for seed in range(60):
+        fs = SimFileSystem(Random(seed), tear_probability=1.0)
+        fs.mkdir("/d")
+        f = fs.open("/d/a", create=True)
+        f.write(b"durable|")
+        f.allocate(64)
+        f.fsync()
+        fs.fsync_dir("/d")
+        f.pwrite(8, b"0123456789")
+        fs.crash()
+        data = _read(fs, "/d/a")
+        assert len(data) == 64  # an overwrite in place changes no size
+        assert data[:8] == b"durable|"
+        kept = len(data[8:].rstrip(b"\0"))
+        assert data[8 : 8 + kept] == b"0123456789"[:kept]
+        assert data[8 + kept :] == bytes(56 - kept)  # the old bytes (zeros) after it
+        shapes.add(kept)
+    assert len(shapes) > 5
+
+
+def test_sim_torn_overwrite_may_leave_garbage_in_the_zeros() -> None:
+    garbage = 0
+    for seed in range(60):
+        fs = SimFileSystem(Random(seed), tear_probability=1.0, garbage_probability=1.0)
+        fs.mkdir("/d")
+        f = fs.open("/d/a", create=True)
+        f.allocate(64)
+        f.fsync()
+        fs.fsync_dir("/d")
+        f.pwrite(0, b"A" * 20)
+        fs.crash()
+        data = _read(fs, "/d/a")
+        assert len(data) == 64 and data[20:] == bytes(44)  # nothing past the written region
+        kept = len(data) - len(data.lstrip(b"A"))
+        if fs.garbage_count:
+            rest = data[kept:20]
+            assert rest != b"A" * len(rest) and any(rest)
+            garbage += 1
+    assert garbage > 30
+
+
+def test_sim_allocation_counts_against_capacity_and_costs_no_memory() -> None:
+    fs = SimFileSystem(Random(1), capacity_bytes=1000)
+    fs.mkdir("/d")
+    f = fs.open("/d/a", create=True)
+    f.allocate(900)
+    assert fs.used_bytes() == 900
+    with pytest.raises(OSError) as info:
+        f.allocate(1001)
+    assert info.value.errno == errno.ENOSPC
+    assert f.size() == 900
+    f.pwrite(100, b"x" * 800)  # inside the allocation: no new space needed
+    with pytest.raises(OSError):
+        f.pwrite(950, b"x" * 100)
+    g = fs.open("/d/big", create=True)
+    fs.capacity_bytes = None
+    g.allocate(1 << 40)  # a terabyte of zeros, stored as a size
+    assert g.pread((1 << 40) - 2, 10) == bytes(2)

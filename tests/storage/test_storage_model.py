@@ -28,7 +28,7 @@ class StoreMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.rng = Random(0)  # the disk's randomness; reseeded by each crash
-        self.fs = SimFileSystem(self.rng, tear_probability=0.5)
+        self.fs = SimFileSystem(self.rng, tear_probability=0.5, garbage_probability=0.5)
         self.store = SegmentedStore.open(self.fs, DIRECTORY, CONFIG)
         self.first = 1
         self.records: list[bytes] = []  # payloads of [first, first + len)

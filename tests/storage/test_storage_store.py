@@ -7,7 +7,7 @@ import posixpath
 from random import Random
 
 import pytest
-from storage_helpers import FsCase
+from storage_helpers import FsCase, as_version_1, record_offsets
 
 from catenary.storage.atomic import atomic_write
 from catenary.storage.errors import (
@@ -337,43 +337,80 @@ def test_bad_record_followed_by_valid_one_in_last_segment_is_corruption(fscase: 
     assert "followed by a valid record" in info.value.reason
 
 
-@pytest.mark.parametrize("cut", [1, 5, 8, 9, 20])
-def test_torn_tail_is_truncated_and_reported(fscase: FsCase, cut: int) -> None:
-    fs, d = fscase.fs, fscase.path("s")
-    store = SegmentedStore.open(fs, d, StoreConfig())
-    fill(store, 1, 10)
+MODES = ["preallocated", "flat", "version1"]
+
+
+def _mode_config(mode: str) -> StoreConfig:
+    return StoreConfig(segment_bytes_max=1 << 16, preallocate=mode == "preallocated")
+
+
+def _fill_in_mode(fs: FileSystem, d: str, mode: str, count: int) -> str:
+    """A closed store of ``count`` records in one segment written in ``mode``; checkpoints
+    dropped (a torn write is never covered by one). Returns the segment's path."""
+    store = SegmentedStore.open(fs, d, _mode_config(mode))
+    fill(store, 1, count)
     store.close()
+    _drop_checkpoints(fs, d)
+    fs.fsync_dir(d)
     path = posixpath.join(d, segment_files(fs, d)[-1])
+    if mode == "version1":
+        overwrite(fs, path, as_version_1(read_file(fs, path)))
+    return path
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("cut", [1, 5, 8, 9, 20])
+def test_torn_tail_is_truncated_and_reported(fscase: FsCase, cut: int, mode: str) -> None:
+    fs, d = fscase.fs, fscase.path("s")
+    config = _mode_config(mode)
+    path = _fill_in_mode(fs, d, mode, 10)
     raw = read_file(fs, path)
-    last = len(payload(10)) + RECORD_HEADER_BYTES
-    overwrite(fs, path, raw[: len(raw) - last + cut])
-    store = SegmentedStore.open(fs, d, StoreConfig())
+    offsets, _ = record_offsets(raw)
+    torn_at = offsets[-1]
+    kept = raw[torn_at : torn_at + cut]
+    if mode == "preallocated":  # a torn overwrite: part of the record, then the old zeros
+        overwrite(fs, path, raw[: torn_at + cut] + bytes(len(raw) - torn_at - cut))
+        dropped = len(kept.rstrip(b"\0"))
+    else:  # a torn append: part of the record, then the end of the file
+        overwrite(fs, path, raw[: torn_at + cut])
+        dropped = cut
+    store = SegmentedStore.open(fs, d, config)
     report = store.recovery
     assert report.torn_tail
     assert report.torn_path == path
-    assert report.torn_offset == len(raw) - last
-    assert report.torn_bytes_dropped == cut
+    assert report.torn_offset == torn_at
+    assert report.torn_bytes_dropped == dropped
     assert "torn tail" in report.summary()
     assert store.next_position == 10
-    assert fs.file_size(path) == len(raw) - last  # cut back, durably
+    if mode == "preallocated":  # zeroed in place, durably: the file keeps its size
+        assert read_file(fs, path) == raw[:torn_at] + bytes(len(raw) - torn_at)
+    else:
+        assert fs.file_size(path) == torn_at  # cut back, durably
     assert store.append([b"again"]) == 10
     store.sync()
     store.close()
-    store = SegmentedStore.open(fs, d, StoreConfig())
+    store = SegmentedStore.open(fs, d, config)
     assert not store.recovery.torn_tail
-    assert store.read(10) == b"again"
+    assert store.read_range(1, 11) == [payload(i) for i in range(1, 10)] + [b"again"]
     store.close()
 
 
-def test_zero_filled_tail_is_torn_not_corrupt(fscase: FsCase) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_zero_filled_tail_is_torn_in_version_1_and_the_end_in_version_2(
+    fscase: FsCase, mode: str
+) -> None:
     fs, d = fscase.fs, fscase.path("s")
-    _cycle(fs, d, 5)
-    path = posixpath.join(d, segment_files(fs, d)[-1])
+    path = _fill_in_mode(fs, d, mode, 5)
     raw = read_file(fs, path)
     overwrite(fs, path, raw + bytes(4096))
-    store = SegmentedStore.open(fs, d, SMALL)
-    assert store.recovery.torn_tail
-    assert store.recovery.torn_bytes_dropped == 4096
+    store = SegmentedStore.open(fs, d, _mode_config(mode))
+    if mode == "version1":  # version 1 files never end in zeros: a torn append
+        assert store.recovery.torn_tail
+        assert store.recovery.torn_bytes_dropped == 4096
+        assert fs.file_size(path) == len(raw)
+    else:  # version 2: zeros after the records are the (preallocated) unused space
+        assert not store.recovery.torn_tail, store.recovery.summary()
+        assert fs.file_size(path) == len(raw) + 4096
     assert store.next_position == 6
     store.close()
 

@@ -165,7 +165,9 @@ def test_run_is_ordered_with_appends_and_errors_are_per_submission() -> None:
 
 
 def test_enospc_fails_the_batch_and_writes_resume_when_space_returns() -> None:
-    fs, store = sim_store()
+    # Without preallocation, so that a write inside a segment can hit ENOSPC.
+    fs = SimFileSystem(Random(3))
+    store = SegmentedStore.open(fs, "/d", StoreConfig(segment_bytes_max=4096, preallocate=False))
     writer = GroupCommitWriter(store)
     results = Results()
     writer.submit([b"one", b"two"], results.callback(0))
@@ -298,7 +300,7 @@ def test_async_store_bounds_inflight_records(tmp_path: Path) -> None:
 def test_async_store_reports_write_errors_to_every_waiter() -> None:
     async def main() -> None:
         fs = SimFileSystem(Random(8))
-        store = await AsyncStore.open(fs, "/d")
+        store = await AsyncStore.open(fs, "/d", StoreConfig(preallocate=False))
         assert await store.append(b"ok") == 1
         fs.capacity_bytes = fs.used_bytes()
         futures = [store.append(b"no") for _ in range(5)]

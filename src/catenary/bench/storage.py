@@ -10,6 +10,11 @@ With N appenders each awaiting its own append, at most N records can share an fs
 Little's law records/s <= N / (mean append latency) < N / (mean fsync time). The
 ``ceiling_records_per_s`` figure is that last bound, measured in the same run: how close
 records/s comes to it shows what the engine costs beyond the disk.
+
+Each case runs with preallocated segments (files created at full size in written zeros, then
+overwritten in place, so an fdatasync changes no file size) and/or without (files grow with
+every write, so every fdatasync also commits the file-system journal for the new size); both
+by default, so the two fsync figures come from the same run on the same disk.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from catenary.storage.store import StoreConfig
 
 DEFAULT_CASES: tuple[tuple[int, int], ...] = ((1, 100), (64, 100), (1, 4096), (64, 4096))
 WARMUP_S = 0.3
+DEFAULT_SEGMENT_BYTES = StoreConfig().segment_bytes_max
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,10 +88,10 @@ def _percentile(sorted_values: Sequence[float], q: float) -> float:
 
 
 async def _case(
-    directory: str, appenders: int, record_bytes: int, seconds: float
+    directory: str, appenders: int, record_bytes: int, seconds: float, config: StoreConfig
 ) -> dict[str, Any]:
     fs = _CountingFileSystem()
-    store = await AsyncStore.open(fs, directory, StoreConfig())
+    store = await AsyncStore.open(fs, directory, config)
     payload = os.urandom(record_bytes)
     latencies: list[float] = []
     measuring = False
@@ -126,6 +132,7 @@ async def _case(
         "fsyncs_per_s": fsyncs / elapsed,
         "records_per_fsync": records / fsyncs if fsyncs else float(records),
         "fsync_p50_ms": _percentile(fsync_times, 0.50) * 1e3,
+        "fsync_p99_ms": _percentile(fsync_times, 0.99) * 1e3,
         "fsync_mean_ms": fsync_mean * 1e3,
         "ceiling_records_per_s": appenders / fsync_mean if fsync_times else float("nan"),
         "records": records,
@@ -156,19 +163,27 @@ def run(
     cases: Sequence[tuple[int, int]] = DEFAULT_CASES,
     loop: str | None = None,
     progress: Callable[[str], None] | None = None,
+    preallocate: Sequence[bool] = (False, True),
+    segment_bytes_max: int = DEFAULT_SEGMENT_BYTES,
 ) -> list[Figure]:
-    """Run every (appenders, record_bytes) case; returns the figures."""
+    """Run every (appenders, record_bytes) case in each preallocation mode; returns the
+    figures (their setup says which mode)."""
     loop_name = loop or available_loop()
     runner = _loop_factory(loop_name)
     figures: list[Figure] = []
     root = tempfile.mkdtemp(prefix="catenary-bench-storage-", dir=base_dir)
+    runs = [(mode, case) for case in cases for mode in preallocate]
     try:
-        for n, (appenders, record_bytes) in enumerate(cases):
+        for n, (mode, (appenders, record_bytes)) in enumerate(runs):
             directory = os.path.join(root, f"case{n}")
-            result = runner(_case(directory, appenders, record_bytes, seconds))
+            config = StoreConfig(segment_bytes_max=segment_bytes_max, preallocate=mode)
+            result = runner(_case(directory, appenders, record_bytes, seconds, config))
+            shutil.rmtree(directory, ignore_errors=True)  # free the disk for the next case
             setup = {
                 "appenders": appenders,
                 "record_bytes": record_bytes,
+                "preallocate": mode,
+                "segment_bytes_max": segment_bytes_max,
                 "fsync": True,
                 "seconds": round(result["elapsed_s"], 3),
                 "records": result["records"],
@@ -183,18 +198,22 @@ def run(
                 ("fsyncs_per_s", result["fsyncs_per_s"], "fsyncs/s"),
                 ("records_per_fsync", result["records_per_fsync"], "records"),
                 ("fsync_latency_p50_ms", result["fsync_p50_ms"], "ms"),
+                ("fsync_latency_p99_ms", result["fsync_p99_ms"], "ms"),
                 ("fsync_latency_mean_ms", result["fsync_mean_ms"], "ms"),
                 ("ceiling_records_per_s", result["ceiling_records_per_s"], "records/s"),
             ):
                 figures.append(Figure(name, round(value, 4), unit, setup))
             if progress is not None:
                 progress(
+                    f"{'preallocated' if mode else 'growing':>12} "
                     f"{appenders:>3} appender(s) x {record_bytes:>4} B: "
                     f"{result['records_per_s']:>10,.0f} records/s  "
                     f"{result['mb_per_s']:>7.2f} MB/s  "
                     f"p50 {result['p50_ms']:.3f} ms  p99 {result['p99_ms']:.3f} ms  "
                     f"{result['fsyncs_per_s']:>7,.0f} fsyncs/s "
-                    f"(p50 {result['fsync_p50_ms']:.3f} ms; "
+                    f"(p50 {result['fsync_p50_ms']:.3f} ms, "
+                    f"p99 {result['fsync_p99_ms']:.3f} ms, "
+                    f"mean {result['fsync_mean_ms']:.3f} ms; "
                     f"ceiling {result['ceiling_records_per_s']:,.0f} records/s)"
                 )
     finally:
@@ -202,10 +221,17 @@ def run(
     return figures
 
 
-def describe_setup(seconds: float, base_dir: str | None, loop: str | None) -> str:
+def describe_setup(
+    seconds: float,
+    base_dir: str | None,
+    loop: str | None,
+    segment_bytes_max: int = DEFAULT_SEGMENT_BYTES,
+) -> str:
     return (
         f"storage benchmark: AsyncStore.append awaited in a loop per task, fdatasync per "
         f"group-commit batch, {seconds:g} s per case after {WARMUP_S:g} s warm-up; "
+        f"segments of {segment_bytes_max} bytes, preallocated in steps of "
+        f"{StoreConfig().preallocate_step_bytes} bytes when preallocated; "
         f"dir {base_dir or tempfile.gettempdir()} (temporary, deleted); "
         f"loop {loop or available_loop()}; Python {platform.python_version()} "
         f"({sys.implementation.name}); {os.cpu_count()} CPU(s); {platform.platform()}"

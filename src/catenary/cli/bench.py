@@ -34,17 +34,44 @@ def bench() -> None:
     default=None,
     help="Event loop (default: uvloop when installed).",
 )
-def storage(as_json: bool, seconds: float, base_dir: str | None, loop: str | None) -> None:
+@click.option(
+    "--preallocate",
+    type=click.Choice(["both", "on", "off"]),
+    default="both",
+    show_default=True,
+    help="Segments preallocated (overwritten in place), growing with each write, or each "
+    "case in both modes, one after the other.",
+)
+@click.option(
+    "--segment-mib",
+    type=click.IntRange(min=1, max=4096),
+    default=64,
+    show_default=True,
+    help="Segment size in MiB (what preallocation writes in zeros per segment; the "
+    "store's default is 64).",
+)
+def storage(
+    as_json: bool,
+    seconds: float,
+    base_dir: str | None,
+    loop: str | None,
+    preallocate: str,
+    segment_mib: int,
+) -> None:
     """Durable appends through the storage engine: 1 and 64 appenders, 100 B and 4 KiB."""
     from catenary.bench import storage as bench_storage
 
+    segment_bytes_max = segment_mib << 20
     if not as_json:
-        click.echo(bench_storage.describe_setup(seconds, base_dir, loop))
+        click.echo(bench_storage.describe_setup(seconds, base_dir, loop, segment_bytes_max))
+    modes = {"both": (False, True), "on": (True,), "off": (False,)}[preallocate]
     figures = bench_storage.run(
         seconds=seconds,
         base_dir=base_dir,
         loop=loop,
         progress=None if as_json else click.echo,
+        preallocate=modes,
+        segment_bytes_max=segment_bytes_max,
     )
     if as_json:
         for figure in figures:

@@ -31,8 +31,8 @@ Rules:
    in one bounded inbox (``queue_max``): a full inbox refuses a client request
    (``OVERLOADED``, surely not applied) and drops a peer message (Raft tolerates
    loss).  Inputs are fed only between Readies, never while a job is in flight.
-2. Batching.  ``poll`` feeds up to ``batch_max`` inputs, ticks if a tick is due,
-   handles the Ready the peer messages produced (on a leader: commits, applies
+2. Batching.  ``poll`` ticks if a tick is due (before the inputs: rule 4),
+   feeds up to ``batch_max`` inputs, handles the Ready the peer messages produced (on a leader: commits, applies
    and answers, with nothing to persist), then proposes the batch's writes in
    one ``propose_batch``: many writes, one Ready, one job.  Inputs arriving
    while a job is in flight wait for the next batch, so batches grow with the
@@ -47,7 +47,9 @@ Rules:
 4. Time.  Ticks are due every ``tick_us`` of the driver's clock; ``poll``
    delivers at most ``tick_catch_up_max`` at once after a stall, except with
    lease reads, where a lease must never outlive real time
-   (``ticks_to_deliver``).
+   (``ticks_to_deliver``).  The ticks are delivered before the inputs that
+   waited meanwhile, so a read that waited through a stall is not served on a
+   lease that ran out during it.
 5. Outcomes, reported as ``(token, outcome)`` completions.  A write is answered
    with its applied ``Result``; a write whose leader was lost, whose deadline
    passed, or that was proposed when the loop was failed is ``INDETERMINATE``;
@@ -461,6 +463,10 @@ class HostLoop(Generic[T]):
         return (hard_state.term, hard_state.vote) != self._durable
 
     def _take_batch(self, now_us: int, out: Output[T]) -> bool:
+        # Time first: inputs that waited through a stall (a slow disk, a paused
+        # process) are judged by a replica that knows how long it was, so a
+        # read is never released on a leader lease that ran out meanwhile.
+        ticked = self._maybe_tick(now_us)
         inbox = self._inbox
         replica = self.replica
         token_done = self._token_done
@@ -487,7 +493,6 @@ class HostLoop(Generic[T]):
                     out.completions.append((item.token, value))
             else:
                 replica.step(item)
-        ticked = self._maybe_tick(now_us)
         out.inputs += taken
         self._unproposed = writes
         return taken > 0 or ticked

@@ -9,8 +9,10 @@ unsynced data on a simulated crash. A conformance suite (``tests/storage``) runs
 
 Rules every implementation keeps (and every caller relies on):
 
-1. ``File.write`` appends at the end of the file. Nothing written is durable until
-   ``File.fsync`` returns.
+1. ``File.write`` appends at the end of the file; ``File.pwrite`` writes at an offset
+   (overwriting in place, or extending the file, a gap reading as zeros); ``File.allocate``
+   extends the file with zeros that are really written, so later overwrites inside it change
+   no file size. Nothing written or allocated is durable until ``File.fsync`` returns.
 2. Creating, renaming and removing a directory entry is durable only after ``fsync_dir`` of the
    parent directory returns.
 3. ``rename`` is atomic: after a crash the destination holds either the old or the new file.
@@ -32,6 +34,13 @@ class File(Protocol):
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append all of ``data`` at the end of the file (not durable until :meth:`fsync`)."""
+
+    def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Write all of ``data`` at ``offset`` (not durable until :meth:`fsync`)."""
+
+    def allocate(self, size: int) -> None:
+        """Grow the file to at least ``size`` bytes of zeros (never shrinks; not durable until
+        :meth:`fsync`). ``ENOSPC`` when the space is not there."""
 
     def pread(self, offset: int, n: int) -> bytes:
         """Read up to ``n`` bytes at ``offset`` (fewer only at the end of the file)."""
@@ -74,30 +83,55 @@ class FileSystem(Protocol):
     def file_size(self, path: str) -> int: ...
 
 
+# Zeros are written in pieces of this size, from a buffer made per allocate call and dropped
+# after it (so no zero buffer outlives the allocation).
+ALLOCATE_CHUNK_BYTES = 1 << 20
+
+
 class OsFile:
-    """A real file opened with ``O_APPEND``; reads use ``os.pread``, syncs ``os.fdatasync``.
+    """A real file; ``write`` appends (seek to the end), ``pwrite``/``pread`` are positional,
+    syncs use ``os.fdatasync``.
 
     ``fdatasync`` suffices: it flushes the data and the metadata needed to read it back
-    (including the file size), skipping only timestamps.
+    (including the file size), skipping only timestamps. The file is not opened ``O_APPEND``,
+    because Linux ignores ``pwrite``'s offset on such files.
+
+    ``allocate`` writes real zeros rather than calling ``posix_fallocate``: on ext4 and XFS
+    fallocate leaves *unwritten* extents, and the first write into one converts it, a metadata
+    change that makes that ``fdatasync`` commit the journal anyway. Written zeros make every
+    later overwrite a pure data write.
     """
 
     __slots__ = ("_fd", "_path")
 
     def __init__(self, path: str, create: bool) -> None:
-        flags = os.O_RDWR | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+        flags = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
         if create:
             flags |= os.O_CREAT
         self._path = path
         self._fd = os.open(path, flags, 0o644)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.pwrite(os.lseek(self._fd, 0, os.SEEK_END), data)
+
+    def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
         total = len(view)
         done = 0
         while done < total:
             # A short write is legal (e.g. the disk just filled up); keep going until the
             # kernel either takes everything or raises (ENOSPC, EIO).
-            done += os.write(self._fd, view[done:])
+            done += os.pwrite(self._fd, view[done:], offset + done)
+
+    def allocate(self, size: int) -> None:
+        at = self.size()
+        if at >= size:
+            return
+        zeros = bytes(min(ALLOCATE_CHUNK_BYTES, size - at))
+        while at < size:
+            n = min(len(zeros), size - at)
+            self.pwrite(at, memoryview(zeros)[:n])
+            at += n
 
     def pread(self, offset: int, n: int) -> bytes:
         data = os.pread(self._fd, n, offset)

@@ -3,21 +3,34 @@
 Theory of operation
 -------------------
 Every file is an *inode* with two contents: ``data`` (what reads see now) and ``durable``
-(what survives a crash: the content at the last ``fsync`` of that file). Every directory entry
-lives in two namespaces: ``current`` (what ``open``/``listdir`` see now) and ``durable`` (the
-entries as of the last ``fsync_dir`` of their parent directory).
+(what survives a crash: the content at the last ``fsync`` of that file). Each content is kept
+as explicit bytes plus a size; bytes past the explicit ones up to the size are zeros, so a
+preallocated (``allocate``) file costs memory only for what was written into it. Every
+directory entry lives in two namespaces: ``current`` (what ``open``/``listdir`` see now) and
+``durable`` (the entries as of the last ``fsync_dir`` of their parent directory).
 
-1. ``File.write``/``truncate`` change ``data`` only; ``File.fsync`` copies ``data`` to ``durable``.
+1. ``File.write``/``pwrite``/``allocate``/``truncate`` change ``data`` only; ``File.fsync``
+   copies ``data`` to ``durable``.
 2. ``open(create=True)`` of a new name, ``rename`` and ``remove`` change ``current`` only;
    ``fsync_dir(d)`` copies every entry whose parent is ``d`` from ``current`` to ``durable``
    (including the absence of removed entries).
 3. ``crash()`` replaces ``current`` with ``durable`` and every inode's ``data`` with its
-   ``durable`` content - except that, with probability ``tear_probability`` per file whose
-   unsynced change is a pure append, a random prefix of the unsynced appended bytes survives
-   (a torn write). All handles opened before the crash become invalid (``EBADF``).
-4. ``flip_bit`` corrupts both contents (media corruption survives crashes).
-5. With ``capacity_bytes`` set, a write that would make the live files exceed it raises
-   ``OSError(ENOSPC)`` and writes nothing.
+   ``durable`` content - except for a *torn write*. A file's unsynced change, when it did not
+   shrink the file, is one region ``[a, b)``: from the first byte that differs from the durable
+   content to the last one (or to the new end of a grown file) - an append, an in-place
+   overwrite of preallocated zeros, or both. With probability ``tear_probability`` a random
+   prefix ``[a, a + k)`` of that region survives and the durable (old) bytes stay after it:
+   for an overwrite of zeros, a partial record followed by zeros. With probability
+   ``garbage_probability`` a torn write also leaves random garbage (1 to ``GARBAGE_BYTES_MAX``
+   bytes) right after the kept prefix, in place of some of the bytes that were being written (a sector written half-way,
+   or stale blocks the file system exposed), so a crash can leave a bad checksum at the end
+   of the written data. All handles opened before the crash become invalid (``EBADF``).
+4. ``flip_bit`` corrupts both contents (media corruption survives crashes). Bit-rot, the
+   fault a nemesis injects, is ``rot`` (one bit inside a file's synced bytes) or
+   ``rot_somewhere`` (a random file first); ``crash()`` additionally rots one synced bit of
+   each file with probability ``rot_probability``.
+5. With ``capacity_bytes`` set, a write or allocation that would make the live files (their
+   sizes, zeros included) exceed it raises ``OSError(ENOSPC)`` and changes nothing.
 6. Every random choice comes from the injected ``Random``; iteration is in sorted path order.
    The same seed and the same calls give the same result.
 
@@ -41,12 +54,66 @@ def _parent(path: str) -> str:
     return posixpath.dirname(path)
 
 
+# A garbage tail is at most this long: a few sectors the crash caught half-written.
+GARBAGE_BYTES_MAX = 4096
+
+
+def _garbage(rng: Random, n: int) -> bytes:
+    """``n`` random bytes, never all zero (a zero run is what an unwritten region reads as)."""
+    data = bytearray(rng.randbytes(n))
+    if not any(data):
+        data[-1] = 0xFF
+    return bytes(data)
+
+
+def _pad(buf: bytearray, n: int) -> None:
+    """Extend ``buf`` with zeros to at least ``n`` bytes."""
+    if len(buf) < n:
+        buf.extend(bytes(n - len(buf)))
+
+
+def _padded(raw: bytes | bytearray, n: int) -> bytes:
+    """The first ``n`` bytes of a content whose bytes past ``raw`` are zeros."""
+    head = bytes(raw[:n])
+    return head + bytes(n - len(head))
+
+
+_STEP = 4096
+
+
+def _first_diff(x: bytes, y: bytes) -> int:
+    """First index where equally long ``x`` and ``y`` differ, or their length."""
+    n = len(x)
+    at = 0
+    while at < n and x[at : at + _STEP] == y[at : at + _STEP]:
+        at += _STEP
+    while at < n and x[at] == y[at]:
+        at += 1
+    return min(at, n)
+
+
+def _last_diff(x: bytes, y: bytes) -> int:
+    """One past the last index where equally long ``x`` and ``y`` differ, or 0."""
+    end = len(x)
+    while end > 0 and x[max(0, end - _STEP) : end] == y[max(0, end - _STEP) : end]:
+        end -= _STEP
+    end = max(end, 0)
+    while end > 0 and x[end - 1] == y[end - 1]:
+        end -= 1
+    return end
+
+
 class _Inode:
-    __slots__ = ("data", "durable")
+    """Contents as explicit bytes plus a size; bytes from the explicit end to the size are
+    zeros. ``len(data) <= size`` and ``len(durable) <= durable_size`` always."""
+
+    __slots__ = ("data", "durable", "durable_size", "size")
 
     def __init__(self) -> None:
         self.data = bytearray()
+        self.size = 0
         self.durable = b""
+        self.durable_size = 0
 
 
 class SimFile:
@@ -68,22 +135,54 @@ class SimFile:
             raise OSError(errno.EBADF, "file handle invalidated by a simulated crash", self.path)
         return self._inode
 
+    def _grow(self, inode: _Inode, size: int) -> None:
+        """Check that growing ``inode`` to ``size`` fits the capacity (rule 5)."""
+        cap = self._fs.capacity_bytes
+        if (
+            cap is not None
+            and size > inode.size
+            and self._fs._used_bytes_locked() + size - inode.size > cap
+        ):
+            raise OSError(errno.ENOSPC, "No space left on device (simulated)", self.path)
+
     def write(self, data: bytes | bytearray | memoryview) -> None:
         with self._fs._lock:
             inode = self._check()
-            n = len(data)
-            cap = self._fs.capacity_bytes
-            if cap is not None and self._fs._used_bytes_locked() + n > cap:
-                raise OSError(errno.ENOSPC, "No space left on device (simulated)", self.path)
-            inode.data += data
-            self._fs.write_count += 1
+            self._pwrite(inode, inode.size, data)
+
+    def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        with self._fs._lock:
+            inode = self._check()
+            if offset < 0:
+                raise OSError(errno.EINVAL, "negative offset", self.path)
+            self._pwrite(inode, offset, data)
+
+    def _pwrite(self, inode: _Inode, offset: int, data: bytes | bytearray | memoryview) -> None:
+        end = offset + len(data)
+        self._grow(inode, end)
+        _pad(inode.data, offset)
+        inode.data[offset:end] = data
+        inode.size = max(inode.size, end)
+        self._fs.write_count += 1
+
+    def allocate(self, size: int) -> None:
+        with self._fs._lock:
+            inode = self._check()
+            if size > inode.size:
+                self._grow(inode, size)
+                inode.size = size  # zeros: nothing explicit to store
+                self._fs.write_count += 1
 
     def pread(self, offset: int, n: int) -> bytes:
         with self._fs._lock:
             inode = self._check()
             if offset < 0 or n < 0:
                 raise OSError(errno.EINVAL, "negative offset or length", self.path)
-            return bytes(inode.data[offset : offset + n])
+            stop = min(offset + n, inode.size)
+            if stop <= offset:
+                return b""
+            head = bytes(inode.data[offset:stop])
+            return head + bytes(stop - offset - len(head))
 
     def fsync(self) -> None:
         with self._fs._lock:
@@ -92,6 +191,7 @@ class SimFile:
                 self._fs._fsync_errors -= 1
                 raise OSError(errno.EIO, "Input/output error (simulated fsync failure)", self.path)
             inode.durable = bytes(inode.data)
+            inode.durable_size = inode.size
             self._fs.fsync_count += 1
 
     def truncate(self, size: int) -> None:
@@ -99,14 +199,12 @@ class SimFile:
             inode = self._check()
             if size < 0:
                 raise OSError(errno.EINVAL, "negative size", self.path)
-            if size <= len(inode.data):
-                del inode.data[size:]
-            else:
-                inode.data += bytes(size - len(inode.data))
+            del inode.data[size:]
+            inode.size = size
 
     def size(self) -> int:
         with self._fs._lock:
-            return len(self._check().data)
+            return self._check().size
 
     def close(self) -> None:
         self._open = False
@@ -121,11 +219,22 @@ class SimFileSystem:
         *,
         tear_probability: float = 0.5,
         capacity_bytes: int | None = None,
+        garbage_probability: float = 0.0,
+        rot_probability: float = 0.0,
     ) -> None:
-        if not 0.0 <= tear_probability <= 1.0:
-            raise ValueError("tear_probability must be within [0, 1]")
+        for name, value in (
+            ("tear_probability", tear_probability),
+            ("garbage_probability", garbage_probability),
+            ("rot_probability", rot_probability),
+        ):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be within [0, 1]")
         self._rng = rng
         self.tear_probability = tear_probability
+        # Of the torn writes, the share that leaves garbage after the kept prefix (rule 3).
+        self.garbage_probability = garbage_probability
+        # Per file and crash, the chance that one synced bit rots (rule 4).
+        self.rot_probability = rot_probability
         self.capacity_bytes = capacity_bytes
         self._lock = threading.RLock()
         self._current: dict[str, _Inode] = {}
@@ -138,6 +247,9 @@ class SimFileSystem:
         self.fsync_dir_count = 0
         self.write_count = 0
         self.crash_count = 0
+        self.torn_count = 0  # torn writes kept by crash()
+        self.garbage_count = 0  # of those, the ones that left garbage
+        self.rot_count = 0  # bits rotted by rot() or crash()
 
     # -- FileSystem -----------------------------------------------------------------------
 
@@ -218,43 +330,125 @@ class SimFileSystem:
             inode = self._current.get(path)
             if inode is None:
                 raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
-            return len(inode.data)
+            return inode.size
 
     # -- Faults ---------------------------------------------------------------------------
 
     def crash(self) -> None:
-        """Lose everything unsynced (rule 3); may keep a random prefix of unsynced appends."""
+        """Lose everything unsynced (rule 3): a torn write may keep a random prefix of the
+        unsynced region, possibly followed by garbage; synced bits may rot (rule 4)."""
         with self._lock:
+            rng = self._rng
             self._generation += 1
             self.crash_count += 1
             self._current = dict(self._durable)
             for path in sorted(self._current):
                 inode = self._current[path]
-                durable = inode.durable
-                extra = len(inode.data) - len(durable)
-                torn = (
-                    extra > 0
-                    and inode.data.startswith(durable)
-                    and self._rng.random() < self.tear_probability
-                )
-                if torn:
-                    keep = self._rng.randrange(extra + 1)
-                    inode.durable = bytes(inode.data[: len(durable) + keep])
+                self._tear_locked(inode, rng)
+                if (
+                    self.rot_probability > 0.0
+                    and inode.durable_size
+                    and rng.random() < self.rot_probability
+                ):
+                    self._rot_locked(inode, rng, 0)
                 inode.data = bytearray(inode.durable)
+                inode.size = inode.durable_size
+
+    def _tear_locked(self, inode: _Inode, rng: Random) -> None:
+        """Maybe keep part of ``inode``'s unsynced region in its durable content (rule 3)."""
+        old_size, new_size = inode.durable_size, inode.size
+        if new_size < old_size:
+            return  # an unsynced truncation is lost whole
+        span = min(max(len(inode.data), len(inode.durable)), old_size)
+        new_head = _padded(inode.data, span)
+        old_head = _padded(inode.durable, span)
+        a = _first_diff(new_head, old_head)
+        if a == span:
+            a = old_size  # equal up to the old end: the change (if any) is past it
+        b = new_size if new_size > old_size else _last_diff(new_head, old_head)
+        if b <= a or rng.random() >= self.tear_probability:
+            return
+        extra = b - a
+        cut = a + rng.randrange(extra + 1)
+        survived = bytearray(inode.data[:cut])
+        if len(inode.durable) > cut:
+            _pad(survived, cut)
+            survived += inode.durable[cut:]
+        size = max(old_size, cut)
+        if self.garbage_probability > 0.0 and cut < b and rng.random() < self.garbage_probability:
+            n = rng.randint(1, min(b - cut, GARBAGE_BYTES_MAX))
+            _pad(survived, cut)
+            survived[cut : cut + n] = _garbage(rng, n)
+            size = max(size, cut + n)
+            self.garbage_count += 1
+        inode.durable = bytes(survived)
+        inode.durable_size = size
+        self.torn_count += 1
+
+    def rot(self, path: str, rng: Random | None = None, *, start: int = 0) -> int:
+        """Bit-rot: flip one random bit among the synced bytes of ``path`` at or after
+        ``start``, in what survives a crash and in what reads see now. Returns the byte
+        offset. ``rng`` defaults to the file system's own. ``ValueError`` if the file has no
+        synced byte at or after ``start``."""
+        path = _norm(path)
+        with self._lock:
+            inode = self._current.get(path)
+            if inode is None:
+                raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+            if inode.durable_size <= start:
+                raise ValueError(f"{path} has no synced byte at or after {start}")
+            return self._rot_locked(inode, rng or self._rng, start)
+
+    def rot_somewhere(
+        self, rng: Random | None = None, *, under: str = "/"
+    ) -> tuple[str, int] | None:
+        """Bit-rot in a random file below directory ``under`` that has synced bytes (chosen
+        in sorted path order, so deterministic). Returns (path, byte offset), or None if no
+        file qualifies."""
+        under = _norm(under)
+        prefix = under.rstrip("/") + "/"
+        with self._lock:
+            rng = rng or self._rng
+            paths = [
+                p
+                for p in sorted(self._current)
+                if p.startswith(prefix) and self._current[p].durable_size
+            ]
+            if not paths:
+                return None
+            path = paths[rng.randrange(len(paths))]
+            return path, self._rot_locked(self._current[path], rng, 0)
+
+    def _rot_locked(self, inode: _Inode, rng: Random, start: int) -> int:
+        offset = rng.randrange(start, inode.durable_size)
+        mask = 1 << rng.randrange(8)
+        durable = bytearray(inode.durable)
+        _pad(durable, offset + 1)
+        old = durable[offset]
+        durable[offset] ^= mask
+        inode.durable = bytes(durable)
+        if offset < inode.size:
+            _pad(inode.data, offset + 1)
+            if inode.data[offset] == old:  # reads see it too, unless an unsynced write is there
+                inode.data[offset] ^= mask
+        self.rot_count += 1
+        return offset
 
     def flip_bit(self, path: str, offset: int, bit: int | None = None) -> None:
         """Flip one bit of byte ``offset`` (random bit unless given), durably."""
         path = _norm(path)
         with self._lock:
             inode = self._current[path]
-            if not 0 <= offset < len(inode.data):
-                raise ValueError(f"offset {offset} outside {path} ({len(inode.data)} bytes)")
+            if not 0 <= offset < inode.size:
+                raise ValueError(f"offset {offset} outside {path} ({inode.size} bytes)")
             if bit is None:
                 bit = self._rng.randrange(8)
             mask = 1 << bit
+            _pad(inode.data, offset + 1)
             inode.data[offset] ^= mask
-            if offset < len(inode.durable):
+            if offset < inode.durable_size:
                 durable = bytearray(inode.durable)
+                _pad(durable, offset + 1)
                 durable[offset] ^= mask
                 inode.durable = bytes(durable)
 
@@ -277,4 +471,4 @@ class SimFileSystem:
             return self._used_bytes_locked()
 
     def _used_bytes_locked(self) -> int:
-        return sum(len(inode.data) for inode in self._current.values())
+        return sum(inode.size for inode in self._current.values())

@@ -10,7 +10,11 @@ A store is a directory holding a contiguous run of records at integer *positions
   *base position* where the store starts when it holds no segment file.
 * ``<first position, 20 digits>.seg``: a segment file - a 24-byte header (magic, version,
   generation, first position, CRC) and then records ``length u32 | crc32c u32 | payload``,
-  where the CRC32C covers the 4 length bytes and then the payload.
+  where the CRC32C covers the 4 length bytes and then the payload. Version 2 files are
+  preallocated: written zeros ahead of the records, up to ``segment_bytes_max``, overwritten
+  in place, so a steady-state fdatasync changes no file size; only zeros may follow the
+  records.
+  Version 1 files (no zero tail) are still read and appended to.
 * ``<first position>.idx``: an optional index checkpoint for that segment (record offsets).
 
 Rules (numbered so tests and comments can cite them):
@@ -22,9 +26,11 @@ Rules (numbered so tests and comments can cite them):
 2. Positions are contiguous: segment ``k+1`` starts where segment ``k`` ends. A gap or overlap
    found at open is corruption.
 3. Open scans each segment only after its checkpoint. A record that is short, too long or fails
-   its CRC at offset X is a *torn tail* only when it is in the last segment and no valid record
-   starts anywhere after X; the file is then cut back to X (fsynced) and the cut reported.
-   Anything else is :class:`CorruptionError` naming file and offset - never skipped.
+   its CRC at offset X ends the records; in a version 2 file that is the clean end when only
+   zeros follow. Otherwise it is a *torn tail* only when it is in the last segment, below no
+   checkpoint, and no valid record starts anywhere after X; the torn bytes are then cut (or, in
+   a preallocated file, zeroed in place), fsynced, and reported. Anything else is
+   :class:`CorruptionError` naming file and offset - never skipped.
    (Residual risk: a payload that itself embeds a validly framed record after a torn point
    makes open refuse the store rather than guess; it never returns wrong data.)
 4. A checkpoint is only a hint: blocks of offsets appended without fsync, each with its own
@@ -86,7 +92,11 @@ __all__ = [
     "StoreFailedError",
 ]
 
-FORMAT_VERSION = 1
+# Segment format version written by this code. Version 2 segments may end in zeros (they are
+# preallocated); version 1 segments (never preallocated) are still read, and appended to.
+FORMAT_VERSION = 2
+SEGMENT_VERSIONS = (1, 2)
+CHECKPOINT_VERSION = 1
 SEGMENT_MAGIC = b"CTSG"
 SEGMENT_SUFFIX = ".seg"
 INDEX_SUFFIX = ".idx"
@@ -119,6 +129,16 @@ class StoreConfig:
     record_bytes_max: int = 8 * 1024 * 1024
     # Read at most this many bytes at once while scanning at open.
     scan_chunk_bytes: int = 1024 * 1024
+    # Create each segment file at its full size (segment_bytes_max) of written zeros, and
+    # overwrite them in place: an fdatasync then changes no file size and needs no journal
+    # commit. Off: files grow with each write (the segment format is the same).
+    preallocate: bool = True
+    # Preallocate in steps of this many bytes (up to segment_bytes_max) rather than the whole
+    # segment at once: the sync that allocates writes this many zeros, not 64 MiB (which
+    # stalled a fresh store's first write past a 300 ms request timeout on a loaded machine),
+    # at the cost of one size change (one journal commit) per step instead of none.
+    # None: the whole segment at creation.
+    preallocate_step_bytes: int | None = 4 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if self.segment_bytes_max < SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES:
@@ -129,6 +149,8 @@ class StoreConfig:
             raise ValueError("index_checkpoint_records must be >= 1")
         if self.scan_chunk_bytes < 4096:
             raise ValueError("scan_chunk_bytes must be >= 4096")
+        if self.preallocate_step_bytes is not None and self.preallocate_step_bytes < 4096:
+            raise ValueError("preallocate_step_bytes must be >= 4096 (or None)")
 
 
 @dataclass(slots=True)
@@ -167,6 +189,7 @@ class _Segment:
     """One segment file and its in-memory index."""
 
     __slots__ = (
+        "allocated",
         "checkpoint_bytes",
         "checkpoint_file_bytes",
         "checkpoint_records",
@@ -179,6 +202,7 @@ class _Segment:
         "pending",
         "size",
         "synced_bytes",
+        "version",
     )
 
     def __init__(self, directory: str, first: int) -> None:
@@ -191,6 +215,8 @@ class _Segment:
         self.file_bytes = 0  # bytes written to the file
         self.synced_bytes = 0  # bytes known durable
         self.pending = bytearray()  # bytes [file_bytes, size), not yet written
+        self.allocated = 0  # the file's size (records plus, in version 2, a zero tail)
+        self.version = FORMAT_VERSION
         self.file: File | None = None
         self.checkpoint_records = 0  # records covered by the last checkpoint written or read
         self.checkpoint_bytes = 0
@@ -336,6 +362,7 @@ class SegmentedStore:
             head = f.pread(0, SEGMENT_HEADER_BYTES)
             problem = self._check_header(head, first)
             if problem is None:
+                seg.version = _SEGMENT_HEADER.unpack(head)[1]
                 gen = _SEGMENT_HEADER.unpack(head)[3]
                 if gen < self._generation:
                     f.close()
@@ -422,7 +449,7 @@ class SegmentedStore:
             return "header CRC32C mismatch"
         if magic != SEGMENT_MAGIC:
             return f"bad magic {magic!r}"
-        if version != FORMAT_VERSION or header_bytes != SEGMENT_HEADER_BYTES:
+        if version not in SEGMENT_VERSIONS or header_bytes != SEGMENT_HEADER_BYTES:
             return f"unsupported format version {version}"
         if head_first != first:
             return f"header says first position {head_first}, file name says {first}"
@@ -433,8 +460,9 @@ class SegmentedStore:
     ) -> None:
         report = self.recovery
         start = SEGMENT_HEADER_BYTES
+        durable_hint = 0  # bytes a checkpoint block says were durable when it was written
         if has_checkpoint:
-            reason = self._load_checkpoint(seg, f, size)
+            reason, durable_hint = self._load_checkpoint(seg, f, size)
             if reason is None:
                 report.checkpoints_used += 1
                 start = seg.checkpoint_bytes
@@ -445,26 +473,75 @@ class SegmentedStore:
                 seg.offsets = array("Q")
                 seg.checkpoint_records = seg.checkpoint_bytes = seg.checkpoint_file_bytes = 0
         end, bad = self._scan(seg, f, start, size)
+        dirty = size  # end of the bytes after the records that are not zeros
+        if bad is not None and seg.version >= 2:
+            # Version 2: the records end at the first invalid record header; only zeros may
+            # follow (the preallocated tail). Anything else there is a torn write or damage.
+            dirty = self._dirty_end(f, end, size)
+            if dirty == end:
+                bad = None
         if bad is not None:
             if not last:
                 raise CorruptionError(seg.path, end, bad + " in a segment that is not the last")
-            found = self._valid_record_after(f, end + 1, size)
+            if end < durable_hint:
+                # Checkpoints only cover synced bytes and are removed durably before any cut,
+                # so this record was durable: bit-rot, not a torn write.
+                raise CorruptionError(
+                    seg.path,
+                    end,
+                    f"{bad} below byte {durable_hint}, which a checkpoint says was durable",
+                )
+            found = self._valid_record_after(f, end + 1, dirty)
             if found is not None:
                 raise CorruptionError(
                     seg.path, end, f"{bad}, followed by a valid record at offset {found}"
                 )
             if seg.checkpoint_bytes > end:  # cannot happen: the checkpoint was validated
                 raise CorruptionError(seg.index_path, None, "covers bytes that are torn")
-            f.truncate(end)
+            if seg.version >= 2 and self._config.preallocate:
+                # Zero the torn bytes in place: the file keeps its preallocated size. A crash
+                # while zeroing leaves zeros and the rest of the same garbage: torn again.
+                self._zero(f, end, dirty)
+            else:
+                f.truncate(end)
+                size = end
             f.fsync()
             report.torn_tail = True
             report.torn_path = seg.path
             report.torn_offset = end
-            report.torn_bytes_dropped = size - end
+            report.torn_bytes_dropped = dirty - end
         seg.size = seg.file_bytes = seg.synced_bytes = end
+        seg.allocated = size
 
-    def _load_checkpoint(self, seg: _Segment, f: File, size: int) -> str | None:
-        """Load ``seg``'s checkpoint blocks; returns why it was rejected, or None (rule 4)."""
+    def _dirty_end(self, f: File, start: int, end: int) -> int:
+        """One past the last byte in ``[start, end)`` that is not zero, or ``start``."""
+        chunk = self._config.scan_chunk_bytes
+        dirty = start
+        at = start
+        while at < end:
+            data = f.pread(at, min(chunk, end - at))
+            if not data:
+                break
+            n = len(data.rstrip(b"\x00"))
+            if n:
+                dirty = at + n
+            at += len(data)
+        return dirty
+
+    def _zero(self, f: File, start: int, end: int) -> None:
+        """Overwrite ``[start, end)`` of ``f`` with zeros, a bounded buffer at a time."""
+        if start >= end:
+            return
+        zeros = bytes(min(self._config.scan_chunk_bytes, end - start))
+        at = start
+        while at < end:
+            n = min(len(zeros), end - at)
+            f.pwrite(at, memoryview(zeros)[:n])
+            at += n
+
+    def _load_checkpoint(self, seg: _Segment, f: File, size: int) -> tuple[str | None, int]:
+        """Load ``seg``'s checkpoint blocks (rule 4). Returns why they were rejected (None if
+        used) and the bytes the well-formed blocks cover (which were durable once)."""
         handle = self._fs.open(seg.index_path, create=False)
         try:
             raw = handle.pread(0, handle.size())
@@ -482,7 +559,7 @@ class SegmentedStore:
             stop = at + _CHECKPOINT_BLOCK.size + 8 * count
             if (
                 magic != CHECKPOINT_MAGIC
-                or version != FORMAT_VERSION
+                or version != CHECKPOINT_VERSION
                 or generation != self._generation
                 or first != seg.first
                 or start != len(offsets)
@@ -504,21 +581,23 @@ class SegmentedStore:
             covered = block_covered
             at = stop
         if not offsets:
-            return "no valid block" if raw else "empty"
-        if covered > size:
-            return f"covers {covered} bytes but the segment holds {size}"
+            return ("no valid block" if raw else "empty"), 0
         if offsets[0] != SEGMENT_HEADER_BYTES:
-            return "first offset is not right after the header"
+            return "first offset is not right after the header", 0
+        if covered > size:
+            return f"covers {covered} bytes but the segment holds {size}", 0
         last = offsets[-1]
         raw_rec = f.pread(last, covered - last)
         n = _record_ok(raw_rec, 0, len(raw_rec), self._config.record_bytes_max)
         if n < 0 or RECORD_HEADER_BYTES + n != len(raw_rec):
-            return f"last record at offset {last} does not match the segment"
+            # The blocks are well formed, so these bytes were durable: the scan that follows
+            # treats a bad record below ``covered`` as corruption, never as a torn tail.
+            return f"last record at offset {last} does not match the segment", covered
         seg.offsets = offsets
         seg.checkpoint_records = len(offsets)
         seg.checkpoint_bytes = covered
         seg.checkpoint_file_bytes = at
-        return None
+        return None, covered
 
     def _scan(self, seg: _Segment, f: File, start: int, end: int) -> tuple[int, str | None]:
         """Index records from ``start``; returns (end of the last valid record, problem)."""
@@ -718,9 +797,19 @@ class SegmentedStore:
                 created = True
                 if seg.file.size():  # a stale file of that name cannot be durable data
                     seg.file.truncate(0)
+                seg.allocated = 0
             data = seg.pending
+            end = seg.file_bytes + len(data)
+            if end > seg.allocated and seg.version >= 2 and self._config.preallocate:
+                # Once per step of preallocate_step_bytes (the whole segment if None): zeros
+                # ahead of the records, so the syncs that follow overwrite in place and change
+                # no size.
+                size = self._allocation(end)
+                seg.file.allocate(size)
+                seg.allocated = size
             if data:
-                seg.file.write(data)
+                seg.file.pwrite(seg.file_bytes, data)
+                seg.allocated = max(seg.allocated, end)
         except OSError:
             self._rollback()
             raise
@@ -739,6 +828,14 @@ class SegmentedStore:
         due = len(seg.offsets) - seg.checkpoint_records >= self._config.index_checkpoint_records
         if sealed or due:
             self._write_checkpoint(seg)
+
+    def _allocation(self, end: int) -> int:
+        """The size to preallocate a segment to when it must hold ``end`` bytes."""
+        full = self._config.segment_bytes_max
+        step = self._config.preallocate_step_bytes
+        if step is None or end >= full:
+            return max(full, end)
+        return min(full, -(-end // step) * step)  # ``end`` rounded up to whole steps
 
     def _rollback(self) -> None:
         """Undo everything not yet durable after a failed write (rule 7)."""
@@ -760,8 +857,11 @@ class SegmentedStore:
                     keep = bisect.bisect_left(seg.offsets, seg.synced_bytes)
                     del seg.offsets[keep:]
                     assert seg.file is not None
-                    if seg.file_bytes > seg.synced_bytes:
+                    # A failed write may have left part of itself (or of an allocation)
+                    # past the durable bytes: cut all of it; the next sync allocates again.
+                    if seg.file.size() > seg.synced_bytes:
                         seg.file.truncate(seg.synced_bytes)
+                    seg.allocated = seg.synced_bytes
                     seg.size = seg.file_bytes = seg.synced_bytes
                     seg.pending = bytearray()
                     break
@@ -788,7 +888,7 @@ class SegmentedStore:
         body = block.tobytes()
         head = _CHECKPOINT_BLOCK.pack(
             CHECKPOINT_MAGIC,
-            FORMAT_VERSION,
+            CHECKPOINT_VERSION,
             self._generation,
             seg.first,
             done,
@@ -893,13 +993,23 @@ class SegmentedStore:
                 else:
                     keep = position - seg.first
                     cut = seg.offsets[keep]
-                    if seg.checkpoint_bytes > cut or seg.checkpoint_records > keep:
+                    # After a failed checkpoint write the counters are 0 while the file may
+                    # still hold blocks: drop it then too.
+                    if (
+                        seg.checkpoint_bytes > cut
+                        or seg.checkpoint_records > keep
+                        or seg.checkpoint_records == 0
+                    ):
                         dir_dirty |= self._drop_checkpoint(seg)
                     if dir_dirty:
                         fs.fsync_dir(self._dir)  # checkpoints gone before bytes are cut
                     assert seg.file is not None
+                    # A cut, not zeros written over the records: a torn zeroing could leave
+                    # old records after zeros, which open would rightly call corruption. The
+                    # next sync preallocates the file again.
                     seg.file.truncate(cut)
                     seg.file.fsync()
+                    seg.allocated = cut
                     del seg.offsets[keep:]
                     seg.size = seg.file_bytes = seg.synced_bytes = cut
                 self._next = self._durable_next = position

@@ -30,6 +30,10 @@ indexes involved; the simulator stops the run there and reports it.
    ``Compacted`` only when the events it needs are no longer kept.  A watcher
    that moves to another member (failover, crash) resumes from its last seen
    version and must continue without a gap.
+10. Leader leases: a read a leader serves at once on its lease (no
+    confirming round) must not come after a leader of a later term was seen.
+9. Commit rule (Raft's Figure 8): a leader's commit index, seen to move
+   within its term, always lands on an entry of that term.
 7. Durability at delivery: when a vote grant (not a pre-vote) or an append /
    snapshot acknowledgement reaches its destination, the sender's storage
    must already hold what it promises -- the term and vote of the grant, the
@@ -159,6 +163,7 @@ class SafetyChecker:
         # index -> (term, digest, node) loaded as committed by a restarting
         # member before the cluster was seen to commit that index.
         self.claimed: dict[int, tuple[int, bytes, int]] = {}
+        self.leader_commits: dict[int, tuple[int, int]] = {}  # node -> (term, commit) as leader
         self.checks = 0
 
     # ------------------------------------------------------------ election
@@ -174,6 +179,18 @@ class SafetyChecker:
             raise Violation(f"election safety: term {term} has two leaders, {known} and {node}")
         return False
 
+    def check_lease_read(self, node: int, term: int) -> None:
+        """A read served on the leader lease of ``term`` while a leader of a later
+        term already exists: the lease did not hold (a quorum that backed it
+        voted for someone else before it ran out)."""
+        self.checks += 1
+        later = sorted(t for t in self.leaders if t > term)
+        if later:
+            raise Violation(
+                f"lease read: leader {node} of term {term} served a read on its lease while "
+                f"node {self.leaders[later[0]]} already led term {later[0]}"
+            )
+
     def check_leader_log(self, node: int, term: int, log: dict[int, int], first_index: int) -> None:
         """Leader completeness: the new leader holds every committed entry it has not compacted."""
         for index in range(max(first_index, 1), self.highest_commit + 1):
@@ -187,6 +204,25 @@ class SafetyChecker:
                     f"committed entry lost: leader {node} of term {term} holds term {held} at "
                     f"index {index}, but an entry of term {known[0]} was committed there"
                 )
+
+    def observe_leader_commit(
+        self, node: int, term: int, commit: int, term_at_commit: int | None
+    ) -> None:
+        """Raft's commit rule (Figure 8): a leader moves its commit index only by
+        counting replicas of an entry of its own term.  Each time a leader's
+        commit index is seen higher than last seen in the same term, the entry
+        there must be of that term."""
+        previous = self.leader_commits.get(node)
+        self.leader_commits[node] = (term, commit)
+        if previous is None or previous[0] != term or commit <= previous[1]:
+            return
+        self.checks += 1
+        if term_at_commit is not None and term_at_commit != term:  # None: compacted
+            raise Violation(
+                f"commit rule: leader {node} of term {term} moved its commit index from "
+                f"{previous[1]} to {commit}, an entry of term {term_at_commit} (an earlier "
+                "term's entry committed by counting replicas)"
+            )
 
     # ----------------------------------------------------------------- logs
 

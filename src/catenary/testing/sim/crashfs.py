@@ -3,7 +3,7 @@
 The simulator runs a member's persistence (``RaftStorage.save``/``compact``) at
 the simulated moment its fsync completes.  When the member crashes while that
 step is in flight, the step is instead run with a crash point armed: the
-wrapper lets ``budget`` mutating operations through (writes, truncations,
+wrapper lets ``budget`` mutating operations through (writes, allocations, truncations,
 fsyncs, renames, removals, directory fsyncs, file creations) and raises
 ``SimulatedCrash`` at the next one.  The simulated file system's ``crash()``
 then drops whatever was not synced and may tear the last write.  So a crash
@@ -42,6 +42,14 @@ class CrashPointFile:
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self._budget.spend()
         self._inner.write(data)
+
+    def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        self._budget.spend()
+        self._inner.pwrite(offset, data)
+
+    def allocate(self, size: int) -> None:
+        self._budget.spend()
+        self._inner.allocate(size)
 
     def pread(self, offset: int, n: int) -> bytes:
         return self._inner.pread(offset, n)

@@ -60,6 +60,7 @@ from catenary.core.metadata.replica import (
     Completion,
     GetQuery,
     MetadataReplica,
+    Query,
     ReadCompleted,
     ReadFailed,
     ReplicaConfig,
@@ -177,6 +178,9 @@ class FaultPlan:
     # appends, so acknowledgements can cover old-term entries without the
     # leader's own (Raft's Figure 8 window).
     entries_per_message: int
+    # Of the torn writes, the share that leave random garbage after the kept
+    # prefix (a sector written half-way): a bad checksum at the end of a file.
+    garbage_tails: float
     # The host loop's knobs (the server's defaults are 10 s, 4096 and 20000):
     # a deadline shorter than the clients' timeout makes the host answer
     # "indeterminate" itself; tiny batches and a small inbox force the rare paths.
@@ -224,6 +228,7 @@ class FaultPlan:
             watch_history_max=rng.choice([16, 64, 10_000]),
             deposed_reads=rng.random() < 0.4,
             entries_per_message=rng.choice([2, 64]),
+            garbage_tails=rng.choice([0.0, 0.5, 1.0]),
             host_timeout_ms=rng.choice([200, 500, 10_000]),
             host_batch_max=rng.choice([1, 4, 4096]),
             host_queue_max=rng.choice([32, 20_000]),
@@ -256,8 +261,10 @@ class SimCounters:
     stale_reads: int = 0
     crashes_vote_window: int = 0  # crashed with a vote grant waiting on its persist
     crashes_overwrite_window: int = 0  # crashed while persisting a rewrite of its log suffix
+    lease_reads: int = 0  # linearizable reads served on the leader lease (no round)
     deposed_leaders: int = 0  # leaders cut off while clients kept reading from them
     drift_beyond_bound: int = 0  # 1 when this run's clocks drift beyond the lease-read bound
+    garbage_tails: int = 0  # crashes that left garbage after a torn write
     watch_polls: int = 0
     watch_events: int = 0
     watch_compacted: int = 0
@@ -320,9 +327,13 @@ class _NemesisCall:
 
 
 class _Member:
-    def __init__(self, node_id: int, disk_seed: int, raft_seed: int, tear: float) -> None:
+    def __init__(
+        self, node_id: int, disk_seed: int, raft_seed: int, tear: float, garbage: float
+    ) -> None:
         self.node_id = node_id
-        self.disk = SimFileSystem(Random(disk_seed), tear_probability=tear)
+        self.disk = SimFileSystem(
+            Random(disk_seed), tear_probability=tear, garbage_probability=garbage
+        )
         self.fs = CrashPointFileSystem(self.disk)
         self.raft_seeds = Random(raft_seed)
         self.storage: RaftStorage | None = None
@@ -353,6 +364,8 @@ class _Client:
     request_id: int = 0
     attempts: int = 0
     versions: dict[str, int] = field(default_factory=dict)
+    reads_only_until_us: int = 0  # pointed at a deposed leader: only linearizable gets
+    reader: bool = False  # only ever linearizable gets (the deposed-leader scenario's reader)
 
 
 @dataclass
@@ -379,6 +392,9 @@ class MetadataSim:
             # Beyond the bound lease reads are expected to be unsafe: such seeds
             # run ReadIndex reads only, which must stay safe under any drift.
             self.plan.lease_reads = False
+        elif self.plan.lease_reads:
+            # Lease-read seeds test the bound at its edge: drift 0.1 (inside 1/9).
+            self.plan.clock_drift = 0.1
         self.loop = EventLoop(keep_notes=options.keep_log)
         self.network = SimNetwork(Random(seeds.getrandbits(64)), self.plan.network)
         self.nemesis_rng = Random(seeds.getrandbits(64))
@@ -386,7 +402,13 @@ class MetadataSim:
         self.timing_rng = Random(seeds.getrandbits(64))
         initial = list(range(1, options.nodes + 1))
         self.members = {
-            i: _Member(i, seeds.getrandbits(64), seeds.getrandbits(64), self.plan.tear_probability)
+            i: _Member(
+                i,
+                seeds.getrandbits(64),
+                seeds.getrandbits(64),
+                self.plan.tear_probability,
+                self.plan.garbage_tails,
+            )
             for i in initial
         }
         self.membership = Membership(voters=tuple(initial))
@@ -401,14 +423,7 @@ class MetadataSim:
             compact_after_bytes=64 << 10,
             lease_reads=self.plan.lease_reads,
         )
-        self.tick_us = {
-            i: round(
-                options.tick_ms
-                * 1000
-                * (1 + self.timing_rng.uniform(-self.plan.clock_drift, self.plan.clock_drift))
-            )
-            for i in initial
-        }
+        self.tick_us = {i: self._draw_tick_us() for i in initial}
         # Spare members join later (as learners, then voters) when the plan
         # reconfigures; their generators come last so the others do not move.
         spare_seeds = Random(seeds.getrandbits(64))
@@ -419,6 +434,7 @@ class MetadataSim:
                 spare_seeds.getrandbits(64),
                 spare_seeds.getrandbits(64),
                 self.plan.tear_probability,
+                self.plan.garbage_tails,
             )
             self.members[i].started = False
             self.tick_us[i] = self.tick_us[1 + (i - 1) % options.nodes]
@@ -456,7 +472,7 @@ class MetadataSim:
             f"stale_reads={p.stale_reads} reconfigure={p.reconfigure} leases={p.leases} "
             f"pauses={p.pauses} io_errors={p.io_errors} window_crashes={p.window_crashes} "
             f"deposed_reads={p.deposed_reads} entries_per_message={p.entries_per_message} "
-            f"watch_history_max={p.watch_history_max} "
+            f"watch_history_max={p.watch_history_max} garbage_tails={p.garbage_tails} "
             f"host_timeout_ms={p.host_timeout_ms} host_batch_max={p.host_batch_max} "
             f"host_queue_max={p.host_queue_max}"
         )
@@ -486,6 +502,17 @@ class MetadataSim:
             )
         return self._result()
 
+    def _draw_tick_us(self) -> int:
+        """One member's tick interval.  With lease reads every clock sits at an edge
+        of the drift (fast or slow by the whole fraction), so pairs of members
+        test the lease-read bound where it is tightest."""
+        drift = self.plan.clock_drift
+        if self.plan.lease_reads:
+            off = self.timing_rng.choice([-drift, drift])
+        else:
+            off = self.timing_rng.uniform(-drift, drift)
+        return round(self.options.tick_ms * 1000 * (1 + off))
+
     def _started(self) -> list[int]:
         return [i for i in self.ids if self.members[i].started]
 
@@ -508,6 +535,7 @@ class MetadataSim:
         c.leaders = len(self.checker.leaders)
         c.commits = self.checker.highest_commit
         c.checks = self.checker.checks + self.watch_checker.checks
+        c.garbage_tails = sum(m.disk.garbage_count for m in self.members.values())
         liveness = None
         if self.probe_done_us is not None:
             liveness = (self.probe_done_us - self.safety_end_us) // 1000
@@ -556,6 +584,12 @@ class MetadataSim:
             )
             self.clients.append(client)
             self.loop.after(0, "lease-client.start", functools.partial(self._client_next, client))
+        if self.plan.deposed_reads:
+            reader = _Client(
+                len(self.clients), target=self.watch_rng.choice(self._started()), reader=True
+            )
+            self.clients.append(reader)
+            self.loop.after(0, "reader.start", functools.partial(self._client_next, reader))
         for watcher in self.watchers:
             watcher.target = self.watch_rng.choice(self._started())
             self.loop.after(
@@ -605,6 +639,7 @@ class MetadataSim:
         )
         incarnation = member.incarnation
         phase_us = self.timing_rng.randint(0, self.options.tick_ms * 1000 - 1)
+        member.replica.read = self._lease_read_hook(member, member.replica.read)  # type: ignore[method-assign, assignment]
         plan = self.plan
         member.host = HostLoop(
             member.replica,
@@ -625,6 +660,23 @@ class MetadataSim:
             lambda: self._tick(member, incarnation),
         )
         self._after_input(member)
+
+    def _lease_read_hook(
+        self, member: _Member, read: Callable[[int, Query], None]
+    ) -> Callable[[int, Query], None]:
+        """The replica's ``read`` as the host loop calls it, noting a read released at
+        once, without a round: served on the leader lease, which must still hold."""
+
+        def hooked(request_id: int, query: Query) -> None:
+            replica = member.replica
+            assert replica is not None
+            released = len(replica.raft._reads_ready)
+            read(request_id, query)
+            if len(replica.raft._reads_ready) > released:
+                self.counters.lease_reads += 1
+                self.checker.check_lease_read(member.node_id, replica.term)
+
+        return hooked
 
     # ---------------------------------------------------------------- ticks
 
@@ -745,6 +797,13 @@ class MetadataSim:
                 self.loop.note(f"leader {member.node_id} term {term}")
                 self._check_leader_log(member)
         self.checker.observe_commit(replica.raft.commit_index, replica.term)
+        if replica.is_leader:
+            raft = replica.raft
+            commit = raft.commit_index
+            held = raft.entries(commit, commit + 1) if commit > raft.snapshot_index else []
+            self.checker.observe_leader_commit(
+                member.node_id, replica.term, commit, held[0].term if held else None
+            )
 
     def _check_advanced(self, member: _Member, readies: list[Ready]) -> None:
         """What the host loop applied, checked against what the cluster committed."""
@@ -872,7 +931,8 @@ class MetadataSim:
         if self.plan.io_errors:
             actions += ["io-error"]
         if self.plan.deposed_reads:
-            actions += ["depose", "depose", "depose"]
+            # With lease reads the race it sets up is narrow: try it more often.
+            actions += ["depose"] * (8 if self.plan.lease_reads else 3)
         action = rng.choice(actions)
         if action == "crash":
             self._nemesis_crash(rng)
@@ -983,20 +1043,32 @@ class MetadataSim:
             return  # the others could not elect a leader: nothing to catch
         links = split_links([old], [i for i in ids if i != old])
         self.counters.deposed_leaders += 1
+        if self.plan.lease_reads:
+            # The worst drift the lease-read bound allows: the old leader's clock
+            # runs slow, every other member's fast (real clocks change rate too).
+            base = self.options.tick_ms * 1000
+            drift = self.plan.clock_drift
+            for i in ids:
+                self.tick_us[i] = round(base * (1 + drift if i == old else 1 - drift))
         self.network.partition(links)
         self.loop.note(f"depose {old}")
-        readers = [c for c in self.clients if not c.leasing and not c.probe]
-        readers = readers[: max(1, len(readers) // 2)]
+        others = [c for c in self.clients if not (c.leasing or c.probe or c.reader)]
+        readers = [c for c in self.clients if c.reader] + others[: len(others) // 2]
+
+        duration_ms = rng.randint(300, 1_500)
 
         def point_readers() -> None:
             for client in readers:
                 client.target = old
+                client.reads_only_until_us = self.loop.now_us + duration_ms * 1000
 
-        duration_ms = rng.randint(300, 1_500)
         self.loop.after(duration_ms * 1000, "heal", lambda: self.network.heal_links(links))
         self.nemesis_quiet_until_us = self.loop.now_us + (duration_ms + 200) * 1000
         member = self.members[old]
-        if rng.random() < 0.8 and member.paused_until_us <= self.loop.now_us:
+        # (With lease reads a thawed member catches up an election timeout of
+        # ticks, which ends any lease: then the cut alone tests the lease bound.)
+        pause = rng.random() < 0.8 and not self.plan.lease_reads
+        if pause and member.paused_until_us <= self.loop.now_us:
             pause_us = (duration_ms - rng.randint(30, 150)) * 1000
             self._pause(member, pause_us)
             # Reads sent shortly before it thaws, after the others (likely) took
@@ -1266,10 +1338,11 @@ class MetadataSim:
         elif client.leasing:
             op = self._lease_op(client, op_id, value)
         else:
-            roll = rng.random()
+            reads_only = client.reader or self.loop.now_us < client.reads_only_until_us
+            roll = 0.0 if reads_only else rng.random()
             if roll < 0.4:
                 op = Op(op_id, client.client_id, "get", key, self.loop.now_us)
-                op.stale = rng.random() < self.plan.stale_reads
+                op.stale = rng.random() < self.plan.stale_reads and not reads_only
             elif roll < 0.65:
                 op = Op(op_id, client.client_id, "put", key, self.loop.now_us, value=value)
             elif roll < 0.75:
@@ -1508,7 +1581,7 @@ class MetadataSim:
             self.counters.ops_failed += 1
         client.op = None
         client.request_id = 0
-        think_us = self.workload_rng.randint(0, 20_000)
+        think_us = self.workload_rng.randint(0, 2_000 if client.reader else 20_000)
         if client.leasing and not client.abandoned and self.workload_rng.random() < 0.3:
             think_us = self.workload_rng.randint(50_000, 1_500_000)  # let leases run out
         self.loop.after(think_us, f"client{client.client_id}", lambda: self._client_next(client))
