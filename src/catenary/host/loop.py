@@ -244,6 +244,18 @@ class HostLoop(Generic[T]):
         return self._job
 
     @property
+    def tick_us(self) -> int:
+        """The tick interval on the driver's clock.  A driver whose clock changes
+        rate (a simulated member's drift) sets it; the next tick stays due when it
+        was, the ones after it follow the new interval."""
+        return self._tick_us
+
+    @tick_us.setter
+    def tick_us(self, tick_us: int) -> None:
+        assert tick_us > 0, tick_us
+        self._tick_us = tick_us
+
+    @property
     def has_input(self) -> bool:
         return bool(self._inbox) or bool(self._unproposed)
 

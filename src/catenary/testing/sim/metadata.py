@@ -694,6 +694,8 @@ class MetadataSim:
             return
         host = member.host
         assert host is not None
+        # This member's clock rate (a nemesis may change it).
+        host.tick_us = self.tick_us[member.node_id]
         # The host answers the requests past their deadline (its timer's job,
         # even while a persistence step is in flight), then polls: the loop
         # delivers the ticks that are due when it is between Readies.
