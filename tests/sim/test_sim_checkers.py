@@ -6,9 +6,26 @@ from random import Random
 
 import pytest
 
-from catenary.core.metadata.types import KeyValue, LeaseGrant, LeaseGranted, LeaseNotFound, Written
-from catenary.core.raft.types import Entry, EntryKind, HardState, Ready
-from catenary.testing.sim.checkers import SafetyChecker, Violation
+from catenary.core.metadata.state import MetadataStateMachine
+from catenary.core.metadata.types import (
+    KeyValue,
+    LeaseGrant,
+    LeaseGranted,
+    LeaseNotFound,
+    Put,
+    Request,
+    WatchBatch,
+    Written,
+)
+from catenary.core.raft.types import (
+    AppendEntriesResponse,
+    Entry,
+    EntryKind,
+    HardState,
+    Ready,
+    RequestVoteResponse,
+)
+from catenary.testing.sim.checkers import SafetyChecker, Violation, WatchChecker
 from catenary.testing.sim.history import Op
 from catenary.testing.sim.linearizable import check_history, check_leases, check_stale_reads
 from catenary.testing.sim.loop import EventLoop
@@ -156,3 +173,54 @@ def test_network_partitions_loss_and_duplication() -> None:
     lossy = SimNetwork(Random(2), NetworkFaults(loss=1.0))
     lossy.send(1, 2, copies.append)
     assert copies == [] and lossy.counters.dropped_loss == 1
+
+
+def test_recovered_commit_must_match_the_committed_entry() -> None:
+    checker = SafetyChecker()
+    checker.observe_applied(1, [entry(1, 1), entry(2, 2, b"new")])
+    with pytest.raises(Violation, match="recovery"):
+        checker.check_recovered_commit(
+            2, HardState(3, 0, 2), None, [entry(1, 1), entry(2, 1, b"old")]
+        )
+    # Beyond the loaded commit anything may be loaded.
+    checker.check_recovered_commit(2, HardState(3, 0, 1), None, [entry(1, 1), entry(2, 1)])
+    # Not yet seen committed: remembered, checked when some member applies it.
+    checker.check_recovered_commit(
+        2, HardState(3, 0, 3), None, [entry(1, 1), entry(2, 2, b"new"), entry(3, 2, b"a")]
+    )
+    with pytest.raises(Violation, match="recovery"):
+        checker.observe_applied(1, [entry(3, 2, b"b")])
+
+
+def test_grants_and_acks_must_be_durable_when_delivered() -> None:
+    checker = SafetyChecker()
+    grant = RequestVoteResponse(src=2, dst=1, term=2, granted=True)
+    with pytest.raises(Violation, match="durability at delivery"):
+        checker.check_delivery(grant, None)
+    checker.check_delivery(RequestVoteResponse(2, 1, 2, True, pre_vote=True), None)
+    checker.model(2).saved(Ready(hard_state=HardState(2, 1, 0), entries=[entry(1, 1)]))
+    checker.check_delivery(grant, None)
+    ack = AppendEntriesResponse(src=2, dst=1, term=2, success=True, match_index=2)
+    with pytest.raises(Violation, match="ends before"):
+        checker.check_delivery(ack, None)
+    checker.model(2).saved(Ready(entries=[entry(2, 2)]))
+    checker.check_delivery(ack, lambda index: 2)
+    with pytest.raises(Violation, match="leader 1 term 1"):
+        checker.check_delivery(ack, lambda index: 1)
+
+
+def test_watch_answers_are_complete_and_in_order() -> None:
+    state = MetadataStateMachine()
+    for index, key in enumerate(["k0", "x", "k1", "k0"], start=1):
+        state.apply_request(index, Request(0, Put(key, b"v%d" % index)))
+    watches = WatchChecker()
+    watches.harvest(1, state)
+    good = state.changes_since(0, "k", True)
+    watches.check(0, 1, "k", 0, good, state.history_start)
+    assert isinstance(good, WatchBatch)
+    with pytest.raises(Violation, match="skipped"):
+        watches.check(0, 1, "k", 0, WatchBatch(good.events[1:], good.revision), 0)
+    with pytest.raises(Violation, match="redelivered"):
+        watches.check(0, 1, "k", 1, WatchBatch(good.events, good.revision), 0)
+    with pytest.raises(Violation, match="Compacted expected"):
+        watches.check(0, 1, "k", 0, good, 2)

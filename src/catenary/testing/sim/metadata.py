@@ -40,7 +40,19 @@ network, disk and clock, all derived from one seed:
   leader, a fresh successful write and every member of the final group
   converged (identical state-machine snapshots) within ``liveness_bound_ms``.
 * Checkers (``checkers.py``) run on every step; the client history is checked
-  for linearizability at the end.
+  for linearizability at the end.  Hooks stay outside the host loop (the
+  shared ``HostLoop``; the simulator's shell is ``_drive``/``_job_done``):
+  recovery is checked in ``_boot`` right after ``load``, durability of grants
+  and acks in ``_deliver``, the commit rule in ``_observe``, what was applied in
+  ``_check_advanced``, narrow-window crashes in ``_after_input``, lease reads
+  around the replica's ``read`` as the loop calls it (``_lease_read_hook``),
+  watches in ``_watch_poll``.
+* Nemeses aimed at narrow windows: crashes while a vote grant or a suffix
+  rewrite is being persisted; a deposed leader (cut off, mostly paused, then
+  thawed with queued reads; with lease reads at the worst drift the lease
+  bound allows); clock drift beyond the lease bound (ReadIndex only).
+* Watchers poll ``changes_since`` on a member and fail over to another,
+  resuming from their last seen version.
 """
 
 from __future__ import annotations
