@@ -281,7 +281,7 @@ class SimCounters:
     watch_events: int = 0
     watch_compacted: int = 0
     watch_failovers: int = 0  # a watcher moved to another member, resuming where it was
-    host_batches: int = 0  # host-loop batches that proposed more than one write
+    host_batches: int = 0  # host-loop batches of more than one input (requests, messages)
     host_expired: int = 0  # requests the host loop answered at their deadline
     host_refused: int = 0  # requests the host loop refused before proposing them
 
