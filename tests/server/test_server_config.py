@@ -11,8 +11,9 @@ from click.testing import CliRunner
 from catenary.cli.server import server as server_command
 from catenary.core.raft.types import RaftConfig
 from catenary.server.config import (
+    RAFT_CORE_NAMES,
     ConfigError,
-    RaftOptions,
+    RaftSection,
     ServerConfig,
     env_names,
     load_config,
@@ -121,7 +122,11 @@ def test_file_problems_name_the_file(tmp_path: Path) -> None:
     assert f"wat: unknown option {src}" in problems
     assert f"metadata.server: expected a string, got 3 {src}" in problems
     assert any(p.startswith("roles: unknown role") and "'juggler'" in p for p in problems)
-    assert any(p.startswith("raft.election_timeout_ticks: must exceed") for p in problems)
+    # The interval that was set is at fault, not the timeout left at its default.
+    assert (
+        f"raft.heartbeat_interval_ticks: must be below raft.election_timeout_ticks (10), "
+        f"got 10 {src}" in problems
+    )
     assert len(problems) == 5
 
 
@@ -156,10 +161,17 @@ def test_semantic_checks() -> None:
 
 def test_a_key_and_value_must_fit_in_one_stored_record() -> None:
     problems = problems_of(env={}, flag_texts={"storage.record_bytes_max": "65536"})
-    assert any(
-        p.startswith("metadata.value_bytes_max:") and "storage.record_bytes_max (65536)" in p
-        for p in problems
-    ), problems
+    # The record bound that was set is at fault, not the value bound left at its default.
+    assert problems == [
+        "storage.record_bytes_max: must hold a key and a value of the largest size "
+        "(metadata.key_bytes_max 4096 + metadata.value_bytes_max 1048576 + 1024), "
+        "got 65536 (flag --set)"
+    ]
+    problems = problems_of(env={}, flag_texts={"metadata.value_bytes_max": str(64 << 20)})
+    assert problems == [
+        "metadata.value_bytes_max: a key and value must fit in one frame and one stored "
+        "record: network.frame_bytes_max (16777216), got 67108864 (flag --set)"
+    ]
     load_config(env={}, flag_texts={"storage.record_bytes_max": str(2 << 20)})
 
 
@@ -207,11 +219,89 @@ def test_cli_print_config_applies_flags_and_env(tmp_path: Path) -> None:
 
 
 def test_every_raft_core_bound_is_a_server_option_with_the_core_default() -> None:
-    options = RaftOptions()
+    options = RaftSection()
     core = RaftConfig()
-    for name in RaftConfig.__struct_fields__:
-        assert getattr(options, name) == getattr(core, name), name
-    assert options.raft_config() == core
-    tuned = msgspec.structs.replace(options, max_read_rounds_in_flight=7, lease_reads=True)
-    assert tuned.raft_config().max_read_rounds_in_flight == 7
-    assert tuned.raft_config().lease_reads is True
+    assert sorted(RAFT_CORE_NAMES.values()) == sorted(RaftConfig.__struct_fields__)
+    for option, field in RAFT_CORE_NAMES.items():
+        assert getattr(options, option) == getattr(core, field), option
+    assert options.options() == core
+    tuned = msgspec.structs.replace(options, read_rounds_in_flight_max=7, lease_reads=True)
+    assert tuned.options().max_read_rounds_in_flight == 7
+    assert tuned.options().lease_reads is True
+
+
+def test_several_bad_values_each_reported_once_naming_the_one_at_fault() -> None:
+    problems = problems_of(
+        env={"CATENARY_RAFT_HEARTBEAT_INTERVAL_TICKS": "20"},
+        flag_texts={"raft.tick_ms": "0", "metadata.key_bytes_max": str(40 << 20)},
+    )
+    assert problems == [
+        "raft.tick_ms: must be between 1 and 60000, got 0 (flag --set)",
+        "raft.heartbeat_interval_ticks: must be below raft.election_timeout_ticks (10), "
+        "got 20 (environment CATENARY_RAFT_HEARTBEAT_INTERVAL_TICKS)",
+        "metadata.key_bytes_max: a key and value must fit in one frame and one stored record: "
+        "network.frame_bytes_max (16777216), got 41943040 (flag --set)",
+    ]
+
+
+def test_queue_relations_blame_the_option_that_was_set() -> None:
+    problems = problems_of(env={}, flag_texts={"metadata.queue_max": "10"})
+    assert problems == [
+        "metadata.queue_max: must be at least metadata.batch_max (4096), got 10 (flag --set)"
+    ]
+    problems = problems_of(env={}, flag_texts={"network.reconnect_backoff_ms_max": "10"})
+    assert problems == [
+        "network.reconnect_backoff_ms_max: must be at least network.reconnect_backoff_ms_min "
+        "(50), got 10 (flag --set)"
+    ]
+
+
+def test_renamed_bounds_are_still_read_under_their_old_names(tmp_path: Path) -> None:
+    path = tmp_path / "old.toml"
+    path.write_text("[raft]\nmax_pending_proposals = 7\n")
+    config = load_config(
+        str(path),
+        env={"CATENARY_RAFT_MAX_PENDING_READS": "8"},
+        flag_texts={"network.reconnect_backoff_max_ms": "3000"},
+    )
+    assert config.raft.pending_proposals_max == 7
+    assert config.raft.pending_reads_max == 8
+    assert config.network.reconnect_backoff_ms_max == 3000
+    assert "max_pending" not in to_toml(config)
+
+
+def test_sections_map_to_their_components_options() -> None:
+    config = load_config(
+        env={},
+        flag_texts={
+            "raft.pending_proposals_max": "5",
+            "network.peer_send_queue_max": "9",
+            "storage.segment_bytes_max": str(1 << 20),
+            "metadata.batch_max": "4000",
+        },
+    )
+    assert config.metadata.replica_options(config.raft).max_pending_writes == 5
+    assert config.network.transport_options().send_queue_messages_max == 9
+    assert config.storage.options().segment_bytes_max == 1 << 20
+    assert config.metadata.host_options(config.raft).batch_max == 4000
+    local = config.metadata.local_host_options(config.raft, config.storage)
+    assert local.batch_max == 1024 and local.segment_bytes_max == 1 << 20
+    port = config.network.client_port_options(config.metadata)
+    assert port.watches_max == config.metadata.watches_per_connection_max
+
+
+def test_the_raft_timing_rule_is_the_cores_and_reported_once() -> None:
+    both = {"raft.election_timeout_ticks": "3", "raft.heartbeat_interval_ticks": "3"}
+    assert problems_of(env={}, flag_texts=both) == [
+        "raft.heartbeat_interval_ticks: must be below raft.election_timeout_ticks (3), "
+        "got 3 (flag --set)"
+    ]
+    assert problems_of(env={}, flag_texts={"raft.election_timeout_ticks": "2"}) == [
+        "raft.election_timeout_ticks: must exceed raft.heartbeat_interval_ticks (2), "
+        "got 2 (flag --set)"
+    ]
+    assert problems_of(env={}, flag_texts={"raft.heartbeat_interval_ticks": "0"}) == [
+        "raft.heartbeat_interval_ticks: must be at least 1, got 0 (flag --set)"
+    ]
+    # What the server accepts, the core accepts, and the other way round.
+    assert load_config(env={}).raft.options().problems() == []

@@ -15,14 +15,7 @@ from catenary.core.metadata.replica import GetQuery, ListQuery, MetadataReplica,
 from catenary.core.metadata.types import Precondition, PreconditionFailed, Put, Written
 from catenary.core.raft.types import Membership, Message, ProposalDropped, RaftConfig, Ready
 from catenary.persist.raft_storage import RaftStorage
-from catenary.runtime.host import (
-    HostConfig,
-    MetadataHost,
-    _Call,
-    _Write,
-    _WriteBatch,
-    ticks_to_deliver,
-)
+from catenary.runtime.host import HostConfig, MetadataHost, ticks_to_deliver
 from catenary.runtime.metrics import ServerMetrics
 from catenary.storage.fs import OsFileSystem
 
@@ -111,6 +104,9 @@ def test_a_write_not_applied_in_time_is_indeterminate_and_stop_fails_the_rest(
         host = open_host(tmp_path / "raft", [], request_timeout_ms=200)
         host.start()
         await until_leader(host)
+        async with asyncio.timeout(10):  # the bootstrap entries are durable, nothing waits
+            while host._storage.last_index < 3 or host.replica.has_ready():
+                await asyncio.sleep(0.01)
         original = host._storage.save
 
         def slow_save(ready: Ready) -> None:
@@ -156,7 +152,7 @@ def test_writes_taken_but_not_proposed_when_a_save_fails_are_answered_at_stop(
         # Queued with no await in between: the owner takes both in one batch.
         write = host.write_future(Put("w", b"x"))
         called: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        host._enqueue(_Call(propose_other, called))
+        assert host.core.submit_call(propose_other, called) is None
         async with asyncio.timeout(10):
             await called
             await host.wait()
@@ -232,8 +228,9 @@ def test_the_host_hands_a_lease_core_a_whole_election_timeout_after_a_stall(
         raft = replica.raft
         assert raft.role == "follower"
         before = raft._election_elapsed
-        host._next_tick_s = time.monotonic() - 1.0  # a one-second stall: 100 tick intervals
-        host._maybe_tick()
+        # A one-second stall: 100 tick intervals.
+        host.core.next_tick_us = host._now_us() - 1_000_000
+        host.core._maybe_tick(host._now_us())
         assert raft._election_elapsed - before >= 10 or raft.role != "follower"
 
     asyncio.run(main())
@@ -294,23 +291,29 @@ def test_a_refused_proposal_skips_writes_whose_futures_already_ended(tmp_path: P
     # answer the others and not fail the node on the ended one.
     async def main() -> None:
         host = open_host(tmp_path / "raft", [])
-        loop = asyncio.get_running_loop()
-        gone = _WriteBatch([Put("a", b"1")], loop.create_future(), [None], 1)
-        gone.future.cancel()
-        timed_out = _Write(Put("b", b"1"), loop.create_future())
-        timed_out.future.set_exception(ServiceError(ErrorCode.INDETERMINATE, "deadline"))
-        waiting = _Write(Put("c", b"1"), loop.create_future())
+        for _ in range(50):
+            if host.replica.is_leader:
+                break
+            host.replica.tick(0)
+        # Take the campaign's Ready out of the way (nothing of it matters here).
+        while host.replica.has_ready():
+            host.replica.advance(host.replica.ready())
+        gone = host.write_batch_future([Put("a", b"1")])
+        gone.cancel()
+        timed_out = host.write_future(Put("b", b"1"))
+        timed_out.set_exception(ServiceError(ErrorCode.INDETERMINATE, "deadline"))
+        waiting = host.write_future(Put("c", b"1"))
 
         def refuse(requests: object) -> int:
             raise ProposalDropped("too many pending writes")
 
         host.replica.propose_batch = refuse  # type: ignore[assignment, method-assign]
-        host._propose([gone, timed_out, waiting])
+        host._emit(host.core.poll(host._now_us()))
         with pytest.raises(ServiceError) as info:
-            await waiting.future
+            await waiting
         assert info.value.code == ErrorCode.OVERLOADED
         with pytest.raises(ServiceError):
-            await timed_out.future  # its own outcome, untouched
+            await timed_out  # its own outcome, untouched
         host._storage.close()
 
     asyncio.run(main())

@@ -13,7 +13,7 @@ from catenary.core.metadata.types import Put, Written
 from catenary.core.raft.types import Entry, HardState, Ready
 from catenary.persist.raft_storage import RaftStorage
 from catenary.runtime.local_host import LocalHostConfig, LocalMetadataHost
-from catenary.server.node import log_store_recovery
+from catenary.server.metadata import log_store_recovery
 from catenary.storage.fs import OsFileSystem
 
 pytestmark = pytest.mark.timeout(30)

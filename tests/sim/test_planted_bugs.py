@@ -329,7 +329,7 @@ CASES: dict[str, Case] = {
     # give more followers that may time out first.
     "lease_read_without_drift_allowance": Case(
         plant_lease_read_without_drift_allowance,
-        (102, 143),
+        (143, 102),
         ("lease read", "linearizability"),
         nodes=5,
     ),

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from catenary.runtime.disk import AsyncStore
+from catenary.runtime.disk import AsyncStore, DiskWriter
 from catenary.storage.errors import (
     Overloaded,
     PartlyDurableError,
@@ -492,3 +492,44 @@ def test_a_submission_durable_only_in_part_is_unknown_and_stops_the_store() -> N
     reopened = SegmentedStore.open(fs, "/d", StoreConfig(segment_bytes_max=512))
     assert reopened.next_position == exc.durable_next_position  # what it said is on disk
     reopened.close()
+
+
+# -- DiskWriter: the same writer thread running a host's jobs ----------------------------
+
+
+def test_a_writer_without_a_store_runs_jobs_in_order_and_refuses_appends() -> None:
+    writer = GroupCommitWriter(None)
+    ran: list[int] = []
+    done = threading.Event()
+    for i in range(5):
+        writer.run(lambda _store, i=i: ran.append(i), lambda value, exc: None)
+    writer.run(lambda _store: None, lambda value, exc: done.set())
+    assert done.wait(5)
+    assert ran == [0, 1, 2, 3, 4]
+    with pytest.raises(StoreClosedError):
+        writer.submit([b"x"], lambda first, exc: None)
+    writer.close()
+
+
+def test_disk_writer_returns_a_jobs_result_and_raises_its_error() -> None:
+    async def main() -> None:
+        disk = DiskWriter("test-writer")
+        try:
+            assert await disk.run(lambda x: x * 2, 21) == 42
+            assert await disk.run(lambda x: x + 1, 1, after_flush=True) == 2
+
+            def fail(_arg: object) -> None:
+                raise OSError(errno.EIO, "simulated fsync failure")
+
+            with pytest.raises(OSError):
+                await disk.run(fail, None)
+            assert thread_name_of(disk) == "test-writer"
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, disk.close)
+        with pytest.raises(StoreClosedError):
+            await disk.run(lambda x: x, 1)
+
+    def thread_name_of(disk: DiskWriter) -> str:
+        return disk._writer._thread.name
+
+    asyncio.run(main())

@@ -115,7 +115,8 @@ def server(
         click.echo(to_toml(config), nl=False)
         return
     # Imported here so that --help and config errors stay fast.
-    from catenary.server.node import AdminAppFactory, run_server
+    from catenary.server.node import AdminAppFactory
+    from catenary.server.process import run_server
 
     admin_app: AdminAppFactory | None
     try:

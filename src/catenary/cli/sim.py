@@ -72,6 +72,10 @@ def metadata(seed: int | None, nodes: int, steps: int, as_json: bool, show_log: 
             f"duplicated {c.messages_duplicated}  transfers: {c.transfers}  reconfigurations: {c.reconfigurations}  pauses: {c.pauses}  "
             f"stale reads: {c.stale_reads}  checks: {c.checks}"
         )
+        click.echo(
+            f"host loop: batches {c.host_batches}  answered at deadline {c.host_expired}  "
+            f"refused {c.host_refused}"
+        )
         click.echo(f"linearizability: {result.linearizability}")
         liveness = "-" if result.liveness_ms is None else f"{result.liveness_ms} ms"
         click.echo(

@@ -71,6 +71,8 @@ from catenary.wire import (
     make_hello,
     tune_socket,
 )
+from catenary.wire.address import AddressError
+from catenary.wire.address import parse_address as parse_wire_address
 
 log = logging.getLogger(__name__)
 
@@ -97,18 +99,16 @@ WatchListener = Callable[[Reply | None], None]
 
 
 def parse_address(address: str) -> tuple[str, int]:
-    """``"host:port"`` -> (host, port); raises ``BadRequestError`` (a ``ValueError``)."""
-    host, sep, port_text = address.strip().rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise BadRequestError(f"bad address {address!r}: expected host:port")
+    """``"host:port"`` or ``"[v6]:port"`` -> (host, port) by the one parser
+    (``wire.address``); raises ``BadRequestError`` (a ``ValueError``)."""
     try:
-        host.encode()
+        address.encode()
     except UnicodeEncodeError as exc:
         raise not_utf8("address", address, exc) from None
-    port = int(port_text)
-    if not 0 < port < 65536:
-        raise BadRequestError(f"bad address {address!r}: port out of range")
-    return host.strip("[]"), port
+    try:
+        return parse_wire_address(address)
+    except AddressError as exc:
+        raise BadRequestError(str(exc)) from None
 
 
 def _unencodable_text(request: Request, exc: UnicodeEncodeError) -> BadRequestError:

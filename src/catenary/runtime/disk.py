@@ -16,6 +16,12 @@ Theory of operation
    the store's lock makes them safe beside the writer.
 5. Bounds: at most ``inflight_records_max`` records may be waiting for durability; beyond that
    ``append`` raises :class:`Overloaded` at once instead of queueing without limit.
+6. ``DiskWriter`` is the same writer thread for a host whose persistence is a job rather
+   than records (``RaftStorage.save``, ``LocalMetadataStore.execute_batch``): ``await
+   writer.run(fn, arg)`` runs ``fn(arg)`` on the thread, in submission order, and settles the
+   awaiting future with one ``call_soon_threadsafe``.  The job does its own write and fsync
+   (one for the whole Ready or batch); its exception is re-raised to the awaiting task.  This
+   is catenary's one disk executor: ``GroupCommitWriter``'s thread, behind two facades.
 """
 
 from __future__ import annotations
@@ -25,14 +31,14 @@ import contextlib
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from catenary.storage.errors import Overloaded, RecordTooLargeError, StoreClosedError
 from catenary.storage.fs import FileSystem
 from catenary.storage.store import SegmentedStore, StoreConfig
 from catenary.storage.writer import GroupCommitWriter
 
-__all__ = ["AsyncStore"]
+__all__ = ["AsyncStore", "DiskWriter"]
 
 T = TypeVar("T")
 
@@ -55,6 +61,58 @@ def _positions(first: int, count: int, many: _Many) -> list[int]:
             position += extra
             index, extra = next(marks, (-1, 0))
     return positions
+
+
+def _settle(future: asyncio.Future[T], value: T | None, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)  # type: ignore[arg-type]
+
+
+def _submit(
+    loop: asyncio.AbstractEventLoop,
+    writer: GroupCommitWriter,
+    fn: Callable[[SegmentedStore], T],
+    future: asyncio.Future[T],
+) -> None:
+    def done(value: T | None, error: BaseException | None) -> None:  # writer thread
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+            loop.call_soon_threadsafe(_settle, future, value, error)
+
+    try:
+        writer.run(fn, done, block=False)
+    except Exception as exc:  # closed
+        _settle(future, None, exc)
+
+
+class DiskWriter:
+    """Jobs for one writer thread, awaited from asyncio (rule 6)."""
+
+    def __init__(self, name: str) -> None:
+        self._writer = GroupCommitWriter(None, name=name)
+
+    async def run(self, fn: Callable[[Any], T], arg: Any, *, after_flush: bool = False) -> T:
+        """``fn(arg)`` on the writer thread.  ``after_flush``: hand it over from a
+        callback queued behind what the event loop already scheduled (a transport's
+        flush of messages that should leave before the job takes the interpreter)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+
+        def job(_store: SegmentedStore) -> T:
+            return fn(arg)
+
+        if after_flush:
+            loop.call_soon(_submit, loop, self._writer, job, future)
+        else:
+            _submit(loop, self._writer, job, future)
+        return await future
+
+    def close(self) -> None:
+        """Finish the jobs submitted so far, then end the thread (blocks)."""
+        self._writer.close()
 
 
 class AsyncStore:
@@ -263,20 +321,7 @@ class AsyncStore:
             raise StoreClosedError("store is closed")
         self._flush()
         fut: asyncio.Future[T] = self._loop.create_future()
-
-        def done(value: T | None, exc: BaseException | None) -> None:  # writer thread
-            def settle() -> None:
-                if fut.done():
-                    return
-                if exc is not None:
-                    fut.set_exception(exc)
-                else:
-                    fut.set_result(value)  # type: ignore[arg-type]
-
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(settle)
-
-        self._writer.run(fn, done, block=False)
+        _submit(self._loop, self._writer, fn, fut)
         return await fut
 
     async def truncate_prefix(self, position: int) -> None:

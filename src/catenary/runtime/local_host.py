@@ -2,7 +2,8 @@
 
 Theory of operation
 -------------------
-1. One writer thread owns every call that writes (``execute_batch``, ``tick``,
+1. One writer thread (``runtime.disk.DiskWriter``, the node's one kind of disk
+   executor) owns every call that writes (``open``, ``execute_batch``, ``tick``,
    ``close``): writes never block the event loop on fsync.
 2. Group commit.  Writes wait in a bounded list (``queue_max``; past it
    ``OVERLOADED``).  A writer task hands everything waiting (at most
@@ -26,11 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
@@ -46,6 +46,7 @@ from catenary.persist.local_metadata import (
     MetadataStoreFailed,
     MetadataStoreSealed,
 )
+from catenary.runtime.disk import DiskWriter
 from catenary.storage.fs import OsFileSystem
 from catenary.storage.store import StoreConfig
 
@@ -73,13 +74,6 @@ class _Write:
     future: asyncio.Future[Result]
 
 
-_Job = Callable[[LocalMetadataStore], list[Result]]
-
-
-def _execute(commands: list[Command], store: LocalMetadataStore) -> list[Result]:
-    return store.execute_batch(commands)
-
-
 def _tick(store: LocalMetadataStore) -> list[Result]:
     return store.tick()
 
@@ -103,7 +97,7 @@ class LocalMetadataHost:
         self._on_failure = on_failure
         self.config = config
         self._store: LocalMetadataStore | None = None
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-metadata")
+        self._disk = DiskWriter("local-metadata")
         self._pending: list[_Write] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -134,9 +128,9 @@ class LocalMetadataHost:
             batch_max=config.batch_max,
         )
         loop = asyncio.get_running_loop()
-        self._store = await loop.run_in_executor(
-            self._thread,
-            lambda: LocalMetadataStore.open(OsFileSystem(), self.directory, store_config),
+        self._store = await self._disk.run(
+            lambda directory: LocalMetadataStore.open(OsFileSystem(), directory, store_config),
+            self.directory,
         )
         recovery = self._store.log_recovery
         if recovery.torn_tail or recovery.checkpoints_rejected or recovery.removed_files:
@@ -195,19 +189,18 @@ class LocalMetadataHost:
                 continue
             if loop.time() >= next_tick:
                 next_tick = loop.time() + tick_s
-                await self._run(_tick, [])
+                await self._run(_tick, self.store, [])
             while self._pending and not self._stopping:
                 batch = [w for w in self._pending[: self.config.batch_max] if not w.future.done()]
                 del self._pending[: self.config.batch_max]
                 if batch:
                     commands = [w.command for w in batch]
-                    await self._run(functools.partial(_execute, commands), batch)
+                    await self._run(self.store.execute_batch, commands, batch)
 
-    async def _run(self, job: _Job, batch: list[_Write]) -> None:
-        loop = asyncio.get_running_loop()
+    async def _run(self, job: Callable[[Any], list[Result]], arg: Any, batch: list[_Write]) -> None:
         try:
-            # Shielded: the thread finishes the batch even if this task is cancelled.
-            results = await asyncio.shield(loop.run_in_executor(self._thread, job, self.store))
+            # The thread finishes the batch even if this task is cancelled.
+            results = await self._disk.run(job, arg)
         except MetadataStoreSealed as exc:
             for w in batch:
                 if not w.future.done():
@@ -288,7 +281,7 @@ class LocalMetadataHost:
         self._fail_pending(ErrorCode.UNAVAILABLE, "the node is shutting down")
         loop = asyncio.get_running_loop()
         if self._store is not None:
-            await loop.run_in_executor(self._thread, self._store.close)
-        await loop.run_in_executor(None, self._thread.shutdown, True)
+            await self._disk.run(LocalMetadataStore.close, self._store)
+        await loop.run_in_executor(None, self._disk.close)
         if self._changed is not None and not self._changed.done():
             self._changed.set_result(None)

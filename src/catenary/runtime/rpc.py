@@ -29,6 +29,7 @@ from catenary.wire import (
     encode_message,
     make_hello,
 )
+from catenary.wire.address import AddressError, parse_address
 from catenary.wire.handshake import Role
 
 _encoder = msgspec.msgpack.Encoder()
@@ -45,11 +46,6 @@ class RpcError(Exception):
         self.refused = refused  # the handshake refusal, when that was the failure
 
 
-def split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 async def call_many(
     address: str,
     requests: Sequence[Request],
@@ -62,8 +58,11 @@ async def call_many(
     sent = False
     writer: asyncio.StreamWriter | None = None
     try:
+        host, port = parse_address(address)
+    except AddressError as exc:
+        raise RpcError(str(exc), sent=False) from None
+    try:
         async with asyncio.timeout(timeout_s):
-            host, port = split_address(address)
             reader, writer = await asyncio.open_connection(host, port)
             writer.write(encode_hello(make_hello(cluster_name, 0, 0, Role.CLIENT)))
             decoder = FrameDecoder(frame_bytes_max)

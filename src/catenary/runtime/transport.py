@@ -122,6 +122,7 @@ from catenary.wire import (
     peer_service_of,
     tune_socket,
 )
+from catenary.wire.address import parse_address as parse_address  # re-exported
 from catenary.wire.frame import FRAME_BYTES_MAX_DEFAULT, check_frame_bytes_max
 
 log = logging.getLogger(__name__)
@@ -220,19 +221,6 @@ class TransportConfig(msgspec.Struct, frozen=True, kw_only=True):
 def _positive(name: str, value: int) -> None:
     if value <= 0:
         raise ValueError(f"{name} must be > 0, got {value}")
-
-
-def parse_address(address: str) -> tuple[str, int]:
-    """``"host:port"`` (``"[v6]:port"`` for IPv6) as (host, port); ValueError if malformed."""
-    host, sep, port_text = address.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise ValueError(f"address must be host:port, got {address!r}")
-    port = int(port_text)
-    if not 0 < port < 65536:
-        raise ValueError(f"port out of range in {address!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, port
 
 
 # ----------------------------------------------------------- one connection

@@ -31,7 +31,16 @@ from typing import Any
 
 import msgspec
 
+from catenary.core.metadata.lessor import LessorConfig
+from catenary.core.metadata.replica import ReplicaConfig
+from catenary.core.metadata.state import MetadataConfig
 from catenary.core.raft.types import RaftConfig
+from catenary.runtime.client_port import ClientPortConfig
+from catenary.runtime.host import HostConfig
+from catenary.runtime.local_host import LocalHostConfig
+from catenary.runtime.transport import TransportConfig
+from catenary.storage.store import StoreConfig
+from catenary.wire.address import AddressError, parse_address
 
 ROLES = ("metadata-server", "log-server", "sequencer", "admin")
 METADATA_SERVERS = ("replicated", "local")
@@ -50,7 +59,7 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-class MetadataOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class MetadataSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     server: str = "replicated"  # "replicated" (Raft) | "local" (one node, no Raft)
     key_bytes_max: int = 4096
     value_bytes_max: int = 1 << 20
@@ -64,14 +73,57 @@ class MetadataOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     lease_checkpoint_interval_ms: int = 5000
     local_snapshot_every_writes: int = 10_000  # local mode: snapshot + log truncation period
 
+    def state_options(self) -> MetadataConfig:
+        """The metadata state machine's bounds (both modes)."""
+        return MetadataConfig(
+            key_bytes_max=self.key_bytes_max,
+            value_bytes_max=self.value_bytes_max,
+            watch_history_max=self.watch_history_max,
+        )
 
-class RaftOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    def replica_options(self, raft: RaftSection) -> ReplicaConfig:
+        """The replicated mode's core: leases here, pending bounds in ``[raft]``."""
+        return ReplicaConfig(
+            lessor=LessorConfig(checkpoint_interval_ms=self.lease_checkpoint_interval_ms),
+            max_pending_writes=raft.pending_proposals_max,
+            max_pending_reads=raft.pending_reads_max,
+        )
+
+    def host_options(self, raft: RaftSection) -> HostConfig:
+        """The replicated mode's host task."""
+        return HostConfig(
+            tick_ms=raft.tick_ms,
+            queue_max=self.queue_max,
+            batch_max=self.batch_max,
+            request_timeout_ms=self.request_timeout_ms,
+        )
+
+    def local_host_options(self, raft: RaftSection, storage: StorageSection) -> LocalHostConfig:
+        """The local mode's host task and its store (the tick drives lease expiry)."""
+        return LocalHostConfig(
+            key_bytes_max=self.key_bytes_max,
+            value_bytes_max=self.value_bytes_max,
+            watch_history_max=self.watch_history_max,
+            snapshot_every_writes=self.local_snapshot_every_writes,
+            segment_bytes_max=storage.segment_bytes_max,
+            index_checkpoint_records=storage.index_checkpoint_records,
+            record_bytes_max=storage.record_bytes_max,
+            lease_checkpoint_interval_ms=self.lease_checkpoint_interval_ms,
+            tick_ms=raft.tick_ms,
+            queue_max=self.queue_max,
+            # One local Ready is one store append; a smaller batch keeps its latency even.
+            batch_max=min(self.batch_max, 1024),
+            request_timeout_ms=self.request_timeout_ms,
+        )
+
+
+class RaftSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     tick_ms: int = 50
     election_timeout_ticks: int = 10
     heartbeat_interval_ticks: int = 2
-    max_entries_per_message: int = 512
-    max_bytes_per_message: int = 1 << 20
-    max_inflight_messages: int = 64
+    entries_per_message_max: int = 512
+    message_bytes_max: int = 1 << 20
+    inflight_messages_max: int = 64
     snapshot_chunk_bytes: int = 256 << 10
     compact_after_entries: int = 10_000
     compact_after_bytes: int = 64 << 20
@@ -79,52 +131,108 @@ class RaftOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     check_quorum: bool = True
     lease_reads: bool = False
     lease_drift_ticks: int = 2
-    max_pending_proposals: int = 10_000
-    max_pending_reads: int = 10_000
-    max_read_rounds_in_flight: int = 4
+    pending_proposals_max: int = 10_000
+    pending_reads_max: int = 10_000
+    read_rounds_in_flight_max: int = 4
     eager_commit_broadcast: bool = False
     # A learner is promoted to voter once its match index is within this many
     # entries of the leader's last index.
     promote_lag_entries_max: int = 64
 
-    def raft_config(self) -> RaftConfig:
-        """The core's bounds: every RaftConfig field, under the same name here."""
-        return RaftConfig(**{name: getattr(self, name) for name in RaftConfig.__struct_fields__})
+    def options(self) -> RaftConfig:
+        """The Raft core's bounds (``RAFT_CORE_NAMES``: option -> core field)."""
+        return RaftConfig(
+            **{core: getattr(self, option) for option, core in RAFT_CORE_NAMES.items()}
+        )
 
 
-class NetworkOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+# Each RaftConfig field and the [raft] option that sets it.  The core keeps its
+# own (older) names; the configuration follows the ``<what>_<unit>_max`` rule.
+RAFT_CORE_NAMES: dict[str, str] = {
+    "election_timeout_ticks": "election_timeout_ticks",
+    "heartbeat_interval_ticks": "heartbeat_interval_ticks",
+    "entries_per_message_max": "max_entries_per_message",
+    "message_bytes_max": "max_bytes_per_message",
+    "inflight_messages_max": "max_inflight_messages",
+    "snapshot_chunk_bytes": "snapshot_chunk_bytes",
+    "compact_after_entries": "compact_after_entries",
+    "compact_after_bytes": "compact_after_bytes",
+    "pre_vote": "pre_vote",
+    "check_quorum": "check_quorum",
+    "lease_reads": "lease_reads",
+    "lease_drift_ticks": "lease_drift_ticks",
+    "pending_proposals_max": "max_pending_proposals",
+    "pending_reads_max": "max_pending_reads",
+    "read_rounds_in_flight_max": "max_read_rounds_in_flight",
+    "eager_commit_broadcast": "eager_commit_broadcast",
+}
+
+
+class NetworkSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     event_loop: str = "uvloop"  # "uvloop" (when installed) | "asyncio"
     frame_bytes_max: int = 16 << 20
     handshake_timeout_ms: int = 5000
     client_connections_max: int = 1024
     client_inflight_per_connection_max: int = 1024
     peer_send_queue_max: int = 4096  # messages queued per peer before the oldest are dropped
-    reconnect_backoff_min_ms: int = 50
-    reconnect_backoff_max_ms: int = 2000
+    reconnect_backoff_ms_min: int = 50
+    reconnect_backoff_ms_max: int = 2000
     peer_ping_interval_ms: int = 500  # ping a peer heard from for this long
     peer_idle_timeout_ms: int = 2000  # drop and redial a peer link silent this long
     client_ping_interval_ms: int = 1000  # ping a client heard from for this long
     client_idle_timeout_ms: int = 5000  # drop a client connection silent this long
 
+    def transport_options(self) -> TransportConfig:
+        """The peer transport's bounds."""
+        return TransportConfig(
+            frame_bytes_max=self.frame_bytes_max,
+            handshake_timeout_ms=self.handshake_timeout_ms,
+            reconnect_backoff_min_ms=self.reconnect_backoff_ms_min,
+            reconnect_backoff_max_ms=self.reconnect_backoff_ms_max,
+            send_queue_messages_max=self.peer_send_queue_max,
+            ping_interval_ms=self.peer_ping_interval_ms,
+            idle_timeout_ms=self.peer_idle_timeout_ms,
+        )
 
-class StorageOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    def client_port_options(self, metadata: MetadataSection) -> ClientPortConfig:
+        """The client port's bounds (watches per connection are a metadata option)."""
+        return ClientPortConfig(
+            frame_bytes_max=self.frame_bytes_max,
+            handshake_timeout_ms=self.handshake_timeout_ms,
+            connections_max=self.client_connections_max,
+            inflight_max=self.client_inflight_per_connection_max,
+            watches_max=metadata.watches_per_connection_max,
+            ping_interval_ms=self.client_ping_interval_ms,
+            idle_timeout_ms=self.client_idle_timeout_ms,
+        )
+
+
+class StorageSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     segment_bytes_max: int = 64 << 20
     index_checkpoint_records: int = 100_000
     record_bytes_max: int = 32 << 20
 
+    def options(self) -> StoreConfig:
+        """The storage engine's bounds (every store of the node)."""
+        return StoreConfig(
+            segment_bytes_max=self.segment_bytes_max,
+            index_checkpoint_records=self.index_checkpoint_records,
+            record_bytes_max=self.record_bytes_max,
+        )
 
-class JoinOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+
+class JoinSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     retry_interval_ms: int = 500
     request_timeout_ms: int = 5000
     timeout_ms: int = 0  # give up joining after this long; 0 = keep trying
 
 
-class ShutdownOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class ShutdownSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     transfer_timeout_ms: int = 3000  # leadership transfer before stopping
     drain_timeout_ms: int = 2000  # in-flight client requests before stopping
 
 
-class ProcessOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class ProcessSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Allocations between young-generation garbage collections.  The default
     # of the interpreter (700) makes a busy node spend a tenth of its time
     # scanning; objects alive at start are frozen out of collection too.
@@ -143,13 +251,13 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     production: bool = False
     auto_provision: bool | None = None  # None: on unless production
     log_level: str = "info"
-    metadata: MetadataOptions = msgspec.field(default_factory=MetadataOptions)
-    raft: RaftOptions = msgspec.field(default_factory=RaftOptions)
-    network: NetworkOptions = msgspec.field(default_factory=NetworkOptions)
-    storage: StorageOptions = msgspec.field(default_factory=StorageOptions)
-    join: JoinOptions = msgspec.field(default_factory=JoinOptions)
-    shutdown: ShutdownOptions = msgspec.field(default_factory=ShutdownOptions)
-    process: ProcessOptions = msgspec.field(default_factory=ProcessOptions)
+    metadata: MetadataSection = msgspec.field(default_factory=MetadataSection)
+    raft: RaftSection = msgspec.field(default_factory=RaftSection)
+    network: NetworkSection = msgspec.field(default_factory=NetworkSection)
+    storage: StorageSection = msgspec.field(default_factory=StorageSection)
+    join: JoinSection = msgspec.field(default_factory=JoinSection)
+    shutdown: ShutdownSection = msgspec.field(default_factory=ShutdownSection)
+    process: ProcessSection = msgspec.field(default_factory=ProcessSection)
 
     @property
     def provision_automatically(self) -> bool:
@@ -159,13 +267,26 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 _SECTIONS: dict[str, type[msgspec.Struct]] = {
-    "metadata": MetadataOptions,
-    "raft": RaftOptions,
-    "network": NetworkOptions,
-    "storage": StorageOptions,
-    "join": JoinOptions,
-    "shutdown": ShutdownOptions,
-    "process": ProcessOptions,
+    "metadata": MetadataSection,
+    "raft": RaftSection,
+    "network": NetworkSection,
+    "storage": StorageSection,
+    "join": JoinSection,
+    "shutdown": ShutdownSection,
+    "process": ProcessSection,
+}
+
+# Options renamed to the ``<what>_<unit>_max`` rule: the old spelling is still
+# read (file, environment, ``--set``) and means the new option.
+RENAMED: dict[str, str] = {
+    "raft.max_entries_per_message": "raft.entries_per_message_max",
+    "raft.max_bytes_per_message": "raft.message_bytes_max",
+    "raft.max_inflight_messages": "raft.inflight_messages_max",
+    "raft.max_pending_proposals": "raft.pending_proposals_max",
+    "raft.max_pending_reads": "raft.pending_reads_max",
+    "raft.max_read_rounds_in_flight": "raft.read_rounds_in_flight_max",
+    "network.reconnect_backoff_min_ms": "network.reconnect_backoff_ms_min",
+    "network.reconnect_backoff_max_ms": "network.reconnect_backoff_ms_max",
 }
 
 
@@ -256,21 +377,6 @@ def _convert(path: str, value: Any, typ: Any, source: str, problems: list[str]) 
 _MISSING = object()
 
 
-def parse_address(text: str) -> tuple[str, int]:
-    """``host:port`` -> (host, port); raises ValueError with a reason."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not host:
-        raise ValueError("expected host:port")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not port_text.isdigit():
-        raise ValueError("the port must be a number")
-    port = int(port_text)
-    if not 1 <= port <= 65535:
-        raise ValueError("the port must be between 1 and 65535")
-    return host, port
-
-
 def load_config(
     path: str | None = None,
     *,
@@ -292,6 +398,7 @@ def load_config(
 
     env = os.environ if env is None else env
     by_env = env_names()
+    by_env.update({env_name(old): new for old, new in RENAMED.items()})
     for name in sorted(env):
         if not name.startswith(ENV_PREFIX):
             continue
@@ -302,7 +409,8 @@ def load_config(
             continue
         _set_text(option, env[name], f"environment {name}", types_by_path, values, problems)
 
-    for option, text in (flag_texts or {}).items():
+    for written, text in (flag_texts or {}).items():
+        option = RENAMED.get(written, written)
         if option not in types_by_path:
             problems.append(f"{option}: unknown option (flag --set)")
             continue
@@ -353,7 +461,7 @@ def _read_file(
                 )
                 continue
             for sub in value:
-                option = f"{key}.{sub}"
+                option = RENAMED.get(f"{key}.{sub}", f"{key}.{sub}")
                 if option not in types_by_path:
                     problems.append(f"{option}: unknown option ({source})")
                     continue
@@ -386,13 +494,48 @@ def _set_text(
 
 
 def validate(config: ServerConfig, sources: Mapping[str, str] | None = None) -> list[str]:
-    """Semantic checks: one line per bad value."""
+    """Semantic checks, each once: one line per bad value, naming the option at fault.
+
+    A check that relates two options (``batch_max <= queue_max``) blames the one
+    that was set (file, environment, flag) rather than one left at its
+    default; when both or neither were set, the first named.  A value already
+    reported is not reported again by a later check.
+    """
     sources = sources or {}
     problems: list[str] = []
+    reported: set[tuple[str, str]] = set()
 
     def bad(option: str, value: Any, why: str) -> None:
+        if (option, repr(value)) in reported:
+            return
+        reported.add((option, repr(value)))
         where = sources.get(option, "default")
         problems.append(f"{option}: {why}, got {_describe(value)} ({where})")
+
+    def at_fault(*options: str) -> str:
+        """The first of ``options`` that was set, else the first."""
+        return next((option for option in options if option in sources), options[0])
+
+    def value_of(option: str) -> Any:
+        section, _, name = option.rpartition(".")
+        return getattr(getattr(config, section) if section else config, name)
+
+    def at_most(low: str, high: str, *, strict: bool = False) -> None:
+        """``low <= high`` (``<`` when strict), blaming the one that was set."""
+        low_value, high_value = value_of(low), value_of(high)
+        if low_value < high_value or (not strict and low_value == high_value):
+            return
+        broken(low, high, strict=strict)
+
+    def broken(low: str, high: str, *, strict: bool) -> None:
+        """Report a broken ``low <= high`` (``<``) on the option that was set."""
+        low_value, high_value = value_of(low), value_of(high)
+        if at_fault(low, high) == low:
+            relation = "must be below" if strict else "must not exceed"
+            bad(low, low_value, f"{relation} {high} ({high_value})")
+        else:
+            relation = "must exceed" if strict else "must be at least"
+            bad(high, high_value, f"{relation} {low} ({low_value})")
 
     if not _NAME_RE.match(config.cluster_name):
         bad(
@@ -408,13 +551,13 @@ def validate(config: ServerConfig, sources: Mapping[str, str] | None = None) -> 
         value = getattr(config, option)
         try:
             parse_address(value)
-        except ValueError as exc:
-            bad(option, value, str(exc))
+        except AddressError as exc:
+            bad(option, value, exc.reason)
     if config.admin_address:
         try:
             parse_address(config.admin_address)
-        except ValueError as exc:
-            bad("admin_address", config.admin_address, f"{exc} (or empty to disable)")
+        except AddressError as exc:
+            bad("admin_address", config.admin_address, f"{exc.reason} (or empty to disable)")
     listen = [config.peer_address, config.client_address]
     if config.admin_address:
         listen.append(config.admin_address)
@@ -423,8 +566,8 @@ def validate(config: ServerConfig, sources: Mapping[str, str] | None = None) -> 
     for seed in config.seeds:
         try:
             parse_address(seed)
-        except ValueError as exc:
-            bad("seeds", seed, f"each seed: {exc}")
+        except AddressError as exc:
+            bad("seeds", seed, f"each seed: {exc.reason}")
     if not config.roles:
         bad("roles", config.roles, f"must name at least one of {', '.join(ROLES)}")
     for role in config.roles:
@@ -449,77 +592,62 @@ def validate(config: ServerConfig, sources: Mapping[str, str] | None = None) -> 
     elif md.server == "local" and config.seeds:
         bad("seeds", config.seeds, 'a node with metadata.server = "local" cannot join a cluster')
 
-    def positive(option: str, value: int, high: int | None = None) -> None:
-        if value < 1 or (high is not None and value > high):
-            limit = f"between 1 and {high}" if high is not None else "at least 1"
-            bad(option, value, f"must be {limit}")
-
-    for section_name, section in (
-        ("metadata", md),
-        ("raft", config.raft),
-        ("network", config.network),
-        ("storage", config.storage),
-        ("join", config.join),
-        ("shutdown", config.shutdown),
-        ("process", config.process),
-    ):
-        for field in msgspec.structs.fields(type(section)):
+    # Ranges of single integers: at least 1 unless listed in _INT_RANGES.
+    for section_name, section_type in _SECTIONS.items():
+        section = getattr(config, section_name)
+        for field in msgspec.structs.fields(section_type):
+            if field.type is not int:
+                continue
+            option = f"{section_name}.{field.name}"
+            low, high = _INT_RANGES.get(option, (1, None))
             value = getattr(section, field.name)
-            if field.type is int and f"{section_name}.{field.name}" not in _ZERO_OK:
-                positive(f"{section_name}.{field.name}", value)
-    if config.join.timeout_ms < 0:
-        bad("join.timeout_ms", config.join.timeout_ms, "must be 0 (no limit) or positive")
-    if config.raft.lease_drift_ticks < 0:
-        bad("raft.lease_drift_ticks", config.raft.lease_drift_ticks, "must be 0 or positive")
-    if config.raft.promote_lag_entries_max < 0:
-        bad("raft.promote_lag_entries_max", config.raft.promote_lag_entries_max, "must be >= 0")
-    positive("raft.tick_ms", config.raft.tick_ms, 60_000)
-    if config.raft.election_timeout_ticks <= config.raft.heartbeat_interval_ticks:
-        bad(
-            "raft.election_timeout_ticks",
-            config.raft.election_timeout_ticks,
-            f"must exceed raft.heartbeat_interval_ticks ({config.raft.heartbeat_interval_ticks})",
+            if value < low or (high is not None and value > high):
+                if high is not None:
+                    bad(option, value, f"must be between {low} and {high}")
+                elif low == 0:
+                    bad(option, value, _ZERO_MEANS.get(option, "must be 0 or positive"))
+                else:
+                    bad(option, value, "must be at least 1")
+
+    # Relations between options.
+    # The Raft core states its own rules (RaftConfig.problems); report each under
+    # its option name rather than check it a second time here.
+    option_of = {core: f"raft.{option}" for option, core in RAFT_CORE_NAMES.items()}
+    for problem in config.raft.options().problems():
+        if problem.relation == "below":
+            broken(option_of[problem.field], option_of[problem.other], strict=True)
+        else:
+            bad(option_of[problem.field], value_of(option_of[problem.field]), "must be at least 1")
+    at_most("metadata.batch_max", "metadata.queue_max")
+    at_most("network.reconnect_backoff_ms_min", "network.reconnect_backoff_ms_max")
+    # A write is one frame, and one Raft entry (or one local-log record): if the
+    # store refused it after the node accepted it, the node could not persist it.
+    frame, record = config.network.frame_bytes_max, config.storage.record_bytes_max
+    fits = min(frame, record)
+    if md.value_bytes_max + md.key_bytes_max + 1024 > fits:
+        limit = "network.frame_bytes_max" if frame <= record else "storage.record_bytes_max"
+        culprit = at_fault("metadata.value_bytes_max", "metadata.key_bytes_max", limit)
+        why = (
+            f"a key and value must fit in one frame and one stored record: {limit} ({fits})"
+            if culprit != limit
+            else "must hold a key and a value of the largest size "
+            f"(metadata.key_bytes_max {md.key_bytes_max} + "
+            f"metadata.value_bytes_max {md.value_bytes_max} + 1024)"
         )
-    if md.batch_max > md.queue_max:
-        bad(
-            "metadata.batch_max",
-            md.batch_max,
-            f"must not exceed metadata.queue_max ({md.queue_max})",
-        )
-    if md.value_bytes_max + md.key_bytes_max + 1024 > config.network.frame_bytes_max:
-        bad(
-            "metadata.value_bytes_max",
-            md.value_bytes_max,
-            f"a key and value must fit in network.frame_bytes_max ({config.network.frame_bytes_max})",
-        )
-    if md.value_bytes_max + md.key_bytes_max + 1024 > config.storage.record_bytes_max:
-        # A write is one Raft entry (or one local-log record): if the store
-        # refused it after the node accepted it, the node could not persist it.
-        bad(
-            "metadata.value_bytes_max",
-            md.value_bytes_max,
-            "a key and value must fit in one stored record: "
-            f"storage.record_bytes_max ({config.storage.record_bytes_max})",
-        )
-    if config.network.reconnect_backoff_min_ms > config.network.reconnect_backoff_max_ms:
-        bad(
-            "network.reconnect_backoff_min_ms",
-            config.network.reconnect_backoff_min_ms,
-            "must not exceed network.reconnect_backoff_max_ms",
-        )
+        bad(culprit, value_of(culprit), why)
     for side in ("peer", "client"):
-        ping = getattr(config.network, f"{side}_ping_interval_ms")
-        idle = getattr(config.network, f"{side}_idle_timeout_ms")
-        if idle <= ping:
-            bad(
-                f"network.{side}_idle_timeout_ms",
-                idle,
-                f"must exceed network.{side}_ping_interval_ms ({ping})",
-            )
+        at_most(f"network.{side}_ping_interval_ms", f"network.{side}_idle_timeout_ms", strict=True)
     return problems
 
 
-_ZERO_OK = {"join.timeout_ms", "raft.lease_drift_ticks", "raft.promote_lag_entries_max"}
+# Integer options whose range is not "at least 1": (lowest, highest or None).
+_INT_RANGES: dict[str, tuple[int, int | None]] = {
+    "raft.tick_ms": (1, 60_000),
+    "join.timeout_ms": (0, None),
+    "raft.lease_drift_ticks": (0, None),
+    "raft.promote_lag_entries_max": (0, None),
+}
+_ZERO_MEANS = {"join.timeout_ms": "must be 0 (no limit) or positive"}
 
 
 # ------------------------------------------------------------------ writing

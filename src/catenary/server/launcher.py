@@ -40,9 +40,12 @@ import msgspec
 from catenary.api.messages import GetStatus, NodeStatus, StatusReply
 from catenary.runtime.rpc import RpcError, call
 from catenary.server.config import ServerConfig, to_toml
+from catenary.wire.address import parse_address
 
 MANIFEST = "cluster.json"
-_LAUNCH = "from catenary.cli.main import main; main()"
+# Nodes run the package's own entry point (``python -m catenary server``, the
+# same command as the installed ``catenary`` script) in this interpreter.
+NODE_COMMAND = ("-m", "catenary", "server")
 
 
 class LaunchError(Exception):
@@ -125,7 +128,7 @@ class DevCluster:
             self.nodes = manifest.nodes
             self.restarted = bool(self.nodes)
         taken = {
-            int(address.rpartition(":")[2])
+            parse_address(address)[1]
             for n in self.nodes
             for address in (n.peer_address, n.client_address, n.admin_address)
         }
@@ -167,7 +170,7 @@ class DevCluster:
     # ----------------------------------------------------------- processes
 
     def command(self, node: DevNode) -> list[str]:
-        args = [self.python, "-c", _LAUNCH, "server", "--config", node.config]
+        args = [self.python, *NODE_COMMAND, "--config", node.config]
         for setting in self.settings:
             args += ["--set", setting]
         return args

@@ -9,29 +9,44 @@ that are not members.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from random import Random
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import msgspec
 
 from catenary.core.raft.types import Message
-from catenary.runtime.transport import PeerTransport, TransportConfig
-from catenary.server.config import parse_address
+from catenary.runtime.transport import PeerTransport
+from catenary.server.config import ServerConfig
+from catenary.server.system_keys import NodeRecord
 from catenary.wire import Hello, HelloRefused, RefusalCode
-
-if TYPE_CHECKING:
-    from catenary.server.node import Server
+from catenary.wire.address import parse_address
 
 _message_decoder: msgspec.msgpack.Decoder[Message] = msgspec.msgpack.Decoder(Message)
 
 
-def make_peer_link(server: Server) -> PeerTransport[Message]:
-    config = server.config
+class PeerLink(Protocol):
+    """What the node needs of the peer transport."""
+
+    async def start(self) -> None: ...
+    def send(self, peer_id: int, message: Message) -> object: ...
+    def set_peer_address(self, peer_id: int, address: str | None) -> None: ...
+    async def close(self) -> None: ...
+
+
+def make_peer_link(
+    config: ServerConfig,
+    node_id: int,
+    generation: int,
+    *,
+    node_record: Callable[[int], NodeRecord | None],
+    on_message: Callable[[Message], None],
+) -> PeerTransport[Message]:
+    """The transport of node ``node_id``, checking hellos against ``node_record``."""
     host, port = parse_address(config.peer_address)
-    network = config.network
 
     def validate(hello: Hello) -> HelloRefused | None:
-        record = server.node_record(hello.node_id)
+        record = node_record(hello.node_id)
         if record is None:
             return None
         if record.removed:
@@ -46,28 +61,20 @@ def make_peer_link(server: Server) -> PeerTransport[Message]:
             )
         return None
 
-    def on_message(peer_id: int, message: Message) -> None:
+    def receive(peer_id: int, message: Message) -> None:
         if message.src != peer_id:
             return  # a message must come from the node that sent the hello
-        server.on_peer_message(message)
+        on_message(message)
 
     return PeerTransport(
-        server.node_id,
-        server.generation,
+        node_id,
+        generation,
         config.cluster_name,
         host,
         port,
-        on_message,
-        TransportConfig(
-            frame_bytes_max=network.frame_bytes_max,
-            handshake_timeout_ms=network.handshake_timeout_ms,
-            reconnect_backoff_min_ms=network.reconnect_backoff_min_ms,
-            reconnect_backoff_max_ms=network.reconnect_backoff_max_ms,
-            send_queue_messages_max=network.peer_send_queue_max,
-            ping_interval_ms=network.peer_ping_interval_ms,
-            idle_timeout_ms=network.peer_idle_timeout_ms,
-        ),
+        receive,
+        config.network.transport_options(),
         decoder=_message_decoder,
         validate_peer=validate,
-        rng=Random(server.node_id * 1_000_003 + server.generation),
+        rng=Random(node_id * 1_000_003 + generation),
     )

@@ -16,7 +16,9 @@ submission joins a bounded FIFO queue (``queue_records_max`` records): when it i
    durable before a later failure in the same batch is still acknowledged.
 
 Operations queued with :meth:`run` (truncations, reset) execute alone, in queue order, so
-they are ordered with the appends around them. Callbacks run on the writer thread: they must be
+they are ordered with the appends around them. A writer created without a store runs such
+operations only: it is the disk executor of a host whose persistence step does its own write
+and fsync (``runtime.disk.DiskWriter``). Callbacks run on the writer thread: they must be
 quick and must not call back into the writer synchronously with ``block=True``. An exception
 raised by a callback is logged and does not stop the thread.
 
@@ -71,7 +73,7 @@ class GroupCommitWriter:
 
     def __init__(
         self,
-        store: SegmentedStore,
+        store: SegmentedStore | None,
         *,
         batch_records_max: int = 8192,
         batch_bytes_max: int = 8 * 1024 * 1024,
@@ -108,6 +110,7 @@ class GroupCommitWriter:
 
     @property
     def store(self) -> SegmentedStore:
+        assert self._store is not None, "a writer of jobs only (no store)"
         return self._store
 
     def submit(
@@ -119,6 +122,8 @@ class GroupCommitWriter:
         timeout_ms: int | None = None,
     ) -> None:
         """Queue ``payloads`` to be appended and synced; ``callback`` reports the outcome."""
+        if self._store is None:
+            raise StoreClosedError("this writer runs jobs only: it has no store to append to")
         n = len(payloads)
         nbytes = sum(map(len, payloads)) if n != 1 else len(payloads[0])
         self._put(_Item(payloads, nbytes, callback, None), n, block, timeout_ms)
@@ -258,7 +263,7 @@ class GroupCommitWriter:
     def _run_op(self, item: _Item) -> None:
         assert item.fn is not None
         try:
-            result = item.fn(self._store)
+            result = item.fn(self._store)  # type: ignore[arg-type]
         except Exception as exc:
             self._call(item, None, exc)
         else:
@@ -266,6 +271,7 @@ class GroupCommitWriter:
 
     def _commit(self, batch: list[_Item]) -> None:
         store = self._store
+        assert store is not None
         firsts: list[int | BaseException] = []
         for item in batch:
             try:

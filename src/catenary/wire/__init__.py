@@ -4,6 +4,7 @@ Sans-IO (layer 1): bytes in, frames and values out.  The format is described,
 with its version, in ``docs/design/wire-format.md``.
 """
 
+from catenary.wire.address import AddressError, parse_address
 from catenary.wire.errors import (
     FrameTooLarge,
     HandshakeError,
@@ -65,6 +66,7 @@ from catenary.wire.peer import (
 )
 
 __all__ = [
+    "AddressError",
     "FRAME_BYTES_MAX_DEFAULT",
     "HEADER_BYTES",
     "HELLO_FRAME_BYTES_MAX_DEFAULT",
@@ -114,4 +116,5 @@ __all__ = [
     "make_hello",
     "peer_service_of",
     "tune_socket",
+    "parse_address",
 ]

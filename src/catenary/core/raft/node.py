@@ -241,14 +241,9 @@ class RaftNode:
     ) -> None:
         if node_id <= 0:
             raise ValueError("node_id must be positive")
-        if config.election_timeout_ticks < 1 or config.heartbeat_interval_ticks < 1:
-            raise ValueError("election and heartbeat ticks must be positive")
-        if config.heartbeat_interval_ticks >= config.election_timeout_ticks:
-            raise ValueError("heartbeat_interval_ticks must be below election_timeout_ticks")
-        if config.max_entries_per_message < 1 or config.max_inflight_messages < 1:
-            raise ValueError("per-message and in-flight bounds must be positive")
-        if config.snapshot_chunk_bytes < 1:
-            raise ValueError("snapshot_chunk_bytes must be positive")
+        problems = config.problems()
+        if problems:
+            raise ValueError("; ".join(str(problem) for problem in problems))
         self._id = node_id
         self._cfg = config
         self._rng = rng

@@ -207,6 +207,43 @@ class RaftConfig(msgspec.Struct, frozen=True):
     # the next append, heartbeat or tick.
     eager_commit_broadcast: bool = False
 
+    def problems(self) -> list[RaftConfigProblem]:
+        """Every rule these bounds break; the one statement of the rules.
+
+        ``RaftNode`` refuses a configuration with any; the server reports them
+        at load, under its own option names.
+        """
+        out: list[RaftConfigProblem] = []
+        for name in (
+            "election_timeout_ticks",
+            "heartbeat_interval_ticks",
+            "max_entries_per_message",
+            "max_inflight_messages",
+            "snapshot_chunk_bytes",
+        ):
+            if getattr(self, name) < 1:
+                out.append(RaftConfigProblem(name, "at_least_1"))
+        if 1 <= self.election_timeout_ticks <= self.heartbeat_interval_ticks:
+            # Followers must hear a heartbeat before their election timeout runs out.
+            out.append(
+                RaftConfigProblem("heartbeat_interval_ticks", "below", "election_timeout_ticks")
+            )
+        return out
+
+
+class RaftConfigProblem(msgspec.Struct, frozen=True):
+    """A broken rule of a RaftConfig: ``field`` must be ``relation`` (``at_least_1``, or
+    ``below`` the field ``other``)."""
+
+    field: str
+    relation: str
+    other: str = ""
+
+    def __str__(self) -> str:
+        if self.relation == "below":
+            return f"{self.field} must be below {self.other}"
+        return f"{self.field} must be at least 1"
+
 
 class NotLeader(Exception):
     """A proposal or read reached a node that is not the leader."""

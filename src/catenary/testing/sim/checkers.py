@@ -331,7 +331,10 @@ class SafetyChecker:
                 f"but snapshot {model.snapshot_index} was durable"
             )
         if interrupted is not None and interrupted.snapshot is not None:
-            return  # an install was cut short: the log may be the old or the new one
+            # An install was cut short: the log may be the old or the new one,
+            # and what was loaded is what is durable from now on.
+            model.reload(hard_state, snapshot, entries)
+            return
         touched = interrupted.entries[0].index if interrupted and interrupted.entries else None
         loaded = {e.index: e.term for e in entries}
         for index in sorted(model.entries):

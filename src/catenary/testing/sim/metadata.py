@@ -12,11 +12,15 @@ network, disk and clock, all derived from one seed:
   (the event-trace digest proves it).
 * Time is the event loop's (``EventLoop``); each member ticks every
   ``tick_ms`` with its own phase.  Nothing reads a wall clock.
-* A member's persistence takes simulated time: when it has a Ready, its
-  ``messages`` leave at once, and ``RaftStorage.save`` runs at the moment the
-  simulated fsync completes (``fsync_us``); only then do
-  ``messages_after_persist`` leave and ``advance`` run.  One persistence step
-  is in flight per member at a time.  Compaction snapshots are a second step.
+* Each member is driven by the server's own host loop (``HostLoop``, from
+  ``catenary.host.loop``): client requests and peer messages go into its
+  bounded inbox, it batches them, proposes, ticks, applies deadlines and maps
+  completions to ok / failed / indeterminate exactly as in the server.  The
+  simulator only executes what the loop asks for: messages go to the simulated
+  network, and a persistence job (``RaftStorage.save`` of a Ready, or a
+  compaction) runs at the moment its simulated fsync completes (``fsync_us``);
+  then ``job_done`` releases ``messages_after_persist`` and the apply.  The
+  host's knobs (request deadline, batch and inbox bounds) are drawn per seed.
 * A crash drops every in-memory object of the member.  If a persistence step
   was in flight, it runs with a crash point armed (``CrashPointFileSystem``):
   it stops after a random number of mutating file operations; the simulated
@@ -36,11 +40,13 @@ network, disk and clock, all derived from one seed:
   leader, a fresh successful write and every member of the final group
   converged (identical state-machine snapshots) within ``liveness_bound_ms``.
 * Checkers (``checkers.py``) run on every step; the client history is checked
-  for linearizability at the end.  Hooks stay outside the Ready loop
-  (``_pump``/``_schedule_job``/``_job_done``/``_finish_ready``): recovery is
-  checked in ``_boot`` right after ``load``, durability of grants and acks in
-  ``_deliver``, the commit rule and narrow-window crashes in ``_after_input``,
-  lease reads in ``_request_arrives``, watches in ``_watch_poll``.
+  for linearizability at the end.  Hooks stay outside the host loop (the
+  shared ``HostLoop``; the simulator's shell is ``_drive``/``_job_done``):
+  recovery is checked in ``_boot`` right after ``load``, durability of grants
+  and acks in ``_deliver``, the commit rule in ``_observe``, what was applied in
+  ``_check_advanced``, narrow-window crashes in ``_after_input``, lease reads
+  around the replica's ``read`` as the loop calls it (``_lease_read_hook``),
+  watches in ``_watch_poll``.
 * Nemeses aimed at narrow windows: crashes while a vote grant or a suffix
   rewrite is being persisted; a deposed leader (cut off, mostly paused, then
   thawed with queued reads; with lease reads at the worst drift the lease
@@ -60,11 +66,13 @@ from random import Random
 
 import msgspec
 
+from catenary.api.messages import ErrorCode
 from catenary.core.metadata.lessor import LessorConfig
 from catenary.core.metadata.replica import (
     Completion,
     GetQuery,
     MetadataReplica,
+    Query,
     ReadCompleted,
     ReadFailed,
     ReplicaConfig,
@@ -96,15 +104,13 @@ from catenary.core.raft.types import (
     EntryKind,
     Membership,
     Message,
-    NotLeader,
-    ProposalDropped,
     RaftConfig,
     Ready,
     RequestVoteResponse,
     Snapshot,
 )
+from catenary.host.loop import Failed, HostConfig, HostLoop, Output, Raised
 from catenary.persist.raft_storage import RaftStorage
-from catenary.runtime.host import HostConfig, ticks_to_deliver
 from catenary.storage.errors import StorageError
 from catenary.storage.fs_sim import SimFileSystem
 from catenary.storage.store import StoreConfig
@@ -192,6 +198,12 @@ class FaultPlan:
     # Of the torn writes, the share that leave random garbage after the kept
     # prefix (a sector written half-way): a bad checksum at the end of a file.
     garbage_tails: float
+    # The host loop's knobs (the server's defaults are 10 s, 4096 and 20000):
+    # a deadline shorter than the clients' timeout makes the host answer
+    # "indeterminate" itself; tiny batches and a small inbox force the rare paths.
+    host_timeout_ms: int = 10_000
+    host_batch_max: int = 4096
+    host_queue_max: int = 20_000
 
     @classmethod
     def draw(cls, rng: Random) -> FaultPlan:
@@ -234,6 +246,9 @@ class FaultPlan:
             deposed_reads=rng.random() < 0.4,
             entries_per_message=rng.choice([2, 64]),
             garbage_tails=rng.choice([0.0, 0.5, 1.0]),
+            host_timeout_ms=rng.choice([200, 500, 10_000]),
+            host_batch_max=rng.choice([1, 4, 4096]),
+            host_queue_max=rng.choice([32, 20_000]),
         )
 
 
@@ -271,6 +286,9 @@ class SimCounters:
     watch_events: int = 0
     watch_compacted: int = 0
     watch_failovers: int = 0  # a watcher moved to another member, resuming where it was
+    host_batches: int = 0  # host-loop batches of more than one input (requests, messages)
+    host_expired: int = 0  # requests the host loop answered at their deadline
+    host_refused: int = 0  # requests the host loop refused before proposing them
 
 
 @dataclass
@@ -308,6 +326,23 @@ class _Job:
     considered: bool = False  # the window nemesis looked at it
 
 
+@dataclass(frozen=True)
+class _Request:
+    """A client attempt, as the token of a host-loop request."""
+
+    client: _Client
+    op: Op
+    request_id: int
+
+
+@dataclass(frozen=True)
+class _NemesisCall:
+    """A membership change or leadership transfer run through the host loop."""
+
+    kind: str
+    change: ConfChange | None = None
+
+
 class _Member:
     def __init__(
         self, node_id: int, disk_seed: int, raft_seed: int, tear: float, garbage: float
@@ -320,11 +355,10 @@ class _Member:
         self.raft_seeds = Random(raft_seed)
         self.storage: RaftStorage | None = None
         self.replica: MetadataReplica | None = None
+        self.host: HostLoop[_Request | _NemesisCall] | None = None
         self.incarnation = 0
         self.started = True  # spares start when they are added to the group
         self.job: _Job | None = None
-        # request id -> (client, op id) of requests this member accepted
-        self.requests: dict[int, tuple[int, int]] = {}
         # A paused member (a stopped process) handles nothing until it resumes;
         # what reaches it meanwhile waits here, in arrival order.
         self.paused_until_us = 0
@@ -467,7 +501,9 @@ class MetadataSim:
             f"stale_reads={p.stale_reads} reconfigure={p.reconfigure} leases={p.leases} "
             f"pauses={p.pauses} io_errors={p.io_errors} window_crashes={p.window_crashes} "
             f"deposed_reads={p.deposed_reads} entries_per_message={p.entries_per_message} "
-            f"watch_history_max={p.watch_history_max} garbage_tails={p.garbage_tails}"
+            f"watch_history_max={p.watch_history_max} garbage_tails={p.garbage_tails} "
+            f"host_timeout_ms={p.host_timeout_ms} host_batch_max={p.host_batch_max} "
+            f"host_queue_max={p.host_queue_max}"
         )
 
     # ------------------------------------------------------------------ run
@@ -616,7 +652,6 @@ class MetadataSim:
         member.storage = storage
         member.incarnation += 1
         member.job = None
-        member.requests = {}
         member.replica = MetadataReplica(
             member.node_id,
             self.raft_config,
@@ -633,12 +668,44 @@ class MetadataSim:
         )
         incarnation = member.incarnation
         phase_us = self.timing_rng.randint(0, self.options.tick_ms * 1000 - 1)
+        member.replica.read = self._lease_read_hook(member, member.replica.read)  # type: ignore[method-assign, assignment]
+        plan = self.plan
+        member.host = HostLoop(
+            member.replica,
+            HostConfig(
+                tick_ms=self.options.tick_ms,
+                request_timeout_ms=plan.host_timeout_ms,
+                batch_max=plan.host_batch_max,
+                queue_max=plan.host_queue_max,
+            ),
+            durable=storage.hard_state,
+            now_us=self.loop.now_us,
+            tick_us=self.tick_us[member.node_id],
+            first_tick_us=self.loop.now_us + phase_us,
+        )
         self.loop.after(
             phase_us,
             f"tick{member.node_id}",
             lambda: self._tick(member, incarnation),
         )
         self._after_input(member)
+
+    def _lease_read_hook(
+        self, member: _Member, read: Callable[[int, Query], None]
+    ) -> Callable[[int, Query], None]:
+        """The replica's ``read`` as the host loop calls it, noting a read released at
+        once, without a round: served on the leader lease, which must still hold."""
+
+        def hooked(request_id: int, query: Query) -> None:
+            replica = member.replica
+            assert replica is not None
+            released = len(replica.raft._reads_ready)
+            read(request_id, query)
+            if len(replica.raft._reads_ready) > released:
+                self.counters.lease_reads += 1
+                self.checker.check_lease_read(member.node_id, replica.term)
+
+        return hooked
 
     # ---------------------------------------------------------------- ticks
 
@@ -654,10 +721,20 @@ class MetadataSim:
             return
         if self._deferred(member, lambda: self._tick(member, incarnation)):
             return
-        member.replica.tick(self.loop.now_ms)
-        if member.replica.is_leader:
-            self.presence.seen(self.loop.now_us, member.replica.term)
+        host = member.host
+        assert host is not None
+        # This member's clock rate (a nemesis may change it).
+        host.tick_us = self.tick_us[member.node_id]
+        # The host answers the requests past their deadline (its timer's job,
+        # even while a persistence step is in flight), then polls: the loop
+        # delivers the ticks that are due when it is between Readies.
+        expired = host.expire(self.loop.now_us)
+        self.counters.host_expired += len(expired)
+        for token, outcome in expired:
+            self._complete(member, token, outcome)
         self._after_input(member)
+        if member.replica is not None and member.replica.is_leader:
+            self.presence.seen(self.loop.now_us, member.replica.term)
         self.loop.after(
             self.tick_us[member.node_id],
             f"tick{member.node_id}",
@@ -681,7 +758,8 @@ class MetadataSim:
         if self._deferred(member, lambda: self._deliver(message)):
             return
         self.checker.check_delivery(message, self._log_terms(member, message.term))
-        member.replica.step(message)
+        assert member.host is not None
+        member.host.step(message)
         self._after_input(member)
 
     @staticmethod
@@ -701,6 +779,47 @@ class MetadataSim:
     # ---------------------------------------------------------- ready/persist
 
     def _after_input(self, member: _Member) -> None:
+        """An input reached the member's host loop: poll it and execute its output."""
+        host = member.host
+        assert host is not None
+        self._drive(member, host.poll(self.loop.now_us))
+        self._nemesis_window(member)
+
+    def _drive(self, member: _Member, out: Output[_Request | _NemesisCall]) -> None:
+        """Execute a host-loop output as the server's shell does, polling while it asks.
+
+        Messages go to the network, completions to the clients, a persistence
+        job waits for its simulated fsync (``_job_done``)."""
+        while True:
+            host = member.host
+            if host is None:
+                return  # crashed meanwhile (a violation is being raised)
+            for message in out.messages:
+                self._send(message)
+            if out.advanced:
+                self._check_advanced(member, out.advanced)
+            self._observe(member)
+            for token, outcome in out.completions:
+                self._complete(member, token, outcome)
+            if out.inputs > 1:
+                self.counters.host_batches += 1
+            job = out.job
+            if job is not None:
+                member.job = _Job(ready=job.ready, snapshot=job.snapshot)
+                self._schedule_job(member)
+                return
+            if not out.more:
+                return
+            out = host.poll(self.loop.now_us)
+
+    def _schedule_job(self, member: _Member) -> None:
+        incarnation = member.incarnation
+        delay = self.timing_rng.randint(*self.plan.fsync_us)
+        self.loop.after(
+            delay, f"fsync{member.node_id}", lambda: self._job_done(member, incarnation)
+        )
+
+    def _observe(self, member: _Member) -> None:
         replica = member.replica
         assert replica is not None
         if replica.is_leader:
@@ -716,8 +835,21 @@ class MetadataSim:
             self.checker.observe_leader_commit(
                 member.node_id, replica.term, commit, held[0].term if held else None
             )
-        self._pump(member)
-        self._nemesis_window(member)
+
+    def _check_advanced(self, member: _Member, readies: list[Ready]) -> None:
+        """What the host loop applied, checked against what the cluster committed."""
+        replica = member.replica
+        assert replica is not None
+        for ready in readies:
+            if ready.snapshot is not None:
+                self.checker.observe_installed(member.node_id, ready.snapshot)
+                self.counters.snapshots_installed += 1
+            self.checker.observe_applied(member.node_id, ready.committed)
+        if replica.state.applied_index != self.checker.applied.get(member.node_id, 0):
+            raise Violation(
+                f"node {member.node_id}: state machine at {replica.state.applied_index}, "
+                f"applied entries end at {self.checker.applied.get(member.node_id, 0)}"
+            )
 
     def _check_leader_log(self, member: _Member) -> None:
         replica = member.replica
@@ -728,46 +860,16 @@ class MetadataSim:
         terms = {e.index: e.term for e in held}
         self.checker.check_leader_log(member.node_id, replica.term, terms, first)
 
-    def _pump(self, member: _Member) -> None:
-        """Take Readies while no persistence step is in flight."""
-        while member.replica is not None and member.job is None and member.replica.has_ready():
-            replica = member.replica
-            ready = replica.ready()
-            for message in ready.messages:
-                self._send(message)
-            if self._must_persist(member, ready):
-                member.job = _Job(ready=ready)
-                self._schedule_job(member)
-                return
-            self._finish_ready(member, ready)
-
-    @staticmethod
-    def _must_persist(member: _Member, ready: Ready) -> bool:
-        """As the server's host: a Ready that only moves the commit index is not persisted."""
-        if ready.entries or ready.snapshot is not None:
-            return True
-        hard_state = ready.hard_state
-        if hard_state is None:
-            return False
-        assert member.storage is not None
-        durable = member.storage.hard_state
-        return (hard_state.term, hard_state.vote) != (durable.term, durable.vote)
-
-    def _schedule_job(self, member: _Member) -> None:
-        incarnation = member.incarnation
-        delay = self.timing_rng.randint(*self.plan.fsync_us)
-        self.loop.after(
-            delay, f"fsync{member.node_id}", lambda: self._job_done(member, incarnation)
-        )
-
     def _job_done(self, member: _Member, incarnation: int) -> None:
+        """The simulated fsync of the member's persistence job completed: run it now."""
         if member.incarnation != incarnation or member.job is None:
             return
         if self._deferred(member, lambda: self._job_done(member, incarnation)):
             return
         job = member.job
         storage = member.storage
-        assert storage is not None
+        host = member.host
+        assert storage is not None and host is not None
         try:
             if job.ready is not None:
                 storage.save(job.ready)
@@ -785,36 +887,11 @@ class MetadataSim:
         if job.ready is not None:
             self.checker.model(member.node_id).saved(job.ready)
             self.checker.observe_persisted(member.node_id, job.ready.entries)
-            self._finish_ready(member, job.ready)
         elif job.snapshot is not None:
             self.checker.model(member.node_id).compacted(job.snapshot)
-            assert member.replica is not None
-            member.replica.compacted(job.snapshot)
             self.counters.snapshots += 1
-        self._pump(member)
-
-    def _finish_ready(self, member: _Member, ready: Ready) -> None:
-        replica = member.replica
-        assert replica is not None
-        for message in ready.messages_after_persist:
-            self._send(message)
-        if ready.snapshot is not None:
-            self.checker.observe_installed(member.node_id, ready.snapshot)
-            self.counters.snapshots_installed += 1
-        self.checker.observe_applied(member.node_id, ready.committed)
-        out = replica.advance(ready)
-        if replica.state.applied_index != self.checker.applied.get(member.node_id, 0):
-            raise Violation(
-                f"node {member.node_id}: state machine at {replica.state.applied_index}, "
-                f"applied entries end at {self.checker.applied.get(member.node_id, 0)}"
-            )
-        for completion in out.completions:
-            self._complete(member, completion)
-        if out.snapshot is not None:
-            member.job = _Job(snapshot=out.snapshot)
-            self._schedule_job(member)
-        if replica.is_leader:
-            self.checker.observe_leader(member.node_id, replica.term)
+        self._drive(member, host.job_done())
+        self._nemesis_window(member)
 
     # -------------------------------------------------------------- crashes
 
@@ -844,9 +921,9 @@ class MetadataSim:
         member.disk.inject_fsync_errors(0)  # the fault was transient
         self.interrupted[member.node_id] = interrupted
         member.replica = None
+        member.host = None
         member.storage = None
         member.job = None
-        member.requests = {}
         member.paused_until_us = 0
         member.deferred = []
         member.incarnation += 1
@@ -1064,15 +1141,9 @@ class MetadataSim:
         if member.incarnation != incarnation or member.replica is None:
             return
         member.paused_until_us = 0
-        # Catch up on the ticks the clock says were missed before handling
-        # queued input, as the server's host does: capped at
-        # tick_catch_up_max, except that with lease reads on at least an
-        # election timeout is delivered (so a stale leader lease is not
-        # trusted).  Without lease reads a thawed leader may thus still believe
-        # it leads while handling a burst of queued reads.
-        due = pause_us // self.tick_us[member.node_id]
-        for _ in range(ticks_to_deliver(due, HostConfig().tick_catch_up_max, self.raft_config)):
-            member.replica.tick(self.loop.now_ms)
+        # The host loop catches up on the ticks the clock says were missed
+        # (HostLoop rule 4) before it handles queued input, so a stale leader
+        # lease is not trusted.
         self._after_input(member)
         deferred, member.deferred = member.deferred, []
         for action in deferred:
@@ -1089,8 +1160,16 @@ class MetadataSim:
         target = rng.choice(voters)
         self.counters.transfers += 1
         self.loop.note(f"transfer {node_id}->{target}")
-        replica.transfer_leadership(target)
-        self._after_input(self.members[node_id])
+        # Through the host loop, as the server's admin transfer does.
+        member = self.members[node_id]
+        assert member.host is not None
+        if (
+            member.host.submit_call(
+                lambda r: r.transfer_leadership(target), _NemesisCall("transfer")
+            )
+            is None
+        ):
+            self._after_input(member)
 
     def _nemesis_reconfigure(self, rng: Random) -> None:
         """One membership change: promote a caught-up learner, remove a voter, or add a spare."""
@@ -1111,17 +1190,29 @@ class MetadataSim:
             change = ConfChange(ConfChangeKind.ADD_LEARNER, spares[0])
         if change is None:
             return
-        try:
-            leader.propose_conf_change(change)
-        except (NotLeader, ProposalDropped, ValueError):
-            return
+        # Through the host loop, as the server's conf_change does; the outcome
+        # comes back as a completion (``_reconfigured``).
+        member = self.members[leader.node_id]
+        assert member.host is not None
+        conf = change
+        if (
+            member.host.submit_call(
+                lambda r: r.propose_conf_change(conf), _NemesisCall("reconfigure", change)
+            )
+            is None
+        ):
+            self._after_input(member)
+
+    def _reconfigured(self, change: ConfChange, outcome: object) -> None:
+        if isinstance(outcome, Raised | Failed):
+            return  # not leader any more, or one change at a time: nothing happened
         self.counters.reconfigurations += 1
         self.loop.note(f"reconfigure {change.kind} {change.node}")
         if change.kind == ConfChangeKind.ADD_LEARNER:
             joiner = self.members[change.node]
-            joiner.started = True
-            self._boot(joiner)
-        self._after_input(self.members[leader.node_id])
+            if not joiner.started:
+                joiner.started = True
+                self._boot(joiner)
 
     def _nemesis_partition(self, rng: Random) -> None:
         ids = self._started()
@@ -1378,44 +1469,60 @@ class MetadataSim:
             return  # the client's timeout will tell
         if self._deferred(member, lambda: self._request_arrives(node_id, client, op, request_id)):
             return
-        try:
-            if op.kind == "get" and op.stale:
-                self.counters.stale_reads += 1
-                answer = replica.read_stale(request_id, GetQuery(op.key))
-                self._reply(client, op, request_id, answer)
-                return
-            if op.kind == "get":
-                released = len(replica.raft._reads_ready)
-                replica.read(request_id, GetQuery(op.key))
-                if len(replica.raft._reads_ready) > released:
-                    # Released at once, without a round: served on the leader lease.
-                    self.counters.lease_reads += 1
-                    self.checker.check_lease_read(node_id, replica.term)
+        if op.kind == "get" and op.stale:
+            self.counters.stale_reads += 1
+            answer = replica.read_stale(request_id, GetQuery(op.key))
+            self._reply(client, op, request_id, answer)
+            return
+        host = member.host
+        assert host is not None
+        token = _Request(client, op, request_id)
+        now_us = self.loop.now_us
+        refused: Failed | None
+        if op.kind == "get":
+            refused = host.submit_read(GetQuery(op.key), token, now_us)
+        else:
+            command: Command
+            if op.command is not None:
+                command = op.command
+            elif op.kind == "put":
+                command = Put(op.key, op.value, op.precondition)
             else:
-                command: Command
-                if op.command is not None:
-                    command = op.command
-                elif op.kind == "put":
-                    command = Put(op.key, op.value, op.precondition)
-                else:
-                    command = Delete(op.key, op.precondition)
-                replica.propose(request_id, command)
-        except NotLeader as exc:
-            self._reply(client, op, request_id, ("redirect", exc.leader_hint))
+                command = Delete(op.key, op.precondition)
+            refused = host.submit_write(command, token, now_us)
+        if refused is not None:
+            self.counters.host_refused += 1
+            self._reply(client, op, request_id, self._redirect(node_id, refused))
             return
-        except ProposalDropped:
-            self._reply(client, op, request_id, ("redirect", node_id))
-            return
-        member.requests[request_id] = (client.client_id, op.op_id)
         self._after_input(member)
 
-    def _complete(self, member: _Member, completion: Completion) -> None:
-        where = member.requests.pop(completion.request_id, None)
-        if where is None:
+    @staticmethod
+    def _redirect(node_id: int, failed: Failed) -> tuple[str, int]:
+        """A refusal (surely not applied) as the client sees it: try elsewhere."""
+        if failed.code == ErrorCode.NOT_LEADER:
+            return ("redirect", failed.leader)
+        if failed.code == ErrorCode.OVERLOADED:
+            return ("redirect", node_id)
+        return ("redirect", 0)
+
+    def _complete(self, member: _Member, token: _Request | _NemesisCall, outcome: object) -> None:
+        """A host-loop completion: to the client that asked, or to the nemesis."""
+        if isinstance(token, _NemesisCall):
+            if token.change is not None:
+                self._reconfigured(token.change, outcome)
             return
-        client = self.clients[where[0]]
-        op = self.history[where[1]]
-        self._reply(client, op, completion.request_id, completion)
+        answer: Completion | tuple[str, int]
+        if isinstance(outcome, Failed):
+            if outcome.code == ErrorCode.INDETERMINATE:
+                answer = WriteIndeterminate(token.request_id, outcome.message)
+            else:
+                self.counters.host_refused += 1
+                answer = self._redirect(member.node_id, outcome)
+        elif isinstance(outcome, ReadCompleted):
+            answer = outcome
+        else:
+            answer = WriteCompleted(token.request_id, 0, outcome)  # type: ignore[arg-type]
+        self._reply(token.client, token.op, token.request_id, answer)
 
     def _reply(
         self,
