@@ -170,6 +170,10 @@ def apply_conf_change(m: Membership, cc: ConfChange) -> Membership:
     return Membership(voters=tuple(sorted(voters)), learners=tuple(sorted(learners)))
 
 
+def _voters(count: int) -> str:
+    return f"{count} voter" if count == 1 else f"{count} voters"
+
+
 def _well_formed(msg: Message) -> bool:
     """Structural checks on a peer's message, before any of it is trusted."""
     if msg.src <= 0 or msg.term < 0:
@@ -831,7 +835,7 @@ class RaftNode:
             EventKind.ELECTION_STARTED,
             self._id,
             "pre-vote",
-            f"asking {len(self.membership.voters)} voters whether they would vote "
+            f"asking {_voters(len(self.membership.voters))} whether they would vote "
             f"in term {self._term + 1}",
         )
         self._reset_election()
@@ -863,7 +867,7 @@ class RaftNode:
             EventKind.ELECTION_STARTED,
             self._id,
             "transfer" if transfer else "election",
-            f"asking {len(self.membership.voters)} voters for their vote"
+            f"asking {_voters(len(self.membership.voters))} for their vote"
             + (" (leadership handed over)" if transfer else ""),
         )
         self._reset_election()
