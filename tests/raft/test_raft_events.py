@@ -14,6 +14,7 @@ from catenary.core.raft.types import (
     Membership,
     RaftConfig,
     RaftEvent,
+    RequestVoteResponse,
 )
 
 pytestmark = pytest.mark.timeout(10)
@@ -140,6 +141,25 @@ def test_a_campaign_that_times_out_is_lost_with_its_votes() -> None:
     assert lost and lost[0].reason == "timeout"
     assert "1 of 3 votes granted" in lost[0].detail
     assert node.term == c.nodes[1].term  # pre-vote: the term never moved
+
+
+def test_a_pre_vote_refused_by_a_quorum_is_lost_as_rejected() -> None:
+    c = elected()
+    node = c.nodes[3]
+    node.take_events()
+    node.campaign()
+    term = node.term
+    for src in (1, 2):
+        node.step(RequestVoteResponse(src, 3, term, False, pre_vote=True))
+    events = node.take_events()
+    assert kinds(events) == [
+        (EventKind.ELECTION_STARTED, "pre-vote"),
+        (EventKind.ELECTION_LOST, "rejected"),
+    ]
+    assert events[1].detail == (
+        "pre-vote: 1 of 3 votes granted (granted by [3], rejected by [1, 2], quorum 2)"
+    )
+    assert node.role == "follower" and node.term == term
 
 
 def test_the_lease_read_mode_is_reported_lost_and_regained() -> None:
