@@ -162,3 +162,56 @@ def test_ticks_are_delivered_before_the_inputs_that_waited() -> None:
     # A stall of 5 intervals: 3 ticks (tick_catch_up_max), all before the read.
     assert seen == ["tick", "tick", "tick", "read"]
     assert isinstance(dict(completions)["r"], ReadCompleted)
+
+
+def drive(loop: HostLoop[str], out: Output[str], now_us: int) -> list[Any]:
+    """Finish what ``out`` started (jobs done at once); the events of every output."""
+    events = list(out.events)
+    while True:
+        if out.job is not None:
+            out = loop.job_done()
+        elif out.more:
+            out = loop.poll(now_us)
+        else:
+            return events
+        events += out.events
+
+
+def test_the_cores_events_come_out_of_the_poll_they_happened_in() -> None:
+    from catenary.core.raft.types import ConfChange, ConfChangeKind, EventKind
+
+    replica = MetadataReplica(
+        1,
+        RaftConfig(),
+        Random(1),
+        hard_state=HardState(),
+        snapshot=None,
+        entries=[],
+        initial_membership=Membership(voters=(1,)),
+    )
+    replica.raft.campaign()
+    loop: HostLoop[str] = HostLoop(
+        replica, HostConfig(tick_ms=TICK_US // 1000), durable=HardState(), now_us=0
+    )
+    out = loop.poll(0)
+    assert [(e.kind, e.reason) for e in out.events] == [
+        (EventKind.ELECTION_STARTED, "pre-vote"),
+        (EventKind.ELECTION_WON, "pre-vote"),
+        (EventKind.ELECTION_STARTED, "election"),
+        (EventKind.ELECTION_WON, "election"),
+    ]
+    assert not replica.raft.events  # drained: handed out once
+    assert drive(loop, out, 0) == out.events
+
+    def add(r: MetadataReplica) -> int:
+        return r.propose_conf_change(ConfChange(ConfChangeKind.ADD_LEARNER, 2))
+
+    assert loop.submit_call(add, "c") is None
+    out = loop.poll(TICK_US // 2)
+    assert [(e.kind, e.reason, e.node) for e in out.events] == [
+        (EventKind.MEMBERSHIP, "add-learner", 2)
+    ]
+    assert out.completions == [("c", replica.raft.last_index)]
+    drive(loop, out, TICK_US // 2)
+    # Quiet polls carry no events.
+    assert drive(loop, loop.poll(TICK_US * 2), TICK_US * 2) == []

@@ -912,3 +912,55 @@ def test_a_frame_for_a_service_not_served_drops_the_connection(
     assert "peer frame for service tag 1, which this node does not serve (it serves raft=0)" in (
         caplog.text
     )
+
+
+def test_a_peer_link_lost_and_restored_is_one_rate_limited_line_each(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="catenary.runtime.transport")
+    changes: list[tuple[int, bool]] = []
+
+    async def main() -> None:
+        a = Node(1)
+        a.transport._on_link = lambda peer, up: changes.append((peer, up))
+        b = Node(2)
+        await start(a, b)
+        nodes = [a, b]
+        try:
+            await until(lambda: a.transport.connected(2), "connected")
+            port = b.transport.port
+            for generation in (2, 3):
+                await nodes[-1].transport.close()
+                await until(lambda: not a.transport.connected(2), "a notices b is gone")
+                await until(
+                    lambda: a.transport.stats().peers[0].dial_failures >= 2, "failed redials"
+                )
+                again = Node(2, generation=generation, port=port)
+                nodes.append(again)
+                await again.transport.start()
+                again.transport.set_peer_address(1, a.address)
+                await until(lambda: a.transport.connected(2), "reconnected")
+        finally:
+            await stop(*nodes[:1], *nodes[-1:])
+
+    run(main())
+    assert changes == [(2, True), (2, False), (2, True), (2, False), (2, True)]
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    link = [line for line in lines if line.startswith("N1: peer link")]
+    # The first of each kind is logged; the second loss and restore fall within the
+    # interval (10 s by default) and are only counted.
+    assert link[0].startswith("N1: peer link to N2:1 up (dialed by N1)")
+    assert link[1].startswith("N1: peer link to N2 lost: ")
+    assert link[2].startswith("N1: peer link to N2:2 restored (dialed by N")
+    assert " s down" in link[2]
+    assert len(link) == 3, link
+    unreachable = [line for line in lines if line.startswith("N1 cannot reach")]
+    assert len(unreachable) <= 2, unreachable  # one per outage, not one per redial
+    # Connection-level opens and orderly closes are no longer INFO.
+    assert not [line for line in lines if "connected to N" in line]
+
+
+def test_the_link_log_interval_is_a_bound_like_the_others() -> None:
+    assert TransportConfig(link_log_interval_ms=0).link_log_interval_ms == 0
+    with pytest.raises(ValueError, match="link_log_interval_ms"):
+        TransportConfig(link_log_interval_ms=-1)

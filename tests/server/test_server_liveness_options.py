@@ -17,3 +17,15 @@ def test_liveness_options_have_defaults_and_are_validated() -> None:
     joined = "\n".join(info.value.problems)
     assert "network.peer_idle_timeout_ms: must exceed network.peer_ping_interval_ms" in joined
     assert "network.client_ping_interval_ms: must be at least 1" in joined
+
+
+def test_the_peer_link_log_interval_is_an_option() -> None:
+    network = load_config(env={}).network
+    assert network.transport_options().link_log_interval_ms == 10_000
+    every = load_config(env={}, flag_texts={"network.peer_link_log_interval_ms": "0"})
+    assert every.network.transport_options().link_log_interval_ms == 0
+    with pytest.raises(ConfigError) as info:
+        load_config(env={}, flag_texts={"network.peer_link_log_interval_ms": "-5"})
+    assert "network.peer_link_log_interval_ms: must be 0 (every line) or positive" in "\n".join(
+        info.value.problems
+    )

@@ -62,6 +62,10 @@ Rules:
    driver calls it from its timer, not from the owner, so the bound holds even
    while a job is stuck on a slow disk.
 7. Stop.  ``fail_all`` answers everything still waiting per rule 5.
+8. Events.  The Raft core's transitions (elections, step-downs, leader
+   changes, membership changes, the lease-read mode: ``RaftEvent``) come out
+   in ``Output.events`` of the ``poll`` during which they happened; the driver
+   logs and counts them.  Draining is one list check per poll.
 """
 
 from __future__ import annotations
@@ -90,6 +94,7 @@ from catenary.core.raft.types import (
     NotLeader,
     ProposalDropped,
     RaftConfig,
+    RaftEvent,
     Ready,
     Snapshot,
 )
@@ -162,6 +167,8 @@ class Output(Generic[T]):
     readies: int = 0
     # The Readies advanced (in order), for a driver that checks them.
     advanced: list[Ready] = field(default_factory=list)
+    # The Raft core's transitions during this poll (rule 8), oldest first.
+    events: list[RaftEvent] = field(default_factory=list)
 
 
 class _Write(Generic[T]):
@@ -378,6 +385,9 @@ class HostLoop(Generic[T]):
             fed = True
             if not self._take_batch(now_us, out):
                 break
+        raft = replica.raft
+        if raft.events:
+            out.events = raft.take_events()
         return out
 
     def job_done(self) -> Output[T]:

@@ -14,7 +14,8 @@ needs asyncio, a thread or a clock:
    Read-only looks at the replica (stale reads, status) are plain synchronous
    calls: the event loop is single-threaded and only the owner changes the
    replica, so a reader sees a consistent state.
-2. The owner task polls the loop on each wake-up and executes its output:
+2. The owner task polls the loop on each wake-up and executes its output
+   (the Raft core's events are logged and counted, ``runtime/raft_events.py``):
    sends the messages through the transport, hands the persistence job to the
    disk writer thread (after the transport flushed the messages, so a leader's
    appends travel while it fsyncs) and awaits it — the event loop never blocks
@@ -47,6 +48,7 @@ from catenary.host.loop import Failed, HostConfig, HostLoop, Job, Output, Raised
 from catenary.persist.raft_storage import RaftStorage
 from catenary.runtime.disk import DiskWriter
 from catenary.runtime.metrics import ServerMetrics
+from catenary.runtime.raft_events import RaftEventLog
 
 __all__ = ["HostConfig", "MetadataHost", "ticks_to_deliver"]
 
@@ -73,7 +75,10 @@ class MetadataHost:
         leader_address: Callable[[int], str] = lambda node: "",
         on_applied: Callable[[], None] | None = None,
         on_failure: Callable[[str], None] | None = None,
+        events: RaftEventLog | None = None,
     ) -> None:
+        """``events`` logs and counts the Raft core's transitions (default: on the
+        ``catenary.raft`` logger, counted in ``metrics``)."""
         self.replica = replica
         self._storage = storage
         self._send = send
@@ -82,6 +87,7 @@ class MetadataHost:
         self._leader_address = leader_address
         self._on_applied = on_applied
         self._on_failure = on_failure
+        self._events = events if events is not None else RaftEventLog(replica.node_id, metrics)
         self._clock_origin = time.monotonic()
         self.core: HostLoop[_Token] = HostLoop(
             replica,
@@ -342,6 +348,8 @@ class MetadataHost:
             send(message)
         if out.completions:
             self._deliver(out.completions)
+        if out.events:
+            self._events.record(out.events)
         metrics = self._metrics
         if out.inputs:
             metrics.ready_inputs.inc(out.inputs)

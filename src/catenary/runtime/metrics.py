@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from catenary.api.messages import NodeStatus
+from catenary.core.raft.types import EventKind, RaftEvent
 
 # Seconds; metadata requests range from tens of microseconds (stale reads) to
 # seconds (a write waiting out an election).
@@ -166,7 +167,76 @@ class ServerMetrics:
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
+        # The Raft core's transitions (see runtime/raft_events.py).
+        self.elections = Counter(
+            "catenary_raft_elections",
+            "Raft elections by outcome (started, won, lost) and reason "
+            "(pre-vote, election, transfer; for lost: rejected, timeout, leader, higher-term)",
+            ["outcome", "reason"],
+            registry=self.registry,
+        )
+        self.step_downs = Counter(
+            "catenary_raft_step_downs",
+            "Times this node stopped leading, by reason "
+            "(check-quorum, higher-term, removed, transfer)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.leader_changes = Counter(
+            "catenary_raft_leader_changes",
+            "New leaders (or terms) this node learned of while not leading",
+            registry=self.registry,
+        )
+        self.membership_changes = Counter(
+            "catenary_membership_changes",
+            "Raft membership changes appended, by kind (add-learner, promote, remove)",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.lease_changes = Counter(
+            "catenary_raft_lease_changes",
+            "The leader's lease-read mode changed (state: lost, regained)",
+            ["state"],
+            registry=self.registry,
+        )
+        self.peer_connections_lost = Counter(
+            "catenary_peer_connections_lost",
+            "Peer links that went down (the last connection to a peer closed)",
+            registry=self.registry,
+        )
+        self.peer_connections_restored = Counter(
+            "catenary_peer_connections_restored",
+            "Peer links that came back (a connection to a peer with none)",
+            registry=self.registry,
+        )
         self.registry.register(_StatusCollector(status))
+
+    def raft_event(self, event: RaftEvent) -> None:
+        """Count one of the Raft core's events."""
+        kind = event.kind
+        if kind == EventKind.ELECTION_STARTED:
+            self.elections.labels("started", event.reason).inc()
+        elif kind == EventKind.ELECTION_WON:
+            self.elections.labels("won", event.reason).inc()
+        elif kind == EventKind.ELECTION_LOST:
+            self.elections.labels("lost", event.reason).inc()
+        elif kind == EventKind.STEP_DOWN:
+            self.step_downs.labels(event.reason).inc()
+        elif kind == EventKind.LEADER_CHANGED:
+            self.leader_changes.inc()
+        elif kind == EventKind.MEMBERSHIP:
+            self.membership_changes.labels(event.reason).inc()
+        elif kind == EventKind.LEASE_LOST:
+            self.lease_changes.labels("lost").inc()
+        elif kind == EventKind.LEASE_REGAINED:
+            self.lease_changes.labels("regained").inc()
+
+    def peer_link(self, peer_id: int, up: bool) -> None:
+        """A peer link came up (``up``) or went down."""
+        if up:
+            self.peer_connections_restored.inc()
+        else:
+            self.peer_connections_lost.inc()
 
     def observe(self, kind: str, outcome: str, seconds: float, count: int = 1) -> None:
         """``count`` requests of ``kind`` ended with ``outcome`` after ``seconds``."""

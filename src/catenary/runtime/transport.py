@@ -72,6 +72,14 @@ Theory of operation
    link so lost is redialled with the backoff of rule 7, so a link that stalled
    during a network cut is replaced within about ``idle_timeout_ms`` plus one
    backoff after the cut heals, not when the kernel gives up.
+12. The log tells links, not sockets.  A peer's *link* is down when its last
+   connection closes and up again when one is established; each change is one
+   INFO line (``peer link to N2 lost: <reason>``, ``peer link to N2 restored
+   ... after 3.1 s down``), counted in ``PeerStats`` and reported to
+   ``on_link(peer_id, up)``.  Lines are rate-limited per peer and direction to
+   one per ``link_log_interval_ms``, the next line saying how many were left
+   out; so are the "cannot reach" lines of redials.  Connection-level opens,
+   switches and orderly closes are DEBUG; closes for an error stay WARNING.
 """
 
 from __future__ import annotations
@@ -79,6 +87,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -87,6 +96,7 @@ from typing import Any, Generic, TypeVar, cast
 
 import msgspec
 
+from catenary.runtime.ratelimit import RepeatLimiter
 from catenary.wire import (
     HELLO_FRAME_BYTES_MAX_DEFAULT,
     LIVENESS_PROTOCOL_VERSION_MIN,
@@ -174,10 +184,14 @@ class TransportConfig(msgspec.Struct, frozen=True, kw_only=True):
     # bound.  The default idle bound is four of Raft's default election timeouts (500 ms).
     ping_interval_ms: int = PING_INTERVAL_MS_DEFAULT
     idle_timeout_ms: int = IDLE_TIMEOUT_MS_DEFAULT
+    # Rule 12: at most one link-lost (or restored, or unreachable) line per peer this often.
+    link_log_interval_ms: int = 10_000
 
     def __post_init__(self) -> None:
         check_frame_bytes_max(self.frame_bytes_max)
         check_frame_bytes_max(self.hello_frame_bytes_max)
+        if self.link_log_interval_ms < 0:
+            raise ValueError(f"link_log_interval_ms must be >= 0, got {self.link_log_interval_ms}")
         for name in (
             "handshake_timeout_ms",
             "retire_timeout_ms",
@@ -282,6 +296,9 @@ class FramedConnection(asyncio.Protocol):
         self.closed = False
         self.close_reason = ""
         self.close_error: BaseException | None = None
+        # Level of the line an orderly close (no error) logs: the peer transport
+        # logs its links instead (rule 12).
+        self.close_log_level = logging.INFO
         self.writable = True
         self.bytes_written = 0
         self.protocol_version = 0  # agreed in the handshake
@@ -553,7 +570,7 @@ class FramedConnection(asyncio.Protocol):
             self._liveness_timer.cancel()
             self._liveness_timer = None
         if level is None:
-            level = logging.WARNING if error is not None else logging.INFO
+            level = logging.WARNING if error is not None else self.close_log_level
         log.log(level, "closing %s connection %s: %s", self.name, self.remote, reason)
         if not self.handshake.done():
             if isinstance(error, Exception):
@@ -597,6 +614,8 @@ class PeerStats:
     dropped_queue_full: int = 0
     connects: int = 0  # handshakes completed, either direction
     dial_failures: int = 0
+    links_lost: int = 0  # the last connection closed (rule 12)
+    links_restored: int = 0  # a connection again after a loss
 
 
 @dataclass
@@ -617,9 +636,13 @@ class _Peer:
         "dial_failures",
         "dial_immediately",
         "dial_task",
+        "down_since",
         "dropped_queue_full",
+        "ever_up",
         "flush_scheduled",
         "generation",
+        "links_lost",
+        "links_restored",
         "node_id",
         "queue",
         "queue_bytes",
@@ -647,6 +670,10 @@ class _Peer:
         self.dropped_queue_full = 0
         self.connects = 0
         self.dial_failures = 0
+        self.ever_up = False
+        self.down_since = 0.0  # monotonic seconds the link went down
+        self.links_lost = 0
+        self.links_restored = 0
 
 
 class PeerChannel(Generic[T]):
@@ -679,7 +706,9 @@ class PeerTransport(Generic[M]):
         validate_peer: Callable[[Hello], HelloRefused | None] | None = None,
         rng: Random | None = None,
         service: int = PeerService.RAFT,
+        on_link: Callable[[int, bool], None] | None = None,
     ) -> None:
+        """``on_link(peer_id, up)`` hears of every link change (rule 12)."""
         if node_id <= 0 or generation <= 0:
             raise ValueError("a node needs node_id > 0 and generation > 0")
         self.node_id = node_id
@@ -705,6 +734,8 @@ class PeerTransport(Generic[M]):
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stats = TransportStats()
+        self._on_link = on_link
+        self._link_log = RepeatLimiter(self.config.link_log_interval_ms / 1000.0)
         self.port = 0
 
     # ---------------------------------------------------------- lifecycle
@@ -802,6 +833,8 @@ class PeerTransport(Generic[M]):
                     dropped_queue_full=peer.dropped_queue_full,
                     connects=peer.connects,
                     dial_failures=peer.dial_failures,
+                    links_lost=peer.links_lost,
+                    links_restored=peer.links_restored,
                 )
             )
         s = self._stats
@@ -996,8 +1029,16 @@ class PeerTransport(Generic[M]):
             )
             return False
         except (OSError, TimeoutError, WireError, ConnectionError) as exc:
-            log.info(
-                "N%d cannot reach N%d at %s:%d: %s", self.node_id, peer.node_id, host, port, exc
+            left_out = self._link_log.admit((peer.node_id, "unreachable"))
+            log.log(
+                logging.DEBUG if left_out is None else logging.INFO,
+                "N%d cannot reach N%d at %s:%d: %s%s",
+                self.node_id,
+                peer.node_id,
+                host,
+                port,
+                exc,
+                _left_out(left_out, "failed dials"),
             )
             return False
         except asyncio.CancelledError:
@@ -1084,6 +1125,7 @@ class PeerTransport(Generic[M]):
 
     def _register(self, conn: FramedConnection, peer_id: int, generation: int, dialer: int) -> None:
         peer = self._peer(peer_id)
+        conn.close_log_level = logging.DEBUG
         if generation > peer.generation:
             if peer.generation:
                 log.info(
@@ -1098,6 +1140,7 @@ class PeerTransport(Generic[M]):
                 stale = peer.conns[d]
                 if stale.peer_generation < generation:
                     stale.close(f"N{peer_id} restarted as generation {generation}")
+        was_down = not peer.conns  # (before a replaced connection makes way for this one)
         old = peer.conns.get(dialer)
         if old is not None and old is not conn:
             del peer.conns[dialer]
@@ -1108,9 +1151,11 @@ class PeerTransport(Generic[M]):
             return
         peer.conns[dialer] = conn
         peer.connects += 1
-        log.info(
+        log.debug(
             "N%d connected to N%d:%d (dialed by N%d)", self.node_id, peer_id, generation, dialer
         )
+        if was_down:
+            self._link_up(peer, generation, dialer)
         if dialer == preferred:
             other = peer.conns.pop(max(self.node_id, peer_id), None)
             if other is not None:
@@ -1131,13 +1176,60 @@ class PeerTransport(Generic[M]):
         peer = self._peers.get(conn.peer_node_id)
         if peer is None:
             return
+        had = bool(peer.conns)
         for dialer in sorted(peer.conns):
             if peer.conns[dialer] is conn:
                 del peer.conns[dialer]
         if self._closing:
             return
+        if had and not peer.conns:
+            self._link_down(peer, reason)
         self._maybe_dial(peer)
         self._schedule_flush(peer)
+
+    def _link_up(self, peer: _Peer, generation: int, dialer: int) -> None:
+        """Rule 12: the peer has a connection again (or for the first time)."""
+        restored = peer.ever_up
+        peer.ever_up = True
+        self._link_log.forget((peer.node_id, "unreachable"))
+        if restored:
+            peer.links_restored += 1
+        if self._on_link is not None:
+            self._on_link(peer.node_id, True)
+        # The first connection is logged once; restores are rate-limited.
+        left_out = self._link_log.admit((peer.node_id, "up")) if restored else 0
+        if left_out is None:
+            return
+        if restored:
+            down_s = time.monotonic() - peer.down_since
+            what = f"restored (dialed by N{dialer}) after {down_s:.1f} s down"
+        else:
+            what = f"up (dialed by N{dialer})"
+        log.info(
+            "N%d: peer link to N%d:%d %s%s",
+            self.node_id,
+            peer.node_id,
+            generation,
+            what,
+            _left_out(left_out, "changes"),
+        )
+
+    def _link_down(self, peer: _Peer, reason: str) -> None:
+        """Rule 12: the peer's last connection closed."""
+        peer.links_lost += 1
+        peer.down_since = time.monotonic()
+        if self._on_link is not None:
+            self._on_link(peer.node_id, False)
+        left_out = self._link_log.admit((peer.node_id, "down"))
+        if left_out is None:
+            return
+        log.info(
+            "N%d: peer link to N%d lost: %s%s",
+            self.node_id,
+            peer.node_id,
+            reason,
+            _left_out(left_out, "losses"),
+        )
 
     def _writable(self, conn: FramedConnection) -> None:
         peer = self._peers.get(conn.peer_node_id)
@@ -1163,3 +1255,7 @@ class PeerTransport(Generic[M]):
             on_message(peer_id, message)
         except Exception:
             log.exception("on_message failed for a message from N%d", peer_id)
+
+
+def _left_out(count: int | None, what: str) -> str:
+    return f" ({count} more {what} since the last such line)" if count else ""

@@ -181,6 +181,8 @@ class NetworkSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     peer_idle_timeout_ms: int = 2000  # drop and redial a peer link silent this long
     client_ping_interval_ms: int = 1000  # ping a client heard from for this long
     client_idle_timeout_ms: int = 5000  # drop a client connection silent this long
+    # At most one "peer link lost"/"restored" line per peer this often (the rest are counted).
+    peer_link_log_interval_ms: int = 10_000
 
     def transport_options(self) -> TransportConfig:
         """The peer transport's bounds."""
@@ -192,6 +194,7 @@ class NetworkSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             send_queue_messages_max=self.peer_send_queue_max,
             ping_interval_ms=self.peer_ping_interval_ms,
             idle_timeout_ms=self.peer_idle_timeout_ms,
+            link_log_interval_ms=self.peer_link_log_interval_ms,
         )
 
     def client_port_options(self, metadata: MetadataSection) -> ClientPortConfig:
@@ -646,8 +649,12 @@ _INT_RANGES: dict[str, tuple[int, int | None]] = {
     "join.timeout_ms": (0, None),
     "raft.lease_drift_ticks": (0, None),
     "raft.promote_lag_entries_max": (0, None),
+    "network.peer_link_log_interval_ms": (0, None),
 }
-_ZERO_MEANS = {"join.timeout_ms": "must be 0 (no limit) or positive"}
+_ZERO_MEANS = {
+    "join.timeout_ms": "must be 0 (no limit) or positive",
+    "network.peer_link_log_interval_ms": "must be 0 (every line) or positive",
+}
 
 
 # ------------------------------------------------------------------ writing

@@ -146,6 +146,7 @@ class ReplicatedMetadata:
             ctx.generation,
             node_record=self._registry.get,
             on_message=self._step,
+            on_link=self._metrics.peer_link,
         )
         self.transport = transport
         self.host = host = MetadataHost(

@@ -41,6 +41,7 @@ def make_peer_link(
     *,
     node_record: Callable[[int], NodeRecord | None],
     on_message: Callable[[Message], None],
+    on_link: Callable[[int, bool], None] | None = None,
 ) -> PeerTransport[Message]:
     """The transport of node ``node_id``, checking hellos against ``node_record``."""
     host, port = parse_address(config.peer_address)
@@ -77,4 +78,5 @@ def make_peer_link(
         decoder=_message_decoder,
         validate_peer=validate,
         rng=Random(node_id * 1_000_003 + generation),
+        on_link=on_link,
     )

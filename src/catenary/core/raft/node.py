@@ -72,6 +72,13 @@ R10 Leadership transfer: the leader refuses proposals, catches the target up, se
     TimeoutNow (after which it serves no lease reads this term) and gives up after an
     election timeout.
 
+R11 Events: the rare transitions an operator reads in the log -- elections started, won
+    and lost (with the votes), step-downs with their reason, a new leader seen by a
+    non-leader, membership changes as their entries are appended, the lease-read mode
+    lost and regained -- are recorded as ``RaftEvent`` structs; the host drains them
+    with ``take_events()`` and logs and counts them.  The core only appends to a list,
+    only on those transitions (never per message or per entry), and logs nothing.
+
 Bootstrap: a brand-new cluster's nodes get ``initial_membership``; a node started with it
 and with nothing persisted writes the membership into its log as committed CONFIG entries
 of term 1 (every bootstrapping node writes the same ones), so a restart needs only what
@@ -95,6 +102,7 @@ from catenary.core.raft.types import (
     ConfChangeKind,
     Entry,
     EntryKind,
+    EventKind,
     HardState,
     InstallSnapshot,
     InstallSnapshotResponse,
@@ -104,6 +112,7 @@ from catenary.core.raft.types import (
     NotLeader,
     ProposalDropped,
     RaftConfig,
+    RaftEvent,
     ReadState,
     Ready,
     RequestVote,
@@ -119,6 +128,16 @@ CANDIDATE = "candidate"
 PRE_CANDIDATE = "pre-candidate"
 
 _INF = 1 << 62
+
+# Events kept for a host that does not drain them (a test harness); beyond it the
+# oldest are dropped.
+EVENTS_MAX = 1024
+
+_CHANGE_NAMES = {
+    ConfChangeKind.ADD_LEARNER: "add-learner",
+    ConfChangeKind.PROMOTE: "promote",
+    ConfChangeKind.REMOVE: "remove",
+}
 
 _conf_encoder = msgspec.msgpack.Encoder()
 _conf_decoder = msgspec.msgpack.Decoder(ConfChange)
@@ -149,6 +168,10 @@ def apply_conf_change(m: Membership, cc: ConfChange) -> Membership:
         voters.discard(cc.node)
         learners.discard(cc.node)
     return Membership(voters=tuple(sorted(voters)), learners=tuple(sorted(learners)))
+
+
+def _voters(count: int) -> str:
+    return f"{count} voter" if count == 1 else f"{count} voters"
 
 
 def _well_formed(msg: Message) -> bool:
@@ -306,6 +329,10 @@ class RaftNode:
 
         self._msgs: list[Message] = []
         self._msgs_after: list[Message] = []
+        # R11: transitions for the host to log; appended to only on rare transitions.
+        self.events: list[RaftEvent] = []
+        self._leader_seen = (0, 0)  # (leader, term) last reported by LEADER_CHANGED
+        self._lease_held = False  # the lease-read mode last reported (leader only)
         self.invalid_messages = 0  # malformed messages dropped by step()
 
         # The last hard state handed to the host (what it holds durably, or soon will).
@@ -431,7 +458,7 @@ class RaftNode:
             self._election_elapsed = 0
             if cfg.check_quorum:
                 if not self._quorum_active():
-                    self._become_follower(self._term, 0)  # R5
+                    self._become_follower(self._term, 0, reason="check-quorum")  # R5
                     return
                 for pr in self._progress.values():
                     pr.recent_active = False
@@ -441,6 +468,8 @@ class RaftNode:
             if self._round_tick[r] >= cutoff:
                 break
             del self._round_tick[r]
+        if cfg.lease_reads:
+            self._observe_lease()
         if self._commit_unsent:
             self._bcast_append = True  # R6: followers learn the commit within a tick
         self._heartbeat_elapsed += 1
@@ -452,6 +481,15 @@ class RaftNode:
         """Start an election now (as if the election timeout fired)."""
         if not self._promotable() or self._role == LEADER:
             return
+        if self._role in (PRE_CANDIDATE, CANDIDATE):
+            # The last campaign neither won nor lost before its timeout ran out.
+            self._event(
+                EventKind.ELECTION_LOST,
+                self._id,
+                "timeout",
+                f"{'pre-vote' if self._role == PRE_CANDIDATE else 'election'}: "
+                + self._votes_text(),
+            )
         if self._cfg.pre_vote and not transfer:
             self._become_pre_candidate()
         else:
@@ -672,13 +710,13 @@ class RaftNode:
                 if not msg.pre_vote:
                     if not self._may_vote_for(msg.src):
                         return  # R8
-                    self._become_follower(msg.term, 0)
+                    self._become_follower(msg.term, 0, src=msg.src)
             elif isinstance(msg, RequestVoteResponse) and msg.pre_vote and msg.granted:
                 pass  # a grant carries the term we asked for; our own term stays
             elif isinstance(msg, (AppendEntries, InstallSnapshot, TimeoutNow)):
-                self._become_follower(msg.term, msg.src)
+                self._become_follower(msg.term, msg.src, src=msg.src)
             else:
-                self._become_follower(msg.term, 0)
+                self._become_follower(msg.term, 0, src=msg.src)
         elif msg.term < self._term:
             if isinstance(msg, (AppendEntries, InstallSnapshot)):
                 # A stale leader: tell it our term so it steps down (it may not hear from
@@ -779,17 +817,27 @@ class RaftNode:
         rejected = sum(1 for v, g in self._votes.items() if not g and v in voters)
         q = self._quorum()
         if granted >= q:
+            phase = "pre-vote" if self._role == PRE_CANDIDATE else "election"
+            self._event(EventKind.ELECTION_WON, self._id, phase, self._votes_text())
             if self._role == PRE_CANDIDATE:
                 self._become_candidate(False)
             else:
                 self._become_leader()
         elif rejected >= q:
-            self._become_follower(self._term, 0)
+            self._become_follower(self._term, 0, reason="rejected")
 
     def _become_pre_candidate(self) -> None:
+        self._leave_leadership()
         self._role = PRE_CANDIDATE
         self._leader = 0
         self._votes = {self._id: True}
+        self._event(
+            EventKind.ELECTION_STARTED,
+            self._id,
+            "pre-vote",
+            f"asking {_voters(len(self.membership.voters))} whether they would vote "
+            f"in term {self._term + 1}",
+        )
         self._reset_election()
         self._reset_leader_state()
         self._tally()  # a lone voter wins at once
@@ -809,11 +857,19 @@ class RaftNode:
                 )
 
     def _become_candidate(self, transfer: bool) -> None:
+        self._leave_leadership()
         self._term += 1
         self._vote = self._id
         self._role = CANDIDATE
         self._leader = 0
         self._votes = {self._id: True}
+        self._event(
+            EventKind.ELECTION_STARTED,
+            self._id,
+            "transfer" if transfer else "election",
+            f"asking {_voters(len(self.membership.voters))} for their vote"
+            + (" (leadership handed over)" if transfer else ""),
+        )
         self._reset_election()
         self._reset_leader_state()
         self._tally()
@@ -833,22 +889,64 @@ class RaftNode:
                     )
                 )
 
-    def _become_follower(self, term: int, leader: int) -> None:
+    def _become_follower(
+        self, term: int, leader: int, *, reason: str = "higher-term", src: int = 0
+    ) -> None:
+        """``reason`` (R11): why a leader steps down or a campaign ends -- ``higher-term``
+        (seen from ``src``), ``check-quorum``, ``removed``, ``rejected``; a leader whose
+        transfer target outran it reports ``transfer``."""
         assert term >= self._term, (term, self._term)  # R1
+        was = self._role
+        old_term = self._term
+        if was == LEADER:
+            if reason == "higher-term" and src and src == self._transfer_target:
+                reason = "transfer"
+            detail = f"term {old_term} -> {term}" if term > old_term else ""
+            if reason in ("higher-term", "transfer") and src:
+                detail = f"n{src} is in term {term} (was {old_term})"
+            elif reason == "check-quorum":
+                detail = "heard from fewer than a quorum of voters in an election timeout"
+            elif reason == "removed":
+                detail = "this node's removal from the voters committed"
+            self._leave_leadership()
+            self._event(EventKind.STEP_DOWN, src or self._id, reason, detail)
+        elif was in (PRE_CANDIDATE, CANDIDATE):
+            lost = "leader" if leader else reason
+            text = self._votes_text()
+            if leader:
+                text = f"n{leader} leads term {term}; " + text
+            elif src:
+                text = f"n{src} is in term {term}; " + text
+            self._event(
+                EventKind.ELECTION_LOST,
+                self._id,
+                lost,
+                f"{'pre-vote' if was == PRE_CANDIDATE else 'election'}: {text}",
+            )
         if term > self._term:
             self._term = term
             self._vote = 0
-        was = self._role
         self._role = FOLLOWER
         self._leader = leader
+        if leader != 0 and leader != self._id and (leader, term) != self._leader_seen:
+            self._leader_seen = (leader, term)
+            self._event(EventKind.LEADER_CHANGED, leader, "", f"leader n{leader} in term {term}")
         if leader != 0 or was != FOLLOWER:
             self._reset_election()
         self._reset_leader_state()
+
+    def _leave_leadership(self) -> None:
+        """R11: a leader that held the lease-read mode reports it gone."""
+        if self._lease_held:
+            self._lease_held = False
+            self._event(EventKind.LEASE_LOST, self._id, "not-leader", "no longer the leader")
 
     def _become_leader(self) -> None:
         assert self._role == CANDIDATE
         self._role = LEADER
         self._leader = self._id
+        self._leader_seen = (self._id, self._term)
+        self._lease_held = False
         self._reset_election()
         self._reset_leader_state()
         last = self._log.last_index
@@ -918,7 +1016,7 @@ class RaftNode:
         changed = False
         for e in entries:
             if e.kind == EntryKind.CONFIG:
-                self._record_config(e)
+                self._record_config(e, emit=True)
                 self._pending_conf_index = e.index
                 changed = True
         if changed:
@@ -926,9 +1024,39 @@ class RaftNode:
         self._bcast_append = True
         self._maybe_commit()
 
-    def _record_config(self, e: Entry) -> None:
-        m = apply_conf_change(self.membership, decode_conf_change(e.data))
+    def _record_config(self, e: Entry, *, emit: bool = False) -> None:
+        cc = decode_conf_change(e.data)
+        m = apply_conf_change(self.membership, cc)
         self._configs.append((e.index, m))
+        if emit:
+            self._event(
+                EventKind.MEMBERSHIP,
+                cc.node,
+                _CHANGE_NAMES.get(ConfChangeKind(cc.kind), str(cc.kind)),
+                f"at index {e.index}; voters {list(m.voters)}, learners {list(m.learners)}",
+            )
+
+    # ---------------------------------------------------------------- events
+
+    def _event(self, kind: str, node: int, reason: str = "", detail: str = "") -> None:
+        events = self.events
+        if len(events) >= EVENTS_MAX:
+            del events[0]
+        events.append(RaftEvent(kind, self._term, node, reason, detail))
+
+    def take_events(self) -> list[RaftEvent]:
+        """The events since the last call (R11), oldest first."""
+        events, self.events = self.events, []
+        return events
+
+    def _votes_text(self) -> str:
+        voters = self.membership.voters
+        granted = sorted(v for v, g in self._votes.items() if g and v in voters)
+        rejected = sorted(v for v, g in self._votes.items() if not g and v in voters)
+        return (
+            f"{len(granted)} of {len(voters)} votes granted "
+            f"(granted by {granted}, rejected by {rejected}, quorum {self._quorum()})"
+        )
 
     def _membership_at(self, index: int) -> Membership:
         m = self._base_membership
@@ -1006,7 +1134,7 @@ class RaftNode:
                 best = pid
         if best:
             self._send(TimeoutNow(self._id, best, self._term))
-        self._become_follower(self._term, 0)
+        self._become_follower(self._term, 0, reason="removed")
 
     def _committed_in_term(self) -> bool:
         return self._log.term_at(self._commit) == self._term
@@ -1137,7 +1265,7 @@ class RaftNode:
                 log.append(new)
                 for ne in new:
                     if ne.kind == EntryKind.CONFIG:
-                        self._record_config(ne)
+                        self._record_config(ne, emit=True)
                 break
         last_new = prev + len(entries)
         self._commit_to(min(m.commit, last_new))
@@ -1294,6 +1422,21 @@ class RaftNode:
                 if started is not None and self._ticks - started < window:
                     fresh += 1
         return fresh >= self._quorum()
+
+    def _observe_lease(self) -> None:
+        """R11: report the lease-read mode when it changes (checked once a tick)."""
+        held = self._committed_in_term() and self._lease_valid()
+        if held == self._lease_held:
+            return
+        self._lease_held = held
+        if held:
+            self._event(EventKind.LEASE_REGAINED, self._id, "quorum", "a quorum answered recently")
+        else:
+            if self._transfer_target or self._lease_disabled:
+                reason, why = "transfer", "leadership is being handed over"
+            else:
+                reason, why = "quorum", "fewer than a quorum answered within the lease window"
+            self._event(EventKind.LEASE_LOST, self._id, reason, why)
 
     def _check_reads(self) -> None:
         if self._role != LEADER or not self.membership.voters:

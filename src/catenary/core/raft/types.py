@@ -150,6 +150,35 @@ class ReadState(msgspec.Struct, frozen=True):
     index: int
 
 
+class EventKind:
+    """What a ``RaftEvent`` tells (rare transitions only; see ``RaftNode.take_events``)."""
+
+    ELECTION_STARTED = "election_started"  # reason: pre-vote | election | transfer
+    ELECTION_WON = "election_won"  # reason: pre-vote | election; detail: the votes
+    ELECTION_LOST = "election_lost"  # reason: rejected | timeout | leader | higher-term
+    STEP_DOWN = "step_down"  # reason: check-quorum | higher-term | removed | transfer
+    LEADER_CHANGED = "leader_changed"  # a non-leader learned of a new leader (node, term)
+    MEMBERSHIP = "membership"  # reason: add-learner | promote | remove; node: the member
+    LEASE_LOST = "lease_lost"  # the leader can no longer serve lease reads
+    LEASE_REGAINED = "lease_regained"  # ... and can again
+
+
+class RaftEvent(msgspec.Struct, frozen=True):
+    """One transition of a Raft node worth a line in its log.
+
+    ``node`` is the node the event is about: the one that started or won the
+    election, the peer whose higher term made a leader step down, the new
+    leader, the member added or removed.  ``reason`` is a short label (a
+    metric label), ``detail`` the rest in words.
+    """
+
+    kind: str
+    term: int
+    node: int
+    reason: str = ""
+    detail: str = ""
+
+
 class Ready(msgspec.Struct):
     """Work the host must do, in this order, then call ``RaftNode.advance(ready)``.
 
