@@ -134,6 +134,7 @@ class LogSimCounters:
     trims: int = 0
     crashes: int = 0
     crashes_mid_job: int = 0
+    crashes_window: int = 0
     sequencer_crashes: int = 0
     torn_tails: int = 0
     partitions: int = 0
@@ -197,6 +198,7 @@ class _Plan:
     indeterminate_cas: float
     appenders: int
     inflight_max: int
+    window_crashes: bool  # crash a node while a job is in flight, now and then
 
     @classmethod
     def draw(cls, rng: Random, nodes: int) -> _Plan:
@@ -228,6 +230,7 @@ class _Plan:
             indeterminate_cas=rng.choice((0.0, 0.1)),
             appenders=rng.choice((2, 3, 4)),
             inflight_max=rng.choice((4, 64)),
+            window_crashes=rng.random() < 0.4,
         )
 
     def describe(self) -> str:
@@ -239,7 +242,7 @@ class _Plan:
             f"nodeset_size={self.nodeset_size or 'min'} segment_bytes={self.segment_bytes_max} "
             f"forced_reconfigure={self.forced_reconfigure} trims={self.trims} "
             f"indeterminate_cas={self.indeterminate_cas} appenders={self.appenders} "
-            f"inflight_max={self.inflight_max}"
+            f"inflight_max={self.inflight_max} window_crashes={self.window_crashes}"
         )
 
 
@@ -359,6 +362,7 @@ class LogSimulation:
         self.fresh_ack_us: int | None = None
         self.liveness_start_us = 1 << 62
         self.reconfig_last: dict[int, int] = {}  # sealed index -> time of last start
+        self.last_window_crash_us = -(10**9)
 
     # ------------------------------------------------------------ helpers
 
@@ -497,6 +501,13 @@ class LogSimulation:
                 self.counters.loglets_per_job_max, len({w.loglet for w in job.writes})
             )
             low, high = self.plan.fsync_us if self.safety else (100, 1_000)
+            if self.window_crash_due(node):
+                self.counters.crashes_window += 1
+                self.loop.after(
+                    self.rng.randint(0, low),
+                    f"window crash {node.id}",
+                    lambda: self.crash_and_restart(node, incarnation, "job in flight"),
+                )
             self.loop.after(
                 self.rng.randint(low, high),
                 f"fsync {node.id}",
@@ -545,7 +556,7 @@ class LogSimulation:
         if node.job is not None and node.store is not None:
             # The job in flight stops after a random number of file operations.
             self.counters.crashes_mid_job += 1
-            node.fs.arm(self.nemesis_rng.randint(0, 8))
+            node.fs.arm(self.nemesis_rng.randint(0, 4))
             try:
                 node.store.write(node.job.writes)
                 node.store.sync()
@@ -1044,13 +1055,7 @@ class LogSimulation:
                 with_job = [n for n in up if self.nodes[n].job is not None]
                 victim = rng.choice(with_job if with_job and rng.random() < 0.5 else up)
                 node = self.nodes[victim]
-                self.crash(node, reason="nemesis")
-                incarnation = node.incarnation
-                self.loop.after(
-                    rng.randint(*plan.down_us),
-                    f"restart {victim}",
-                    lambda: self.restart(node, incarnation),
-                )
+                self.crash_and_restart(node, node.incarnation, "nemesis")
         elif plan.partitions:
             nodes = sorted(self.nodes)
             kind = rng.random()
@@ -1070,6 +1075,29 @@ class LogSimulation:
                 rng.randint(50_000, 800_000), "heal", lambda: self.net.heal_links(links)
             )
         self.loop.after(rng.randint(*plan.nemesis_gap_us), "nemesis", self.nemesis)
+
+    def window_crash_due(self, node: _Node) -> bool:
+        """Crash a node whose job just started (at most every 300 ms, keeping a quorum up)."""
+        if not (self.safety and self.plan.window_crashes and self.plan.crashes):
+            return False
+        if self.loop.now_us - self.last_window_crash_us < 300_000:
+            return False
+        down = sum(not n.up for n in self.nodes.values())
+        if down >= max(1, (len(self.nodes) - 1) // 2) or self.nemesis_rng.random() >= 0.2:
+            return False
+        self.last_window_crash_us = self.loop.now_us
+        return True
+
+    def crash_and_restart(self, node: _Node, incarnation: int, reason: str) -> None:
+        if not node.up or node.incarnation != incarnation:
+            return
+        self.crash(node, reason=reason)
+        later = node.incarnation
+        self.loop.after(
+            self.nemesis_rng.randint(*self.plan.down_us),
+            f"restart {node.id}",
+            lambda: self.restart(node, later),
+        )
 
     def restart(self, node: _Node, incarnation: int) -> None:
         if node.up or node.incarnation != incarnation:
