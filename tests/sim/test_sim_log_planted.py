@@ -19,7 +19,7 @@ import msgspec
 import pytest
 
 from catenary.core.loglet.log_server import Effects, LogServer
-from catenary.core.loglet.repair import REPAIRING, TailFinder
+from catenary.core.loglet.repair import REPAIRING, SEALING, TailFinder
 from catenary.core.loglet.sequencer import Sequencer
 from catenary.core.loglet.types import Store
 from catenary.host.log_server import LogServerLoop, LogServerOutput
@@ -70,6 +70,19 @@ def find_tail_without_repair(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(TailFinder, "_plan", _plan)
 
 
+def find_tail_lowest(mp: pytest.MonkeyPatch) -> None:
+    """Find-tail takes the lowest local tail of the sealed f-majority, not the highest."""
+    original = TailFinder.on_message
+
+    def on_message(self: TailFinder, src: int, m: msgspec.Struct) -> None:
+        before = self.phase
+        original(self, src, m)
+        if before == SEALING and self.phase != SEALING and self._sealed:
+            self._candidate = min(self._sealed.values())
+
+    mp.setattr(TailFinder, "on_message", on_message)
+
+
 def reply_before_durable(mp: pytest.MonkeyPatch) -> None:
     """The log-server host loop sends its replies before the batch's job is durable."""
     original = LogServerLoop.poll
@@ -86,10 +99,11 @@ def reply_before_durable(mp: pytest.MonkeyPatch) -> None:
 
 PLANTS: dict[str, tuple[Plant, list[tuple[int, int]]]] = {
     # name -> (plant, [(seed, nodes)])
-    "commit_below_quorum": (commit_below_quorum, []),
-    "store_after_seal": (store_after_seal, []),
-    "find_tail_without_repair": (find_tail_without_repair, []),
-    "reply_before_durable": (reply_before_durable, []),
+    "commit_below_quorum": (commit_below_quorum, [(0, 3), (1, 3), (2, 3)]),
+    "store_after_seal": (store_after_seal, [(0, 3), (1, 3)]),
+    "find_tail_without_repair": (find_tail_without_repair, [(1, 3), (4, 3), (8, 3)]),
+    "find_tail_lowest": (find_tail_lowest, [(0, 3), (1, 3)]),
+    "reply_before_durable": (reply_before_durable, [(127, 3), (151, 3)]),
 }
 
 
@@ -131,4 +145,3 @@ if __name__ == "__main__":
         int(args[2]) if len(args) > 2 else 50,
         int(args[3]) if len(args) > 3 else 3,
     )
-    del msgspec
