@@ -103,7 +103,7 @@ PLANTS: dict[str, tuple[Plant, list[tuple[int, int]]]] = {
     "store_after_seal": (store_after_seal, [(0, 3), (1, 3)]),
     "find_tail_without_repair": (find_tail_without_repair, [(1, 3), (4, 3), (8, 3)]),
     "find_tail_lowest": (find_tail_lowest, [(0, 3), (1, 3)]),
-    "reply_before_durable": (reply_before_durable, [(127, 3), (151, 3)]),
+    "reply_before_durable": (reply_before_durable, [(0, 3), (1, 3)]),
 }
 
 

@@ -65,7 +65,15 @@ from catenary.core.loglet.nodeset import LogServerInfo, select_nodeset
 from catenary.core.loglet.repair import FinderConfig
 from catenary.core.loglet.replication import NodeSetChecker, ReplicationProperty
 from catenary.core.loglet.sequencer import SequencerConfig
-from catenary.core.loglet.types import LogletId, SequencerId, Stored, to_lsn
+from catenary.core.loglet.types import (
+    OK,
+    LogletId,
+    Sealed,
+    SequencerId,
+    Stored,
+    Trimmed,
+    to_lsn,
+)
 from catenary.host.log_server import Job, LogServerLoop, LogServerOutput
 from catenary.host.sequencer import SequencerLoop, SequencerOutput
 from catenary.persist.log_store import LogStore, LogStoreCorruption
@@ -228,7 +236,7 @@ class _Plan:
             forced_reconfigure=rng.choice((0.1, 0.3)),
             trims=rng.random() < 0.6,
             indeterminate_cas=rng.choice((0.0, 0.1)),
-            appenders=rng.choice((2, 3, 4)),
+            appenders=rng.choice((2, 3, 6)),
             inflight_max=rng.choice((4, 64)),
             window_crashes=rng.random() < 0.4,
         )
@@ -269,6 +277,7 @@ class _Node:
         # What was durable, to check that a restart keeps it (trim points, seals).
         self.durable_trim: dict[LogletId, int] = {}
         self.durable_sealed: set[LogletId] = set()
+        self.durable_tail: dict[LogletId, int] = {}
 
 
 @dataclass
@@ -468,8 +477,14 @@ class LogSimulation:
             st = server.state(loglet)
             if st is None or not st.sealed:
                 self.fail(f"node {node.id} loglet {loglet}: unsealed after restart")
+        for loglet, tail in sorted(node.durable_tail.items()):
+            st = server.state(loglet)
+            if tail > 1 and (st is None or st.local_tail < tail):
+                self.fail(f"node {node.id} loglet {loglet}: durable records lost at restart")
         node.store = store
         node.loop = LogServerLoop(server, inbox_max=256, batch_max=64)
+        node.durable_tail = {}
+        self.remember_durable(node)
         node.seq = SequencerLoop(node.id, queue_max=64, config=self.seq_config)
         node.job = None
         node.poll_scheduled = False
@@ -526,6 +541,14 @@ class LogSimulation:
         except StorageError as exc:
             self.fail(f"node {node.id}: store failed: {exc}")
         node.job = None
+        self.remember_durable(node)
+        self.emit_server(node, node.loop.job_done())
+        if node.loop.pending:
+            self.kick(node)
+
+    def remember_durable(self, node: _Node) -> None:
+        """What the node's disk holds now (its core's state, with no job in flight)."""
+        assert node.loop is not None
         server = node.loop.server
         for loglet in server.loglets():
             st = server.state(loglet)
@@ -534,16 +557,29 @@ class LogSimulation:
                 node.durable_trim[loglet] = st.trim_point
             if st.sealed:
                 node.durable_sealed.add(loglet)
-        self.emit_server(node, node.loop.job_done())
-        if node.loop.pending:
-            self.kick(node)
+            node.durable_tail[loglet] = st.local_tail
 
     def emit_server(self, node: _Node, out: LogServerOutput) -> None:
         for dst, message in out.send:
+            self.check_durable_reply(node, message)
             self.send(node.id, dst, message)
         assert node.store is not None
         for plan in out.reads:
             self.send(node.id, plan.src, self.answer(node, plan))
+
+    def check_durable_reply(self, node: _Node, m: msgspec.Struct) -> None:
+        """LS3: a reply never reports what the node's disk does not hold yet."""
+        self.counters.checks += 1
+        if isinstance(m, Stored) and m.status == OK:
+            if node.durable_tail.get(m.loglet, 1) < m.local_tail:
+                self.fail(
+                    f"node {node.id} answered Stored(local tail {m.local_tail}) for loglet "
+                    f"{m.loglet} before it was durable (disk: {node.durable_tail.get(m.loglet)})"
+                )
+        elif isinstance(m, Sealed) and m.loglet not in node.durable_sealed:
+            self.fail(f"node {node.id} answered Sealed for loglet {m.loglet} before it was durable")
+        elif isinstance(m, Trimmed) and node.durable_trim.get(m.loglet, 0) < m.trim_point:
+            self.fail(f"node {node.id} answered Trimmed({m.trim_point}) before it was durable")
 
     def answer(self, node: _Node, plan: ReadPlan) -> msgspec.Struct:
         assert node.store is not None
