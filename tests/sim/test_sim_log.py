@@ -29,7 +29,20 @@ from catenary.testing.sim.log import (
 
 pytestmark = pytest.mark.timeout(150)
 
-FIXED = [(0, 3), (1, 3), (2, 5), (3, 5), (44, 3), (127, 3), (151, 3), (7, 5)]
+FIXED = [
+    (0, 3),
+    (1, 3),
+    (2, 5),
+    (3, 5),
+    (7, 5),
+    # A crash scheduled in the safety phase fired in the liveness phase; the node was
+    # still down at the final check (a simulator bug).
+    (10064, 5),
+    # A seal reached one server and its reconfiguration died with its node: readers that
+    # saw the sealed server waited for a chain that nobody would extend (R7).
+    (10441, 3),
+    (10667, 3),
+]
 # (nodes, seeds per chunk, chunks): chunks are separate tests so -n 2 spreads them.
 RANDOM_3 = (3, 40, 3)
 RANDOM_5 = (5, 30, 2)

@@ -131,16 +131,15 @@ def log_(seed: int | None, nodes: int, steps: int, as_json: bool) -> None:
         sys.exit(1)
 
 
-def _sweep_one(
-    seed: int, nodes: int, steps: int, service: str = "metadata"
-) -> tuple[int, int, bool, str, dict[str, int]]:
-    if service == "log":
-        from catenary.testing.sim.log import LogSimOptions, run_log_sim
+def _sweep_log_one(seed: int, nodes: int, steps: int) -> tuple[int, int, bool, str, dict[str, int]]:
+    from catenary.testing.sim.log import LogSimOptions, run_log_sim
 
-        log_result = run_log_sim(LogSimOptions(seed=seed, nodes=nodes, steps=steps))
-        detail = "" if log_result.ok else f"{log_result.violation}\n  replay: {log_result.replay}"
-        return seed, nodes, log_result.ok, detail, asdict(log_result.counters)
+    result = run_log_sim(LogSimOptions(seed=seed, nodes=nodes, steps=steps))
+    detail = "" if result.ok else f"{result.violation}\n  replay: {result.replay}"
+    return seed, nodes, result.ok, detail, asdict(result.counters)
 
+
+def _sweep_one(seed: int, nodes: int, steps: int) -> tuple[int, int, bool, str, dict[str, int]]:
     from catenary.testing.sim.metadata import SimOptions, run_metadata_sim
 
     result = run_metadata_sim(SimOptions(seed=seed, nodes=nodes, steps=steps))
@@ -187,12 +186,13 @@ def sweep(
     """Run many seeds of a simulation; report violations and fault coverage."""
     if steps is None:
         steps = 400 if service == "log" else 1000
+    one = _sweep_log_one if service == "log" else _sweep_one
     runs = [(seed, nodes) for nodes in sizes for seed in range(first, first + count)]
     fired: dict[str, int] = {}
     passed = 0
     violations: list[str] = []
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(_sweep_one, seed, nodes, steps, service) for seed, nodes in runs]
+        futures = [pool.submit(one, seed, nodes, steps) for seed, nodes in runs]
         for future in futures:
             seed, nodes, ok, detail, counters = future.result()
             passed += ok

@@ -301,6 +301,7 @@ class _Reader:
     tailing: bool
     expect: int
     chain_pending: bool = False
+    stuck_since_us: int | None = None  # a sealed server seen, the chain still open
 
 
 @dataclass
@@ -885,9 +886,12 @@ class LogSimulation:
                     r.chain_pending = False
                     if r.addr in self.readers:
                         r.stream.on_chain(self.chain()[0])
+                        self.reader_stuck(r)
                         self.drain_reader(r)
 
-                self.loop.after(self.rng.randint(200, 5_000), "meta read", deliver)
+                stuck = reader.stuck_since_us is not None
+                delay = self.rng.randint(20_000, 50_000) if stuck else self.rng.randint(200, 5_000)
+                self.loop.after(delay, "meta read", deliver)
             items = stream.take()
             if not items:
                 break
@@ -895,6 +899,25 @@ class LogSimulation:
                 self.check_item(reader, item)
         if stream.finished and not reader.tailing:
             del self.readers[reader.addr]
+
+    def reader_stuck(self, reader: _Reader) -> None:
+        """A reader that saw a sealed server while the chain keeps the segment open waits
+        for a reconfiguration; one whose finder died (a seal that reached only some
+        servers) would never come, so after 200 ms the reader's host starts one, as an
+        appender's does (R7)."""
+        if not reader.stream.need_chain:
+            reader.stuck_since_us = None
+            return
+        now = self.loop.now_us
+        if reader.stuck_since_us is None:
+            reader.stuck_since_us = now
+            return
+        chain, _ = self.chain()
+        last = self.reconfig_last.get(chain.tail.index, -(10**9))
+        if now - reader.stuck_since_us >= 200_000 and now - last >= 300_000:
+            up = [n for n in sorted(self.nodes) if self.nodes[n].up]
+            if up:
+                self.reconfigure(self.rng.choice(up), reason="reader saw a sealed server")
 
     def check_item(self, reader: _Reader, item: Record | TrimGap | DataLoss) -> None:
         self.counters.checks += 1
@@ -1125,8 +1148,8 @@ class LogSimulation:
         return True
 
     def crash_and_restart(self, node: _Node, incarnation: int, reason: str) -> None:
-        if not node.up or node.incarnation != incarnation:
-            return
+        if not self.safety or not node.up or node.incarnation != incarnation:
+            return  # no crash once the liveness phase has begun
         self.crash(node, reason=reason)
         later = node.incarnation
         self.loop.after(
