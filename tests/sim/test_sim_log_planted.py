@@ -97,13 +97,18 @@ def reply_before_durable(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(LogServerLoop, "poll", poll)
 
 
+# The first seeds found to catch each bug, then a margin (the first twelve 3-node
+# seeds): a simulator change moves the scenarios, and the margin keeps the battery
+# meaningful until the list is refreshed with the search below.
+MARGIN = [(seed, 3) for seed in range(12)]
+
 PLANTS: dict[str, tuple[Plant, list[tuple[int, int]]]] = {
     # name -> (plant, [(seed, nodes)])
-    "commit_below_quorum": (commit_below_quorum, [(0, 3), (1, 3), (2, 3)]),
-    "store_after_seal": (store_after_seal, [(0, 3), (1, 3)]),
-    "find_tail_without_repair": (find_tail_without_repair, [(1, 3), (4, 3), (8, 3)]),
-    "find_tail_lowest": (find_tail_lowest, [(0, 3), (1, 3)]),
-    "reply_before_durable": (reply_before_durable, [(0, 3), (1, 3)]),
+    "commit_below_quorum": (commit_below_quorum, [(4, 3), (6, 3), (9, 3), *MARGIN]),
+    "store_after_seal": (store_after_seal, [(0, 3), (1, 3), *MARGIN]),
+    "find_tail_without_repair": (find_tail_without_repair, [(1, 3), (2, 3), *MARGIN]),
+    "find_tail_lowest": (find_tail_lowest, [(1, 3), (2, 3), *MARGIN]),
+    "reply_before_durable": (reply_before_durable, [(0, 3), (1, 3), *MARGIN]),
 }
 
 
