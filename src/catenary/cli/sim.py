@@ -6,7 +6,11 @@ the counters (``--log``: also the timeline of faults, leaders and phases); on a 
 and exits with status 1.  Without ``--seed`` a random seed is drawn (and
 printed, so the run can be replayed).
 
-``catenary sim sweep --first S --count N [--nodes 3 --nodes 5] [--jobs J]`` runs
+``catenary sim log --seed N [--nodes 3|5] [--steps S] [--json]`` does the same
+for the log service (docs/design/simulation.md, "The log simulation").
+
+``catenary sim sweep --first S --count N [--nodes 3 --nodes 5] [--jobs J]
+[--service metadata|log]`` runs
 many consecutive seeds in J worker processes and prints how many passed, every
 violation with its replay command, and for each kind of fault the share of seeds
 in which it actually fired (its counter above zero), not only was enabled.
@@ -91,6 +95,54 @@ def metadata(seed: int | None, nodes: int, steps: int, as_json: bool, show_log: 
         sys.exit(1)
 
 
+@sim.command(name="log")
+@click.option("--seed", type=int, default=None, help="The seed (default: a random one, printed).")
+@click.option("--nodes", type=click.IntRange(1, 9), default=3, show_default=True)
+@click.option(
+    "--steps",
+    type=click.IntRange(1, 10_000_000),
+    default=400,
+    show_default=True,
+    help="Length of the safety phase, in ticks (10 ms of simulated time each).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def log_(seed: int | None, nodes: int, steps: int, as_json: bool) -> None:
+    """Simulate the log service (log-servers, sequencers, readers, reconfigurations)."""
+    from catenary.testing.sim.log import LogSimOptions, run_log_sim
+
+    if seed is None:
+        seed = int.from_bytes(os.urandom(8), "little") >> 1
+    result = run_log_sim(LogSimOptions(seed=seed, nodes=nodes, steps=steps))
+    if as_json:
+        click.echo(result.to_json())
+    else:
+        click.echo(f"seed: {result.seed}  nodes: {result.nodes}  steps: {result.steps}")
+        click.echo(f"faults: {result.faults}")
+        click.echo(f"outcome: {'ok' if result.ok else 'VIOLATION'}")
+        for name, value in asdict(result.counters).items():
+            click.echo(f"  {name:26} {value}")
+        liveness = "-" if result.liveness_ms is None else f"{result.liveness_ms} ms"
+        click.echo(
+            f"simulated: {result.sim_time_ms} ms, {result.events} events  "
+            f"liveness: {liveness}  digest: {result.digest}"
+        )
+        if not result.ok:
+            click.echo(f"violation: {result.violation}")
+            for line in result.history_tail:
+                click.echo(f"  {line}")
+            click.echo(f"replay: {result.replay}")
+    if not result.ok:
+        sys.exit(1)
+
+
+def _sweep_log_one(seed: int, nodes: int, steps: int) -> tuple[int, int, bool, str, dict[str, int]]:
+    from catenary.testing.sim.log import LogSimOptions, run_log_sim
+
+    result = run_log_sim(LogSimOptions(seed=seed, nodes=nodes, steps=steps))
+    detail = "" if result.ok else f"{result.violation}\n  replay: {result.replay}"
+    return seed, nodes, result.ok, detail, asdict(result.counters)
+
+
 def _sweep_one(seed: int, nodes: int, steps: int) -> tuple[int, int, bool, str, dict[str, int]]:
     from catenary.testing.sim.metadata import SimOptions, run_metadata_sim
 
@@ -111,19 +163,40 @@ def _sweep_one(seed: int, nodes: int, steps: int) -> tuple[int, int, bool, str, 
     show_default=True,
     help="Cluster size; repeat for several (each runs --count seeds).",
 )
-@click.option("--steps", type=click.IntRange(1, 10_000_000), default=1000, show_default=True)
+@click.option(
+    "--steps",
+    type=click.IntRange(1, 10_000_000),
+    default=None,
+    help="Safety-phase ticks (default: 1000 for metadata, 400 for log).",
+)
 @click.option("--jobs", type=click.IntRange(1, 64), default=os.cpu_count() or 1, show_default=True)
+@click.option(
+    "--service",
+    type=click.Choice(["metadata", "log"]),
+    default="metadata",
+    show_default=True,
+    help="Which simulation to sweep.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def sweep(
-    first: int, count: int, sizes: tuple[int, ...], steps: int, jobs: int, as_json: bool
+    first: int,
+    count: int,
+    sizes: tuple[int, ...],
+    steps: int | None,
+    jobs: int,
+    service: str,
+    as_json: bool,
 ) -> None:
-    """Run many seeds of the metadata simulation; report violations and fault coverage."""
+    """Run many seeds of a simulation; report violations and fault coverage."""
+    if steps is None:
+        steps = 400 if service == "log" else 1000
+    one = _sweep_log_one if service == "log" else _sweep_one
     runs = [(seed, nodes) for nodes in sizes for seed in range(first, first + count)]
     fired: dict[str, int] = {}
     passed = 0
     violations: list[str] = []
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(_sweep_one, seed, nodes, steps) for seed, nodes in runs]
+        futures = [pool.submit(one, seed, nodes, steps) for seed, nodes in runs]
         for future in futures:
             seed, nodes, ok, detail, counters = future.result()
             passed += ok
@@ -137,6 +210,7 @@ def sweep(
         click.echo(
             json.dumps(
                 {
+                    "service": service,
                     "first": first,
                     "count": count,
                     "nodes": list(sizes),
@@ -151,7 +225,8 @@ def sweep(
         )
     else:
         click.echo(
-            f"seeds {first}..{first + count - 1} x nodes {list(sizes)}, steps {steps}: "
+            f"{service}: seeds {first}..{first + count - 1} x nodes {list(sizes)}, "
+            f"steps {steps}: "
             f"{total} runs, {passed} passed, {len(violations)} violations"
         )
         for line in violations:
