@@ -186,10 +186,11 @@ class FakeNode:
                 failed = self._check(key, pre.kind, pre.version)
                 if failed is not None:
                     return m.WriteReply(i, failed)
-                if key in self.kv:
-                    self.revision += 1
-                    del self.kv[key]
-                    self._event(Event("delete", key, b"", self.revision))
+                if key not in self.kv:
+                    return m.WriteReply(i, Written(self.revision, absent=True))
+                self.revision += 1
+                del self.kv[key]
+                self._event(Event("delete", key, b"", self.revision))
                 return m.WriteReply(i, Written(self.revision))
             case m.GrantLease(id=i, ttl_ms=ttl_ms):
                 lease = self.next_lease

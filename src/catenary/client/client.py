@@ -90,6 +90,7 @@ from catenary.client.errors import (
     DeadlineExceededError,
     IndeterminateError,
     InternalError,
+    KeyNotFoundError,
     LeaseNotFoundError,
     NotFoundError,
     OverloadedError,
@@ -772,7 +773,10 @@ class MetadataClient:
     async def delete(
         self, key: str, *, if_version: int | None = None, timeout_s: float | None = None
     ) -> int:
-        """Delete the key; returns the revision of the delete."""
+        """Delete the key; returns the revision of the delete.
+
+        Raises ``KeyNotFoundError`` when the key is absent: the delete changed
+        nothing and spent no revision."""
         _require_str("key", key)
         precondition = _precondition(if_version=if_version)
         reply = await self._client._expect(
@@ -781,6 +785,8 @@ class MetadataClient:
             policy=Policy.WRITE,
             timeout_s=timeout_s,
         )
+        if isinstance(reply.result, Written) and reply.result.absent:
+            raise KeyNotFoundError(key, reply.result.version)
         return _written(reply.result, key, 0)
 
     async def list(

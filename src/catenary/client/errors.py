@@ -49,6 +49,15 @@ class LeaseNotFoundError(NotFoundError):
         self.lease = lease
 
 
+class KeyNotFoundError(NotFoundError):
+    """A delete found no such key: nothing changed and no revision was spent."""
+
+    def __init__(self, key: str, revision: int) -> None:
+        super().__init__(f"key {key!r} not found: nothing deleted (revision stays {revision})")
+        self.key = key
+        self.revision = revision
+
+
 class UnavailableError(CatenaryError):
     """No node could serve the request in time; the request surely did not take effect."""
 
