@@ -87,6 +87,7 @@ from catenary.client.errors import (
     CatenaryError,
     CompactedError,
     ConnectionRefusedByNodeError,
+    NotCatenaryNodeError,
     DeadlineExceededError,
     IndeterminateError,
     InternalError,
@@ -540,6 +541,14 @@ class Client:
                 future = conn.call(build)
             except (NotSentError, TimeoutError) as exc:
                 last = str(exc) or f"{address}: connect timed out"
+                self._failed(address)
+                await self._backoff(attempt, deadline)
+                attempt += 1
+                continue
+            except NotCatenaryNodeError as exc:
+                if len(self.addresses) == 1:
+                    raise  # the one address is wrong: retrying cannot help
+                last = str(exc)  # another address may be a node
                 self._failed(address)
                 await self._backoff(attempt, deadline)
                 attempt += 1

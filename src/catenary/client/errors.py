@@ -149,3 +149,19 @@ class ConnectionRefusedByNodeError(CatenaryError):
     """The node refused the handshake (another cluster, unsupported protocol)."""
 
     code = "handshake_refused"
+
+
+class NotCatenaryNodeError(ConnectionRefusedByNodeError):
+    """The address answered with something that is not the catenary handshake
+    (an SSH banner, an HTTP answer, ...): it is not a catenary client port."""
+
+    code = "not_catenary"
+
+    def __init__(self, address: str, first_bytes: bytes) -> None:
+        shown = first_bytes[:40]
+        super().__init__(
+            f"{address} is not a catenary node: it answered {shown!r}"
+            f"{'...' if len(first_bytes) > len(shown) else ''} instead of the catenary handshake"
+        )
+        self.address = address
+        self.first_bytes = first_bytes
