@@ -17,3 +17,11 @@ def test_liveness_options_have_defaults_and_are_validated() -> None:
     joined = "\n".join(info.value.problems)
     assert "network.peer_idle_timeout_ms: must exceed network.peer_ping_interval_ms" in joined
     assert "network.client_ping_interval_ms: must be at least 1" in joined
+
+
+def test_the_request_idle_bound_is_an_option() -> None:
+    network = load_config(env={}, flag_texts={"network.client_request_idle_ms": "250"}).network
+    assert network.client_port_options(load_config(env={}).metadata).request_idle_ms == 250
+    with pytest.raises(ConfigError) as info:
+        load_config(env={}, flag_texts={"network.client_request_idle_ms": "0"})
+    assert "network.client_request_idle_ms: must be at least 1" in "\n".join(info.value.problems)

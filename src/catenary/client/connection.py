@@ -61,6 +61,7 @@ from catenary.wire import (
     HelloAck,
     HelloRefused,
     LivenessClock,
+    RefusalCode,
     Role,
     WireError,
     check_liveness_bounds,
@@ -74,6 +75,8 @@ from catenary.wire import (
 )
 from catenary.wire.address import AddressError
 from catenary.wire.address import parse_address as parse_wire_address
+
+RETRYABLE_REFUSALS = frozenset({str(RefusalCode.BUSY), str(RefusalCode.SHUTTING_DOWN)})
 
 log = logging.getLogger(__name__)
 
@@ -308,6 +311,12 @@ class NodeConnection(asyncio.Protocol):
                     now + self._ping_interval_s, self._check_liveness
                 )
             self._handshake.set_result(None)
+        elif isinstance(message, HelloRefused) and message.code in RETRYABLE_REFUSALS:
+            # Full or shutting down: nothing was sent, another node (or later) may serve.
+            self._handshake.set_exception(
+                NotSentError(f"{self.address} is unavailable: {message.reason}")
+            )
+            self.close(f"refused: {message.reason}")
         elif isinstance(message, HelloRefused):
             hint = ""
             if message.code == "cluster" and not self._cluster_name:

@@ -181,6 +181,7 @@ class NetworkSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     peer_idle_timeout_ms: int = 2000  # drop and redial a peer link silent this long
     client_ping_interval_ms: int = 1000  # ping a client heard from for this long
     client_idle_timeout_ms: int = 5000  # drop a client connection silent this long
+    client_request_idle_ms: int = 60_000  # close a client connection with no request this long
 
     def transport_options(self) -> TransportConfig:
         """The peer transport's bounds."""
@@ -204,6 +205,7 @@ class NetworkSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             watches_max=metadata.watches_per_connection_max,
             ping_interval_ms=self.client_ping_interval_ms,
             idle_timeout_ms=self.client_idle_timeout_ms,
+            request_idle_ms=self.client_request_idle_ms,
         )
 
 
