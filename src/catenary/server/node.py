@@ -114,9 +114,9 @@ class Server:
                     metadata_server=config.metadata.server,
                 ),
             )
+            generation = await loop.run_in_executor(None, ctx.datadir.bump_generation)
         except DataDirError as exc:
             raise StartupError(str(exc)) from None
-        generation = await loop.run_in_executor(None, ctx.datadir.bump_generation)
         log.info(
             "data dir %s: cluster %r, node %s, generation %d",
             ctx.datadir.path,
