@@ -25,3 +25,11 @@ def test_the_request_idle_bound_is_an_option() -> None:
     with pytest.raises(ConfigError) as info:
         load_config(env={}, flag_texts={"network.client_request_idle_ms": "0"})
     assert "network.client_request_idle_ms: must be at least 1" in "\n".join(info.value.problems)
+
+
+def test_the_disk_full_retry_interval_is_an_option() -> None:
+    storage = load_config(env={}, flag_texts={"storage.disk_full_retry_ms": "250"}).storage
+    assert storage.disk_full_retry_ms == 250
+    with pytest.raises(ConfigError) as info:
+        load_config(env={}, flag_texts={"storage.disk_full_retry_ms": "0"})
+    assert "storage.disk_full_retry_ms: must be at least 1" in "\n".join(info.value.problems)

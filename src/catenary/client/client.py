@@ -88,6 +88,7 @@ from catenary.client.errors import (
     CompactedError,
     ConnectionRefusedByNodeError,
     DeadlineExceededError,
+    DiskFullError,
     IndeterminateError,
     InternalError,
     KeyNotFoundError,
@@ -113,7 +114,9 @@ class Policy(enum.Enum):
 LEADER = "leader"  # target: the metadata leader
 ANY = "any"  # target: any node (stale reads, status)
 
-_RETRYABLE = frozenset({m.ErrorCode.NOT_LEADER, m.ErrorCode.UNAVAILABLE, m.ErrorCode.OVERLOADED})
+_RETRYABLE = frozenset(
+    {m.ErrorCode.NOT_LEADER, m.ErrorCode.UNAVAILABLE, m.ErrorCode.OVERLOADED, m.ErrorCode.DISK_FULL}
+)
 
 
 class _NoAnswerError(Exception):
@@ -231,6 +234,8 @@ def error_for(reply: m.ErrorReply) -> CatenaryError:
             return IndeterminateError(text)
         case m.ErrorCode.OVERLOADED:
             return OverloadedError(text)
+        case m.ErrorCode.DISK_FULL:
+            return DiskFullError(text)
         case m.ErrorCode.UNAVAILABLE | m.ErrorCode.NOT_LEADER:
             return UnavailableError(text)
         case _:
@@ -514,10 +519,14 @@ class Client:
         attempt = 0
         redirects = 0
         last = "no attempt made"
+        last_disk_full = False  # the last failure was a node's full disk
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
+                if last_disk_full:
+                    raise DiskFullError(f"deadline passed; last failure: {last}")
                 raise DeadlineExceededError(f"deadline passed; last failure: {last}")
+            last_disk_full = False
             address = self._pick(target)
             # 1. connect: a failure here means nothing was sent.
             try:
@@ -625,7 +634,8 @@ class Client:
                 reply.code == m.ErrorCode.INDETERMINATE and policy is Policy.READ
             ):
                 last = f"{address}: {reply.code}: {reply.message}"
-                if reply.code == m.ErrorCode.UNAVAILABLE:
+                last_disk_full = reply.code == m.ErrorCode.DISK_FULL
+                if reply.code in (m.ErrorCode.UNAVAILABLE, m.ErrorCode.DISK_FULL):
                     self._failed(address)
                 await self._backoff(attempt, deadline)
                 attempt += 1

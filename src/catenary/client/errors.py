@@ -70,6 +70,13 @@ class DeadlineExceededError(UnavailableError, TimeoutError):
     code = "deadline_exceeded"
 
 
+class DiskFullError(UnavailableError):
+    """The node's disk is full: the write was refused before it was proposed (surely not
+    applied).  Retry once space returns; reads are still served."""
+
+    code = ErrorCode.DISK_FULL.value
+
+
 class OverloadedError(UnavailableError):
     """The node's bounded queues stayed full until the deadline."""
 

@@ -24,7 +24,19 @@ needs asyncio, a thread or a clock:
    itself answers the requests whose deadline passed (``HostLoop.expire``), so
    the bound holds while the owner is stuck on a slow disk.
 4. Failure.  A persistence job that raises stops the owner (``failure``, and
-   ``on_failure`` so the node stops: never half-alive).
+   ``on_failure`` so the node stops: never half-alive) -- except a full disk.
+   A job that fails with ENOSPC/EDQUOT (the store rolled the write back) is
+   retried, the same job, every ``disk_full_retry_ms`` until it succeeds: the
+   Raft core believes it handed those entries out, so they are never dropped.
+   Meanwhile the owner does nothing else, so this member sends nothing (no
+   acks, no votes, no heartbeats: a leader loses its followers, who elect
+   another) and ``disk_full`` says why.  New writes are refused at once with
+   ``DISK_FULL`` (surely not proposed), linearizable reads with
+   ``UNAVAILABLE`` (this member cannot confirm them); stale reads and status
+   are served.  Writes already taken time out as usual (``INDETERMINATE``:
+   the retried save may still make them durable).  A store that failed for
+   good (``StoreFailedError``, e.g. a write durable only in part) still stops
+   the node.
 5. Stop.  ``stop()`` lets the owner finish the job in hand, then answers what
    is still waiting (``HostLoop.fail_all``), closes the writer and storage.
 """
@@ -33,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import time
 from collections.abc import Callable
@@ -48,7 +61,15 @@ from catenary.persist.raft_storage import RaftStorage
 from catenary.runtime.disk import DiskWriter
 from catenary.runtime.metrics import ServerMetrics
 
-__all__ = ["HostConfig", "MetadataHost", "ticks_to_deliver"]
+__all__ = ["HostConfig", "MetadataHost", "is_disk_full", "ticks_to_deliver"]
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """A write failed for want of space (rolled back by the store: retryable)."""
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
+
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +94,11 @@ class MetadataHost:
         leader_address: Callable[[int], str] = lambda node: "",
         on_applied: Callable[[], None] | None = None,
         on_failure: Callable[[str], None] | None = None,
+        disk_full_retry_ms: int = 1000,
     ) -> None:
         self.replica = replica
+        self.disk_full_retry_ms = disk_full_retry_ms
+        self.disk_full = ""  # why persistence waits for space (rule 4); "" when it does not
         self._storage = storage
         self._send = send
         self.config = config
@@ -174,6 +198,22 @@ class MetadataHost:
         if self._stopping:
             raise ServiceError(ErrorCode.UNAVAILABLE, "the node is shutting down")
 
+    def _check_writable(self) -> None:
+        if self.disk_full:
+            raise ServiceError(
+                ErrorCode.DISK_FULL,
+                f"disk full ({self.disk_full}): writes are refused until space returns; "
+                "nothing was proposed",
+            )
+
+    def _check_confirmable(self) -> None:
+        if self.disk_full:
+            raise ServiceError(
+                ErrorCode.UNAVAILABLE,
+                f"disk full ({self.disk_full}): this node cannot confirm a linearizable read; "
+                "try another node or a stale read",
+            )
+
     async def write(self, command: Command) -> Result:
         """Propose a write and await its applied result (``HostLoop`` rule 5)."""
         return await self.write_future(command)
@@ -187,6 +227,7 @@ class MetadataHost:
         """
         if not self.replica.is_leader:
             raise self._not_leader(self.replica.leader)
+        self._check_writable()
         self._check_open()
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._accepted(self.core.submit_write(command, future, self._now_us()))
@@ -203,6 +244,7 @@ class MetadataHost:
         """
         if not self.replica.is_leader:
             raise self._not_leader(self.replica.leader)
+        self._check_writable()
         self._check_open()
         future: asyncio.Future[list[Result | ServiceError]] = (
             asyncio.get_running_loop().create_future()
@@ -216,6 +258,7 @@ class MetadataHost:
 
     def read_future(self, query: Query) -> asyncio.Future[ReadCompleted]:
         """``read`` without a coroutine (see ``write_future``)."""
+        self._check_confirmable()
         if not self.replica.is_leader:
             raise self._not_leader(self.replica.leader)
         self._check_open()
@@ -367,7 +410,30 @@ class MetadataHost:
         # the job is handed over by a callback queued behind the transport's
         # flushes of this Ready's messages: the appends leave before the writer
         # thread takes the interpreter to encode the entries.
-        await self._writer.run(self._run_job, job, after_flush=after_flush)
+        while True:
+            try:
+                await self._writer.run(self._run_job, job, after_flush=after_flush)
+                break
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                # Rule 4: the store rolled the write back; retry this same job.
+                if not self.disk_full:
+                    log.error(
+                        "disk full: %s; writes refused, retrying the save every %d ms",
+                        exc.strerror or exc,
+                        self.disk_full_retry_ms,
+                    )
+                self.disk_full = exc.strerror or str(exc)
+                after_flush = False
+                if self._stopping:
+                    raise asyncio.CancelledError from exc
+                await asyncio.sleep(self.disk_full_retry_ms / 1000)
+                if self._stopping:
+                    raise asyncio.CancelledError from exc
+        if self.disk_full:
+            log.warning("disk space returned: the save succeeded, writes resume")
+            self.disk_full = ""
         self._metrics.persist_seconds.observe(time.perf_counter() - started)
 
     def _notify_changed(self) -> None:

@@ -213,6 +213,7 @@ class StorageSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     segment_bytes_max: int = 64 << 20
     index_checkpoint_records: int = 100_000
     record_bytes_max: int = 32 << 20
+    disk_full_retry_ms: int = 1000  # on a full disk, retry the failed save this often
 
     def options(self) -> StoreConfig:
         """The storage engine's bounds (every store of the node)."""

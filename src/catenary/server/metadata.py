@@ -153,6 +153,7 @@ class ReplicatedMetadata:
             leader_address=self._registry.client_address_of,
             on_applied=self._registry.on_applied,
             on_failure=ctx.fail,
+            disk_full_retry_ms=config.storage.disk_full_retry_ms,
         )
         self._registry.attach(lambda: host.replica.state, transport)
         self._registry.refresh(force=True)
@@ -213,6 +214,9 @@ class ReplicatedMetadata:
         members = [api.RaftMember(n, "voter", matches.get(n, 0)) for n in membership.voters]
         members += [api.RaftMember(n, "learner", matches.get(n, 0)) for n in membership.learners]
         return tuple(sorted(members, key=lambda m: m.node))
+
+    def disk_full(self) -> str:
+        return self.host.disk_full if self.host is not None else ""
 
     def status(self) -> api.NodeStatus:
         ctx = self._ctx
@@ -318,6 +322,9 @@ class LocalMetadata:
 
     def provisioned(self) -> bool:
         return self.store is not None
+
+    def disk_full(self) -> str:
+        return ""  # the local store answers a failed write UNAVAILABLE itself
 
     def status(self) -> api.NodeStatus:
         ctx = self._ctx

@@ -99,6 +99,10 @@ class Server:
     def status(self) -> api.NodeStatus:
         return self.services.metadata.status()
 
+    def disk_full(self) -> str:
+        """Why writes wait for disk space ("" when they do not): ``/ready`` reports it."""
+        return self.services.metadata.disk_full()
+
     # ----------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
