@@ -17,7 +17,7 @@ Theory of operation
    on any transient failure, each attempt bounded by ``attempt_timeout_s``.
 5. A write is retried only when it surely did not happen: the connection
    failed before the request was written, or the node answered
-   ``NOT_LEADER``, ``UNAVAILABLE`` or ``OVERLOADED``.  When the outcome is
+   ``NOT_LEADER``, ``UNAVAILABLE``, ``OVERLOADED`` or ``DISK_FULL``.  When the outcome is
    unknown -- the connection was lost after sending, the node answered
    ``INDETERMINATE``, or the deadline passed while the write was in flight --
    the client raises ``IndeterminateError``, never a plain failure.
