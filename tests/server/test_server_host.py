@@ -370,3 +370,31 @@ def test_a_full_disk_refuses_writes_keeps_stale_reads_and_resumes_when_space_ret
             await host.stop()
 
     asyncio.run(main())
+
+
+def test_a_write_whose_save_waits_for_space_past_its_deadline_is_indeterminate(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        host = open_host(tmp_path / "raft", [], request_timeout_ms=300)
+        host.disk_full_retry_ms = 20
+        host.start()
+        try:
+            await until_leader(host)
+
+            def save(ready: Ready) -> None:
+                raise OSError(28, "No space left on device")
+
+            host._storage.save = save  # type: ignore[method-assign]
+            pending = host.write_future(Put("during", b"x"))
+            with pytest.raises(ServiceError) as info:
+                async with asyncio.timeout(10):
+                    await pending
+            # The retried save may still make it durable: never "surely failed".
+            assert info.value.code == ErrorCode.INDETERMINATE
+            assert host.disk_full and host.failure is None
+        finally:
+            await host.stop()
+        assert host.failure is None
+
+    asyncio.run(main())
