@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import time
 from collections.abc import Callable
@@ -58,17 +57,10 @@ from catenary.core.metadata.types import Command, Compacted, Result, WatchBatch
 from catenary.core.raft.types import ConfChange, Message, NotLeader, ProposalDropped
 from catenary.host.loop import Failed, HostConfig, HostLoop, Job, Output, Raised, ticks_to_deliver
 from catenary.persist.raft_storage import RaftStorage
-from catenary.runtime.disk import DiskWriter
+from catenary.runtime.disk import DiskWriter, is_disk_full
 from catenary.runtime.metrics import ServerMetrics
 
-__all__ = ["HostConfig", "MetadataHost", "is_disk_full", "ticks_to_deliver"]
-
-DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    """A write failed for want of space (rolled back by the store: retryable)."""
-    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
+__all__ = ["HostConfig", "MetadataHost", "ticks_to_deliver"]
 
 
 log = logging.getLogger(__name__)
