@@ -58,6 +58,7 @@ class FakeNode:
         self.received: list[m.Request] = []
         self.kv: dict[str, KeyValue] = {}
         self.revision = 0
+        self.disk_full = ""  # reported in status
         self.history: list[Event] = []
         self.history_oldest = 1
         self.leases: dict[int, int] = {}
@@ -229,6 +230,7 @@ class FakeNode:
                         applied_index=self.revision,
                         members=(m.RaftMember(self.node_id, "voter"),),
                         provisioned=True,
+                        disk_full=self.disk_full,
                     ),
                 )
             case m.ListNodes(id=i):

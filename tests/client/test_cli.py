@@ -97,6 +97,14 @@ def test_delete_of_an_absent_key_says_so_and_spends_no_revision(node: FakeNode) 
     assert code == 0 and json.loads(out)["revision"] == 2
 
 
+def test_status_warns_of_a_node_whose_disk_is_full(node: FakeNode) -> None:
+    node.disk_full = "No space left on device"
+    code, out, err = invoke(node, "status")
+    assert code == 0 and "disk full" in err and "writes refused" in err
+    code, out, _ = invoke(node, "status", "--json")
+    assert json.loads(out)["nodes"][0]["status"]["disk_full"] == "No space left on device"
+
+
 def test_unreachable_cluster_exits_3() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -155,6 +155,7 @@ def test_a_node_whose_disk_fills_keeps_serving_and_resumes_writes(
             assert kv is not None and kv.value == b"before"
             assert _admin_get(node.admin_address, "/health") == 200
             assert _admin_get(node.admin_address, "/ready") == 503
+            assert "No space left" in client.status().disk_full
             assert "CRITICAL" not in node.log()
             # Space returns: writes resume by themselves, nothing acknowledged is lost.
             filler.unlink()
@@ -172,6 +173,7 @@ def test_a_node_whose_disk_fills_keeps_serving_and_resumes_writes(
                     stored = client.metadata.get(f"/big{i}")
                     assert stored is not None and stored.value == big
             assert _admin_get(node.admin_address, "/ready") == 200
+            assert client.status().disk_full == ""
         assert node.terminate() == 0
     finally:
         for started in nodes:

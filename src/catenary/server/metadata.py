@@ -239,6 +239,7 @@ class ReplicatedMetadata:
             applied_index=replica.state.applied_index,
             members=self.members(),
             provisioned=self.provisioned(),
+            disk_full=self.host.disk_full,
         )
 
     # ------------------------------------------------------- lifecycle
