@@ -79,3 +79,25 @@ def test_cli_says_once_that_the_address_is_not_a_catenary_node(foreign: str) -> 
     lines = done.stderr.splitlines()
     assert len(lines) == 1, done.stderr
     assert "not a catenary node" in lines[0] and foreign in lines[0]
+
+
+def test_several_addresses_none_of_them_a_node_exit_2(foreign: str) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "catenary",
+            "metadata",
+            "get",
+            "/a",
+            "--address",
+            f"{foreign},{foreign}",
+            "--timeout",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2, done
+    assert len(done.stderr.splitlines()) == 1 and "not a catenary node" in done.stderr

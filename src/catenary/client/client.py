@@ -520,6 +520,7 @@ class Client:
         redirects = 0
         last = "no attempt made"
         last_disk_full = False  # the last failure was a node's full disk
+        not_catenary: set[str] = set()  # addresses that answered as something else
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -555,8 +556,9 @@ class Client:
                 attempt += 1
                 continue
             except NotCatenaryNodeError as exc:
-                if len(self.addresses) == 1:
-                    raise  # the one address is wrong: retrying cannot help
+                not_catenary.add(address)
+                if not_catenary.issuperset(self.addresses):
+                    raise  # no address is a node: retrying cannot help
                 last = str(exc)  # another address may be a node
                 self._failed(address)
                 await self._backoff(attempt, deadline)
