@@ -58,6 +58,7 @@ class FakeNode:
         self.received: list[m.Request] = []
         self.kv: dict[str, KeyValue] = {}
         self.revision = 0
+        self.disk_full = ""  # reported in status
         self.history: list[Event] = []
         self.history_oldest = 1
         self.leases: dict[int, int] = {}
@@ -186,10 +187,11 @@ class FakeNode:
                 failed = self._check(key, pre.kind, pre.version)
                 if failed is not None:
                     return m.WriteReply(i, failed)
-                if key in self.kv:
-                    self.revision += 1
-                    del self.kv[key]
-                    self._event(Event("delete", key, b"", self.revision))
+                if key not in self.kv:
+                    return m.WriteReply(i, Written(self.revision, absent=True))
+                self.revision += 1
+                del self.kv[key]
+                self._event(Event("delete", key, b"", self.revision))
                 return m.WriteReply(i, Written(self.revision))
             case m.GrantLease(id=i, ttl_ms=ttl_ms):
                 lease = self.next_lease
@@ -228,6 +230,7 @@ class FakeNode:
                         applied_index=self.revision,
                         members=(m.RaftMember(self.node_id, "voter"),),
                         provisioned=True,
+                        disk_full=self.disk_full,
                     ),
                 )
             case m.ListNodes(id=i):

@@ -36,6 +36,10 @@ class StandIn:
     current: NodeStatus = field(default_factory=node_status)
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     fail: bool = False
+    full: str = ""
+
+    def disk_full(self) -> str:
+        return self.full
 
     def status(self) -> NodeStatus:
         if self.fail:
@@ -64,6 +68,13 @@ def test_endpoints() -> None:
             assert resp.status == 200
             assert resp.headers["Content-Type"].startswith("text/plain")
             assert "catenary_raft_term 4.0" in await resp.text()
+
+            node.full = "No space left on device"
+            resp = await http.get("/ready")
+            assert resp.status == 503 and "disk full" in (await resp.json())["reason"]
+            resp = await http.get("/health")
+            assert resp.status == 200
+            node.full = ""
 
             node.current = node_status(leader=0)
             resp = await http.get("/ready")

@@ -87,6 +87,24 @@ def test_exit_codes(node: FakeNode) -> None:
     assert code == 3 and "no quorum" in err
 
 
+def test_delete_of_an_absent_key_says_so_and_spends_no_revision(node: FakeNode) -> None:
+    invoke(node, "metadata", "put", "/a", "1")
+    code, out, err = invoke(node, "metadata", "delete", "/missing")
+    assert code == 1 and out == ""
+    assert "'/missing' not found: nothing deleted" in err and err.count("\n") == 1
+    assert node.revision == 1
+    code, out, _ = invoke(node, "metadata", "delete", "/a", "--json")
+    assert code == 0 and json.loads(out)["revision"] == 2
+
+
+def test_status_warns_of_a_node_whose_disk_is_full(node: FakeNode) -> None:
+    node.disk_full = "No space left on device"
+    code, out, err = invoke(node, "status")
+    assert code == 0 and "disk full" in err and "writes refused" in err
+    code, out, _ = invoke(node, "status", "--json")
+    assert json.loads(out)["nodes"][0]["status"]["disk_full"] == "No space left on device"
+
+
 def test_unreachable_cluster_exits_3() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

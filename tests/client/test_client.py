@@ -595,3 +595,24 @@ def test_every_client_error_is_a_catenary_error() -> None:
     sync.close()
     with pytest.raises(CatenaryError, match="closed"):
         sync.metadata.get("/k")
+
+
+def test_a_full_disk_is_a_retryable_disk_full_error_and_reads_still_work() -> None:
+    async def body(node: FakeNode) -> None:
+        async with Client([node.address], timeout_s=2) as client:
+            await client.metadata.put("/k", b"v")
+            node.hook = lambda req: (
+                m.ErrorReply(req.id, m.ErrorCode.DISK_FULL, "disk full (No space left on device)")
+                if isinstance(req, m.Put)
+                else None
+            )
+            with pytest.raises(UnavailableError) as info:
+                await client.metadata.put("/k", b"w", timeout_s=0.5)
+            assert info.value.code == "disk_full" and "disk full" in str(info.value)
+            assert not isinstance(info.value, IndeterminateError)
+            kv = await client.metadata.get("/k")
+            assert kv is not None and kv.value == b"v"
+            node.hook = None  # space returned
+            await client.metadata.put("/k", b"w")
+
+    run(body)

@@ -132,13 +132,16 @@ def test_agrees_with_a_naive_model_and_watch_replays_to_state(
         if not holds:
             assert result == PreconditionFailed(command.key, current)
             continue
+        absent = False
         if isinstance(command, Put):
             revision += 1
             model[command.key] = (command.value, revision)
         elif command.key in model:
             revision += 1
             del model[command.key]
-        assert result == Written(revision)
+        else:
+            absent = True
+        assert result == Written(revision, absent=absent)
     assert sm.revision == revision
     assert sm.list("")[0] == tuple(
         KeyValue(key, value, version) for key, (value, version) in sorted(model.items())

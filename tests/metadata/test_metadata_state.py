@@ -87,7 +87,7 @@ def test_versions_grow_across_delete_and_recreate() -> None:
 def test_delete_of_absent_key_changes_nothing() -> None:
     d = Driver()
     d.do(Put("a", b"1"))
-    assert d.do(Delete("zzz")) == Written(1)
+    assert d.do(Delete("zzz")) == Written(1, absent=True)
     assert d.sm.revision == 1
     assert d.sm.changes_since(0, "", prefix=True) == WatchBatch((Event("put", "a", b"1", 1),), 1)
 
@@ -99,7 +99,7 @@ def test_precondition_absent() -> None:
     assert d.sm.get("a") == KeyValue("a", b"1", 1)
     assert d.sm.revision == 1
     assert d.do(Delete("a", ABSENT)) == PreconditionFailed("a", 1)
-    assert d.do(Delete("b", ABSENT)) == Written(1)
+    assert d.do(Delete("b", ABSENT)) == Written(1, absent=True)
 
 
 def test_precondition_version() -> None:

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from catenary.api import messages as api
-from catenary.client import Client
+from catenary.client import Client, ConnectionRefusedByNodeError, UnavailableError
 from catenary.runtime.client_port import Begun, ClientPort, ClientPortConfig, Emit
 from catenary.runtime.metrics import ServerMetrics
 from catenary.wire import (
@@ -124,3 +124,46 @@ def test_an_idle_client_of_this_version_keeps_its_connection() -> None:
 def test_liveness_bounds_are_validated() -> None:
     with pytest.raises(ValueError, match="idle_timeout_ms"):
         ClientPortConfig(ping_interval_ms=1000, idle_timeout_ms=900)
+
+
+def test_connections_that_never_send_a_request_are_closed_and_free_their_slots() -> None:
+    async def main() -> None:
+        port, address = await start_port(
+            connections_max=2, request_idle_ms=300, ping_interval_ms=1000, idle_timeout_ms=60_000
+        )
+        try:
+            idle = [await handshake(address, PROTOCOL_VERSION) for _ in range(2)]
+            assert port.connection_count == 2
+            # The node is full; the idle connections go within the bound and a client gets in.
+            async with Client([address], timeout_s=10) as client:
+                await client.status()
+            for reader, writer in idle:
+                async with asyncio.timeout(5):
+                    while await reader.read(4096):
+                        pass  # closed by the node
+                writer.close()
+        finally:
+            await port.close()
+
+    asyncio.run(main())
+
+
+def test_a_full_node_is_unavailable_and_the_client_tries_the_others() -> None:
+    async def main() -> None:
+        full, full_address = await start_port(connections_max=1, idle_timeout_ms=60_000)
+        other, other_address = await start_port()
+        try:
+            _, writer = await handshake(full_address, PROTOCOL_VERSION)
+            async with Client([full_address], timeout_s=0.5) as client:
+                with pytest.raises(UnavailableError) as caught:
+                    await client.status()
+                assert "too many client connections" in str(caught.value)
+                assert not isinstance(caught.value, ConnectionRefusedByNodeError)
+            async with Client([full_address, other_address], timeout_s=5) as client:
+                await client.status()
+            writer.close()
+        finally:
+            await full.close()
+            await other.close()
+
+    asyncio.run(main())

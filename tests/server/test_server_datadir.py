@@ -37,7 +37,7 @@ def test_failed_marker_write_leaves_the_marker_unchanged(
 
         with monkeypatch.context() as patch:
             patch.setattr(datadir.os, "fsync", failing_fsync)
-            with pytest.raises(OSError):
+            with pytest.raises(DataDirError, match="simulated fsync failure"):
                 d.update(node_id=1, founder=True)
         # Not persisted, so not believed: a retry must write it again.
         assert (d.marker.node_id, d.marker.founder) == (0, False)

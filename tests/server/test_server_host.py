@@ -317,3 +317,84 @@ def test_a_refused_proposal_skips_writes_whose_futures_already_ended(tmp_path: P
         host._storage.close()
 
     asyncio.run(main())
+
+
+def test_a_full_disk_refuses_writes_keeps_stale_reads_and_resumes_when_space_returns(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        host = open_host(tmp_path / "raft", [], request_timeout_ms=2_000)
+        host.disk_full_retry_ms = 20
+        host.start()
+        try:
+            await until_leader(host)
+            await host.write(Put("kept", b"1"))
+            real_save = host._storage.save
+            full = True
+            attempts: list[Ready] = []
+
+            def save(ready: Ready) -> None:
+                attempts.append(ready)
+                if full:
+                    raise OSError(28, "No space left on device")
+                real_save(ready)
+
+            host._storage.save = save  # type: ignore[method-assign]
+            pending = host.write_future(Put("during", b"x"))  # its save fails: disk full
+            async with asyncio.timeout(10):
+                while not host.disk_full:
+                    await asyncio.sleep(0.01)
+            assert host.failure is None and host.running
+            # Writes are refused at once, with the distinct code; nothing is proposed.
+            with pytest.raises(ServiceError) as info:
+                host.write_future(Put("refused", b"x"))
+            assert info.value.code == ErrorCode.DISK_FULL
+            with pytest.raises(ServiceError) as info:
+                host.read_future(GetQuery("kept"))
+            assert info.value.code == ErrorCode.UNAVAILABLE
+            assert host.read_stale(GetQuery("kept")).kv is not None
+            # The same job is retried, never dropped.
+            async with asyncio.timeout(10):
+                while len(attempts) < 3:
+                    await asyncio.sleep(0.01)
+            assert all(a is attempts[0] for a in attempts)
+            full = False
+            async with asyncio.timeout(10):
+                written = await pending  # the retried save made it durable: applied
+            assert isinstance(written, Written)
+            assert not host.disk_full
+            assert isinstance(await host.write(Put("after", b"y")), Written)
+            read = await host.read(GetQuery("during"))
+            assert read.kv is not None
+        finally:
+            await host.stop()
+
+    asyncio.run(main())
+
+
+def test_a_write_whose_save_waits_for_space_past_its_deadline_is_indeterminate(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        host = open_host(tmp_path / "raft", [], request_timeout_ms=300)
+        host.disk_full_retry_ms = 20
+        host.start()
+        try:
+            await until_leader(host)
+
+            def save(ready: Ready) -> None:
+                raise OSError(28, "No space left on device")
+
+            host._storage.save = save  # type: ignore[method-assign]
+            pending = host.write_future(Put("during", b"x"))
+            with pytest.raises(ServiceError) as info:
+                async with asyncio.timeout(10):
+                    await pending
+            # The retried save may still make it durable: never "surely failed".
+            assert info.value.code == ErrorCode.INDETERMINATE
+            assert host.disk_full and host.failure is None
+        finally:
+            await host.stop()
+        assert host.failure is None
+
+    asyncio.run(main())

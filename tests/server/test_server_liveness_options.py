@@ -29,3 +29,19 @@ def test_the_peer_link_log_interval_is_an_option() -> None:
     assert "network.peer_link_log_interval_ms: must be 0 (every line) or positive" in "\n".join(
         info.value.problems
     )
+
+
+def test_the_request_idle_bound_is_an_option() -> None:
+    network = load_config(env={}, flag_texts={"network.client_request_idle_ms": "250"}).network
+    assert network.client_port_options(load_config(env={}).metadata).request_idle_ms == 250
+    with pytest.raises(ConfigError) as info:
+        load_config(env={}, flag_texts={"network.client_request_idle_ms": "0"})
+    assert "network.client_request_idle_ms: must be at least 1" in "\n".join(info.value.problems)
+
+
+def test_the_disk_full_retry_interval_is_an_option() -> None:
+    storage = load_config(env={}, flag_texts={"storage.disk_full_retry_ms": "250"}).storage
+    assert storage.disk_full_retry_ms == 250
+    with pytest.raises(ConfigError) as info:
+        load_config(env={}, flag_texts={"storage.disk_full_retry_ms": "0"})
+    assert "storage.disk_full_retry_ms: must be at least 1" in "\n".join(info.value.problems)

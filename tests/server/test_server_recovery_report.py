@@ -73,3 +73,32 @@ def test_a_torn_local_metadata_log_tail_is_reported(
             await host.stop()
 
     asyncio.run(run())
+
+
+def test_a_local_write_refused_by_a_full_disk_answers_disk_full(tmp_path: Path) -> None:
+    import errno
+
+    from catenary.api.errors import ServiceError
+    from catenary.api.messages import ErrorCode
+
+    async def run() -> None:
+        host = LocalMetadataHost(str(tmp_path), LocalHostConfig())
+        await host.start()
+        try:
+            assert await host.write(Put("k", b"v")) == Written(1)
+            store = host.store
+            real = store.execute_batch
+
+            def full(commands: list[object]) -> list[object]:
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            store.execute_batch = full  # type: ignore[method-assign,assignment]
+            with pytest.raises(ServiceError) as info:
+                await host.write(Put("k", b"w"))
+            assert info.value.code == ErrorCode.DISK_FULL and "disk full" in str(info.value)
+            store.execute_batch = real  # type: ignore[method-assign]
+            assert await host.write(Put("k", b"w")) == Written(2)
+        finally:
+            await host.stop()
+
+    asyncio.run(run())

@@ -91,6 +91,11 @@ async def ready(request: web.Request) -> web.Response:
         return _json({"ready": False, "reason": "the cluster is not provisioned"}, 503)
     if status.leader == 0:
         return _json({"ready": False, "reason": "no metadata leader known"}, 503)
+    disk_full = getattr(_server(request), "disk_full", None)
+    full = disk_full() if callable(disk_full) else ""
+    if full:
+        reason = f"disk full ({full}): writes refused until space returns; reads are served"
+        return _json({"ready": False, "reason": reason, "disk_full": True}, 503)
     return _json({"ready": True, "leader": status.leader, "node": status.node})
 
 

@@ -22,6 +22,7 @@ class ErrorCode(StrEnum):
     BAD_REQUEST = "bad_request"  # malformed or invalid argument; do not retry
     TOO_LARGE = "too_large"  # key or value above the configured limit; do not retry
     OVERLOADED = "overloaded"  # a bounded queue is full; retry with backoff
+    DISK_FULL = "disk_full"  # the node's disk is full: the write was not proposed; retry later
     NOT_FOUND = "not_found"  # unknown node, lease or resource
     REFUSED = "refused"  # an operator action refused for safety (e.g. would lose quorum)
     INTERNAL = "internal"

@@ -203,6 +203,7 @@ class NodeStatus(msgspec.Struct, array_like=True, frozen=True):
     applied_index: int
     members: tuple[RaftMember, ...]
     provisioned: bool
+    disk_full: str = ""  # why writes wait for disk space; "" when they do not
 
 
 class StatusReply(msgspec.Struct, tag="statusr", array_like=True, frozen=True):
@@ -264,6 +265,7 @@ def status_to_json(status: NodeStatus) -> dict[str, object]:
             for member in status.members
         ],
         "provisioned": status.provisioned,
+        "disk_full": status.disk_full,
     }
 
 

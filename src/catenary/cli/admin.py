@@ -308,6 +308,11 @@ async def _gather_status(
         if report.status is None:
             label = str(report.node or "?")
             warnings.append(f"node {label} at {report.address} is unreachable: {report.error}")
+        elif report.status.disk_full:
+            warnings.append(
+                f"node {report.status.node} at {report.address}: disk full "
+                f"({report.status.disk_full}); writes refused until space returns"
+            )
     return reports, warnings
 
 

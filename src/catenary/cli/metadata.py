@@ -131,7 +131,7 @@ def delete(
     timeout_s: float,
     cluster_name: str | None,
 ) -> None:
-    """Delete KEY; print the revision of the delete."""
+    """Delete KEY; print the revision of the delete (exit 1 if KEY is absent)."""
     options = make_options(addresses, as_json, timeout_s, cluster_name)
     revision = run(options, lambda client: client.metadata.delete(key, if_version=if_version))
     if options.json:

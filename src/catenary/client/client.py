@@ -17,7 +17,7 @@ Theory of operation
    on any transient failure, each attempt bounded by ``attempt_timeout_s``.
 5. A write is retried only when it surely did not happen: the connection
    failed before the request was written, or the node answered
-   ``NOT_LEADER``, ``UNAVAILABLE`` or ``OVERLOADED``.  When the outcome is
+   ``NOT_LEADER``, ``UNAVAILABLE``, ``OVERLOADED`` or ``DISK_FULL``.  When the outcome is
    unknown -- the connection was lost after sending, the node answered
    ``INDETERMINATE``, or the deadline passed while the write was in flight --
    the client raises ``IndeterminateError``, never a plain failure.
@@ -88,9 +88,12 @@ from catenary.client.errors import (
     CompactedError,
     ConnectionRefusedByNodeError,
     DeadlineExceededError,
+    DiskFullError,
     IndeterminateError,
     InternalError,
+    KeyNotFoundError,
     LeaseNotFoundError,
+    NotCatenaryNodeError,
     NotFoundError,
     OverloadedError,
     PreconditionFailedError,
@@ -111,7 +114,9 @@ class Policy(enum.Enum):
 LEADER = "leader"  # target: the metadata leader
 ANY = "any"  # target: any node (stale reads, status)
 
-_RETRYABLE = frozenset({m.ErrorCode.NOT_LEADER, m.ErrorCode.UNAVAILABLE, m.ErrorCode.OVERLOADED})
+_RETRYABLE = frozenset(
+    {m.ErrorCode.NOT_LEADER, m.ErrorCode.UNAVAILABLE, m.ErrorCode.OVERLOADED, m.ErrorCode.DISK_FULL}
+)
 
 
 class _NoAnswerError(Exception):
@@ -229,6 +234,8 @@ def error_for(reply: m.ErrorReply) -> CatenaryError:
             return IndeterminateError(text)
         case m.ErrorCode.OVERLOADED:
             return OverloadedError(text)
+        case m.ErrorCode.DISK_FULL:
+            return DiskFullError(text)
         case m.ErrorCode.UNAVAILABLE | m.ErrorCode.NOT_LEADER:
             return UnavailableError(text)
         case _:
@@ -512,10 +519,15 @@ class Client:
         attempt = 0
         redirects = 0
         last = "no attempt made"
+        last_disk_full = False  # the last failure was a node's full disk
+        not_catenary: set[str] = set()  # addresses that answered as something else
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
+                if last_disk_full:
+                    raise DiskFullError(f"deadline passed; last failure: {last}")
                 raise DeadlineExceededError(f"deadline passed; last failure: {last}")
+            last_disk_full = False
             address = self._pick(target)
             # 1. connect: a failure here means nothing was sent.
             try:
@@ -539,6 +551,15 @@ class Client:
                 future = conn.call(build)
             except (NotSentError, TimeoutError) as exc:
                 last = str(exc) or f"{address}: connect timed out"
+                self._failed(address)
+                await self._backoff(attempt, deadline)
+                attempt += 1
+                continue
+            except NotCatenaryNodeError as exc:
+                not_catenary.add(address)
+                if not_catenary.issuperset(self.addresses):
+                    raise  # no address is a node: retrying cannot help
+                last = str(exc)  # another address may be a node
                 self._failed(address)
                 await self._backoff(attempt, deadline)
                 attempt += 1
@@ -615,7 +636,8 @@ class Client:
                 reply.code == m.ErrorCode.INDETERMINATE and policy is Policy.READ
             ):
                 last = f"{address}: {reply.code}: {reply.message}"
-                if reply.code == m.ErrorCode.UNAVAILABLE:
+                last_disk_full = reply.code == m.ErrorCode.DISK_FULL
+                if reply.code in (m.ErrorCode.UNAVAILABLE, m.ErrorCode.DISK_FULL):
                     self._failed(address)
                 await self._backoff(attempt, deadline)
                 attempt += 1
@@ -772,7 +794,10 @@ class MetadataClient:
     async def delete(
         self, key: str, *, if_version: int | None = None, timeout_s: float | None = None
     ) -> int:
-        """Delete the key; returns the revision of the delete."""
+        """Delete the key; returns the revision of the delete.
+
+        Raises ``KeyNotFoundError`` when the key is absent: the delete changed
+        nothing and spent no revision."""
         _require_str("key", key)
         precondition = _precondition(if_version=if_version)
         reply = await self._client._expect(
@@ -781,6 +806,8 @@ class MetadataClient:
             policy=Policy.WRITE,
             timeout_s=timeout_s,
         )
+        if isinstance(reply.result, Written) and reply.result.absent:
+            raise KeyNotFoundError(key, reply.result.version)
         return _written(reply.result, key, 0)
 
     async def list(

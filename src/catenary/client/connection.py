@@ -48,6 +48,7 @@ from catenary.client.errors import (
     BadRequestError,
     CatenaryError,
     ConnectionRefusedByNodeError,
+    NotCatenaryNodeError,
     TooLargeError,
     not_utf8,
 )
@@ -60,6 +61,7 @@ from catenary.wire import (
     HelloAck,
     HelloRefused,
     LivenessClock,
+    RefusalCode,
     Role,
     WireError,
     check_liveness_bounds,
@@ -73,6 +75,8 @@ from catenary.wire import (
 )
 from catenary.wire.address import AddressError
 from catenary.wire.address import parse_address as parse_wire_address
+
+RETRYABLE_REFUSALS = frozenset({str(RefusalCode.BUSY), str(RefusalCode.SHUTTING_DOWN)})
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +156,7 @@ class NodeConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
         self._handshake: asyncio.Future[None] = self._loop.create_future()
+        self._first_bytes = b""  # what the node sent before the handshake completed (bounded)
         # Mark a failed handshake as seen even when its opener already gave up.
         self._handshake.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._pending: dict[int, asyncio.Future[Reply]] = {}
@@ -238,9 +243,14 @@ class NodeConnection(asyncio.Protocol):
         self._owed_since = now if self._pending else None
         if self._liveness is not None:
             self._liveness.heard(now)
+        if not self._handshake.done() and len(self._first_bytes) < 64:
+            self._first_bytes += data[: 64 - len(self._first_bytes)]
         try:
             frames = self._decoder.feed(data)
         except WireError as exc:
+            if not self._handshake.done():
+                self._not_catenary(f"bad frame: {exc}")
+                return
             log.warning("closing connection to %s: bad frame from node: %s", self.address, exc)
             self.close(f"bad frame from node: {exc}")
             return
@@ -279,8 +289,7 @@ class NodeConnection(asyncio.Protocol):
         try:
             message = decode_handshake(kind, payload)
         except WireError as exc:
-            self._handshake.set_exception(NotSentError(f"{self.address}: bad handshake: {exc}"))
-            self.close(f"bad handshake: {exc}")
+            self._not_catenary(f"bad handshake: {exc}")
             return
         if isinstance(message, HelloAck):
             # A client that does not know the cluster name sends "" and learns it here.
@@ -302,6 +311,12 @@ class NodeConnection(asyncio.Protocol):
                     now + self._ping_interval_s, self._check_liveness
                 )
             self._handshake.set_result(None)
+        elif isinstance(message, HelloRefused) and message.code in RETRYABLE_REFUSALS:
+            # Full or shutting down: nothing was sent, another node (or later) may serve.
+            self._handshake.set_exception(
+                NotSentError(f"{self.address} is unavailable: {message.reason}")
+            )
+            self.close(f"refused: {message.reason}")
         elif isinstance(message, HelloRefused):
             hint = ""
             if message.code == "cluster" and not self._cluster_name:
@@ -313,8 +328,13 @@ class NodeConnection(asyncio.Protocol):
             )
             self.close(f"refused: {message.reason}")
         else:
-            self._handshake.set_exception(NotSentError(f"{self.address}: unexpected handshake"))
-            self.close("unexpected handshake frame")
+            self._not_catenary("unexpected handshake frame")
+
+    def _not_catenary(self, reason: str) -> None:
+        """The node's first bytes are not a catenary handshake: say so once, no retry here."""
+        log.debug("closing connection to %s: not a catenary node: %s", self.address, reason)
+        self._handshake.set_exception(NotCatenaryNodeError(self.address, self._first_bytes))
+        self.close(f"not a catenary node: {reason}")
 
     # ------------------------------------------------------------ liveness
 

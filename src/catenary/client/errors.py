@@ -49,6 +49,15 @@ class LeaseNotFoundError(NotFoundError):
         self.lease = lease
 
 
+class KeyNotFoundError(NotFoundError):
+    """A delete found no such key: nothing changed and no revision was spent."""
+
+    def __init__(self, key: str, revision: int) -> None:
+        super().__init__(f"key {key!r} not found: nothing deleted (revision stays {revision})")
+        self.key = key
+        self.revision = revision
+
+
 class UnavailableError(CatenaryError):
     """No node could serve the request in time; the request surely did not take effect."""
 
@@ -59,6 +68,13 @@ class DeadlineExceededError(UnavailableError, TimeoutError):
     """The deadline passed before any attempt could be answered (nothing was in flight)."""
 
     code = "deadline_exceeded"
+
+
+class DiskFullError(UnavailableError):
+    """The node's disk is full: the write was refused before it was proposed (surely not
+    applied).  Retry once space returns; reads are still served."""
+
+    code = ErrorCode.DISK_FULL.value
 
 
 class OverloadedError(UnavailableError):
@@ -140,3 +156,19 @@ class ConnectionRefusedByNodeError(CatenaryError):
     """The node refused the handshake (another cluster, unsupported protocol)."""
 
     code = "handshake_refused"
+
+
+class NotCatenaryNodeError(ConnectionRefusedByNodeError):
+    """The address answered with something that is not the catenary handshake
+    (an SSH banner, an HTTP answer, ...): it is not a catenary client port."""
+
+    code = "not_catenary"
+
+    def __init__(self, address: str, first_bytes: bytes) -> None:
+        shown = first_bytes[:40]
+        super().__init__(
+            f"{address} is not a catenary node: it answered {shown!r}"
+            f"{'...' if len(first_bytes) > len(shown) else ''} instead of the catenary handshake"
+        )
+        self.address = address
+        self.first_bytes = first_bytes

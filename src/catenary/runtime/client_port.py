@@ -47,6 +47,13 @@ Theory of operation
    protocol 3 or later the port pings a client it has heard nothing from for
    ``ping_interval_ms`` and aborts the connection after ``idle_timeout_ms`` of
    silence, so a vanished client's watches and buffers are freed.
+9. A connection slot is for requests.  A handshaken connection with nothing in
+   progress (no request being served, no watch) that has sent no request for
+   ``request_idle_ms`` (counted from the handshake, then from its last
+   request) is closed, even if it answers every ping, so idle connections
+   cannot hold every slot.  A full node (``connections_max``) refuses a new
+   connection with the retryable code ``busy``: the client tries another
+   address or again later.
 """
 
 from __future__ import annotations
@@ -151,9 +158,12 @@ class ClientPortConfig(msgspec.Struct, frozen=True, kw_only=True):
     write_buffer_high_bytes: int = 4 << 20
     ping_interval_ms: int = 1000  # ping a client heard from for this long (protocol >= 3)
     idle_timeout_ms: int = 5000  # abort a client connection silent for this long
+    request_idle_ms: int = 60_000  # close a connection with no request for this long (rule 9)
 
     def __post_init__(self) -> None:
         check_liveness_bounds(self.ping_interval_ms, self.idle_timeout_ms, "ms")
+        if self.request_idle_ms < 1:
+            raise ValueError(f"request_idle_ms must be >= 1, got {self.request_idle_ms}")
 
 
 def _internal(request_id: int) -> ErrorReply:
@@ -188,6 +198,8 @@ class _Connection(asyncio.Protocol):
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._liveness: LivenessClock | None = None  # rule 8, from a protocol-3 handshake
         self._liveness_timer: asyncio.TimerHandle | None = None
+        self._last_request = 0.0  # loop time of the handshake, then of the last request
+        self._request_idle_timer: asyncio.TimerHandle | None = None
         self.peer = "?"
 
     # ------------------------------------------------------ asyncio hooks
@@ -213,6 +225,9 @@ class _Connection(asyncio.Protocol):
         if self._liveness_timer is not None:
             self._liveness_timer.cancel()
             self._liveness_timer = None
+        if self._request_idle_timer is not None:
+            self._request_idle_timer.cancel()
+            self._request_idle_timer = None
         if self in self._port._connections:
             self._port._connections.discard(self)
             self._port.metrics.client_connections.dec()
@@ -255,6 +270,7 @@ class _Connection(asyncio.Protocol):
                 if frame.kind != FrameKind.REQUEST:
                     self.drop(f"unexpected frame kind {frame.kind} (expected REQUEST)", "kind")
                     return
+                self._last_request = asyncio.get_running_loop().time()
                 request = decode_payload(frame, request_decoder)
                 kind = type(request)
                 if kind is Put and batch_puts:
@@ -365,7 +381,7 @@ class _Connection(asyncio.Protocol):
         refusal: HelloRefused | None
         if len(self._port._connections) > self._config.connections_max:
             refusal = HelloRefused(
-                RefusalCode.OTHER,
+                RefusalCode.BUSY,
                 f"too many client connections (limit {self._config.connections_max})",
             )
         elif self._port.closing:
@@ -388,6 +404,11 @@ class _Connection(asyncio.Protocol):
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
+        loop = asyncio.get_running_loop()
+        self._last_request = loop.time()
+        self._request_idle_timer = loop.call_later(
+            self._config.request_idle_ms / 1000, self._check_request_idle
+        )
         if agreed_version(hello) >= LIVENESS_PROTOCOL_VERSION_MIN:
             loop = asyncio.get_running_loop()
             self._liveness = LivenessClock(
@@ -398,6 +419,26 @@ class _Connection(asyncio.Protocol):
             self._liveness_timer = loop.call_at(
                 loop.time() + self._liveness.ping_interval_s, self._check_liveness
             )
+
+    def _check_request_idle(self) -> None:
+        """Rule 9: close a connection that holds a slot without using it."""
+        self._request_idle_timer = None
+        if self._closed or self._transport is None:
+            return
+        loop = asyncio.get_running_loop()
+        bound_s = self._config.request_idle_ms / 1000
+        busy = bool(self._tasks or self._pending or self._watches)
+        if not busy and loop.time() - self._last_request >= bound_s:
+            log.info(
+                "closing client connection %s: no request for %d ms (request_idle_ms)",
+                self.peer,
+                self._config.request_idle_ms,
+            )
+            self._port.metrics.connections_dropped.labels("request_idle").inc()
+            self._close_transport()
+            return
+        next_s = bound_s if busy else self._last_request + bound_s - loop.time()
+        self._request_idle_timer = loop.call_later(max(next_s, 0.001), self._check_request_idle)
 
     def _check_liveness(self) -> None:
         """Rule 8: ping a silent client; abort one silent past ``idle_timeout_ms``."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -38,7 +39,7 @@ from catenary.storage.fs import FileSystem
 from catenary.storage.store import SegmentedStore, StoreConfig
 from catenary.storage.writer import GroupCommitWriter
 
-__all__ = ["AsyncStore", "DiskWriter"]
+__all__ = ["AsyncStore", "DiskWriter", "is_disk_full"]
 
 T = TypeVar("T")
 
@@ -366,3 +367,11 @@ class AsyncStore:
         await asyncio.to_thread(self._writer.close)
         self._resolve()
         await asyncio.to_thread(self._store.close)
+
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """A write failed for want of space: the store rolled it back, so it may be retried."""
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS

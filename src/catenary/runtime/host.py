@@ -25,7 +25,19 @@ needs asyncio, a thread or a clock:
    itself answers the requests whose deadline passed (``HostLoop.expire``), so
    the bound holds while the owner is stuck on a slow disk.
 4. Failure.  A persistence job that raises stops the owner (``failure``, and
-   ``on_failure`` so the node stops: never half-alive).
+   ``on_failure`` so the node stops: never half-alive) -- except a full disk.
+   A job that fails with ENOSPC/EDQUOT (the store rolled the write back) is
+   retried, the same job, every ``disk_full_retry_ms`` until it succeeds: the
+   Raft core believes it handed those entries out, so they are never dropped.
+   Meanwhile the owner does nothing else, so this member sends nothing (no
+   acks, no votes, no heartbeats: a leader loses its followers, who elect
+   another) and ``disk_full`` says why.  New writes are refused at once with
+   ``DISK_FULL`` (surely not proposed), linearizable reads with
+   ``UNAVAILABLE`` (this member cannot confirm them); stale reads and status
+   are served.  Writes already taken time out as usual (``INDETERMINATE``:
+   the retried save may still make them durable).  A store that failed for
+   good (``StoreFailedError``, e.g. a write durable only in part) still stops
+   the node.
 5. Stop.  ``stop()`` lets the owner finish the job in hand, then answers what
    is still waiting (``HostLoop.fail_all``), closes the writer and storage.
 """
@@ -46,11 +58,12 @@ from catenary.core.metadata.types import Command, Compacted, Result, WatchBatch
 from catenary.core.raft.types import ConfChange, Message, NotLeader, ProposalDropped
 from catenary.host.loop import Failed, HostConfig, HostLoop, Job, Output, Raised, ticks_to_deliver
 from catenary.persist.raft_storage import RaftStorage
-from catenary.runtime.disk import DiskWriter
+from catenary.runtime.disk import DiskWriter, is_disk_full
 from catenary.runtime.metrics import ServerMetrics
 from catenary.runtime.raft_events import RaftEventLog
 
 __all__ = ["HostConfig", "MetadataHost", "ticks_to_deliver"]
+
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +89,13 @@ class MetadataHost:
         on_applied: Callable[[], None] | None = None,
         on_failure: Callable[[str], None] | None = None,
         events: RaftEventLog | None = None,
+        disk_full_retry_ms: int = 1000,
     ) -> None:
         """``events`` logs and counts the Raft core's transitions (default: on the
         ``catenary.raft`` logger, counted in ``metrics``)."""
         self.replica = replica
+        self.disk_full_retry_ms = disk_full_retry_ms
+        self.disk_full = ""  # why persistence waits for space (rule 4); "" when it does not
         self._storage = storage
         self._send = send
         self.config = config
@@ -180,6 +196,22 @@ class MetadataHost:
         if self._stopping:
             raise ServiceError(ErrorCode.UNAVAILABLE, "the node is shutting down")
 
+    def _check_writable(self) -> None:
+        if self.disk_full:
+            raise ServiceError(
+                ErrorCode.DISK_FULL,
+                f"disk full ({self.disk_full}): writes are refused until space returns; "
+                "nothing was proposed",
+            )
+
+    def _check_confirmable(self) -> None:
+        if self.disk_full:
+            raise ServiceError(
+                ErrorCode.UNAVAILABLE,
+                f"disk full ({self.disk_full}): this node cannot confirm a linearizable read; "
+                "try another node or a stale read",
+            )
+
     async def write(self, command: Command) -> Result:
         """Propose a write and await its applied result (``HostLoop`` rule 5)."""
         return await self.write_future(command)
@@ -193,6 +225,7 @@ class MetadataHost:
         """
         if not self.replica.is_leader:
             raise self._not_leader(self.replica.leader)
+        self._check_writable()
         self._check_open()
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._accepted(self.core.submit_write(command, future, self._now_us()))
@@ -209,6 +242,7 @@ class MetadataHost:
         """
         if not self.replica.is_leader:
             raise self._not_leader(self.replica.leader)
+        self._check_writable()
         self._check_open()
         future: asyncio.Future[list[Result | ServiceError]] = (
             asyncio.get_running_loop().create_future()
@@ -222,6 +256,7 @@ class MetadataHost:
 
     def read_future(self, query: Query) -> asyncio.Future[ReadCompleted]:
         """``read`` without a coroutine (see ``write_future``)."""
+        self._check_confirmable()
         if not self.replica.is_leader:
             raise self._not_leader(self.replica.leader)
         self._check_open()
@@ -375,7 +410,30 @@ class MetadataHost:
         # the job is handed over by a callback queued behind the transport's
         # flushes of this Ready's messages: the appends leave before the writer
         # thread takes the interpreter to encode the entries.
-        await self._writer.run(self._run_job, job, after_flush=after_flush)
+        while True:
+            try:
+                await self._writer.run(self._run_job, job, after_flush=after_flush)
+                break
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                # Rule 4: the store rolled the write back; retry this same job.
+                if not self.disk_full:
+                    log.error(
+                        "disk full: %s; writes refused, retrying the save every %d ms",
+                        exc.strerror or exc,
+                        self.disk_full_retry_ms,
+                    )
+                self.disk_full = exc.strerror or str(exc)
+                after_flush = False
+                if self._stopping:
+                    raise asyncio.CancelledError from exc
+                await asyncio.sleep(self.disk_full_retry_ms / 1000)
+                if self._stopping:
+                    raise asyncio.CancelledError from exc
+        if self.disk_full:
+            log.warning("disk space returned: the save succeeded, writes resume")
+            self.disk_full = ""
         self._metrics.persist_seconds.observe(time.perf_counter() - started)
 
     def _notify_changed(self) -> None:

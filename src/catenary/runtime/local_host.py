@@ -10,8 +10,8 @@ Theory of operation
    ``batch_max``) to the thread as one ``execute_batch``: one append, one fsync;
    writes arriving meanwhile form the next batch.
 3. Outcomes.  A write is answered once durable and applied.  A disk error that
-   the store rolled back (e.g. ENOSPC) answers ``UNAVAILABLE`` — surely not
-   applied, retry once space returns.  A failed fsync leaves the outcome
+   the store rolled back answers ``DISK_FULL`` for ENOSPC/EDQUOT, else
+   ``UNAVAILABLE`` — surely not applied, retry once space returns.  A failed fsync leaves the outcome
    unknown: those writes answer ``INDETERMINATE`` and the host stops taking
    writes (``failure`` is set; the node stops, and a restart reads what is
    really on disk).  A sealed store (migrated away) answers ``REFUSED``.
@@ -46,7 +46,7 @@ from catenary.persist.local_metadata import (
     MetadataStoreFailed,
     MetadataStoreSealed,
 )
-from catenary.runtime.disk import DiskWriter
+from catenary.runtime.disk import DiskWriter, is_disk_full
 from catenary.storage.fs import OsFileSystem
 from catenary.storage.store import StoreConfig
 
@@ -223,11 +223,17 @@ class LocalMetadataHost:
         except OSError as exc:
             # Rolled back to the last durable state (e.g. a full disk): surely not applied.
             log.error("local metadata write failed: %s", exc)
+            if is_disk_full(exc):
+                error = ServiceError(
+                    ErrorCode.DISK_FULL,
+                    f"disk full ({exc.strerror or exc}): the write was not applied; "
+                    "retry once space returns",
+                )
+            else:
+                error = ServiceError(ErrorCode.UNAVAILABLE, f"the disk refused the write: {exc}")
             for w in batch:
                 if not w.future.done():
-                    w.future.set_exception(
-                        ServiceError(ErrorCode.UNAVAILABLE, f"the disk refused the write: {exc}")
-                    )
+                    w.future.set_exception(error)
             return
         for w, result in zip(batch, results):
             if not w.future.done():

@@ -36,7 +36,7 @@ def write_result(result: md.Result) -> api.WriteResult:
     """
     match result:
         case md.Written():
-            return api.Written(result.version)
+            return api.Written(result.version, result.absent)
         case md.PreconditionFailed():
             return api.PreconditionFailed(result.key, result.current_version)
         case md.LeaseGranted():

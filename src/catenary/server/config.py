@@ -183,6 +183,7 @@ class NetworkSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     client_idle_timeout_ms: int = 5000  # drop a client connection silent this long
     # At most one "peer link lost"/"restored" line per peer this often (the rest are counted).
     peer_link_log_interval_ms: int = 10_000
+    client_request_idle_ms: int = 60_000  # close a client connection with no request this long
 
     def transport_options(self) -> TransportConfig:
         """The peer transport's bounds."""
@@ -207,6 +208,7 @@ class NetworkSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             watches_max=metadata.watches_per_connection_max,
             ping_interval_ms=self.client_ping_interval_ms,
             idle_timeout_ms=self.client_idle_timeout_ms,
+            request_idle_ms=self.client_request_idle_ms,
         )
 
 
@@ -214,6 +216,7 @@ class StorageSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     segment_bytes_max: int = 64 << 20
     index_checkpoint_records: int = 100_000
     record_bytes_max: int = 32 << 20
+    disk_full_retry_ms: int = 1000  # on a full disk, retry the failed save this often
 
     def options(self) -> StoreConfig:
         """The storage engine's bounds (every store of the node)."""

@@ -20,6 +20,8 @@ Theory of operation
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import os
 import time
@@ -179,15 +181,24 @@ class DataDir:
 
 
 def _write_marker(path: str, marker: Marker) -> None:
+    """Write the marker durably, or raise ``DataDirError`` leaving no temporary file."""
     final = os.path.join(path, MARKER_NAME)
     tmp = final + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        data = memoryview(encode_marker(marker))
-        while data:  # a short write (a nearly full disk) must not leave a cut marker
-            data = data[os.write(fd, data) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, final)
-    _fsync_dir(path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            data = memoryview(encode_marker(marker))
+            while data:  # a short write (a nearly full disk) must not leave a cut marker
+                data = data[os.write(fd, data) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+        _fsync_dir(path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        full = " (disk full: free space and start again)" if exc.errno == errno.ENOSPC else ""
+        raise DataDirError(
+            f"data dir {path}: cannot write {MARKER_NAME}: {exc.strerror or exc}{full}"
+        ) from None

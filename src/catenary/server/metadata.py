@@ -158,6 +158,7 @@ class ReplicatedMetadata:
             leader_address=self._registry.client_address_of,
             on_applied=self._registry.on_applied,
             on_failure=ctx.fail,
+            disk_full_retry_ms=config.storage.disk_full_retry_ms,
         )
         self._registry.attach(lambda: host.replica.state, transport)
         self._registry.refresh(force=True)
@@ -227,6 +228,9 @@ class ReplicatedMetadata:
         members += [api.RaftMember(n, "learner", matches.get(n, 0)) for n in membership.learners]
         return tuple(sorted(members, key=lambda m: m.node))
 
+    def disk_full(self) -> str:
+        return self.host.disk_full if self.host is not None else ""
+
     def status(self) -> api.NodeStatus:
         ctx = self._ctx
         if self.host is None:
@@ -248,6 +252,7 @@ class ReplicatedMetadata:
             applied_index=replica.state.applied_index,
             members=self.members(),
             provisioned=self.provisioned(),
+            disk_full=self.host.disk_full,
         )
 
     # ------------------------------------------------------- lifecycle
@@ -331,6 +336,9 @@ class LocalMetadata:
 
     def provisioned(self) -> bool:
         return self.store is not None
+
+    def disk_full(self) -> str:
+        return ""  # the local store answers a failed write UNAVAILABLE itself
 
     def status(self) -> api.NodeStatus:
         ctx = self._ctx

@@ -99,6 +99,10 @@ class Server:
     def status(self) -> api.NodeStatus:
         return self.services.metadata.status()
 
+    def disk_full(self) -> str:
+        """Why writes wait for disk space ("" when they do not): ``/ready`` reports it."""
+        return self.services.metadata.disk_full()
+
     # ----------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
@@ -114,9 +118,9 @@ class Server:
                     metadata_server=config.metadata.server,
                 ),
             )
+            generation = await loop.run_in_executor(None, ctx.datadir.bump_generation)
         except DataDirError as exc:
             raise StartupError(str(exc)) from None
-        generation = await loop.run_in_executor(None, ctx.datadir.bump_generation)
         log.info(
             "data dir %s: cluster %r, node %s, generation %d",
             ctx.datadir.path,

@@ -71,6 +71,7 @@ class RefusalCode(StrEnum):
     DUPLICATE = "duplicate"  # a better connection between the pair exists
     MALFORMED = "malformed"  # the hello did not decode
     SHUTTING_DOWN = "shutting_down"
+    BUSY = "busy"  # at its connection bound: retry later or elsewhere
     OTHER = "other"
 
 

@@ -8,7 +8,8 @@ clock, no randomness, no iteration over an unordered container where order
 matters.  The rules:
 
 1. ``revision`` grows by exactly one per change: a put, a delete of a present
-   key, and every key deleted by a lease revoke/expire.  Each change produces
+   key, and every key deleted by a lease revoke/expire.  A delete of an absent
+   key changes nothing and answers ``Written(revision, absent=True)``.  Each change produces
    exactly one ``Event`` whose ``version`` is that new revision, so the watch
    history is contiguous: event ``i`` has version ``history_start + 1 + i``.
 2. A key's version is the revision of its last change; version 0 = absent.
@@ -278,7 +279,7 @@ class MetadataStateMachine:
         if failed is not None:
             return failed
         if command.key not in self._kvs:
-            return Written(self._revision)  # nothing to delete: no change, no event
+            return Written(self._revision, absent=True)  # nothing to delete: no change, no event
         self._remove_key(command.key)
         return Written(self._revision)
 

@@ -93,6 +93,7 @@ class KeyValue(msgspec.Struct, array_like=True, frozen=True):
 
 class Written(msgspec.Struct, tag="ok", array_like=True, frozen=True):
     version: int  # revision of this write (for a delete of an absent key: current revision)
+    absent: bool = False  # a delete that found no key: nothing changed, no revision spent
 
 
 class PreconditionFailed(msgspec.Struct, tag="pf", array_like=True, frozen=True):
