@@ -130,3 +130,70 @@ def metadata(
             ops=ops or ("put", "get"),
         )
     )
+
+
+@bench.command("log-store")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per figure per line.")
+@click.option(
+    "--records", type=click.IntRange(1, 100_000_000), default=1_000_000, show_default=True
+)
+@click.option(
+    "--per-write",
+    "per_writes",
+    type=click.IntRange(1, 100_000),
+    multiple=True,
+    help="Records per accepted store (repeatable); default: 1 (worst case) and 100.",
+)
+@click.option("--record-bytes", type=click.IntRange(0, 1 << 20), default=100, show_default=True)
+@click.option("--loglets", type=click.IntRange(1, 10_000), default=4, show_default=True)
+@click.option(
+    "--dir",
+    "base_dir",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="Directory for the temporary store (default: the system temp dir).",
+)
+@click.option(
+    "--crash",
+    is_flag=True,
+    help="Leave the store unclosed (as after SIGKILL): the open replays past the last checkpoint.",
+)
+def log_store(
+    as_json: bool,
+    crash: bool,
+    records: int,
+    per_writes: tuple[int, ...],
+    record_bytes: int,
+    loglets: int,
+    base_dir: str | None,
+) -> None:
+    """A log store holding many records: write, open in a fresh process, read back."""
+    from catenary.bench.log_store import run
+
+    for per_write in per_writes or (1, 100):
+        f = run(records, per_write, record_bytes, loglets, base_dir, crash=crash)
+        setup = {
+            "crash": crash,
+            "records": f.records,
+            "per_write": per_write,
+            "record_bytes": record_bytes,
+            "loglets": loglets,
+            "fsync": True,
+        }
+        figures = [
+            ("log_store_write_s", f.write_s, "s"),
+            ("log_store_open_s", f.open_s, "s"),
+            ("log_store_open_replayed_writes", f.replayed, "writes"),
+            ("log_store_open_rss_mb", f.rss_mb, "MB"),
+            ("log_store_read_records_per_s", f.read_records / max(f.read_s, 1e-9), "records/s"),
+        ]
+        if as_json:
+            for name, value, unit in figures:
+                click.echo(json.dumps({"figure": name, "value": value, "unit": unit, **setup}))
+        else:
+            click.echo(
+                f"{f.records:,} records x {record_bytes} B over {loglets} loglets, "
+                f"{per_write} per write: write {f.write_s:.2f} s; open {f.open_s:.3f} s "
+                f"(replayed {f.replayed} writes), peak RSS {f.rss_mb} MB; read "
+                f"{f.read_records:,} records at {f.read_records / max(f.read_s, 1e-9):,.0f}/s"
+            )
