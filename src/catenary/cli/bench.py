@@ -184,7 +184,8 @@ def log_store(
             ("log_store_write_s", f.write_s, "s"),
             ("log_store_open_s", f.open_s, "s"),
             ("log_store_open_replayed_writes", f.replayed, "writes"),
-            ("log_store_open_rss_mb", f.rss_mb, "MB"),
+            ("log_store_open_rss_mb", f.rss_open_mb, "MB"),
+            ("log_store_read_rss_mb", f.rss_mb, "MB"),
             ("log_store_read_records_per_s", f.read_records / max(f.read_s, 1e-9), "records/s"),
         ]
         if as_json:
@@ -194,6 +195,7 @@ def log_store(
             click.echo(
                 f"{f.records:,} records x {record_bytes} B over {loglets} loglets, "
                 f"{per_write} per write: write {f.write_s:.2f} s; open {f.open_s:.3f} s "
-                f"(replayed {f.replayed} writes), peak RSS {f.rss_mb} MB; read "
-                f"{f.read_records:,} records at {f.read_records / max(f.read_s, 1e-9):,.0f}/s"
+                f"(replayed {f.replayed} writes), peak RSS {f.rss_open_mb} MB; read "
+                f"{f.read_records:,} records at {f.read_records / max(f.read_s, 1e-9):,.0f}/s "
+                f"(peak RSS then {f.rss_mb} MB)"
             )
