@@ -37,6 +37,7 @@ from catenary.client.errors import (
     CatenaryError,
     CompactedError,
     IndeterminateError,
+    KeyNotFoundError,
     LeaseNotFoundError,
     PreconditionFailedError,
     UnavailableError,
@@ -162,6 +163,11 @@ class MetadataWorkload:
             record.outcome = "ok"
             record.precondition_failed = True
             record.version = exc.current_version
+        except KeyNotFoundError as exc:
+            # A delete that found no key: a definite outcome that spent no revision
+            # (the model answers it with the current revision).
+            record.outcome = "ok"
+            record.version = exc.revision
         except LeaseNotFoundError as exc:
             record.outcome = "ok"
             record.error = "lease-not-found"
