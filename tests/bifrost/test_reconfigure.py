@@ -125,6 +125,25 @@ def test_a_lost_race_adopts_the_winner_and_releases_the_recorded_tail() -> None:
     assert released and all(m == Tail(L0, 3) for m in released)
 
 
+def test_an_adopted_chain_several_segments_on_releases_the_sealed_segments_own_end() -> None:
+    # The winner's chain already moved two segments past the one this task sealed: the
+    # tail released to the sealed segment's servers is where the *next* segment starts
+    # (LSN 3 -> offset 3), not where the chain's tail segment starts (LSN 9 -> offset 9),
+    # which would let readers of the sealed segment read past its end (sim log seed
+    # 226980020844369 saw that as data loss).
+    servers = servers_with(4)
+    task = Reconfigure(chain(), 5, NEW, repairer=SequencerId(8, 1), servers=SERVERS)
+    run(task, servers)
+    task.on_cas(False)
+    task.take_effects()
+    winner = extend(extend(extend(chain(), 0, 3, MEMORY), 1, 4, MEMORY), 2, 4, MEMORY)
+    assert [s.base_lsn for s in winner.segments] == [1, 3, 6, 9]
+    task.on_chain_read(winner, 9)
+    assert task.phase == DONE and task.adopted and task.segment == winner.tail
+    released = [e.message for e in task.take_effects() if isinstance(e, SendLoglet)]
+    assert released and all(m == Tail(L0, 3) for m in released)
+
+
 def test_a_failed_cas_without_a_winner_proposes_the_same_tail_again() -> None:
     servers = servers_with(2)
     task = Reconfigure(chain(), 5, NEW, repairer=SequencerId(8, 1), servers=SERVERS)

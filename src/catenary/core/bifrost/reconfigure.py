@@ -294,9 +294,12 @@ class Reconfigure:
         self.segment = segment
         self.adopted = adopted
         params = placement(self._sealed)
-        if params is not None:
-            # RC2: the recorded tail (the winner's, if adopted), never a lost candidate.
-            recorded = to_offset(self._sealed.base_lsn, segment.base_lsn)
+        # RC2: the recorded tail (the winner's, if adopted), never a lost candidate.  It
+        # is the base of the segment right after the sealed one — not of the chain's
+        # tail, which an adopted chain may have moved several segments further.
+        after = self.chain.segment(self._sealed.index + 1)
+        if params is not None and after is not None:
+            recorded = to_offset(self._sealed.base_lsn, after.base_lsn)
             loglet = self._sealed.loglet(self.log_id)
             for node in params.nodeset:
                 self._effects.append(SendLoglet(node, Tail(loglet, recorded)))
