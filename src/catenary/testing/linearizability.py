@@ -498,7 +498,13 @@ def _search_segments(
     )
     horizons = list(deadlines)
     for i, op in enumerate(ops):
-        if math.isinf(deadlines[i]) and op.precondition.kind == "version":
+        # Version 0 means "absent", which a delete can make true again at any time:
+        # only a precondition on a real version is passed for good.
+        if (
+            math.isinf(deadlines[i])
+            and op.precondition.kind == "version"
+            and op.precondition.version > 0
+        ):
             wanted = op.precondition.version
             horizons[i] = next((t for t, v in written if v > wanted), math.inf)
     order = sorted(range(len(ops)), key=lambda i: ops[i].call_time)
