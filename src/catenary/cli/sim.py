@@ -23,8 +23,13 @@ import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from catenary.testing.sim.log import LogSimResult
+    from catenary.testing.sim.metadata import SimResult as MetadataSimResult
 
 
 @click.group()
@@ -81,18 +86,23 @@ def metadata(seed: int | None, nodes: int, steps: int, as_json: bool, show_log: 
             f"refused {c.host_refused}"
         )
         click.echo(f"linearizability: {result.linearizability}")
-        liveness = "-" if result.liveness_ms is None else f"{result.liveness_ms} ms"
-        click.echo(
-            f"simulated: {result.sim_time_ms} ms, {result.events} events  "
-            f"liveness: {liveness}  digest: {result.digest}"
-        )
-        if not result.ok:
-            click.echo(f"violation: {result.violation}")
-            for line in result.history_tail:
-                click.echo(f"  {line}")
-            click.echo(f"replay: {result.replay}")
+        _echo_outcome(result)
     if not result.ok:
         sys.exit(1)
+
+
+def _echo_outcome(result: MetadataSimResult | LogSimResult) -> None:
+    """The closing lines both simulations print: time, liveness, digest, any violation."""
+    liveness = "-" if result.liveness_ms is None else f"{result.liveness_ms} ms"
+    click.echo(
+        f"simulated: {result.sim_time_ms} ms, {result.events} events  "
+        f"liveness: {liveness}  digest: {result.digest}"
+    )
+    if not result.ok:
+        click.echo(f"violation: {result.violation}")
+        for line in result.history_tail:
+            click.echo(f"  {line}")
+        click.echo(f"replay: {result.replay}")
 
 
 @sim.command(name="log")
@@ -121,16 +131,7 @@ def log_(seed: int | None, nodes: int, steps: int, as_json: bool) -> None:
         click.echo(f"outcome: {'ok' if result.ok else 'VIOLATION'}")
         for name, value in asdict(result.counters).items():
             click.echo(f"  {name:26} {value}")
-        liveness = "-" if result.liveness_ms is None else f"{result.liveness_ms} ms"
-        click.echo(
-            f"simulated: {result.sim_time_ms} ms, {result.events} events  "
-            f"liveness: {liveness}  digest: {result.digest}"
-        )
-        if not result.ok:
-            click.echo(f"violation: {result.violation}")
-            for line in result.history_tail:
-                click.echo(f"  {line}")
-            click.echo(f"replay: {result.replay}")
+        _echo_outcome(result)
     if not result.ok:
         sys.exit(1)
 
