@@ -14,6 +14,7 @@ from catenary.runtime.client_port import ServiceError
 from catenary.runtime.metrics import ServerMetrics
 from catenary.server.config import load_config
 from catenary.server.context import NodeContext
+from catenary.server.logs import LogService
 from catenary.server.membership import ClusterMembership, LocalMembership
 from catenary.server.metadata import LocalMetadata, ReplicatedMetadata
 from catenary.server.node import Server, make_services
@@ -37,7 +38,13 @@ def test_the_mode_picks_the_services_once() -> None:
     replicated = make_services(NodeContext(load_config(env={})), _metrics())
     assert isinstance(replicated.metadata, ReplicatedMetadata)
     assert isinstance(replicated.membership, ClusterMembership)
-    assert local.log is None and replicated.log is None  # room for the log service
+    # Every node is a log-server by default; without the role it runs no log service.
+    assert isinstance(local.log, LogService) and isinstance(replicated.log, LogService)
+    bare = make_services(
+        NodeContext(load_config(env={}, flags={"roles": ["metadata-server", "admin"]})),
+        _metrics(),
+    )
+    assert bare.log is None
 
 
 def test_no_branch_on_the_mode_outside_the_factory() -> None:

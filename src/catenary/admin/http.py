@@ -118,7 +118,11 @@ async def status(request: web.Request) -> web.Response:
     except Exception as exc:
         log.exception("admin /v1/status: status failed")
         return _json({"error": f"status unavailable: {exc}"}, 500)
-    return _json(status_to_json(node_status))
+    body = status_to_json(node_status)
+    log_status = getattr(_server(request), "log_status", None)
+    if callable(log_status):
+        body["log_service"] = log_status()
+    return _json(body)
 
 
 def create_app(server: AdminTarget) -> web.Application:

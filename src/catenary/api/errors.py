@@ -25,6 +25,7 @@ class ErrorCode(StrEnum):
     DISK_FULL = "disk_full"  # the node's disk is full: the write was not proposed; retry later
     NOT_FOUND = "not_found"  # unknown node, lease or resource
     REFUSED = "refused"  # an operator action refused for safety (e.g. would lose quorum)
+    SEALED = "sealed"  # the log's tail segment is sealed or moving: retry (the client does)
     INTERNAL = "internal"
 
 

@@ -129,6 +129,65 @@ class Join(msgspec.Struct, tag="join", array_like=True, frozen=True):
     generation: int = 0
 
 
+# ------------------------------------------------------------------ logs
+
+
+class LogAppend(msgspec.Struct, tag="lappend", array_like=True, frozen=True):
+    """Append ``payloads`` to ``log`` as one batch; answered with the batch's LSNs."""
+
+    id: int
+    log: int
+    payloads: tuple[bytes, ...]
+
+
+class LogRead(msgspec.Struct, tag="lread", array_like=True, frozen=True):
+    """Records of ``log`` from ``from_lsn`` (up to ``to_lsn``, exclusive; 0 = open-ended).
+
+    Answered with at most ``records_max`` items as soon as at least one is
+    ready; with none after ``wait_ms`` when the reader is at the tail.
+    """
+
+    id: int
+    log: int
+    from_lsn: int
+    to_lsn: int = 0
+    records_max: int = 1000
+    wait_ms: int = 0
+
+
+class LogFindTail(msgspec.Struct, tag="ltail", array_like=True, frozen=True):
+    id: int
+    log: int
+
+
+class LogTrim(msgspec.Struct, tag="ltrim", array_like=True, frozen=True):
+    """Trim ``log`` through ``lsn`` (records at or below it are discarded)."""
+
+    id: int
+    log: int
+    lsn: int
+
+
+class LogSeal(msgspec.Struct, tag="lseal", array_like=True, frozen=True):
+    id: int
+    log: int
+
+
+class LogReconfigure(msgspec.Struct, tag="lreconf", array_like=True, frozen=True):
+    """Seal ``log``'s tail segment and start a new one (defaults: the cluster's)."""
+
+    id: int
+    log: int
+    provider: str = ""  # "" = the cluster's default provider
+    replication: str = ""  # e.g. "{node: 2}"; "" = the cluster's default
+    sequencer: int = 0  # the node to sequence the new segment; 0 = the node asked
+
+
+class LogDescribe(msgspec.Struct, tag="ldesc", array_like=True, frozen=True):
+    id: int
+    log: int = -1  # -1 = every log
+
+
 Request = (
     Get
     | List
@@ -146,6 +205,13 @@ Request = (
     | AddServer
     | RemoveServer
     | Join
+    | LogAppend
+    | LogRead
+    | LogFindTail
+    | LogTrim
+    | LogSeal
+    | LogReconfigure
+    | LogDescribe
 )
 
 
@@ -234,6 +300,70 @@ class OkReply(msgspec.Struct, tag="okr", array_like=True, frozen=True):
     detail: str = ""
 
 
+class LogAppendReply(msgspec.Struct, tag="lappendr", array_like=True, frozen=True):
+    id: int
+    first_lsn: int
+    last_lsn: int
+
+
+class LogRecord(msgspec.Struct, tag="rec", array_like=True, frozen=True):
+    lsn: int
+    payload: bytes
+
+
+class LogGap(msgspec.Struct, tag="gap", array_like=True, frozen=True):
+    """LSNs ``[from_lsn, to_lsn)`` hold no record: ``kind`` "trim" (trimmed away) or
+    "data_loss" (no log-server of the segment holds them)."""
+
+    from_lsn: int
+    to_lsn: int
+    kind: str
+
+
+class LogReadReply(msgspec.Struct, tag="lreadr", array_like=True, frozen=True):
+    id: int
+    items: tuple[LogRecord | LogGap, ...]
+    next_lsn: int  # where the next read continues
+    done: bool = False  # a bounded read reached ``to_lsn``
+
+
+class LogTailReply(msgspec.Struct, tag="ltailr", array_like=True, frozen=True):
+    id: int
+    tail: int  # the first LSN not yet committed: the next append's first LSN, or later
+    sealed: bool = False
+    trim_point: int = 0
+
+
+class LogTrimReply(msgspec.Struct, tag="ltrimr", array_like=True, frozen=True):
+    id: int
+    trim_point: int  # the effective trim point (clipped to the committed tail)
+    segments_dropped: int
+
+
+class SegmentInfo(msgspec.Struct, array_like=True, frozen=True):
+    index: int
+    base_lsn: int
+    end_lsn: int  # first LSN after it; 0 for the open tail segment
+    provider: str
+    replication: str
+    sequencer: str  # "N<node>:<generation>"
+    nodeset: tuple[int, ...]
+
+
+class LogInfo(msgspec.Struct, array_like=True, frozen=True):
+    log: int
+    version: int  # of the chain in the metadata service
+    trim_point: int
+    tail: int  # first LSN not yet committed (0: unknown, the sequencer did not answer)
+    sealed: bool
+    segments: tuple[SegmentInfo, ...]
+
+
+class LogDescribeReply(msgspec.Struct, tag="ldescr", array_like=True, frozen=True):
+    id: int
+    logs: tuple[LogInfo, ...]
+
+
 Reply = (
     GetReply
     | ListReply
@@ -244,6 +374,11 @@ Reply = (
     | ServersReply
     | JoinReply
     | OkReply
+    | LogAppendReply
+    | LogReadReply
+    | LogTailReply
+    | LogTrimReply
+    | LogDescribeReply
     | ErrorReply
 )
 

@@ -30,12 +30,32 @@ from catenary.client.errors import (
     OverloadedError,
     PreconditionFailedError,
     RefusedError,
+    SealedError,
     TooLargeError,
     UnavailableError,
+)
+from catenary.client.logs import (
+    Appender,
+    AppendResult,
+    LogGap,
+    LogInfo,
+    LogRecord,
+    LogsClient,
+    TailInfo,
+    TrimResult,
 )
 from catenary.client.sync import SyncClient
 
 __all__ = [
+    "AppendResult",
+    "Appender",
+    "LogGap",
+    "LogInfo",
+    "LogRecord",
+    "LogsClient",
+    "SealedError",
+    "TailInfo",
+    "TrimResult",
     "BadRequestError",
     "CatenaryError",
     "Client",

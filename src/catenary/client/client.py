@@ -98,10 +98,12 @@ from catenary.client.errors import (
     OverloadedError,
     PreconditionFailedError,
     RefusedError,
+    SealedError,
     TooLargeError,
     UnavailableError,
     check_text,
 )
+from catenary.client.logs import LogsClient
 
 ReplyT = TypeVar("ReplyT")
 
@@ -115,7 +117,13 @@ LEADER = "leader"  # target: the metadata leader
 ANY = "any"  # target: any node (stale reads, status)
 
 _RETRYABLE = frozenset(
-    {m.ErrorCode.NOT_LEADER, m.ErrorCode.UNAVAILABLE, m.ErrorCode.OVERLOADED, m.ErrorCode.DISK_FULL}
+    {
+        m.ErrorCode.NOT_LEADER,
+        m.ErrorCode.UNAVAILABLE,
+        m.ErrorCode.OVERLOADED,
+        m.ErrorCode.DISK_FULL,
+        m.ErrorCode.SEALED,
+    }
 )
 
 
@@ -236,6 +244,8 @@ def error_for(reply: m.ErrorReply) -> CatenaryError:
             return OverloadedError(text)
         case m.ErrorCode.DISK_FULL:
             return DiskFullError(text)
+        case m.ErrorCode.SEALED:
+            return SealedError(text)
         case m.ErrorCode.UNAVAILABLE | m.ErrorCode.NOT_LEADER:
             return UnavailableError(text)
         case _:
@@ -331,6 +341,7 @@ class Client:
         self._closed = False
         self._deadlines = _Deadlines(deadline_resolution_s)
         self.metadata = MetadataClient(self)
+        self.logs = LogsClient(self)
 
     # ------------------------------------------------------------ lifecycle
 

@@ -83,6 +83,13 @@ class OverloadedError(UnavailableError):
     code = ErrorCode.OVERLOADED.value
 
 
+class SealedError(UnavailableError):
+    """The log's tail segment is sealed and no new segment took the append in time
+    (``catenary logs reconfigure`` moves the log to a new segment)."""
+
+    code = ErrorCode.SEALED.value
+
+
 class BadRequestError(CatenaryError, ValueError):
     """The request is malformed or an argument is invalid; retrying cannot help."""
 

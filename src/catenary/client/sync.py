@@ -19,6 +19,7 @@ from catenary.api import messages as m
 from catenary.api.types import Event, KeyValue
 from catenary.client.client import Client, GetResult, ListResult, ServerSet
 from catenary.client.errors import ClientClosedError
+from catenary.client.logs import AppendResult, LogInfo, LogItem, TailInfo, TrimResult
 
 T = TypeVar("T")
 
@@ -39,6 +40,7 @@ class SyncClient:
             self._stop_loop()
             raise
         self.metadata = SyncMetadataClient(self)
+        self.logs = SyncLogsClient(self)
 
     @staticmethod
     async def _make(addresses: str | Sequence[str], options: dict[str, Any]) -> Client:
@@ -177,3 +179,83 @@ class SyncMetadataClient:
         finally:
             if not self._owner._closed:
                 self._owner._run(watcher.aclose())
+
+
+class SyncLogsClient:
+    """``client.logs``, blocking (see ``catenary.client.logs``)."""
+
+    def __init__(self, owner: SyncClient) -> None:
+        self._owner = owner
+        self._logs = owner.client.logs
+
+    def append(
+        self, log: int, records: bytes | Sequence[bytes], *, timeout_s: float | None = None
+    ) -> int:
+        return self._owner._run(self._logs.append(log, records, timeout_s=timeout_s))
+
+    def append_result(
+        self, log: int, records: bytes | Sequence[bytes], *, timeout_s: float | None = None
+    ) -> AppendResult:
+        return self._owner._run(self._logs.append_result(log, records, timeout_s=timeout_s))
+
+    def read(
+        self,
+        log: int,
+        from_lsn: int = 1,
+        to_lsn: int | None = None,
+        *,
+        records_max: int = 1000,
+        wait_ms: int = 1000,
+    ) -> Iterator[LogItem]:
+        """A blocking iterator of records and gaps; closing the generator stops the read."""
+        reader = self._logs.read(log, from_lsn, to_lsn, records_max=records_max, wait_ms=wait_ms)
+
+        async def next_items() -> list[LogItem] | None:
+            try:
+                return [await reader.__anext__()]
+            except StopAsyncIteration:
+                return None
+
+        try:
+            while True:
+                items = self._owner._run(next_items())
+                if items is None:
+                    return
+                yield from items
+        finally:
+            if not self._owner._closed:
+                self._owner._run(reader.aclose())
+
+    def find_tail(self, log: int, *, timeout_s: float | None = None) -> TailInfo:
+        return self._owner._run(self._logs.find_tail(log, timeout_s=timeout_s))
+
+    def trim(self, log: int, lsn: int, *, timeout_s: float | None = None) -> TrimResult:
+        return self._owner._run(self._logs.trim(log, lsn, timeout_s=timeout_s))
+
+    def seal(self, log: int, *, timeout_s: float | None = None) -> int:
+        return self._owner._run(self._logs.seal(log, timeout_s=timeout_s))
+
+    def reconfigure(
+        self,
+        log: int,
+        *,
+        provider: str = "",
+        replication: str = "",
+        sequencer: int = 0,
+        timeout_s: float | None = None,
+    ) -> LogInfo:
+        return self._owner._run(
+            self._logs.reconfigure(
+                log,
+                provider=provider,
+                replication=replication,
+                sequencer=sequencer,
+                timeout_s=timeout_s,
+            )
+        )
+
+    def describe(self, log: int, *, timeout_s: float | None = None) -> LogInfo:
+        return self._owner._run(self._logs.describe(log, timeout_s=timeout_s))
+
+    def list(self, *, timeout_s: float | None = None) -> tuple[LogInfo, ...]:
+        return self._owner._run(self._logs.list(timeout_s=timeout_s))

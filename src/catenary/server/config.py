@@ -31,6 +31,7 @@ from typing import Any
 
 import msgspec
 
+from catenary.core.loglet.replication import ReplicationError, ReplicationProperty
 from catenary.core.metadata.lessor import LessorConfig
 from catenary.core.metadata.replica import ReplicaConfig
 from catenary.core.metadata.state import MetadataConfig
@@ -227,6 +228,34 @@ class StorageSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         )
 
 
+class LogsSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    count: int = 4  # logs 0 .. count-1 are created when the cluster is provisioned
+    provider: str = "replicated"  # replicated | local: the provider of new segments
+    replication: str = ""  # e.g. "{node: 2}"; "" = {node: min(2, voters)}
+    nodeset_size: int = 0  # 0 = the smallest nodeset the replication allows
+    tick_ms: int = 10
+    append_timeout_ms: int = 5000  # an append not acknowledged by then is indeterminate
+    record_bytes_max: int = 1 << 20
+    batch_records_max: int = 65_536  # records in one append request
+    records_inflight_max: int = 65_536  # per segment, unacknowledged
+    store_timeout_ms: int = 200  # a store wave unanswered this long is sent elsewhere
+    sequencer_queue_max: int = 4096  # appends waiting for room in a sequencer
+    forwarded_max: int = 4096  # appends waiting for another node's sequencer
+    inbox_max: int = 16_384  # log-server inputs waiting
+    store_batch_max: int = 1024  # log-server inputs per persistence job
+    checkpoint_writes: int = 100_000  # log-store index checkpoints
+    read_buffer_max: int = 4096  # items a read stream buffers
+    read_bytes_max: int = 1 << 20  # per GetRecords answer
+    read_reply_bytes_max: int = 1 << 20  # per LogRead reply
+    read_wait_ms: int = 1000  # a WaitForTail unanswered this long is sent elsewhere
+    read_resend_ms: int = 200  # a read unanswered this long is sent elsewhere
+    read_sessions_max: int = 256  # read streams kept between reads
+    read_session_idle_ms: int = 30_000
+    tail_query_timeout_ms: int = 1000
+    reconfigure_timeout_ms: int = 10_000
+    controller_interval_ms: int = 1000
+
+
 class JoinSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     retry_interval_ms: int = 500
     request_timeout_ms: int = 5000
@@ -264,6 +293,7 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     join: JoinSection = msgspec.field(default_factory=JoinSection)
     shutdown: ShutdownSection = msgspec.field(default_factory=ShutdownSection)
     process: ProcessSection = msgspec.field(default_factory=ProcessSection)
+    logs: LogsSection = msgspec.field(default_factory=LogsSection)
 
     @property
     def provision_automatically(self) -> bool:
@@ -280,6 +310,7 @@ _SECTIONS: dict[str, type[msgspec.Struct]] = {
     "join": JoinSection,
     "shutdown": ShutdownSection,
     "process": ProcessSection,
+    "logs": LogsSection,
 }
 
 # Options renamed to the ``<what>_<unit>_max`` rule: the old spelling is still
@@ -643,6 +674,24 @@ def validate(config: ServerConfig, sources: Mapping[str, str] | None = None) -> 
         bad(culprit, value_of(culprit), why)
     for side in ("peer", "client"):
         at_most(f"network.{side}_ping_interval_ms", f"network.{side}_idle_timeout_ms", strict=True)
+    logs = config.logs
+    if logs.provider not in ("replicated", "local"):
+        bad("logs.provider", logs.provider, 'expected "replicated" or "local"')
+    if logs.replication:
+        try:
+            ReplicationProperty.parse(logs.replication)
+        except ReplicationError as exc:
+            bad("logs.replication", logs.replication, str(exc))
+    for limit in ("network.frame_bytes_max", "storage.record_bytes_max"):
+        if logs.record_bytes_max + 1024 <= value_of(limit):
+            continue
+        culprit = at_fault("logs.record_bytes_max", limit)
+        if any(problem.startswith(f"{culprit}:") for problem in problems):
+            continue  # reported already, under the option that was set
+        if culprit == limit:
+            bad(limit, value_of(limit), "must hold a log record of logs.record_bytes_max + 1024")
+        else:
+            bad(culprit, logs.record_bytes_max, f"a log record must fit in {limit} - 1024")
     return problems
 
 
@@ -653,6 +702,8 @@ _INT_RANGES: dict[str, tuple[int, int | None]] = {
     "raft.lease_drift_ticks": (0, None),
     "raft.promote_lag_entries_max": (0, None),
     "network.peer_link_log_interval_ms": (0, None),
+    "logs.count": (0, 1 << 32),
+    "logs.nodeset_size": (0, None),
 }
 _ZERO_MEANS = {
     "join.timeout_ms": "must be 0 (no limit) or positive",

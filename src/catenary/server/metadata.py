@@ -24,7 +24,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from random import Random
 from typing import Any
 
@@ -98,6 +98,16 @@ class ReplicatedMetadata:
         self._metrics = metrics
         self.host: MetadataHost | None = None
         self.transport: PeerLink | None = None
+        # Other services sharing the peer links register here (called when they are made).
+        self.on_transport: list[Callable[[Any], None]] = []
+
+    def is_leader(self) -> bool:
+        return self.host is not None and self.host.replica.is_leader
+
+    def leader(self) -> tuple[int, str]:
+        """The leader this node knows and its client address ((0, "") when unknown)."""
+        leader = self.host.replica.leader if self.host is not None else 0
+        return leader, self._registry.client_address_of(leader) if leader else ""
 
     def require_host(self) -> MetadataHost:
         """Rule 1."""
@@ -149,6 +159,8 @@ class ReplicatedMetadata:
             on_link=self._metrics.peer_link,
         )
         self.transport = transport
+        for attach in self.on_transport:
+            attach(transport)
         self.host = host = MetadataHost(
             replica,
             storage,

@@ -37,6 +37,7 @@ from catenary.runtime.metrics import ServerMetrics
 from catenary.server.config import ServerConfig
 from catenary.server.context import NodeContext, StartupError
 from catenary.server.datadir import DataDir, DataDirError
+from catenary.server.logs import LogService
 from catenary.server.membership import ClusterMembership, LocalMembership
 from catenary.server.metadata import LocalMetadata, ReplicatedMetadata
 from catenary.server.registry import NodeRegistry
@@ -53,12 +54,36 @@ __all__ = ["AdminAppFactory", "Server", "StartupError", "make_services"]
 
 def make_services(ctx: NodeContext, metrics: ServerMetrics) -> Services:
     """The services of a node with this configuration: the one place that picks the mode."""
+    logs_on = "log-server" in ctx.config.roles
     if ctx.config.metadata.server == "local":
         local = LocalMetadata(ctx)
-        return Services(metadata=local, membership=LocalMembership(ctx, local))
+        local_membership = LocalMembership(ctx, local)
+        local_logs = (
+            LogService(
+                ctx,
+                local,
+                local_membership,
+                is_leader=lambda: True,
+                leader_address=lambda: (ctx.node_id, ctx.config.client_address),
+            )
+            if logs_on
+            else None
+        )
+        return Services(metadata=local, membership=local_membership, log=local_logs)
     registry = NodeRegistry(ctx)
     replicated = ReplicatedMetadata(ctx, registry, metrics)
-    return Services(metadata=replicated, membership=ClusterMembership(ctx, replicated, registry))
+    membership = ClusterMembership(ctx, replicated, registry)
+    logs = None
+    if logs_on:
+        logs = LogService(
+            ctx,
+            replicated,
+            membership,
+            is_leader=replicated.is_leader,
+            leader_address=replicated.leader,
+        )
+        replicated.on_transport.append(logs.attach_transport)
+    return Services(metadata=replicated, membership=membership, log=logs)
 
 
 class Server:
@@ -99,6 +124,13 @@ class Server:
     def status(self) -> api.NodeStatus:
         return self.services.metadata.status()
 
+    def log_status(self) -> dict[str, object]:
+        """The logs this node knows and its log service's counters (``/v1/status``)."""
+        logs = self.services.log
+        if logs is None:
+            return {}
+        return {"logs": logs.status(), "figures": logs.figures()}
+
     def disk_full(self) -> str:
         """Why writes wait for disk space ("" when they do not): ``/ready`` reports it."""
         return self.services.metadata.disk_full()
@@ -137,6 +169,8 @@ class Server:
             ) from None
         await self._start_admin()
         await self.services.membership.start()
+        if self.services.log is not None:
+            await self.services.log.start()
         log.info(
             "node ready: client %s, peer %s, admin %s",
             config.client_address,

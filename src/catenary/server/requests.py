@@ -82,6 +82,7 @@ class RequestRouter:
         self._ctx = ctx
         self._metadata = services.metadata
         self._membership = services.membership
+        self._logs = services.log
 
     def identity(self) -> tuple[str, int, int]:
         return self._ctx.config.cluster_name, self._ctx.node_id, self._ctx.generation
@@ -211,6 +212,44 @@ class RequestRouter:
                 return api.OkReply(rid, await membership.remove_server(request.node))
             case api.Join():
                 return await membership.join(request)
+            case (
+                api.LogAppend()
+                | api.LogRead()
+                | api.LogFindTail()
+                | api.LogTrim()
+                | api.LogSeal()
+                | api.LogReconfigure()
+                | api.LogDescribe()
+            ):
+                return await self._handle_log(request)
+        raise _error(ErrorCode.BAD_REQUEST, f"request {type(request).__name__} not served here")
+
+    async def _handle_log(self, request: api.Request) -> api.Reply:
+        logs = self._logs
+        if logs is None:
+            raise _error(ErrorCode.REFUSED, "this node has no log-server role")
+        rid = request.id
+        match request:
+            case api.LogAppend():
+                reply = await logs.append(request.log, request.payloads)
+                return api.LogAppendReply(rid, reply.first_lsn, reply.last_lsn)
+            case api.LogRead():
+                return await logs.read(request)
+            case api.LogFindTail():
+                tail = await logs.find_tail(request.log)
+                return api.LogTailReply(rid, tail.tail, tail.sealed, tail.trim_point)
+            case api.LogTrim():
+                trimmed = await logs.trim(request.log, request.lsn)
+                return api.LogTrimReply(rid, trimmed.trim_point, trimmed.segments_dropped)
+            case api.LogSeal():
+                sealed = await logs.seal(request.log)
+                return api.LogTailReply(rid, sealed.tail, sealed.sealed, sealed.trim_point)
+            case api.LogReconfigure():
+                moved = await logs.reconfigure(request)
+                return api.LogDescribeReply(rid, moved.logs)
+            case api.LogDescribe():
+                described = await logs.describe(request.log)
+                return api.LogDescribeReply(rid, described.logs)
         raise _error(ErrorCode.BAD_REQUEST, f"request {type(request).__name__} not served here")
 
     async def watch(self, request: api.Watch, emit: Emit) -> None:

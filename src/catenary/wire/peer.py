@@ -45,6 +45,7 @@ class PeerService(IntEnum):
     """Whose message a peer frame carries.  Values are stable on the wire; never reuse one."""
 
     RAFT = 0  # catenary.core.raft.types.Message: the metadata group's Raft traffic
+    LOGLET = 1  # catenary.host.log_node.Envelope: loglets, sequencers, forwarded appends
 
 
 def encode_peer_message(

@@ -132,8 +132,11 @@ class LogletInfo(msgspec.Struct, tag="li", array_like=True, frozen=True):
     trim_point: Offset
 
 
-class Gap(msgspec.Struct, array_like=True, frozen=True):
-    """Offsets ``[from_offset, to_offset)`` the answer holds no record for."""
+class Gap(msgspec.Struct, frozen=True):
+    """Offsets ``[from_offset, to_offset)`` the answer holds no record for.
+
+    Encoded as a map (not an array), so a ``Records`` run decodes unambiguously
+    as a tuple of payloads or a ``Gap``."""
 
     from_offset: Offset
     to_offset: Offset
