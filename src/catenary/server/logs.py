@@ -1009,19 +1009,27 @@ class LogService:
                         ),
                         f"logs-move-{log_id}",
                     )
-                elif (
-                    not self.config.replication
-                    and params.replication.node < wanted.node
-                    and len(self.log_servers()) >= wanted.node
-                ):
+                    continue
+                replication = params.replication
+                reason = ""
+                if not self.config.replication and replication.node < wanted.node:
+                    replication, reason = wanted, f"replication {params.replication} -> {wanted}"
+                servers = self.log_servers()
+                try:
+                    nodeset = select_nodeset(
+                        servers,
+                        replication,
+                        target_size=self.config.nodeset_size,
+                        previous=params.nodeset,
+                        salt=log_id,
+                    )
+                except NodesetUnavailable:
+                    continue
+                if not reason and len(nodeset) > len(params.nodeset):
+                    reason = f"nodeset {list(params.nodeset)} -> {list(nodeset)}"
+                if reason:
                     self._ctx.spawn(
-                        self._move(
-                            log_id,
-                            REPLICATED,
-                            wanted,
-                            self._sequencer_for(0),
-                            f"replication {params.replication} -> {wanted}",
-                        ),
+                        self._move(log_id, REPLICATED, replication, current, reason),
                         f"logs-move-{log_id}",
                     )
             elif (
