@@ -177,6 +177,7 @@ class Appended:
     token: int
     first_lsn: Lsn
     last_lsn: Lsn
+    segment_index: int  # the segment the batch went into
 
 
 @dataclass
@@ -192,6 +193,7 @@ class _Forwarded:
     base_lsn: Lsn
     count: int
     deadline_us: int
+    segment_index: int
 
 
 @dataclass
@@ -200,6 +202,7 @@ class _Sequenced:
     token: int  # the origin's token
     base_lsn: Lsn
     count: int
+    segment_index: int
 
 
 class LogNode:
@@ -295,6 +298,26 @@ class LogNode:
                 locations=self.locations,
             )
 
+    def restart_sequencers(self, generation: int, sequencers: SequencerLoop) -> None:
+        """The node's sequencers start over in a new ``generation`` while its log-server
+        goes on (N1: the segments they sequenced take no more appends here).  Appends
+        they held end with ``AppendTimeout``: they may or may not be committed (N2)."""
+        if generation <= self.generation:
+            raise ValueError("a new generation is higher than the old one")
+        self.generation = generation
+        self.sequencers = sequencers
+        local = self.address(APPENDER)
+        me = self.address(SEQUENCER)
+        for seq_token in sorted(self._sequenced):
+            entry = self._sequenced[seq_token]
+            error = AppendTimeout("the sequencer restarted")
+            if entry.origin == local:
+                self._out.failed.append((entry.token, error))
+            else:
+                failed = AppendFailed(entry.token, type(error).__name__, str(error), True)
+                self._out.send.append((node_of(entry.origin), Envelope(me, APPENDER, failed)))
+        self._sequenced.clear()
+
     def stale_logs(self) -> list[LogId]:
         """N1: logs whose tail segment this node sequenced in an earlier life."""
         out = []
@@ -364,7 +387,7 @@ class LogNode:
         if len(self._forwarded) >= self.forwarded_max:
             self._out.failed.append((token, Backpressure("too many appends forwarded")))
             return
-        self._forwarded[token] = _Forwarded(tail.base_lsn, len(payloads), deadline_us)
+        self._forwarded[token] = _Forwarded(tail.base_lsn, len(payloads), deadline_us, tail.index)
         self.forwarded_total += 1
         message = ForwardAppend(token, log, tail.index, payloads, deadline_us - now_us)
         self._out.send.append(
@@ -416,7 +439,9 @@ class LogNode:
     ) -> None:
         self._next_seq_token += 1
         seq_token = self._next_seq_token
-        self._sequenced[seq_token] = _Sequenced(origin, token, segment.base_lsn, len(payloads))
+        self._sequenced[seq_token] = _Sequenced(
+            origin, token, segment.base_lsn, len(payloads), segment.index
+        )
         self.appends_sequenced += 1
         self.sequencers.append(segment.loglet(log), payloads, seq_token, deadline_us, now_us)
         self._drain_sequencers()
@@ -458,7 +483,7 @@ class LogNode:
             if entry.origin == local:
                 first = to_lsn(entry.base_lsn, last - entry.count + 1)
                 self._out.appended.append(
-                    Appended(entry.token, first, to_lsn(entry.base_lsn, last))
+                    Appended(entry.token, first, to_lsn(entry.base_lsn, last), entry.segment_index)
                 )
             else:
                 done = AppendDone(entry.token, last)
@@ -482,7 +507,7 @@ class LogNode:
         if isinstance(m, AppendDone):
             first = to_lsn(entry.base_lsn, m.last_offset - entry.count + 1)
             self._out.appended.append(
-                Appended(m.token, first, to_lsn(entry.base_lsn, m.last_offset))
+                Appended(m.token, first, to_lsn(entry.base_lsn, m.last_offset), entry.segment_index)
             )
         else:
             self._out.failed.append((m.token, remote_error(m)))

@@ -13,17 +13,23 @@ everything (docs/design/simulation.md, "The log simulation"):
   only then are its replies sent (LS3).  A crash drops everything unsynced and
   may tear the tail (a job in flight runs with a crash point armed); a restart
   goes through ``LogStore.open``, the real recovery path;
-- every node runs a ``SequencerLoop``: the sequencer of a segment is started
-  on the node (and generation) the chain names, when the first append for it
-  arrives; a node's sequencers die with it (or alone, in a sequencer crash)
-  and a restarted node has a new generation, so the old segment must be
-  sealed and the log reconfigured;
-- clients: appenders (each appends one batch and waits; a failed append is
-  re-driven, on the new segment once the log was reconfigured — an
-  unacknowledged append may or may not be in the log), readers (``ReadStream``:
-  tailing and bounded), reconfigurations (``Reconfigure``: forced at random,
-  sometimes two racing on two nodes, and started by appenders whose segment
-  stopped answering) and trims (``TrimLog``);
+- every node runs the production ``LogNode`` (``host/log_node.py``) over its
+  log-server loop and a ``SequencerLoop``: loglet traffic is routed by actor
+  address in ``Envelope``s; a node learns each chain change after a random
+  delay (as from its watch) and starts the sequencer of a segment the chain
+  names it for in its current generation (N1); a node's sequencers die with it
+  (or alone, in a sequencer crash: ``LogNode.restart_sequencers``) and a
+  restarted node has a new generation, so the old segment must be sealed and
+  the log reconfigured;
+- clients: appenders send each batch to a random node, which appends it
+  through its ``LogNode`` — to its own sequencer or forwarded to the node the
+  chain names (N2-N4) — and answers; a failed append is re-driven, on the new
+  segment once the log was reconfigured (an unacknowledged append may or may
+  not be in the log); readers (``ReadStream``, tailing and bounded) and
+  reconfigurations (``Reconfigure``: forced at random, sometimes two racing on
+  two nodes, and started by appenders whose segment stopped answering) and
+  trims (``TrimLog``) run as actors of a node; a reader whose node crashed
+  continues on another node from where it stopped;
 - the chain lives in a deterministic compare-and-set store inside the
   simulator (not the replicated metadata service); its reads and writes take
   a random delay, and some writes succeed but answer "failed" (indeterminate).
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from random import Random
 
@@ -64,7 +71,7 @@ from catenary.core.loglet.log_server import ReadPlan
 from catenary.core.loglet.nodeset import LogServerInfo, select_nodeset
 from catenary.core.loglet.repair import FinderConfig
 from catenary.core.loglet.replication import NodeSetChecker, ReplicationProperty
-from catenary.core.loglet.sequencer import SequencerConfig
+from catenary.core.loglet.sequencer import Backpressure, SequencerConfig
 from catenary.core.loglet.types import (
     OK,
     LogletId,
@@ -74,8 +81,9 @@ from catenary.core.loglet.types import (
     Trimmed,
     to_lsn,
 )
+from catenary.host.log_node import Envelope, LogNode
 from catenary.host.log_server import Job, LogServerLoop, LogServerOutput
-from catenary.host.sequencer import SequencerLoop, SequencerOutput
+from catenary.host.sequencer import SequencerLoop
 from catenary.persist.log_store import LogStore, LogStoreCorruption
 from catenary.storage.errors import StorageError
 from catenary.storage.fs_sim import SimFileSystem
@@ -86,27 +94,27 @@ from catenary.testing.sim.network import NetworkFaults, SimNetwork, split_links
 
 LOG = 1
 TICK_US = 10_000
-CLIENT_HOME = 0  # clients (appenders, readers, trims) sit outside the cluster
-SEQ_BASE = 100  # the sequencer loop of node n listens at SEQ_BASE + n
-ACTOR_BASE = 1000  # clients and reconfigurations get addresses from here
+CLIENT_HOME = 0  # appenders sit outside the cluster and talk to nodes
+ACTOR_BASE = 1000  # appenders and readers get ids from here
 APPEND_DEADLINE_US = 400_000
 LIVENESS_BOUND_US = 20_000_000
 _encoder = msgspec.msgpack.Encoder()
 
 
-# ------------------------------------------------ client <-> sequencer messages
+# ----------------------------------------------------- client <-> node messages
 
 
 class AppendReq(msgspec.Struct, tag="areq", array_like=True, frozen=True):
     token: int
-    segment: Segment
     payloads: tuple[bytes, ...]
-    deadline_us: int
+    budget_us: int
 
 
 class AppendAck(msgspec.Struct, tag="aack", array_like=True, frozen=True):
     token: int
-    last_offset: int
+    first_lsn: int
+    last_lsn: int
+    segment_index: int
 
 
 class AppendFail(msgspec.Struct, tag="afail", array_like=True, frozen=True):
@@ -266,18 +274,21 @@ class _Node:
         )
         self.fs = CrashPointFileSystem(self.disk)
         self.store: LogStore | None = None
-        self.loop: LogServerLoop | None = None
-        self.seq: SequencerLoop | None = None
+        self.node: LogNode | None = None
         self.generation = 0
         self.incarnation = 0
         self.up = False
         self.job: Job | None = None
         self.poll_scheduled = False
-        self.reply_to: dict[int, int] = {}  # append token -> client address
+        self.reply_to: dict[int, int] = {}  # append token -> appender id
         # What was durable, to check that a restart keeps it (trim points, seals).
         self.durable_trim: dict[LogletId, int] = {}
         self.durable_sealed: set[LogletId] = set()
         self.durable_tail: dict[LogletId, int] = {}
+
+    @property
+    def loop(self) -> LogServerLoop | None:
+        return self.node.server if self.node is not None else None
 
 
 @dataclass
@@ -286,30 +297,45 @@ class _Appender:
     index: int
     batch: tuple[bytes, ...] | None = None
     token: int = 0
-    segment: Segment | None = None
+    target: int = 0  # the node the batch was sent to (0: none in flight)
+    tail_index: int = 0  # the chain's tail segment when it was sent
     client_deadline_us: int = 0
     wake_us: int = 0
     counter: int = 0
     attempts: int = 0
     sent_us: int = 0
 
+    @property
+    def segment(self) -> int | None:
+        return self.target or None
+
 
 @dataclass
 class _Reader:
-    addr: int
+    addr: int  # the reader's id (stable across the nodes it runs on)
     stream: ReadStream
     tailing: bool
     expect: int
     chain_pending: bool = False
     stuck_since_us: int | None = None  # a sealed server seen, the chain still open
+    home: int = 0  # the node it runs on (0: none, waiting for one)
+    actor: int = 0  # its actor address on that node
+    to_lsn: int | None = None
+
+    def on_message(self, src: int, message: msgspec.Struct) -> None:
+        self.stream.on_message(src, message)
 
 
 @dataclass
 class _Task:
-    addr: int
+    addr: int  # actor address on its home node
     home: int
     task: Reconfigure | TrimLog
     incarnation: int
+
+    def on_message(self, src: int, message: msgspec.Struct) -> None:
+        if isinstance(self.task, Reconfigure):
+            self.task.on_message(src, message)
 
 
 class LogSimulation:
@@ -359,7 +385,7 @@ class LogSimulation:
         self.segment_end: dict[int, int] = {}  # segment index -> first LSN after it
         self.appenders: list[_Appender] = []
         self.readers: dict[int, _Reader] = {}
-        self.tasks: dict[int, _Task] = {}
+        self.tasks: dict[int, _Task] = {}  # by a task id
         # What the checkers know.
         self.acked: dict[int, bytes] = {}  # lsn -> payload
         self.acked_at: dict[int, tuple[int, int]] = {}  # lsn -> (segment index, offset)
@@ -396,13 +422,8 @@ class LogSimulation:
         self._next_token += 1
         return self._next_token
 
-    def home(self, addr: int) -> int:
-        if addr < SEQ_BASE:
-            return addr
-        if addr < ACTOR_BASE:
-            return addr - SEQ_BASE
-        task = self.tasks.get(addr)
-        return task.home if task is not None else CLIENT_HOME
+    def up_nodes(self) -> list[int]:
+        return [n for n in sorted(self.nodes) if self.nodes[n].up]
 
     def _new_segment_params(self, rng: Random) -> ReplicatedParams:
         sequencer = rng.choice(sorted(self.nodes))
@@ -417,48 +438,39 @@ class LogSimulation:
 
     # ------------------------------------------------------------ network
 
-    def send(self, src: int, dst: int, message: msgspec.Struct) -> None:
-        detail = _encoder.encode(message)
+    def send_peer(self, src: int, dst: int, env: Envelope) -> None:
+        """A loglet envelope from node ``src`` to node ``dst`` (itself: a short delay)."""
+        detail = _encoder.encode(env)
 
         def deliver(delay_us: int) -> None:
             self.loop.after(
-                delay_us, f"msg {src}->{dst}", lambda: self.receive(src, dst, message), detail
+                delay_us, f"msg {src}->{dst}", lambda: self.receive_peer(dst, env), detail
             )
 
-        a, b = self.home(src), self.home(dst)
-        if a == b:
+        if src == dst:
             deliver(self.rng.randint(10, 100))
             return
-        self.net.send(a, b, deliver)
+        self.net.send(src, dst, deliver)
 
-    def receive(self, src: int, dst: int, message: msgspec.Struct) -> None:
-        if dst < SEQ_BASE:
-            node = self.nodes.get(dst)
-            if node is None or not node.up or node.loop is None:
-                return
-            if not node.loop.offer(src, message):
-                self.counters.inbox_drops += 1
-            self.kick(node)
-        elif dst < ACTOR_BASE:
-            node = self.nodes.get(dst - SEQ_BASE)
-            if node is None or not node.up or node.seq is None:
-                return
-            self.on_sequencer_message(node, src, message)
-        elif dst in self.tasks:
-            entry = self.tasks[dst]
-            if isinstance(entry.task, Reconfigure):
-                entry.task.on_message(src, message)
-            self.drain_task(entry)
-        elif dst in self.readers:
-            reader = self.readers[dst]
-            reader.stream.on_message(src, message)
-            self.drain_reader(reader)
-        else:
-            for appender in self.appenders:
-                if appender.addr == dst:
-                    self.on_append_answer(appender, message)
+    def receive_peer(self, dst: int, env: Envelope) -> None:
+        node = self.nodes.get(dst)
+        if node is None or not node.up or node.node is None:
+            return
+        node.node.deliver(env, self.loop.now_us)
+        self.pump(node)
 
-    # ------------------------------------------------------- log-servers
+    def send_client(
+        self, src: int, dst: int, message: msgspec.Struct, on: Callable[[], None]
+    ) -> None:
+        """Client traffic between an appender (outside) and a node."""
+        detail = _encoder.encode(message)
+
+        def deliver(delay_us: int) -> None:
+            self.loop.after(delay_us, f"client {src}->{dst}", on, detail)
+
+        self.net.send(src, dst, deliver)
+
+    # ------------------------------------------------------- nodes
 
     def start_node(self, node: _Node) -> None:
         node.incarnation += 1
@@ -483,15 +495,78 @@ class LogSimulation:
             if tail > 1 and (st is None or st.local_tail < tail):
                 self.fail(f"node {node.id} loglet {loglet}: durable records lost at restart")
         node.store = store
-        node.loop = LogServerLoop(server, inbox_max=256, batch_max=64)
+        node.node = LogNode(
+            node.id,
+            node.generation,
+            LogServerLoop(server, inbox_max=256, batch_max=64),
+            SequencerLoop(node.id, queue_max=64, config=self.seq_config),
+            forwarded_max=64,
+            locations=self.locations,
+        )
         node.durable_tail = {}
         self.remember_durable(node)
-        node.seq = SequencerLoop(node.id, queue_max=64, config=self.seq_config)
         node.job = None
         node.poll_scheduled = False
         node.reply_to = {}
         node.up = True
+        if self.meta:
+            chain, version = self.chain()
+            node.node.on_chain(chain, version, initial=True)  # as from its first list
         self.note(f"node {node.id} up (generation {node.generation})")
+        self.pump(node)
+
+    def pump(self, node: _Node) -> None:
+        """Send what the node's LogNode handed out, answer clients, poll its server."""
+        lognode = node.node
+        if not node.up or lognode is None:
+            return
+        for _ in range(100):
+            out = lognode.take()
+            if not (out.send or out.appended or out.failed):
+                break
+            for dst, env in out.send:
+                self.send_peer(node.id, dst, env)
+            for appended in out.appended:
+                self.answer_client(
+                    node,
+                    appended.token,
+                    AppendAck(
+                        appended.token,
+                        appended.first_lsn,
+                        appended.last_lsn,
+                        appended.segment_index,
+                    ),
+                )
+            for token, error in out.failed:
+                self.answer_client(node, token, AppendFail(token, type(error).__name__))
+        self.track_sequencers(node)
+        self.kick(node)
+
+    def track_sequencers(self, node: _Node) -> None:
+        lognode = node.node
+        assert lognode is not None
+        seq = lognode.sequencers
+        acked = False
+        for loglet in seq.loglets():
+            core = seq.core(loglet)
+            assert core is not None
+            index = loglet & 0xFFFF_FFFF
+            if core.global_tail > self.seq_tail.get(index, 1):
+                self.seq_tail[index] = core.global_tail
+                acked = True
+        if acked:
+            self.check_tail()
+
+    def answer_client(self, node: _Node, token: int, message: msgspec.Struct) -> None:
+        appender_id = node.reply_to.pop(token, None)
+        if appender_id is None:
+            return
+        for appender in self.appenders:
+            if appender.addr == appender_id:
+                self.send_client(node.id, CLIENT_HOME, message, self._answer(appender, message))
+
+    def _answer(self, appender: _Appender, message: msgspec.Struct) -> Callable[[], None]:
+        return lambda: self.on_append_answer(appender, message)
 
     def kick(self, node: _Node) -> None:
         if node.poll_scheduled or node.job is not None:
@@ -501,10 +576,11 @@ class LogSimulation:
         self.loop.after(20, f"poll {node.id}", lambda: self.poll(node, incarnation))
 
     def poll(self, node: _Node, incarnation: int) -> None:
-        if not node.up or node.incarnation != incarnation or node.loop is None:
+        if not node.up or node.incarnation != incarnation or node.node is None:
             return
         node.poll_scheduled = False
-        out = node.loop.poll(self.loop.now_us)
+        loop = node.node.server
+        out = node.node.poll_server(self.loop.now_us)
         self.emit_server(node, out)
         if out.job is not None:
             job = out.job
@@ -529,13 +605,13 @@ class LogSimulation:
                 f"fsync {node.id}",
                 lambda: self.job_complete(node, incarnation),
             )
-        elif node.loop.pending:
+        elif loop.pending:
             self.kick(node)
 
     def job_complete(self, node: _Node, incarnation: int) -> None:
         if not node.up or node.incarnation != incarnation or node.job is None:
             return
-        assert node.store is not None and node.loop is not None
+        assert node.store is not None and node.node is not None
         try:
             node.store.write(node.job.writes)
             node.store.sync()
@@ -543,8 +619,8 @@ class LogSimulation:
             self.fail(f"node {node.id}: store failed: {exc}")
         node.job = None
         self.remember_durable(node)
-        self.emit_server(node, node.loop.job_done())
-        if node.loop.pending:
+        self.emit_server(node, node.node.server.job_done())
+        if node.node.server.pending:
             self.kick(node)
 
     def remember_durable(self, node: _Node) -> None:
@@ -561,12 +637,15 @@ class LogSimulation:
             node.durable_tail[loglet] = st.local_tail
 
     def emit_server(self, node: _Node, out: LogServerOutput) -> None:
+        lognode = node.node
+        assert node.store is not None and lognode is not None
         for dst, message in out.send:
             self.check_durable_reply(node, message)
-            self.send(node.id, dst, message)
-        assert node.store is not None
+            target, env = lognode.route(dst, message)
+            self.send_peer(node.id, target, env)
         for plan in out.reads:
-            self.send(node.id, plan.src, self.answer(node, plan))
+            target, env = lognode.route(plan.src, self.answer(node, plan))
+            self.send_peer(node.id, target, env)
 
     def check_durable_reply(self, node: _Node, m: msgspec.Struct) -> None:
         """LS3: a reply never reports what the node's disk does not hold yet."""
@@ -601,69 +680,26 @@ class LogSimulation:
                 pass
             node.fs.disarm()
         node.disk.crash()
+        if node.node is not None:
+            self.counters.inbox_drops += node.node.server.dropped
         node.up = False
-        node.store = node.loop = node.seq = None
+        node.store = None
+        node.node = None
         node.job = None
         node.incarnation += 1
-        for addr in sorted(self.tasks):
-            if self.tasks[addr].home == node.id:
-                del self.tasks[addr]
+        for task_id in sorted(self.tasks):
+            if self.tasks[task_id].home == node.id:
+                del self.tasks[task_id]
+        for reader in self.readers.values():
+            if reader.home == node.id:
+                reader.home = 0  # continues on another node (``rehome_readers``)
         self.note(f"node {node.id} crashed ({reason})")
-
-    # ---------------------------------------------------------- sequencers
-
-    def on_sequencer_message(self, node: _Node, src: int, message: msgspec.Struct) -> None:
-        seq = node.seq
-        assert seq is not None
-        now = self.loop.now_us
-        if isinstance(message, Stored):
-            seq.on_stored(src, message, now)
-        elif isinstance(message, AppendReq):
-            segment = message.segment
-            loglet = segment.loglet(LOG)
-            params = segment.replicated
-            assert params is not None
-            if not seq.hosts(loglet) and params.sequencer == SequencerId(node.id, node.generation):
-                seq.start(
-                    loglet,
-                    params.sequencer,
-                    params.nodeset,
-                    params.replication,
-                    locations=self.locations,
-                )
-            node.reply_to[message.token] = src
-            seq.append(loglet, message.payloads, message.token, message.deadline_us, now)
-        self.emit_sequencer(node)
-
-    def emit_sequencer(self, node: _Node) -> None:
-        seq = node.seq
-        assert seq is not None
-        out: SequencerOutput = seq.take()
-        for loglet in seq.loglets():
-            core = seq.core(loglet)
-            assert core is not None
-            index = loglet & 0xFFFF_FFFF
-            if core.global_tail > self.seq_tail.get(index, 1):
-                self.seq_tail[index] = core.global_tail
-        addr = SEQ_BASE + node.id
-        for dst, message in out.messages:
-            self.send(addr, dst, message)
-        for token, _loglet, last in out.acked:
-            client = node.reply_to.pop(token, None)
-            if client is not None:
-                self.send(addr, client, AppendAck(token, last))
-        for token, error in out.failed:
-            client = node.reply_to.pop(token, None)
-            if client is not None:
-                self.send(addr, client, AppendFail(token, type(error).__name__))
-        if out.acked:
-            self.check_tail()
 
     # ----------------------------------------------------------- appenders
 
     def appender_step(self, appender: _Appender) -> None:
         now = self.loop.now_us
-        if appender.segment is not None:
+        if appender.target:
             if now > appender.client_deadline_us:
                 self.append_failed(appender, "ClientTimeout")
             return
@@ -678,36 +714,49 @@ class LogSimulation:
                 b"a%d.%d.%d" % (appender.index, appender.counter, i) for i in range(size)
             )
             appender.attempts = 0
+        up = self.up_nodes()
+        if not up:
+            return
+        target = self.rng.choice(up)
         chain, _ = self.chain()
-        segment = chain.tail
-        params = segment.replicated
-        assert params is not None
         appender.token = self.token()
-        appender.segment = segment
+        appender.target = target
+        appender.tail_index = chain.tail.index
         appender.attempts += 1
         appender.sent_us = now
         if appender.attempts > 1:
             self.counters.redriven += 1
         self.counters.appends += 1
-        deadline = now + APPEND_DEADLINE_US
-        appender.client_deadline_us = deadline + 100_000
-        self.send(
-            appender.addr,
-            SEQ_BASE + params.sequencer.node,
-            AppendReq(appender.token, segment, appender.batch, deadline),
+        appender.client_deadline_us = now + APPEND_DEADLINE_US + 100_000
+        request = AppendReq(appender.token, appender.batch, APPEND_DEADLINE_US)
+        self.send_client(
+            CLIENT_HOME,
+            target,
+            request,
+            lambda: self.node_takes_append(target, appender.addr, request),
         )
 
+    def node_takes_append(self, node_id: int, appender_id: int, request: AppendReq) -> None:
+        """A node's client port: the append goes through its LogNode (N2-N4)."""
+        node = self.nodes[node_id]
+        if not node.up or node.node is None:
+            return
+        node.reply_to[request.token] = appender_id
+        now = self.loop.now_us
+        node.node.append(request.token, LOG, request.payloads, now + request.budget_us, now)
+        self.pump(node)
+
     def on_append_answer(self, appender: _Appender, message: msgspec.Struct) -> None:
-        if appender.segment is None or getattr(message, "token", None) != appender.token:
+        if not appender.target or getattr(message, "token", None) != appender.token:
             return
         if isinstance(message, AppendAck):
-            segment = appender.segment
             batch = appender.batch
             assert batch is not None
-            first = message.last_offset - len(batch) + 1
+            if message.last_lsn - message.first_lsn + 1 != len(batch):
+                self.fail(f"append of {len(batch)} records acknowledged as {message}")
+            segment = self.segments.get(message.segment_index)
             for i, payload in enumerate(batch):
-                offset = first + i
-                lsn = to_lsn(segment.base_lsn, offset)
+                lsn = message.first_lsn + i
                 old = self.acked.get(lsn)
                 if old is not None and old != payload:
                     self.fail(f"LSN {lsn} acknowledged with two payloads: {old!r}, {payload!r}")
@@ -715,37 +764,40 @@ class LogSimulation:
                 if seen is not None and seen != payload:
                     self.fail(f"LSN {lsn} acknowledged {payload!r} but read {seen!r}")
                 self.acked[lsn] = payload
-                self.acked_at[lsn] = (segment.index, offset)
-                end = self.segment_end.get(segment.index)
+                if segment is not None:
+                    offset = lsn - segment.base_lsn + 1
+                    self.acked_at[lsn] = (segment.index, offset)
+                end = self.segment_end.get(message.segment_index)
                 if end is not None and lsn >= end:
-                    self.fail(f"LSN {lsn} acknowledged beyond the seal of segment {segment.index}")
+                    self.fail(
+                        f"LSN {lsn} acknowledged beyond the seal of segment {message.segment_index}"
+                    )
             self.counters.acked += 1
             self.counters.records_acked += len(batch)
-            self.note(f"appender {appender.index} acked {len(batch)} at LSN {lsn}")
+            self.note(f"appender {appender.index} acked {len(batch)} at LSN {message.last_lsn}")
             fresh = not self.safety and appender.sent_us >= self.liveness_start_us
             if fresh and self.fresh_ack_us is None:
                 self.fresh_ack_us = self.loop.now_us
             appender.batch = None
-            appender.segment = None
+            appender.target = 0
             appender.wake_us = self.loop.now_us + self.rng.randint(0, 20_000)
         elif isinstance(message, AppendFail):
             self.append_failed(appender, message.kind)
 
     def append_failed(self, appender: _Appender, kind: str) -> None:
         self.counters.append_failures += 1
-        segment = appender.segment
-        assert segment is not None
-        appender.segment = None
+        tail_index = appender.tail_index
+        appender.target = 0
         self.note(f"appender {appender.index} append failed: {kind}")
         appender.wake_us = self.loop.now_us + self.rng.randint(5_000, 50_000)
         chain, _ = self.chain()
-        if kind == "Backpressure" or chain.tail.index != segment.index:
+        if kind == Backpressure.__name__ or chain.tail.index != tail_index:
             return
         # The segment does not take the append: seal it and move on (at most one
         # start per segment every 300 ms; racing ones are fine).
-        last = self.reconfig_last.get(segment.index, -(10**9))
+        last = self.reconfig_last.get(tail_index, -(10**9))
         if self.loop.now_us - last >= 300_000:
-            up = [n for n in sorted(self.nodes) if self.nodes[n].up]
+            up = self.up_nodes()
             if up:
                 self.reconfigure(self.rng.choice(up), reason=f"appender saw {kind}")
 
@@ -753,10 +805,10 @@ class LogSimulation:
 
     def reconfigure(self, home: int, *, reason: str) -> None:
         chain, version = self.chain()
-        up = [n for n in sorted(self.nodes) if self.nodes[n].up]
+        up = self.up_nodes()
         sequencer = self.rng.choice(up)
         self.reconfig_last[chain.tail.index] = self.loop.now_us
-        addr = self.addr()
+        task_id = self.addr()
         task = Reconfigure(
             chain,
             version,
@@ -766,7 +818,7 @@ class LogSimulation:
                 replication=self.plan.replication,
                 nodeset_size=self.plan.nodeset_size,
             ),
-            repairer=SequencerId(home, 1_000_000 + addr),
+            repairer=SequencerId(home, 1_000_000 + task_id),
             servers=self.servers,
             locations=self.locations,
             finder_config=FinderConfig(resend_ticks=5, read_bytes_max=512),
@@ -776,34 +828,47 @@ class LogSimulation:
             f"reconfigure segment {chain.tail.index} from node {home} ({reason}), "
             f"new sequencer N{sequencer}"
         )
-        entry = _Task(addr, home, task, self.nodes[home].incarnation)
-        self.tasks[addr] = entry
-        self.drain_task(entry)
+        self.start_task(task_id, home, task)
+
+    def start_task(self, task_id: int, home: int, task: Reconfigure | TrimLog) -> None:
+        node = self.nodes[home]
+        assert node.node is not None
+        entry = _Task(0, home, task, node.incarnation)
+        entry.addr = node.node.add_actor(entry)
+        self.tasks[task_id] = entry
+        self.drain_task(task_id)
 
     def trim(self) -> None:
         if not self.acked:
+            return
+        up = self.up_nodes()
+        if not up:
             return
         chain, version = self.chain()
         top = max(self.acked)
         lsn = self.rng.randint(max(1, chain.trim_point), top)
         lsn = max(chain.trim_point, lsn - (top - lsn) // 2) if lsn > top // 2 else lsn
-        addr = self.addr()
         task = TrimLog(chain, version, lsn, top + 1)
         self.counters.trims += 1
         self.note(f"trim through LSN {lsn}")
-        entry = _Task(addr, CLIENT_HOME, task, 0)
-        self.tasks[addr] = entry
-        self.drain_task(entry)
+        self.start_task(self.addr(), self.rng.choice(up), task)
 
-    def drain_task(self, entry: _Task) -> None:
+    def drain_task(self, task_id: int) -> None:
+        entry = self.tasks.get(task_id)
+        if entry is None:
+            return
+        node = self.nodes[entry.home]
+        assert node.node is not None
         task = entry.task
         for effect in task.take_effects():
             if isinstance(effect, SendLoglet):
-                self.send(entry.addr, effect.node, effect.message)
+                node.node.send_from(entry.addr, effect.node, effect.message)
             else:
-                self.meta_op(entry, effect)
-        if task.done and entry.addr in self.tasks:
-            del self.tasks[entry.addr]
+                self.meta_op(task_id, entry, effect)
+        self.pump(node)
+        if task.done and task_id in self.tasks:
+            del self.tasks[task_id]
+            node.node.remove_actor(entry.addr)
             if isinstance(task, Reconfigure):
                 if task.phase == DONE:
                     self.counters.reconfigurations_done += 1
@@ -813,12 +878,12 @@ class LogSimulation:
                 else:
                     self.note(f"reconfiguration failed: {task.error}")
 
-    def meta_op(self, entry: _Task, effect: ReadChain | CasChain) -> None:
+    def meta_op(self, task_id: int, entry: _Task, effect: ReadChain | CasChain) -> None:
         delay = self.rng.randint(200, 5_000)
         indeterminate = self.rng.random() < self.plan.indeterminate_cas
 
         def run() -> None:
-            alive = entry.addr in self.tasks
+            alive = self.tasks.get(task_id) is entry
             task = entry.task
             value, version = self.meta[effect.key]
             if isinstance(effect, ReadChain):
@@ -834,8 +899,8 @@ class LogSimulation:
                     task.on_cas(True, version + 1)
             elif alive:
                 task.on_cas(False)
-            if entry.addr in self.tasks:
-                self.drain_task(entry)
+            if alive:
+                self.drain_task(task_id)
 
         self.loop.after(delay, "meta", run)
 
@@ -861,30 +926,73 @@ class LogSimulation:
         )
         self.check_acks_within_seals()
         self.check_tail()
+        # Every node learns the change from its watch, a little later.
+        for node_id in self.up_nodes():
+            node = self.nodes[node_id]
+            incarnation = node.incarnation
+
+            def learn(n: _Node = node, inc: int = incarnation) -> None:
+                if n.up and n.incarnation == inc and n.node is not None:
+                    n.node.on_chain(chain, version)
+                    self.pump(n)
+
+            self.loop.after(self.rng.randint(200, 5_000), f"watch {node_id}", learn)
 
     # ------------------------------------------------------------- readers
 
     def add_reader(self, from_lsn: int, to_lsn: int | None) -> int:
         chain, _ = self.chain()
-        addr = self.addr()
-        stream = ReadStream(chain, from_lsn, to_lsn, config=self.read_config, salt=addr)
-        reader = _Reader(addr, stream, to_lsn is None, from_lsn)
-        self.readers[addr] = reader
+        reader_id = self.addr()
+        stream = ReadStream(chain, from_lsn, to_lsn, config=self.read_config, salt=reader_id)
+        reader = _Reader(reader_id, stream, to_lsn is None, from_lsn, to_lsn=to_lsn)
+        self.readers[reader_id] = reader
         self.counters.readers += 1
+        self.place_reader(reader)
+        return reader_id
+
+    def place_reader(self, reader: _Reader) -> None:
+        """Run the reader on a random up node (none up: it waits for the next tick)."""
+        up = self.up_nodes()
+        if not up:
+            return
+        node = self.nodes[self.rng.choice(up)]
+        assert node.node is not None
+        reader.home = node.id
+        reader.actor = node.node.add_actor(reader)
         self.drain_reader(reader)
-        return addr
+
+    def rehome_readers(self) -> None:
+        """A reader whose node crashed continues on another node from where it stopped."""
+        chain, _ = self.chain()
+        for reader_id in sorted(self.readers):
+            reader = self.readers[reader_id]
+            if reader.home:
+                continue
+            if reader.to_lsn is not None and reader.expect >= reader.to_lsn:
+                del self.readers[reader_id]
+                continue
+            reader.stream = ReadStream(
+                chain, reader.expect, reader.to_lsn, config=self.read_config, salt=reader_id
+            )
+            reader.chain_pending = False
+            reader.stuck_since_us = None
+            self.place_reader(reader)
 
     def drain_reader(self, reader: _Reader) -> None:
         stream = reader.stream
+        node = self.nodes.get(reader.home)
+        if node is None or not node.up or node.node is None:
+            return
         for _ in range(100):
             for dst, message in stream.take_messages():
-                self.send(reader.addr, dst, message)
+                node.node.send_from(reader.actor, dst, message)
             if stream.need_chain and not reader.chain_pending:
                 reader.chain_pending = True
+                home = reader.home
 
-                def deliver(r: _Reader = reader) -> None:
+                def deliver(r: _Reader = reader, h: int = home) -> None:
                     r.chain_pending = False
-                    if r.addr in self.readers:
+                    if r.addr in self.readers and r.home == h:
                         r.stream.on_chain(self.chain()[0])
                         self.reader_stuck(r)
                         self.drain_reader(r)
@@ -897,8 +1005,10 @@ class LogSimulation:
                 break
             for item in items:
                 self.check_item(reader, item)
+        self.pump(node)
         if stream.finished and not reader.tailing:
             del self.readers[reader.addr]
+            node.node.remove_actor(reader.actor)
 
     def reader_stuck(self, reader: _Reader) -> None:
         """A reader that saw a sealed server while the chain keeps the segment open waits
@@ -915,7 +1025,7 @@ class LogSimulation:
         chain, _ = self.chain()
         last = self.reconfig_last.get(chain.tail.index, -(10**9))
         if now - reader.stuck_since_us >= 200_000 and now - last >= 300_000:
-            up = [n for n in sorted(self.nodes) if self.nodes[n].up]
+            up = self.up_nodes()
             if up:
                 self.reconfigure(self.rng.choice(up), reason="reader saw a sealed server")
 
@@ -1064,17 +1174,18 @@ class LogSimulation:
         now = self.loop.now_us
         for node_id in sorted(self.nodes):
             node = self.nodes[node_id]
-            if node.up and node.seq is not None:
-                node.seq.tick(now)
-                self.emit_sequencer(node)
-        for addr in sorted(self.tasks):
-            entry = self.tasks.get(addr)
+            if node.up and node.node is not None:
+                node.node.tick(now)
+                self.pump(node)
+        for task_id in sorted(self.tasks):
+            entry = self.tasks.get(task_id)
             if entry is not None and isinstance(entry.task, Reconfigure):
                 entry.task.tick()
-                self.drain_task(entry)
-        for addr in sorted(self.readers):
-            reader = self.readers.get(addr)
-            if reader is not None:
+                self.drain_task(task_id)
+        self.rehome_readers()
+        for reader_id in sorted(self.readers):
+            reader = self.readers.get(reader_id)
+            if reader is not None and reader.home:
                 reader.stream.tick()
                 self.drain_reader(reader)
         for appender in self.appenders:
@@ -1105,11 +1216,14 @@ class LogSimulation:
         elif roll < 0.6 and plan.crashes:
             if rng.random() < 0.3 and up:
                 node = self.nodes[rng.choice(up)]
+                assert node.node is not None
                 self.counters.sequencer_crashes += 1
                 node.generation += 1
-                node.seq = SequencerLoop(node.id, queue_max=64, config=self.seq_config)
-                node.reply_to = {}
+                node.node.restart_sequencers(
+                    node.generation, SequencerLoop(node.id, queue_max=64, config=self.seq_config)
+                )
                 self.note(f"sequencers of node {node.id} restarted")
+                self.pump(node)
             elif len(self.nodes) - len(up) < down_max or (down_max == 0 and up):
                 with_job = [n for n in up if self.nodes[n].job is not None]
                 victim = rng.choice(with_job if with_job and rng.random() < 0.5 else up)
@@ -1180,11 +1294,15 @@ class LogSimulation:
         violation: str | None = None
         liveness_ms: int | None = None
         try:
-            for node_id in sorted(self.nodes):
-                self.start_node(self.nodes[node_id])
+            for node in self.nodes.values():
+                node.generation = 1  # the first chain names the nodes' first generation
             first = Segment(0, 1, REPLICATED, self._new_segment_params(self.rng))
             self.meta[chain_key(LOG)] = (encode_chain(Chain(LOG, (first,))), 1)
             self.segments[0] = first
+            for node in self.nodes.values():
+                node.generation = 0
+            for node_id in sorted(self.nodes):
+                self.start_node(self.nodes[node_id])
             for i in range(self.plan.appenders):
                 self.appenders.append(_Appender(self.addr(), i + 1))
             self.add_reader(1, None)
@@ -1203,7 +1321,7 @@ class LogSimulation:
         c.messages_dropped = self.net.counters.dropped
         c.messages_duplicated = self.net.counters.duplicated
         c.inbox_drops += sum(
-            n.loop.dropped for n in self.nodes.values() if n.loop is not None and n.up
+            n.node.server.dropped for n in self.nodes.values() if n.node is not None and n.up
         )
         return LogSimResult(
             seed=options.seed,
@@ -1247,7 +1365,7 @@ class LogSimulation:
         liveness_ms = (self.fresh_ack_us - start_us) // 1000
         # Stop appending; let every outstanding append finish.
         self.appending = False
-        while any(a.segment is not None or a.batch is not None for a in self.appenders):
+        while any(a.target or a.batch is not None for a in self.appenders):
             if now >= bound:
                 self.fail("liveness: appends did not complete within the bound")
             now += step
