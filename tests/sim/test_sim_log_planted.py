@@ -18,10 +18,13 @@ from collections.abc import Callable
 import msgspec
 import pytest
 
+from catenary.core.bifrost.chain import Chain
+from catenary.core.bifrost.reconfigure import placement
 from catenary.core.loglet.log_server import Effects, LogServer
 from catenary.core.loglet.repair import REPAIRING, SEALING, TailFinder
 from catenary.core.loglet.sequencer import Sequencer
 from catenary.core.loglet.types import Store
+from catenary.host.log_node import AppendDone, AppendFailed, LogNode
 from catenary.host.log_server import LogServerLoop, LogServerOutput
 from catenary.testing.sim.log import LogSimOptions, LogSimResult, run_log_sim
 
@@ -97,6 +100,43 @@ def reply_before_durable(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(LogServerLoop, "poll", poll)
 
 
+def sequencer_of_an_older_generation(mp: pytest.MonkeyPatch) -> None:
+    """A node starts the sequencer of a segment the chain names it for in an earlier
+    generation (N1 without the generation check): after a restart it hands out offsets
+    that segment already gave."""
+
+    def _maybe_start(self: LogNode, log: int, chain: Chain) -> None:
+        tail = chain.tail
+        params = placement(tail)
+        if params is None or params.sequencer.node != self.node_id:
+            return
+        loglet = tail.loglet(log)
+        if not self.sequencers.hosts(loglet):
+            self.sequencers.start(
+                loglet,
+                params.sequencer,
+                params.nodeset,
+                params.replication,
+                locations=self.locations,
+            )
+
+    mp.setattr(LogNode, "_maybe_start", _maybe_start)
+
+
+def forwarded_lsn_from_the_current_chain(mp: pytest.MonkeyPatch) -> None:
+    """A forwarded append's answer is turned into LSNs with the base of the segment the
+    node's chain has now, not of the segment the append was sent to."""
+    original = LogNode._forward_answered
+
+    def _forward_answered(self: LogNode, m: AppendDone | AppendFailed) -> None:
+        entry = self._forwarded.get(m.token)
+        if entry is not None:
+            entry.base_lsn = self.chains[1][0].tail.base_lsn
+        original(self, m)
+
+    mp.setattr(LogNode, "_forward_answered", _forward_answered)
+
+
 # The first seeds found to catch each bug, then a margin (the first twelve 3-node
 # seeds): a simulator change moves the scenarios, and the margin keeps the battery
 # meaningful until the list is refreshed with the search below.
@@ -109,6 +149,11 @@ PLANTS: dict[str, tuple[Plant, list[tuple[int, int]]]] = {
     "find_tail_without_repair": (find_tail_without_repair, [(1, 3), (2, 3), *MARGIN]),
     "find_tail_lowest": (find_tail_lowest, [(1, 3), (2, 3), *MARGIN]),
     "reply_before_durable": (reply_before_durable, [(0, 3), (1, 3), *MARGIN]),
+    "sequencer_of_an_older_generation": (sequencer_of_an_older_generation, MARGIN),
+    "forwarded_lsn_from_the_current_chain": (
+        forwarded_lsn_from_the_current_chain,
+        [(98, 3), (107, 3), *MARGIN],
+    ),
 }
 
 
