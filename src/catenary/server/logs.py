@@ -184,6 +184,7 @@ class LogService:
         self._tasks: dict[int, _Task] = {}
         self._reconfiguring: dict[LogId, asyncio.Future[Any]] = {}
         self._chain_changed = asyncio.Event()
+        self._control_now = asyncio.Event()  # run the controller without waiting its interval
         self._started = False
         self.stats = LogStats()
 
@@ -516,6 +517,7 @@ class LogService:
             await asyncio.sleep(0.05)
         source = self._metadata.watch_source()
         version = await self._list_chains(initial=True)
+        self._control_now.set()  # a restarted node's logs move on at once (L2)
         while True:
             changed = source.changed_future()
             answer = source.changes_since(version, LOGS_PREFIX, True, 1000)
@@ -968,10 +970,20 @@ class LogService:
     async def _controller_loop(self) -> None:
         """L2."""
         interval = self.config.controller_interval_ms / 1000
+        last = 0.0
+        leading = False
         while True:
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._control_now.wait(), min(interval, 0.1))
+            now = time.monotonic()
             if self.node is None or not self._metadata.provisioned() or not self._is_leader():
+                leading = False
                 continue
+            due = self._control_now.is_set() or not leading or now - last >= interval
+            if not due:
+                continue
+            self._control_now.clear()
+            leading, last = True, now
             try:
                 await self._control()
             except ServiceError as exc:
@@ -998,6 +1010,8 @@ class LogService:
                 params = tail.replicated
                 current = params.sequencer
                 newest = generations.get(current.node, 0)
+                if current.node == node.node_id:
+                    newest = node.generation  # this node knows its own generation first
                 if newest > current.generation:
                     self._ctx.spawn(
                         self._move(
