@@ -92,7 +92,15 @@ from catenary.core.loglet.sequencer import (
     RecordTooLarge,
     SequencerConfig,
 )
-from catenary.core.loglet.types import LOG_ID_MAX, LogId, SequencerId, Tail, to_lsn
+from catenary.core.loglet.types import (
+    LOG_ID_MAX,
+    GetLogletInfo,
+    LogId,
+    LogletInfo,
+    SequencerId,
+    Tail,
+    to_lsn,
+)
 from catenary.core.metadata import types as md
 from catenary.core.metadata.replica import GetQuery, ListQuery
 from catenary.host.log_node import (
@@ -113,6 +121,8 @@ from catenary.wire.peer import PeerService
 log = logging.getLogger("catenary.logs")
 
 LOGS_PREFIX = "/catenary/logs/"
+READ_RECORDS_MAX = 100_000  # items in one LogRead reply (its bytes are bounded too)
+READ_WAIT_MS_MAX = 60_000
 SYSTEM_ROOT = "/catenary/"
 
 
@@ -135,6 +145,22 @@ class _Reader:
 
     def on_message(self, src: int, message: msgspec.Struct) -> None:
         self.stream.on_message(src, message)
+
+
+@dataclass
+class _InfoCollector:
+    """Collects the ``LogletInfo`` answers of a segment's log-servers."""
+
+    loglet: int
+    done: asyncio.Future[None]
+    expected: int
+    infos: dict[int, LogletInfo] = field(default_factory=dict)
+
+    def on_message(self, src: int, message: msgspec.Struct) -> None:
+        if isinstance(message, LogletInfo) and message.loglet == self.loglet:
+            self.infos[src] = message
+            if len(self.infos) >= self.expected and not self.done.done():
+                self.done.set_result(None)
 
 
 @dataclass
@@ -660,8 +686,14 @@ class LogService:
             raise ServiceError(ErrorCode.BAD_REQUEST, "from_lsn must be >= 1")
         if request.to_lsn and request.to_lsn < request.from_lsn:
             raise ServiceError(ErrorCode.BAD_REQUEST, "to_lsn must be 0 or >= from_lsn")
-        if request.records_max < 1 or request.wait_ms < 0:
-            raise ServiceError(ErrorCode.BAD_REQUEST, "records_max must be >= 1, wait_ms >= 0")
+        if not 1 <= request.records_max <= READ_RECORDS_MAX:
+            raise ServiceError(
+                ErrorCode.BAD_REQUEST, f"records_max must be between 1 and {READ_RECORDS_MAX}"
+            )
+        if not 0 <= request.wait_ms <= READ_WAIT_MS_MAX:
+            raise ServiceError(
+                ErrorCode.BAD_REQUEST, f"wait_ms must be between 0 and {READ_WAIT_MS_MAX}"
+            )
         node = self._require_node()
         chain, _ = self.chain_of(request.log)
         to_lsn = request.to_lsn or None
@@ -780,10 +812,34 @@ class LogService:
             answer = await asyncio.wait_for(future, self.config.tail_query_timeout_ms / 1000)
         except TimeoutError:
             self._tails.pop(token, None)
+            answer = None
+        if answer is not None and answer.hosted:
+            return to_lsn(segment.base_lsn, answer.global_tail), answer.sealed
+        # No sequencer answered for the segment (sealed, or its node is down): the
+        # highest global tail its log-servers know, a lower bound of the committed one.
+        infos = await self._ask_servers(segment.loglet(chain.log_id), params.nodeset)
+        if not infos:
             return 0, False
-        if not answer.hosted:
-            return 0, False
-        return to_lsn(segment.base_lsn, answer.global_tail), answer.sealed
+        tail = max(info.known_global_tail for info in infos)
+        sealed = any(info.sealed for info in infos)
+        return to_lsn(segment.base_lsn, max(tail, 1)), sealed
+
+    async def _ask_servers(self, loglet: int, nodeset: Sequence[int]) -> list[LogletInfo]:
+        """``LogletInfo`` from every log-server of ``nodeset`` that answers in time."""
+        node = self._require_node()
+        collector = _InfoCollector(loglet, asyncio.get_running_loop().create_future(), len(nodeset))
+        addr = node.add_actor(collector)
+        try:
+            for server in nodeset:
+                node.send_from(addr, server, GetLogletInfo(loglet))
+            self._kick()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.shield(collector.done), self.config.tail_query_timeout_ms / 1000
+                )
+        finally:
+            node.remove_actor(addr)
+        return list(collector.infos.values())
 
     # ------------------------------------------------- seal, trim, move
 
