@@ -282,6 +282,17 @@ def plant_last_record_checksum_unchecked(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(SegmentedStore, "_scan", scan)
 
 
+def plant_corrupt_record_ends_log(mp: pytest.MonkeyPatch) -> None:
+    """Opening a store takes a record whose checksum fails, in the last segment, for the
+    clean end of the log (a torn tail) without looking for valid records after it: a
+    rotten record silently cuts off every durable entry behind it."""
+
+    def nothing_after(self: SegmentedStore, f: File, start: int, end: int) -> int | None:
+        return None
+
+    mp.setattr(SegmentedStore, "_valid_record_after", nothing_after)
+
+
 # ------------------------------------------------------------------ harness
 
 
@@ -348,6 +359,11 @@ CASES: dict[str, Case] = {
         plant_last_record_checksum_unchecked,
         (1, 2, 3),
         ("RaftStorageCorruption", "durability", "log matching", "safety", "exception"),
+    ),
+    # Bit-rot: the rotten member must refuse its disk and be replaced; with the
+    # bug it loads a log cut short at the rot.
+    "corrupt_record_ends_log": Case(
+        plant_corrupt_record_ends_log, (1, 2, 3), ("durability", "recovery", "committed entry lost")
     ),
     "watch_redelivers": Case(plant_watch_redelivers, (1, 2, 3), ("watch",)),
     "watch_skips": Case(plant_watch_skips, (1, 2, 3), ("watch",)),
