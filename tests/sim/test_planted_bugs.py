@@ -287,7 +287,9 @@ def plant_corrupt_record_ends_log(mp: pytest.MonkeyPatch) -> None:
     clean end of the log (a torn tail) without looking for valid records after it: a
     rotten record silently cuts off every durable entry behind it."""
 
-    def nothing_after(self: SegmentedStore, f: File, start: int, end: int) -> int | None:
+    def nothing_after(
+        self: SegmentedStore, f: File, start: int, end: int, reach: int | None = None
+    ) -> int | None:
         return None
 
     mp.setattr(SegmentedStore, "_valid_record_after", nothing_after)
@@ -363,7 +365,7 @@ CASES: dict[str, Case] = {
     # Bit-rot: the rotten member must refuse its disk and be replaced; with the
     # bug it loads a log cut short at the rot.
     "corrupt_record_ends_log": Case(
-        plant_corrupt_record_ends_log, (1, 2, 3), ("durability", "recovery", "committed entry lost")
+        plant_corrupt_record_ends_log, (1, 4, 60), ("durability", "recovery", "committed entry lost")
     ),
     "watch_redelivers": Case(plant_watch_redelivers, (1, 2, 3), ("watch",)),
     "watch_skips": Case(plant_watch_skips, (1, 2, 3), ("watch",)),
