@@ -77,6 +77,7 @@ from random import Random
 import msgspec
 
 from catenary.api.messages import ErrorCode
+from catenary.core.membership import Promotion, match_indexes
 from catenary.core.metadata.lessor import LessorConfig
 from catenary.core.metadata.replica import (
     Completion,
@@ -119,7 +120,6 @@ from catenary.core.raft.types import (
     RequestVoteResponse,
     Snapshot,
 )
-from catenary.core.membership import Promotion, match_indexes
 from catenary.host.loop import Failed, HostConfig, HostLoop, Output, Raised
 from catenary.persist.raft_storage import RaftStorage, RaftStorageCorruption
 from catenary.storage.errors import CorruptionError, StorageError
