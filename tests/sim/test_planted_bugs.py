@@ -282,6 +282,19 @@ def plant_last_record_checksum_unchecked(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(SegmentedStore, "_scan", scan)
 
 
+def plant_corrupt_record_ends_log(mp: pytest.MonkeyPatch) -> None:
+    """Opening a store takes a record whose checksum fails, in the last segment, for the
+    clean end of the log (a torn tail) without looking for valid records after it: a
+    rotten record silently cuts off every durable entry behind it."""
+
+    def nothing_after(
+        self: SegmentedStore, f: File, start: int, end: int, reach: int | None = None
+    ) -> int | None:
+        return None
+
+    mp.setattr(SegmentedStore, "_valid_record_after", nothing_after)
+
+
 # ------------------------------------------------------------------ harness
 
 
@@ -308,12 +321,12 @@ def _catch(case: Case) -> tuple[int, SimResult] | None:
 CASES: dict[str, Case] = {
     "vote_without_up_to_date_check": Case(
         plant_vote_without_up_to_date_check,
-        (10, 14, 16),
+        (14, 10, 16),
         ("committed entry lost", "commit rule", "safety", "linear"),
     ),
     "figure8_commit_by_counting": Case(
         plant_figure8_commit_by_counting,
-        (2, 6, 7),
+        (6, 2, 7),
         ("commit rule", "committed entry lost", "safety", "linear"),
     ),
     "vote_grant_before_durable": Case(
@@ -329,7 +342,7 @@ CASES: dict[str, Case] = {
     # give more followers that may time out first.
     "lease_read_without_drift_allowance": Case(
         plant_lease_read_without_drift_allowance,
-        (143, 102),
+        (862, 1960),
         ("lease read", "linearizability"),
         nodes=5,
     ),
@@ -348,6 +361,13 @@ CASES: dict[str, Case] = {
         plant_last_record_checksum_unchecked,
         (1, 2, 3),
         ("RaftStorageCorruption", "durability", "log matching", "safety", "exception"),
+    ),
+    # Bit-rot: the rotten member must refuse its disk and be replaced; with the
+    # bug it loads a log cut short at the rot.
+    "corrupt_record_ends_log": Case(
+        plant_corrupt_record_ends_log,
+        (1, 4, 60),
+        ("durability", "recovery", "committed entry lost"),
     ),
     "watch_redelivers": Case(plant_watch_redelivers, (1, 2, 3), ("watch",)),
     "watch_skips": Case(plant_watch_skips, (1, 2, 3), ("watch",)),

@@ -254,6 +254,27 @@ def test_last_record_of_the_last_segment_without_checkpoint_is_a_reported_tail()
     store.close()
 
 
+@pytest.mark.parametrize("preallocate", [True, False])
+def test_rot_before_a_last_record_ending_in_zeros_is_corruption(preallocate: bool) -> None:
+    # A bad record with a valid one after it is damage, never a torn tail -- also when the
+    # valid one's payload ends in zero bytes (the look-ahead once stopped at the last
+    # non-zero byte, cut both records as a tail and lost a durable one).
+    fs = SimFileSystem(Random(24))
+    config = StoreConfig(segment_bytes_max=4096, preallocate=preallocate)
+    store = SegmentedStore.open(fs, "/s", config)
+    store.append([payload(1), payload(2), b"ends in zeros" + bytes(6)])
+    store.sync()
+    store.close()
+    drop_checkpoints(fs, "/s")
+    (path,) = segments(fs, "/s")
+    offsets, _ = record_offsets(file_bytes(fs, path))
+    _flip(fs, path, offsets[1] + RECORD_HEADER_BYTES)
+    with pytest.raises(CorruptionError) as info:
+        SegmentedStore.open(fs, "/s", config)
+    assert info.value.offset == offsets[1]
+    assert "followed by a valid record" in info.value.reason
+
+
 def test_rot_in_the_middle_is_corruption_at_open_or_read_never_data() -> None:
     detected_at_open = detected_at_read = 0
     for seed in range(80):

@@ -350,7 +350,7 @@ class SimFileSystem:
                     and inode.durable_size
                     and rng.random() < self.rot_probability
                 ):
-                    self._rot_locked(inode, rng, 0)
+                    self._rot_locked(inode, rng, 0, inode.durable_size)
                 inode.data = bytearray(inode.durable)
                 inode.size = inode.durable_size
 
@@ -385,19 +385,22 @@ class SimFileSystem:
         inode.durable_size = size
         self.torn_count += 1
 
-    def rot(self, path: str, rng: Random | None = None, *, start: int = 0) -> int:
-        """Bit-rot: flip one random bit among the synced bytes of ``path`` at or after
-        ``start``, in what survives a crash and in what reads see now. Returns the byte
-        offset. ``rng`` defaults to the file system's own. ``ValueError`` if the file has no
-        synced byte at or after ``start``."""
+    def rot(
+        self, path: str, rng: Random | None = None, *, start: int = 0, end: int | None = None
+    ) -> int:
+        """Bit-rot: flip one random bit among the synced bytes of ``path`` in ``[start, end)``
+        (``end`` defaults to the synced size), in what survives a crash and in what reads
+        see now. Returns the byte offset. ``rng`` defaults to the file system's own.
+        ``ValueError`` if the file has no synced byte in that range."""
         path = _norm(path)
         with self._lock:
             inode = self._current.get(path)
             if inode is None:
                 raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
-            if inode.durable_size <= start:
-                raise ValueError(f"{path} has no synced byte at or after {start}")
-            return self._rot_locked(inode, rng or self._rng, start)
+            stop = inode.durable_size if end is None else min(end, inode.durable_size)
+            if stop <= start:
+                raise ValueError(f"{path} has no synced byte in [{start}, {end})")
+            return self._rot_locked(inode, rng or self._rng, start, stop)
 
     def rot_somewhere(
         self, rng: Random | None = None, *, under: str = "/"
@@ -417,10 +420,11 @@ class SimFileSystem:
             if not paths:
                 return None
             path = paths[rng.randrange(len(paths))]
-            return path, self._rot_locked(self._current[path], rng, 0)
+            inode = self._current[path]
+            return path, self._rot_locked(inode, rng, 0, inode.durable_size)
 
-    def _rot_locked(self, inode: _Inode, rng: Random, start: int) -> int:
-        offset = rng.randrange(start, inode.durable_size)
+    def _rot_locked(self, inode: _Inode, rng: Random, start: int, end: int) -> int:
+        offset = rng.randrange(start, end)
         mask = 1 << rng.randrange(8)
         durable = bytearray(inode.durable)
         _pad(durable, offset + 1)

@@ -491,7 +491,10 @@ class SegmentedStore:
                     end,
                     f"{bad} below byte {durable_hint}, which a checkpoint says was durable",
                 )
-            found = self._valid_record_after(f, end + 1, dirty)
+            # A valid record starts before ``dirty`` but may end after it: its payload
+            # may end in zero bytes.
+            reach = min(size, dirty + RECORD_HEADER_BYTES + self._config.record_bytes_max)
+            found = self._valid_record_after(f, end + 1, dirty, reach)
             if found is not None:
                 raise CorruptionError(
                     seg.path, end, f"{bad}, followed by a valid record at offset {found}"
@@ -640,11 +643,15 @@ class SegmentedStore:
         self.recovery.records_scanned += scanned
         return at, problem
 
-    def _valid_record_after(self, f: File, start: int, end: int) -> int | None:
-        """Offset of the first valid record starting in ``[start, end)``, if any."""
+    def _valid_record_after(
+        self, f: File, start: int, end: int, reach: int | None = None
+    ) -> int | None:
+        """Offset of the first valid record starting in ``[start, end)`` and ending by
+        ``reach`` (default ``end``), if any. ``end`` may be the last non-zero byte: a
+        record's payload can end in zeros, so ``reach`` must go past it."""
         if start >= end:
             return None
-        data = f.pread(start, end - start)
+        data = f.pread(start, max(end, reach or end) - start)
         limit = len(data)
         rmax = self._config.record_bytes_max
         i = 0

@@ -53,6 +53,16 @@ network, disk and clock, all derived from one seed:
   bound allows); clock drift beyond the lease bound (ReadIndex only).
 * Watchers poll ``changes_since`` on a member and fail over to another,
   resuming from their last seen version.
+* Bit-rot (``_nemesis_rot``, a generator of its own drawn after all others):
+  one synced bit of a member's disk flips while it is down (or at a crash),
+  anywhere its storage promises to detect it.  Its restart must refuse the
+  disk (``RaftStorage.open``/``load`` raise a corruption error; the member is
+  *retired* and never votes, acknowledges or serves again) or load a state the
+  durability and recovery checkers accept (the store repaired and reported what
+  it could prove redundant).  A retired member is replaced as the server's
+  membership rules do it (``core.membership``): removed through the leader,
+  then a fresh node id with an empty disk joins as a learner and is promoted
+  once caught up; the liveness phase requires the replacement to finish.
 """
 
 from __future__ import annotations
@@ -67,6 +77,7 @@ from random import Random
 import msgspec
 
 from catenary.api.messages import ErrorCode
+from catenary.core.membership import Promotion, match_indexes
 from catenary.core.metadata.lessor import LessorConfig
 from catenary.core.metadata.replica import (
     Completion,
@@ -110,10 +121,16 @@ from catenary.core.raft.types import (
     Snapshot,
 )
 from catenary.host.loop import Failed, HostConfig, HostLoop, Output, Raised
-from catenary.persist.raft_storage import RaftStorage
-from catenary.storage.errors import StorageError
+from catenary.persist.raft_storage import RaftStorage, RaftStorageCorruption
+from catenary.storage.errors import CorruptionError, StorageError
 from catenary.storage.fs_sim import SimFileSystem
-from catenary.storage.store import StoreConfig
+from catenary.storage.store import (
+    RECORD_HEADER_BYTES,
+    SEGMENT_HEADER_BYTES,
+    SEGMENT_SUFFIX,
+    StoreConfig,
+    _record_ok,
+)
 from catenary.testing.sim.checkers import (
     LeaderPresence,
     SafetyChecker,
@@ -204,6 +221,10 @@ class FaultPlan:
     host_timeout_ms: int = 10_000
     host_batch_max: int = 4096
     host_queue_max: int = 20_000
+    # Bit-rot on a member's disk (drawn from a generator of its own, after all
+    # the others, so the draws above are the same as without it).
+    bit_rot: bool = False
+    rot_gap_ms: tuple[int, int] = (1_000, 3_000)
 
     @classmethod
     def draw(cls, rng: Random) -> FaultPlan:
@@ -289,6 +310,10 @@ class SimCounters:
     host_batches: int = 0  # host-loop batches of more than one input (requests, messages)
     host_expired: int = 0  # requests the host loop answered at their deadline
     host_refused: int = 0  # requests the host loop refused before proposing them
+    bit_rots: int = 0  # synced bits flipped on a member's disk while it was down
+    bit_rot_retired: int = 0  # restarts that refused a rotten disk: the member retired
+    bit_rot_survived: int = 0  # rotten disks loaded (repaired, or the rot never read)
+    members_replaced: int = 0  # retired members removed and replaced by a promoted fresh one
 
 
 @dataclass
@@ -363,6 +388,13 @@ class _Member:
         # what reaches it meanwhile waits here, in arrival order.
         self.paused_until_us = 0
         self.deferred: list[Callable[[], None]] = []
+        # Bit-rot: ``rotted`` once any bit of its disk rotted (a corruption its
+        # storage reports from then on is the rot's); ``rot_unloaded`` until a
+        # restart has loaded the rotten disk.  ``retired``: its restart refused
+        # the disk, so it never runs again (a fresh member replaces it).
+        self.rotted = False
+        self.rot_unloaded = False
+        self.retired = False
 
     @property
     def up(self) -> bool:
@@ -458,6 +490,15 @@ class MetadataSim:
         self.ids = sorted(self.members)
         # Drawn after every other generator, so adding watchers moved nothing else.
         self.watch_rng = Random(seeds.getrandbits(64))
+        # Bit-rot and member replacement: last, so seeds without bit-rot replay
+        # as before (with it, only its own events are added).
+        self.rot_rng = Random(seeds.getrandbits(64))
+        self.plan.bit_rot = self.rot_rng.random() < 0.35
+        self.plan.rot_gap_ms = self.rot_rng.choice([(300, 1_500), (1_000, 4_000)])
+        self.replacing: int | None = None  # the retired member being replaced
+        self.replacement: int | None = None  # the fresh member replacing it
+        self.promotion = Promotion(lag_max=8)
+        self.reconfigure_submitted_us = -(10**9)
         self.watchers = [_Watcher(0, "k", 1), _Watcher(1, "lease/", 1)]
         self.watch_checker = WatchChecker()
         self.state_config = MetadataConfig(watch_history_max=self.plan.watch_history_max)
@@ -503,7 +544,7 @@ class MetadataSim:
             f"deposed_reads={p.deposed_reads} entries_per_message={p.entries_per_message} "
             f"watch_history_max={p.watch_history_max} garbage_tails={p.garbage_tails} "
             f"host_timeout_ms={p.host_timeout_ms} host_batch_max={p.host_batch_max} "
-            f"host_queue_max={p.host_queue_max}"
+            f"host_queue_max={p.host_queue_max} bit_rot={p.bit_rot}"
         )
 
     # ------------------------------------------------------------------ run
@@ -543,7 +584,7 @@ class MetadataSim:
         return round(self.options.tick_ms * 1000 * (1 + off))
 
     def _started(self) -> list[int]:
-        return [i for i in self.ids if self.members[i].started]
+        return [i for i in self.ids if self.members[i].started and not self.members[i].retired]
 
     def _leader(self) -> MetadataReplica | None:
         for node_id in self.ids:
@@ -630,14 +671,33 @@ class MetadataSim:
         faults = (plan.crashes, plan.partitions, plan.transfers, plan.reconfigure, plan.pauses)
         if any(faults) or plan.io_errors:
             self._schedule_nemesis()
+        if plan.bit_rot:
+            self._schedule_rot()
 
     def _boot(self, member: _Member) -> None:
         """Open storage and build the replica from what is on disk (the recovery path)."""
+        if member.retired:
+            raise Violation(f"node {member.node_id} was retired (a rotten disk) but restarted")
         member.fs.disarm()
-        storage = RaftStorage.open(member.fs, RAFT_DIR, self.store_config)
-        if storage.store_recovery.torn_tail:
-            self.counters.torn_tails += 1
-        hard_state, snapshot, entries = storage.load()
+        try:
+            storage = RaftStorage.open(member.fs, RAFT_DIR, self.store_config)
+            if storage.store_recovery.torn_tail:
+                self.counters.torn_tails += 1
+            hard_state, snapshot, entries = storage.load()
+        except (CorruptionError, RaftStorageCorruption) as exc:
+            if not member.rotted:
+                raise  # corruption nobody injected: a finding
+            # As the server does (a StartupError): refuse to run on this disk.
+            self._retire(member, exc)
+            return
+        if member.rot_unloaded:
+            # The rot hit what the store could repair (and reported), or bytes it
+            # never reads; the checkers below judge what it loaded.
+            member.rot_unloaded = False
+            self.counters.bit_rot_survived += 1
+            self.loop.note(
+                f"rotten disk of {member.node_id} loaded: {storage.store_recovery.summary()}"
+            )
         self.checker.check_recovered(
             member.node_id,
             hard_state,
@@ -744,6 +804,11 @@ class MetadataSim:
     # -------------------------------------------------------------- network
 
     def _send(self, message: Message) -> None:
+        if self.members[message.src].retired:
+            raise Violation(
+                f"node {message.src} sent {type(message).__name__} after it was retired "
+                "(a rotten disk)"
+            )
         detail = _message_encoder.encode(message)
 
         def schedule(delay_us: int) -> None:
@@ -929,7 +994,7 @@ class MetadataSim:
         member.incarnation += 1
 
     def _restart(self, member: _Member) -> None:
-        if member.replica is not None:
+        if member.replica is not None or member.retired:
             return
         self.counters.restarts += 1
         self.loop.note(f"restart {member.node_id}")
@@ -1174,8 +1239,8 @@ class MetadataSim:
     def _nemesis_reconfigure(self, rng: Random) -> None:
         """One membership change: promote a caught-up learner, remove a voter, or add a spare."""
         leader = self._leader()
-        if leader is None:
-            return
+        if leader is None or self._rot_under_way():
+            return  # a rotten member is to be replaced: the group must keep its quorum
         membership = leader.raft.membership
         spares = [i for i in self.ids if not self.members[i].started]
         change: ConfChange | None = None
@@ -1192,12 +1257,15 @@ class MetadataSim:
             return
         # Through the host loop, as the server's conf_change does; the outcome
         # comes back as a completion (``_reconfigured``).
-        member = self.members[leader.node_id]
+        self.reconfigure_submitted_us = self.loop.now_us
+        self._submit_conf_change(leader.node_id, change, "reconfigure")
+
+    def _submit_conf_change(self, leader: int, change: ConfChange, kind: str) -> None:
+        member = self.members[leader]
         assert member.host is not None
-        conf = change
         if (
             member.host.submit_call(
-                lambda r: r.propose_conf_change(conf), _NemesisCall("reconfigure", change)
+                lambda r: r.propose_conf_change(change), _NemesisCall(kind, change)
             )
             is None
         ):
@@ -1242,6 +1310,182 @@ class MetadataSim:
         duration_ms = rng.randint(*self.plan.partition_ms)
         self.loop.after(duration_ms * 1000, "heal", lambda: self.network.heal_links(links))
 
+    # ------------------------------------------------ bit-rot and replacement
+
+    def _schedule_rot(self) -> None:
+        gap_ms = self.rot_rng.randint(*self.plan.rot_gap_ms)
+        self.loop.after(gap_ms * 1000, "bit-rot", self._nemesis_rot)
+
+    def _nemesis_rot(self) -> None:
+        """Rot one synced bit of a voter's disk: while it is down, or at a crash.
+
+        Only while the group is whole and settled (no learner, no membership
+        change under way, no retired member still to replace, at least three
+        voters), so losing the victim for good leaves a quorum that can remove
+        it: two rotten disks at once are beyond what a replicated log survives.
+        """
+        if self.phase != "safety":
+            return
+        self._schedule_rot()
+        rng = self.rot_rng
+        leader = self._leader()
+        if (
+            leader is None
+            or self._rot_under_way()
+            or self.loop.now_us < self.nemesis_quiet_until_us
+            or self.loop.now_us < self.reconfigure_submitted_us + 1_000_000
+        ):
+            return
+        raft = leader.raft
+        membership = raft.membership
+        if (
+            membership.learners
+            or len(membership.voters) < 3
+            or raft._pending_conf_index > raft.commit_index
+        ):
+            return
+        for i in self._started():
+            replica = self.members[i].replica
+            if replica is not None and replica.raft.membership != membership:
+                return  # a member holds another configuration: a change is under way
+        victims = [v for v in membership.voters if v in self.members and self.members[v].started]
+        if len(victims) != len(membership.voters):
+            return
+        member = self.members[rng.choice(victims)]
+        if member.up:
+            self._crash(member, budget=rng.randint(0, 12))
+            downtime_ms = rng.randint(*self.plan.downtime_ms)
+            self.loop.after(
+                downtime_ms * 1000, f"restart{member.node_id}", lambda: self._restart(member)
+            )
+        self._rot(member, rng)
+
+    def _rot_under_way(self) -> bool:
+        """A rotten disk waits for its restart, or a retired member for its replacement."""
+        return self.replacing is not None or any(m.rot_unloaded for m in self.members.values())
+
+    def _rot(self, member: _Member, rng: Random) -> None:
+        """Flip one synced bit of the (down) member's Raft directory."""
+        targets = self._rot_targets(member.disk)
+        if not targets:
+            return
+        path, start, end = rng.choice(targets)
+        offset = member.disk.rot(path, rng, start=start, end=end)
+        member.rotted = member.rot_unloaded = True
+        self.counters.bit_rots += 1
+        self.loop.note(f"bit-rot {member.node_id} {path} at {offset}")
+
+    def _rot_targets(self, disk: SimFileSystem) -> list[tuple[str, int, int]]:
+        """(path, start, end) of the synced bytes a rot may hit: every file of the
+        Raft directory, except the last record of the last segment.
+
+        The store cannot tell a rotten last record from a torn write (the same
+        shape: a record whose checksum fails with only zeros after it), so it
+        cuts it as a torn tail -- storage rule 3's residual risk, which no check
+        can close without knowing what was synced.  Everything before it is
+        followed by a valid record (or covered by a checkpoint, or read back by
+        ``load``); the zeros after the records are a separate target (the store
+        zeroes them again and reports a torn tail).  The member is down, so what
+        the disk holds now is what was synced.
+        """
+        targets: list[tuple[str, int, int]] = []
+        log_dir = f"{RAFT_DIR}/log"
+        paths: list[str] = []
+        for directory in (RAFT_DIR, log_dir):
+            if disk.exists(directory):
+                paths += [f"{directory}/{name}" for name in disk.listdir(directory)]
+        segments = sorted(p for p in paths if p.endswith(SEGMENT_SUFFIX))
+        for path in sorted(paths):
+            if path == log_dir:
+                continue
+            size = disk.file_size(path)
+            if size == 0:
+                continue
+            if segments and path == segments[-1]:
+                f = disk.open(path, create=False)
+                data = f.pread(0, size)
+                f.close()
+                rmax = self.store_config.record_bytes_max
+                at = last = SEGMENT_HEADER_BYTES
+                while (n := _record_ok(data, at, size, rmax)) >= 0:
+                    last = at
+                    at += RECORD_HEADER_BYTES + n
+                targets.append((path, 0, last))
+                if at < size:
+                    targets.append((path, at, size))
+            else:
+                targets.append((path, 0, size))
+        return targets
+
+    def _retire(self, member: _Member, error: Exception) -> None:
+        """The restart refused a rotten disk: the member never runs again."""
+        member.retired = True
+        member.rot_unloaded = False
+        self.counters.bit_rot_retired += 1
+        self.loop.note(f"retired {member.node_id}: {error}")
+        if self.replacing is not None:
+            raise Violation(
+                f"node {member.node_id} retired while node {self.replacing} is still "
+                "being replaced (the bit-rot nemesis rots one member at a time)"
+            )
+        self.replacing = member.node_id
+        self.loop.after(0, "replace", self._replace_step)
+
+    def _replace_step(self) -> None:
+        """One step of replacing the retired member, through the leader's host loop
+        as the server's membership service does: remove it, add a fresh node id
+        (a NodeId that held data is never reused: ``core.membership`` rule 1) as a
+        learner, promote it once caught up (rule 3).  Repeats until done."""
+        old = self.replacing
+        if old is None or self._stopped():
+            return
+        self.loop.after(50_000, "replace", self._replace_step)
+        leader = self._leader()
+        if leader is None:
+            return
+        raft = leader.raft
+        membership = raft.membership
+        if raft._pending_conf_index > raft.commit_index:
+            return  # one change at a time; wait for it to commit
+        change: ConfChange | None = None
+        if old in membership.voters or old in membership.learners:
+            change = ConfChange(ConfChangeKind.REMOVE, old)
+        else:
+            if self.replacement is None:
+                self.replacement = self._fresh_member()
+            new = self.replacement
+            if new in membership.voters:
+                self.counters.members_replaced += 1
+                self.loop.note(f"replaced {old} by {new}")
+                self.replacing = self.replacement = None
+                return
+            if new not in membership.learners:
+                change = ConfChange(ConfChangeKind.ADD_LEARNER, new)
+            elif (
+                self.promotion.check(membership.learners, match_indexes(raft), raft.last_index)
+                == new
+            ):
+                change = ConfChange(ConfChangeKind.PROMOTE, new)
+        if change is not None:
+            self._submit_conf_change(leader.node_id, change, "replace")
+
+    def _fresh_member(self) -> int:
+        """A node with a new id and an empty disk (started when added as a learner)."""
+        node_id = max(self.ids) + 1
+        rng = self.rot_rng
+        member = _Member(
+            node_id,
+            rng.getrandbits(64),
+            rng.getrandbits(64),
+            self.plan.tear_probability,
+            self.plan.garbage_tails,
+        )
+        member.started = False
+        self.members[node_id] = member
+        self.tick_us[node_id] = self.tick_us[1 + (node_id - 1) % self.options.nodes]
+        self.ids = sorted(self.members)
+        return node_id
+
     # ------------------------------------------------------------- liveness
 
     def _begin_liveness(self) -> None:
@@ -1273,7 +1517,12 @@ class MetadataSim:
             group = sorted(set(membership.voters) | set(membership.learners))
         replicas = [self.members[i].replica for i in group if i in self.members]
         live = [r for r in replicas if r is not None]
-        if group and len(live) == len(group) and self.probe_done_us is not None:
+        if (
+            group
+            and len(live) == len(group)
+            and self.probe_done_us is not None
+            and self.replacing is None  # a retired member must have been replaced
+        ):
             applied = {r.state.applied_index for r in live}
             commits = {r.raft.commit_index for r in live}
             if len(applied) == 1 and commits == applied:
