@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 from collections.abc import Callable, Coroutine
 from random import Random
@@ -13,6 +14,7 @@ import pytest
 
 from catenary.core.raft.types import AppendEntries, Entry, Message, RequestVote
 from catenary.runtime.transport import PeerTransport, TransportConfig
+from catenary.server.config import NetworkSection
 from catenary.wire import (
     LIVENESS_PROTOCOL_VERSION_MIN,
     FrameDecoder,
@@ -288,3 +290,76 @@ def test_a_link_frozen_on_one_side_is_replaced_and_traffic_resumes() -> None:
             await b.close()
 
     run(main())
+
+
+def test_the_server_defaults_try_a_cut_off_peer_at_least_every_second() -> None:
+    # A dial to a peer behind a network cut hangs until connect_timeout_ms; the
+    # kernel resends the SYN only at 1 s, so a dial shorter than that sends one SYN.
+    # After the cut heals the link waits for the next SYN: at most connect timeout +
+    # the backoff cap.  (It was 2 s + 2 s, and a healed node stayed out for seconds.)
+    options = NetworkSection().transport_options()
+    assert options.connect_timeout_ms < 1000
+    assert options.connect_timeout_ms + options.reconnect_backoff_max_ms <= 1000
+    assert TransportConfig().connect_timeout_ms == options.connect_timeout_ms
+    assert TransportConfig().reconnect_backoff_max_ms == options.reconnect_backoff_max_ms
+
+
+def test_a_peer_that_stays_unreachable_is_still_redialled_at_least_every_second() -> None:
+    # With the server's defaults, a peer that fails every dial for seconds (as during
+    # a long cut) is dialled again at least every second once the backoff is capped,
+    # so the moment it is reachable again costs at most that long.
+    async def main() -> None:
+        dials: list[float] = []
+        loop = asyncio.get_running_loop()
+
+        async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            dials.append(loop.time())
+            writer.transport.abort()  # the dial fails: no handshake
+
+        server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+        address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        node = transport(1, NetworkSection().transport_options())
+        await node.start()
+        node.set_peer_address(2, address)
+        try:
+            await asyncio.sleep(6.0)
+        finally:
+            await node.close()
+            server.close()
+            await server.wait_closed()
+        assert len(dials) >= 6, dials
+        gaps = [b - a for a, b in itertools.pairwise(dials)]
+        # The backoff reaches its cap within the first ~2 s; every gap after is bounded.
+        late = [g for a, g in zip(dials, gaps, strict=False) if a - dials[0] > 2.0]
+        assert late, dials
+        assert max(late) <= 1.0, [round(g, 3) for g in gaps]
+
+    run(main())
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_failed_dials_leave_no_connection_behind(loop: str) -> None:
+    # uvloop makes the protocol before connecting, so a dial that never connected
+    # used to stay among the live connections until the transport closed: one more
+    # per failed dial, for as long as a peer was cut off.
+    if loop == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]  # nothing listens there: every dial is refused
+        config = TransportConfig(reconnect_backoff_min_ms=10, reconnect_backoff_max_ms=20)
+        node = transport(1, config)
+        await node.start()
+        node.set_peer_address(2, f"127.0.0.1:{port}")
+        try:
+            await until(lambda: node.stats().peers[0].dial_failures >= 10, "10 dials", 5.0)
+            assert node.live_connections <= 1  # at most the dial in progress
+        finally:
+            await node.close()
+
+    if loop == "uvloop":
+        uvloop.run(asyncio.wait_for(main(), 20.0))
+    else:
+        run(main())

@@ -262,6 +262,7 @@ class HealRun:
         self.session: aiohttp.ClientSession | None = None
         self.ids: dict[int, int] = {}  # node id -> cluster index (equal when formed in order)
         self._case = 0
+        self.trace: list[str] = []  # every read after each heal, written to heal-trace.txt
 
     # ------------------------------------------------------------ reading
 
@@ -387,6 +388,10 @@ class HealRun:
         if own_before is not None:
             result.behind_at_heal = max(0, commit - own_before.applied)
             result.links_down_at_heal = sum(1 for up in own_before.links.values() if not up)
+        self.trace.append(
+            f"heal of n{target} ({target_kind}, {direction}, {cut_s:g} s) at "
+            f"{time.time():.3f}, leader commit {commit}"
+        )
         healed_at = time.monotonic()
         self.cluster.network.heal()
         result.heal_ms = (time.monotonic() - healed_at) * 1000.0
@@ -411,6 +416,7 @@ class HealRun:
         try:
             while time.monotonic() - healed_at < bound:
                 samples = await self.samples(healed_at)
+                self._trace(samples)
                 self._judge(result, samples, target, target_id, commit)
                 measured = result.all_s is not None and result.links_s is not None
                 if measured and write.done() and get.done():
@@ -425,6 +431,18 @@ class HealRun:
                 probe.cancel()
                 with contextlib.suppress(BaseException):
                     await probe
+
+    def _trace(self, samples: dict[int, Sample | None]) -> None:
+        for index, s in samples.items():
+            if s is None:
+                self.trace.append(f"  n{index}: no answer")
+                continue
+            links = ",".join(f"{p}:{int(up)}" for p, up in sorted(s.links.items()))
+            self.trace.append(
+                f"  +{s.at:.3f}s n{index} term {s.term} leader {s.leader} "
+                f"{'L' if s.is_leader else '-'} commit {s.commit} applied {s.applied} "
+                f"links {links}"
+            )
 
     def _judge(
         self,
@@ -543,6 +561,8 @@ class HealRun:
             if self.session is not None:
                 await self.session.close()
             self.cluster.close()
+            with contextlib.suppress(OSError):
+                (directory / "heal-trace.txt").write_text("\n".join(self.trace) + "\n")
 
 
 async def run_heals(options: HealOptions, out: Callable[[str], None] = print) -> HealReport:
