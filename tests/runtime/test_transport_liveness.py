@@ -7,7 +7,7 @@ import itertools
 import socket
 from collections.abc import Callable, Coroutine
 from random import Random
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import pytest
@@ -363,3 +363,62 @@ def test_failed_dials_leave_no_connection_behind(loop: str) -> None:
         uvloop.run(asyncio.wait_for(main(), 20.0))
     else:
         run(main())
+
+
+class _ClosedUnderUs:
+    """A socket closed without telling its protocol, as uvloop leaves one whose
+    ``create_connection`` was cancelled by the dial timeout just as it connected:
+    every write raises ``RuntimeError``."""
+
+    def __init__(self, real: asyncio.BaseTransport) -> None:
+        self.real = real
+
+    def write(self, data: object) -> None:
+        raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
+
+    writelines = write
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def test_a_socket_closed_under_the_connection_is_dropped_and_redialled() -> None:
+    # N1 holds the preferred connection (it dialled): while it believed that dead
+    # connection alive it refused N2's dials as duplicates and failed every write and
+    # ping, and the link never came back.
+    async def main() -> None:
+        received: list[Message] = []
+        a = transport(1)
+        b = PeerTransport(
+            2,
+            1,
+            CLUSTER,
+            "127.0.0.1",
+            0,
+            lambda peer, message: received.append(message),
+            LIVE,
+            decoder=DECODER,
+            rng=Random(2),
+        )
+        await a.start()
+        await b.start()
+        a.set_peer_address(2, b.listen_address)
+        b.set_peer_address(1, a.listen_address)
+        try:
+            await until(lambda: a.connected(2) and b.connected(1), "the link", 3.0)
+            ghost = a._peers[2].conns[1]
+            real = ghost._transport
+            assert real is not None
+            real.set_protocol(asyncio.Protocol())  # the connection is never told...
+            real.abort()  # ...that its socket is gone
+            ghost._transport = cast(asyncio.Transport, _ClosedUnderUs(real))
+            a.send(2, RequestVote(1, 2, 7, 0, 0))
+            await until(lambda: ghost.closed, "the dead connection to be dropped", 3.0)
+            await until(lambda: a.connected(2) and b.connected(1), "the new link", 3.0)
+            a.send(2, RequestVote(1, 2, 8, 0, 0))
+            await until(lambda: any(m.term == 8 for m in received), "traffic to resume", 3.0)
+        finally:
+            await a.close()
+            await b.close()
+
+    run(main())

@@ -514,15 +514,31 @@ class FramedConnection(asyncio.Protocol):
         """Write bytes holding whole frames (a batch in one call is one socket write)."""
         if self._transport is None or self.closed or self.retiring:
             return
-        self._transport.write(data)
+        try:
+            self._transport.write(data)
+        except RuntimeError as exc:
+            self._lost_under_us(exc)
+            return
         self.bytes_written += len(data)
 
     def write_many(self, frames: list[bytes]) -> None:
         """Write several encoded frames in one socket write (``writelines``: no join on uvloop)."""
         if self._transport is None or self.closed or self.retiring:
             return
-        self._transport.writelines(frames)
+        try:
+            self._transport.writelines(frames)
+        except RuntimeError as exc:
+            self._lost_under_us(exc)
+            return
         self.bytes_written += sum(len(f) for f in frames)
+
+    def _lost_under_us(self, exc: RuntimeError) -> None:
+        """The socket was closed without ``connection_lost`` (uvloop does that when a
+        dial's ``create_connection`` is cancelled by its timeout just as it connected):
+        close the connection so its link is redialled, instead of failing every write
+        and every liveness check from now on."""
+        self._transport = None
+        self.close(f"socket closed under the connection: {exc}", error=exc)
 
     def retire(self, reason: str) -> None:
         """Finish without losing frames: stop writing (half-close), keep reading until EOF.
