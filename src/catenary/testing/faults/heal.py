@@ -36,6 +36,8 @@ Theory of operation
    caught up, every link up), then ``settle_s`` passes.
 5. Everything started is stopped in ``finally`` (and ``atexit``) by the
    cluster and the network: processes by PID, namespaces, veths, the bridge.
+   Every read after each heal is written to ``heal-trace.txt`` in the run's
+   directory (kept with ``--data-dir``, next to each node's ``node.log``).
 """
 
 from __future__ import annotations
