@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 from collections.abc import Callable, Coroutine
 from random import Random
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import pytest
 
 from catenary.core.raft.types import AppendEntries, Entry, Message, RequestVote
 from catenary.runtime.transport import PeerTransport, TransportConfig
+from catenary.server.config import NetworkSection
 from catenary.wire import (
     LIVENESS_PROTOCOL_VERSION_MIN,
     FrameDecoder,
@@ -281,6 +283,138 @@ def test_a_link_frozen_on_one_side_is_replaced_and_traffic_resumes() -> None:
             a.send(2, RequestVote(1, 2, 7, 0, 0))  # lost in the frozen link (Raft tolerates it)
             await until(lambda: a.stats().peers[0].connects >= 2, "N1 to redial", 3.0)
             await until(lambda: a.connected(2), "the new link", 3.0)
+            a.send(2, RequestVote(1, 2, 8, 0, 0))
+            await until(lambda: any(m.term == 8 for m in received), "traffic to resume", 3.0)
+        finally:
+            await a.close()
+            await b.close()
+
+    run(main())
+
+
+def test_the_server_defaults_try_a_cut_off_peer_at_least_every_second() -> None:
+    # A dial to a peer behind a network cut hangs until connect_timeout_ms; the
+    # kernel resends the SYN only at 1 s, so a dial shorter than that sends one SYN.
+    # After the cut heals the link waits for the next SYN: at most connect timeout +
+    # the backoff cap.  (It was 2 s + 2 s, and a healed node stayed out for seconds.)
+    options = NetworkSection().transport_options()
+    assert options.connect_timeout_ms < 1000
+    assert options.connect_timeout_ms + options.reconnect_backoff_max_ms <= 1000
+    assert TransportConfig().connect_timeout_ms == options.connect_timeout_ms
+    assert TransportConfig().reconnect_backoff_max_ms == options.reconnect_backoff_max_ms
+
+
+def test_a_peer_that_stays_unreachable_is_still_redialled_at_least_every_second() -> None:
+    # With the server's defaults, a peer that fails every dial for seconds (as during
+    # a long cut) is dialled again at least every second once the backoff is capped,
+    # so the moment it is reachable again costs at most that long.
+    async def main() -> None:
+        dials: list[float] = []
+        loop = asyncio.get_running_loop()
+
+        async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            dials.append(loop.time())
+            writer.transport.abort()  # the dial fails: no handshake
+
+        server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+        address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        node = transport(1, NetworkSection().transport_options())
+        await node.start()
+        node.set_peer_address(2, address)
+        try:
+            await asyncio.sleep(6.0)
+        finally:
+            await node.close()
+            server.close()
+            await server.wait_closed()
+        assert len(dials) >= 6, dials
+        gaps = [b - a for a, b in itertools.pairwise(dials)]
+        # The backoff reaches its cap within the first ~2 s; every gap after is bounded.
+        late = [g for a, g in zip(dials, gaps, strict=False) if a - dials[0] > 2.0]
+        assert late, dials
+        assert max(late) <= 1.0, [round(g, 3) for g in gaps]
+
+    run(main())
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_failed_dials_leave_no_connection_behind(loop: str) -> None:
+    # uvloop makes the protocol before connecting, so a dial that never connected
+    # used to stay among the live connections until the transport closed: one more
+    # per failed dial, for as long as a peer was cut off.
+    if loop == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]  # nothing listens there: every dial is refused
+        config = TransportConfig(reconnect_backoff_min_ms=10, reconnect_backoff_max_ms=20)
+        node = transport(1, config)
+        await node.start()
+        node.set_peer_address(2, f"127.0.0.1:{port}")
+        try:
+            await until(lambda: node.stats().peers[0].dial_failures >= 10, "10 dials", 5.0)
+            assert node.live_connections <= 1  # at most the dial in progress
+        finally:
+            await node.close()
+
+    if loop == "uvloop":
+        uvloop.run(asyncio.wait_for(main(), 20.0))
+    else:
+        run(main())
+
+
+class _ClosedUnderUs:
+    """A socket closed without telling its protocol, as uvloop leaves one whose
+    ``create_connection`` was cancelled by the dial timeout just as it connected:
+    every write raises ``RuntimeError``."""
+
+    def __init__(self, real: asyncio.BaseTransport) -> None:
+        self.real = real
+
+    def write(self, data: object) -> None:
+        raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
+
+    writelines = write
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def test_a_socket_closed_under_the_connection_is_dropped_and_redialled() -> None:
+    # N1 holds the preferred connection (it dialled): while it believed that dead
+    # connection alive it refused N2's dials as duplicates and failed every write and
+    # ping, and the link never came back.
+    async def main() -> None:
+        received: list[Message] = []
+        a = transport(1)
+        b = PeerTransport(
+            2,
+            1,
+            CLUSTER,
+            "127.0.0.1",
+            0,
+            lambda peer, message: received.append(message),
+            LIVE,
+            decoder=DECODER,
+            rng=Random(2),
+        )
+        await a.start()
+        await b.start()
+        a.set_peer_address(2, b.listen_address)
+        b.set_peer_address(1, a.listen_address)
+        try:
+            await until(lambda: a.connected(2) and b.connected(1), "the link", 3.0)
+            ghost = a._peers[2].conns[1]
+            real = ghost._transport
+            assert real is not None
+            real.set_protocol(asyncio.Protocol())  # the connection is never told...
+            real.abort()  # ...that its socket is gone
+            ghost._transport = cast(asyncio.Transport, _ClosedUnderUs(real))
+            a.send(2, RequestVote(1, 2, 7, 0, 0))
+            await until(lambda: ghost.closed, "the dead connection to be dropped", 3.0)
+            await until(lambda: a.connected(2) and b.connected(1), "the new link", 3.0)
             a.send(2, RequestVote(1, 2, 8, 0, 0))
             await until(lambda: any(m.term == 8 for m in received), "traffic to resume", 3.0)
         finally:

@@ -18,7 +18,9 @@ from pathlib import Path
 import click
 
 from catenary.testing.faults.cluster import ClusterError
+from catenary.testing.faults.heal import DIRECTIONS, TARGETS, HealOptions, HealReport, run_heals
 from catenary.testing.faults.nemesis import FAMILIES
+from catenary.testing.faults.net import NetworkUnavailable
 from catenary.testing.faults.runner import Report, RunOptions, run
 
 
@@ -104,3 +106,124 @@ async def _interruptible(options: RunOptions) -> Report | None:
         return await task
     except asyncio.CancelledError:
         return None
+
+
+def _choices(text: str, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
+    chosen = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    unknown = [c for c in chosen if c not in allowed]
+    if unknown or not chosen:
+        raise click.BadParameter(f"unknown {what} {unknown}; choose from {','.join(allowed)}")
+    return chosen
+
+
+def _seconds(text: str) -> tuple[float, ...]:
+    try:
+        chosen = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(f"not a list of seconds: {text!r}") from None
+    if not chosen or any(c <= 0 for c in chosen):
+        raise click.BadParameter(f"cut lengths must be > 0 s: {text!r}")
+    return chosen
+
+
+@faults.command("heal")
+@click.option("--nodes", type=click.Choice(["3", "5"]), default="3", show_default=True)
+@click.option(
+    "--cut-seconds",
+    default="5",
+    show_default=True,
+    help="Length of each cut; comma-separated for several heals (e.g. 5,20,60).",
+)
+@click.option(
+    "--target",
+    default="follower",
+    show_default=True,
+    help="Node cut off: follower, leader (the leader when the cut starts), or both: "
+    "follower,leader.",
+)
+@click.option(
+    "--direction",
+    default="both",
+    show_default=True,
+    help="both (isolated), out (its packets to its peers dropped), in (its peers' "
+    "packets to it dropped); comma-separated for several.",
+)
+@click.option(
+    "--bound",
+    default=30.0,
+    show_default=True,
+    help="Seconds after a heal a figure may take before it counts as missing.",
+)
+@click.option("--settle", default=2.0, show_default=True, help="Seconds of calm between heals.")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    help="Keep every node's data and log here (default: a temporary directory, removed "
+    "after a run where every heal recovered).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON too.")
+def heal_command(
+    nodes: str,
+    cut_seconds: str,
+    target: str,
+    direction: str,
+    bound: float,
+    settle: float,
+    data_dir: str | None,
+    as_json: bool,
+) -> None:
+    """Cut one node off its peers, heal, and time how long until it is back.
+
+    Every combination of --target, --direction and --cut-seconds is one heal,
+    done in turn on one new cluster under a steady load.  Per heal the table
+    gives seconds after the heal until the node's peer links are up (links),
+    it names the leader on the leader's term (leader), it applied the
+    leader's commit index of the heal (caughtup), every node did (all), a put
+    and a linearizable get sent to it succeed (write, get); stepdown is the
+    seconds after the cut a cut leader stopped leading.  Exit 0 when every
+    figure was reached within --bound, 1 otherwise, 2 when the cluster could
+    not be formed or namespaces cannot be made (needs root, ip and tc).
+    """
+    options = HealOptions(
+        nodes=int(nodes),
+        cuts_s=_seconds(cut_seconds),
+        targets=_choices(target, TARGETS, "target"),
+        directions=_choices(direction, DIRECTIONS, "direction"),
+        bound_s=bound,
+        settle_s=settle,
+        directory=Path(data_dir) if data_dir else None,
+    )
+
+    async def main() -> object:
+        task = asyncio.ensure_future(run_heals(options, out=click.echo))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            return None
+
+    try:
+        report = asyncio.run(main())
+    except NetworkUnavailable as exc:
+        click.echo(f"catenary faults heal: {exc}", err=True)
+        sys.exit(2)
+    if report is None:
+        click.echo("interrupted: every node stopped, every namespace removed", err=True)
+        sys.exit(130)
+    assert isinstance(report, HealReport)
+    click.echo("")
+    click.echo(report.table())
+    worst = [r.worst_s for r in report.results]
+    if report.results and all(w is not None for w in worst):
+        click.echo(f"slowest heal: {max(w for w in worst if w is not None):.2f} s after the heal")
+    if report.error:
+        click.echo(f"ERROR: {report.error}")
+    click.echo(
+        f"{'ok' if report.ok else 'NOT RECOVERED'}: {len(report.results)} heals in "
+        f"{report.elapsed_s:.0f} s (data in {report.directory})"
+    )
+    if as_json:
+        click.echo(report.to_json())
+    sys.exit(0 if report.ok else (2 if report.error and not report.results else 1))

@@ -209,6 +209,13 @@ class ServerMetrics:
             "Peer links that came back (a connection to a peer with none)",
             registry=self.registry,
         )
+        # One series per peer this node has had a link to: 1 while up, 0 while down.
+        self.peer_link_up = Gauge(
+            "catenary_peer_link_up",
+            "1 while this node has a connection to the peer, 0 after its link was lost",
+            ["peer"],
+            registry=self.registry,
+        )
         self.registry.register(_StatusCollector(status))
 
     def raft_event(self, event: RaftEvent) -> None:
@@ -233,6 +240,7 @@ class ServerMetrics:
 
     def peer_link(self, peer_id: int, up: bool) -> None:
         """A peer link came up (``up``) or went down."""
+        self.peer_link_up.labels(str(peer_id)).set(1 if up else 0)
         if up:
             self.peer_connections_restored.inc()
         else:

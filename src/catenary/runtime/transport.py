@@ -172,9 +172,11 @@ class TransportConfig(msgspec.Struct, frozen=True, kw_only=True):
     hello_frame_bytes_max: int = HELLO_FRAME_BYTES_MAX_DEFAULT
     handshake_timeout_ms: int = 5000
     retire_timeout_ms: int = 2000  # a superseded connection lingers at most this long
-    connect_timeout_ms: int = 2000
+    # Rule 7: a dial sends one SYN (the kernel retransmits the first at 1 s), so a peer cut
+    # off is tried at least every connect_timeout_ms + reconnect_backoff_max_ms.
+    connect_timeout_ms: int = 500
     reconnect_backoff_min_ms: int = 50
-    reconnect_backoff_max_ms: int = 2000
+    reconnect_backoff_max_ms: int = 500
     reconnect_jitter_ratio: float = 0.5  # each delay is shortened by up to this fraction
     send_queue_messages_max: int = 4096  # per peer; the oldest are dropped past it
     send_queue_bytes_max: int = 64 << 20  # per peer; the oldest are dropped past it
@@ -512,15 +514,31 @@ class FramedConnection(asyncio.Protocol):
         """Write bytes holding whole frames (a batch in one call is one socket write)."""
         if self._transport is None or self.closed or self.retiring:
             return
-        self._transport.write(data)
+        try:
+            self._transport.write(data)
+        except RuntimeError as exc:
+            self._lost_under_us(exc)
+            return
         self.bytes_written += len(data)
 
     def write_many(self, frames: list[bytes]) -> None:
         """Write several encoded frames in one socket write (``writelines``: no join on uvloop)."""
         if self._transport is None or self.closed or self.retiring:
             return
-        self._transport.writelines(frames)
+        try:
+            self._transport.writelines(frames)
+        except RuntimeError as exc:
+            self._lost_under_us(exc)
+            return
         self.bytes_written += sum(len(f) for f in frames)
+
+    def _lost_under_us(self, exc: RuntimeError) -> None:
+        """The socket was closed without ``connection_lost`` (uvloop does that when a
+        dial's ``create_connection`` is cancelled by its timeout just as it connected):
+        close the connection so its link is redialled, instead of failing every write
+        and every liveness check from now on."""
+        self._transport = None
+        self.close(f"socket closed under the connection: {exc}", error=exc)
 
     def retire(self, reason: str) -> None:
         """Finish without losing frames: stop writing (half-close), keep reading until EOF.
@@ -1029,6 +1047,11 @@ class PeerTransport(Generic[M]):
             )
             return False
         except (OSError, TimeoutError, WireError, ConnectionError) as exc:
+            if conn is not None and not conn.closed:
+                # uvloop makes the protocol before it connects: a dial that never
+                # connected must still leave ``_live``, or every failed dial of a
+                # long cut is kept until the transport closes.
+                conn.close(f"dial failed: {exc}", level=logging.DEBUG, abort=True)
             left_out = self._link_log.admit((peer.node_id, "unreachable"))
             log.log(
                 logging.DEBUG if left_out is None else logging.INFO,

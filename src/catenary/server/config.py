@@ -177,7 +177,11 @@ class NetworkSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     client_inflight_per_connection_max: int = 1024
     peer_send_queue_max: int = 4096  # messages queued per peer before the oldest are dropped
     reconnect_backoff_ms_min: int = 50
-    reconnect_backoff_ms_max: int = 2000
+    # A cut peer is redialled at least every peer_connect_timeout_ms + reconnect_backoff_ms_max,
+    # one SYN per attempt (below the kernel's first SYN retransmission at 1 s): a healed link
+    # is back within about a second however long the cut lasted.
+    reconnect_backoff_ms_max: int = 500
+    peer_connect_timeout_ms: int = 500  # give up a peer dial not connected by then, and redial
     peer_ping_interval_ms: int = 500  # ping a peer heard from for this long
     peer_idle_timeout_ms: int = 2000  # drop and redial a peer link silent this long
     client_ping_interval_ms: int = 1000  # ping a client heard from for this long
@@ -191,6 +195,7 @@ class NetworkSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return TransportConfig(
             frame_bytes_max=self.frame_bytes_max,
             handshake_timeout_ms=self.handshake_timeout_ms,
+            connect_timeout_ms=self.peer_connect_timeout_ms,
             reconnect_backoff_min_ms=self.reconnect_backoff_ms_min,
             reconnect_backoff_max_ms=self.reconnect_backoff_ms_max,
             send_queue_messages_max=self.peer_send_queue_max,

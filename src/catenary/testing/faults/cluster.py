@@ -61,6 +61,7 @@ class FaultNode:
     client_address: str
     peer_address: str
     disk: SmallDisk | None = None
+    admin_address: str = ""  # the HTTP admin API, when the cluster was made with ``admin``
     process: subprocess.Popen[bytes] | None = None
     paused: bool = False
     starts: int = 0
@@ -99,6 +100,7 @@ class FaultCluster:
         disk_mb: int = 256,
         env: Mapping[str, str] | None = None,
         settings: tuple[str, ...] = (),
+        admin: bool = False,
     ) -> None:
         self.directory = directory
         self.network = network
@@ -110,11 +112,12 @@ class FaultCluster:
             node_dir = directory / f"node{index}"
             if network is not None:
                 ip = network.ip(index)
-                client, peer = f"{ip}:5123", f"{ip}:5124"
+                client, peer, http = f"{ip}:5123", f"{ip}:5124", f"{ip}:5125"
             else:
                 client, peer = f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"
+                http = f"127.0.0.1:{_free_port()}"
             disk = SmallDisk(node_dir / "disk", disk_mb) if small_disks else None
-            self.nodes.append(FaultNode(index, node_dir, client, peer, disk))
+            self.nodes.append(FaultNode(index, node_dir, client, peer, disk, http if admin else ""))
         atexit.register(self.close)
 
     def node(self, index: int) -> FaultNode:
@@ -134,7 +137,7 @@ class FaultCluster:
             "--data-dir", str(node.data_dir),
             "--client-address", node.client_address,
             "--peer-address", node.peer_address,
-            "--admin-address", "",
+            "--admin-address", node.admin_address,
         ]  # fmt: skip
         if node.index != 1:
             args += ["--seed", self.nodes[0].client_address]
