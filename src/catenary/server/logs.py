@@ -26,8 +26,10 @@ L2  The controller (on the leader, every ``logs.controller_interval_ms``):
     ``{node: min(2, voters)}``); moves a log whose tail segment's sequencer
     is an older generation of a node that restarted to that node's new
     generation; moves a log whose tail segment is replicated more weakly than
-    the cluster's replication now allows (nodes joined).  One reconfiguration
-    per log at a time.
+    the cluster's replication now allows (nodes joined), or whose tail
+    segment's nodeset is smaller than the servers now allow (nodes joined: a
+    2-node nodeset for ``{node: 2}`` stops every append when one of its
+    servers is down).  One reconfiguration per log at a time.
 L3  An append is checked (log known, record sizes, batch size) and handed to
     the ``LogNode`` with the deadline ``logs.append_timeout_ms``.  One that
     fails because the segment was sealed or is not sequenced where the chain
@@ -1024,6 +1026,18 @@ class LogService:
                         ),
                         f"logs-move-{log_id}",
                     )
+                elif len(params.nodeset) < self._nodeset_size(params.replication):
+                    self._ctx.spawn(
+                        self._move(
+                            log_id,
+                            REPLICATED,
+                            params.replication,
+                            current,
+                            f"nodeset {list(params.nodeset)} -> "
+                            f"{self._nodeset_size(params.replication)} nodes",
+                        ),
+                        f"logs-move-{log_id}",
+                    )
             elif (
                 tail.provider == LOCAL
                 and isinstance(tail.local, LocalParams)
@@ -1040,6 +1054,11 @@ class LogService:
                     ),
                     f"logs-move-{log_id}",
                 )
+
+    def _nodeset_size(self, replication: ReplicationProperty) -> int:
+        """L2: the size ``select_nodeset`` gives a new segment with the servers known now."""
+        servers = len(self.log_servers())
+        return min(servers, max(self.config.nodeset_size, 2 * replication.node - 1))
 
     async def _move(
         self,
