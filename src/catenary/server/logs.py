@@ -43,8 +43,8 @@ L4  Reads are served by read streams on this node that ask the segments'
     ``logs.read_sessions_max``, idle for at most ``logs.read_session_idle_ms``)
     and continued by the next read from that LSN.
 L5  A log-server job that fails for want of disk space is retried every
-    ``storage.disk_full_retry_ms`` (nothing is answered before it is durable);
-    any other storage failure stops the node.
+    ``storage.disk_full_retry_ms`` (nothing is answered before it is durable)
+    until the node stops; any other storage failure stops the node.
 """
 
 from __future__ import annotations
@@ -384,6 +384,8 @@ class LogService:
                     self._ctx.fail(f"log store failed: {exc}")
                     return
                 self.stats.disk_full = f"log store: {exc.strerror or exc}"
+                if self._ctx.stopping:
+                    return  # nothing of the job was answered: it is not durable, and the node stops
                 log.warning("log store: disk full; retrying the write")
                 await asyncio.sleep(self._ctx.config.storage.disk_full_retry_ms / 1000)
             except Exception as exc:
