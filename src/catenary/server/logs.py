@@ -26,8 +26,10 @@ L2  The controller (on the leader, every ``logs.controller_interval_ms``):
     ``{node: min(2, voters)}``); moves a log whose tail segment's sequencer
     is an older generation of a node that restarted to that node's new
     generation; moves a log whose tail segment is replicated more weakly than
-    the cluster's replication now allows (nodes joined).  One reconfiguration
-    per log at a time.
+    the cluster's replication now allows (nodes joined), or whose tail
+    segment's nodeset is smaller than the servers now allow (nodes joined: a
+    2-node nodeset for ``{node: 2}`` stops every append when one of its
+    servers is down).  One reconfiguration per log at a time.
 L3  An append is checked (log known, record sizes, batch size) and handed to
     the ``LogNode`` with the deadline ``logs.append_timeout_ms``.  One that
     fails because the segment was sealed or is not sequenced where the chain
@@ -41,8 +43,8 @@ L4  Reads are served by read streams on this node that ask the segments'
     ``logs.read_sessions_max``, idle for at most ``logs.read_session_idle_ms``)
     and continued by the next read from that LSN.
 L5  A log-server job that fails for want of disk space is retried every
-    ``storage.disk_full_retry_ms`` (nothing is answered before it is durable);
-    any other storage failure stops the node.
+    ``storage.disk_full_retry_ms`` (nothing is answered before it is durable)
+    until the node stops; any other storage failure stops the node.
 """
 
 from __future__ import annotations
@@ -409,6 +411,8 @@ class LogService:
                     self._ctx.fail(f"log store failed: {exc}")
                     return
                 self.stats.disk_full = f"log store: {exc.strerror or exc}"
+                if self._ctx.stopping:
+                    return  # nothing of the job was answered: it is not durable, and the node stops
                 log.warning("log store: disk full; retrying the write")
                 await asyncio.sleep(self._ctx.config.storage.disk_full_retry_ms / 1000)
             except Exception as exc:
@@ -1102,6 +1106,18 @@ class LogService:
                         self._move(log_id, REPLICATED, replication, current, reason),
                         f"logs-move-{log_id}",
                     )
+                elif len(params.nodeset) < self._nodeset_size(params.replication):
+                    self._ctx.spawn(
+                        self._move(
+                            log_id,
+                            REPLICATED,
+                            params.replication,
+                            current,
+                            f"nodeset {list(params.nodeset)} -> "
+                            f"{self._nodeset_size(params.replication)} nodes",
+                        ),
+                        f"logs-move-{log_id}",
+                    )
             elif (
                 tail.provider == LOCAL
                 and isinstance(tail.local, LocalParams)
@@ -1118,6 +1134,11 @@ class LogService:
                     ),
                     f"logs-move-{log_id}",
                 )
+
+    def _nodeset_size(self, replication: ReplicationProperty) -> int:
+        """L2: the size ``select_nodeset`` gives a new segment with the servers known now."""
+        servers = len(self.log_servers())
+        return min(servers, max(self.config.nodeset_size, 2 * replication.node - 1))
 
     async def _move(
         self,
