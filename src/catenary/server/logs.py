@@ -1106,18 +1106,6 @@ class LogService:
                         self._move(log_id, REPLICATED, replication, current, reason),
                         f"logs-move-{log_id}",
                     )
-                elif len(params.nodeset) < self._nodeset_size(params.replication):
-                    self._ctx.spawn(
-                        self._move(
-                            log_id,
-                            REPLICATED,
-                            params.replication,
-                            current,
-                            f"nodeset {list(params.nodeset)} -> "
-                            f"{self._nodeset_size(params.replication)} nodes",
-                        ),
-                        f"logs-move-{log_id}",
-                    )
             elif (
                 tail.provider == LOCAL
                 and isinstance(tail.local, LocalParams)
@@ -1134,11 +1122,6 @@ class LogService:
                     ),
                     f"logs-move-{log_id}",
                 )
-
-    def _nodeset_size(self, replication: ReplicationProperty) -> int:
-        """L2: the size ``select_nodeset`` gives a new segment with the servers known now."""
-        servers = len(self.log_servers())
-        return min(servers, max(self.config.nodeset_size, 2 * replication.node - 1))
 
     async def _move(
         self,
