@@ -193,6 +193,15 @@ class Probes:
         return out
 
 
+def _cpu_per_record(
+    before: _Probe, after: _Probe, phase: str, labels: dict[str, Any], records: float
+) -> Figure:
+    """CPU of every node and the client per record (µs): what the phase costs the machine,
+    whatever share of the CPUs other work left it."""
+    cpu = sum(after.cpu) - sum(before.cpu) + after.client_cpu - before.client_cpu
+    return Figure("cpu_us_per_record", cpu / max(records, 1.0) * 1e6, "us", phase, dict(labels))
+
+
 # ------------------------------------------------------------------ phases
 
 
@@ -391,6 +400,8 @@ async def bench_log(
                     Figure("append_batch_p99_ms", r["p99"], "ms", "pipelined", many),
                 ]
                 figures += Probes.figures(before, after, "pipelined", many)
+                records = r["records"] * (after.at - before.at)
+                figures.append(_cpu_per_record(before, after, "pipelined", many, records))
         # The per-record client API: many callers through one Appender (100 B, replicated).
         say("  appender, replicated, 100 B ...")
         log = REPLICATED_LOGS[100]
@@ -405,6 +416,8 @@ async def bench_log(
             Figure("append_requests", r["requests"], "requests", "appender", labels),
         ]
         figures += Probes.figures(before, after, "appender", labels)
+        records = r["records"] * (after.at - before.at)
+        figures.append(_cpu_per_record(before, after, "appender", labels, records))
 
         # Catch-up reads: everything appended to the replicated logs, from LSN 1.
         tails = {
@@ -426,6 +439,7 @@ async def bench_log(
                 Figure("read_records", count, "records", "read", labels),
             ]
             figures += Probes.figures(before, after, "read", labels)
+            figures.append(_cpu_per_record(before, after, "read", labels, count))
 
     # Readers spread over the nodes: one per node, connected to that node only.
     log = REPLICATED_LOGS[100]
@@ -464,6 +478,7 @@ async def bench_log(
         Figure("read_records", count, "records", "read_spread", labels),
     ]
     node_figures = Probes.figures(before, after, "read_spread", labels)
+    figures.append(_cpu_per_record(before, after, "read_spread", labels, count))
     figures += node_figures
     served = {f.labels["node"]: f.value for f in node_figures if f.figure == "records_served"}
     total_served = sum(served.values()) or 1.0
@@ -538,6 +553,7 @@ def run_bench(*, opts: Options, as_json: bool, out: Any = None) -> int:
         "replication": REPLICATION,
         "fsync": True,
         "seconds": opts.seconds,
+        "pids": [n.pid for n in cluster.nodes],
     }
     if as_json:
         for f in figures:
@@ -592,7 +608,7 @@ def report(figures: list[Figure], opts: Options, pids: str) -> list[str]:
     lines += [
         "",
         f"{'append, pipelined':<28} {'provider':<10} {'record':>6} {'records/s':>10} "
-        f"{'MB/s':>7} {'batch p50 ms':>12} {'p99 ms':>7}",
+        f"{'MB/s':>7} {'batch p50 ms':>12} {'p99 ms':>7} {'CPU us/rec':>10}",
     ]
     for provider in providers:
         for size in RECORD_SIZES:
@@ -603,13 +619,15 @@ def report(figures: list[Figure], opts: Options, pids: str) -> list[str]:
                 f"{_one(figures, 'append_records_per_s', 'pipelined', **k):>10.0f} "
                 f"{_one(figures, 'append_mb_per_s', 'pipelined', **k):>7.1f} "
                 f"{_one(figures, 'append_batch_p50_ms', 'pipelined', **k):>12.2f} "
-                f"{_one(figures, 'append_batch_p99_ms', 'pipelined', **k):>7.2f}"
+                f"{_one(figures, 'append_batch_p99_ms', 'pipelined', **k):>7.2f} "
+                f"{_one(figures, 'cpu_us_per_record', 'pipelined', **k):>10.2f}"
             )
     label = f"Appender, {opts.callers} callers"
     lines.append(
         f"{label:<28} {'replicated':<10} {100:>4} B "
         f"{_one(figures, 'append_records_per_s', 'appender'):>10.0f} "
         f"{_one(figures, 'append_mb_per_s', 'appender'):>7.1f} "
+        f"{'':>12} {'':>7} {_one(figures, 'cpu_us_per_record', 'appender'):>10.2f} "
         f"({_one(figures, 'append_requests', 'appender'):.0f} requests)"
     )
     lines += [
@@ -621,13 +639,15 @@ def report(figures: list[Figure], opts: Options, pids: str) -> list[str]:
             f"{'1 reader, all nodes':<28} {size:>4} B "
             f"{_one(figures, 'read_records', 'read', record_bytes=size):>9.0f} "
             f"{_one(figures, 'read_records_per_s', 'read', record_bytes=size):>10.0f} "
-            f"{_one(figures, 'read_mb_per_s', 'read', record_bytes=size):>7.1f}"
+            f"{_one(figures, 'read_mb_per_s', 'read', record_bytes=size):>7.1f} "
+            f"{_one(figures, 'cpu_us_per_record', 'read', record_bytes=size):>10.2f}"
         )
     lines.append(
         f"{'1 reader per node':<28} {100:>4} B "
         f"{_one(figures, 'read_records', 'read_spread'):>9.0f} "
         f"{_one(figures, 'read_records_per_s', 'read_spread'):>10.0f} "
-        f"{_one(figures, 'read_mb_per_s', 'read_spread'):>7.1f}"
+        f"{_one(figures, 'read_mb_per_s', 'read_spread'):>7.1f} "
+        f"{_one(figures, 'cpu_us_per_record', 'read_spread'):>10.2f}"
     )
     seq = _find(figures, "sequencer_cpu_percent", "read_spread")
     seq_node = seq[0].labels["node"] if seq else 0
@@ -673,6 +693,9 @@ def report(figures: list[Figure], opts: Options, pids: str) -> list[str]:
         return "met" if ok else "MISSED"
 
     lines += [
+        "",
+        "CPU us/rec: CPU time of the three nodes and the client per record (all processes,"
+        " all threads): the cost of a record whatever share of the two cores other work left.",
         "",
         "targets (replicated, 100 B) | NATS JetStream on this machine (3 replicas, fsync each write):",
         f"  1 awaiting writer p50 {p50:.2f} ms, target <= {TARGET_P50_MS} ms: "
