@@ -632,7 +632,7 @@ def report(figures: list[Figure], opts: Options, pids: str) -> list[str]:
     )
     lines += [
         "",
-        f"{'catch-up read':<28} {'record':>6} {'records':>9} {'records/s':>10} {'MB/s':>7}",
+        f"{'catch-up read':<28} {'record':>6} {'records':>9} {'records/s':>10} {'MB/s':>7} {'CPU us/rec':>10}",
     ]
     for size in RECORD_SIZES:
         lines.append(
