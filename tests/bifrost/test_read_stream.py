@@ -205,6 +205,21 @@ def test_the_buffer_bounds_the_request_and_a_full_buffer_asks_nothing() -> None:
     assert isinstance(request, GetRecords) and (request.from_offset, request.to_offset) == (4, 6)
 
 
+def test_take_within_stops_at_the_count_or_the_bytes_and_asks_once_for_all_the_room() -> None:
+    s = stream(buffer_max=4)
+    node, _ = one(s)
+    s.on_message(node, info(10))
+    node, _ = one(s)
+    s.on_message(node, records(1, [b"aa", b"bb", b"cc", b"dd"], 10))
+    # 2 + 1 bytes per record: the third starts at 6 >= 6 and is not taken.
+    assert s.take_within(9, 6, 1) == [Record(1, b"aa"), Record(2, b"bb")]
+    node, request = one(s)  # one request, for the whole room freed
+    assert isinstance(request, GetRecords) and (request.from_offset, request.to_offset) == (5, 7)
+    assert s.take_within(1, 100) == [Record(3, b"cc")]
+    assert s.take_within(0, 100) == [] and s.take_within(5, 0) == []
+    assert s.buffered == 1
+
+
 def test_a_bounded_stream_finishes_and_memory_segments_are_read_in_place() -> None:
     memory = MemoryLoglet(L0)
     memory.append([b"a", b"b"])

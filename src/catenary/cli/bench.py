@@ -199,3 +199,70 @@ def log_store(
                 f"{f.read_records:,} records at {f.read_records / max(f.read_s, 1e-9):,.0f}/s "
                 f"(peak RSS then {f.rss_mb} MB)"
             )
+
+
+@bench.command("log")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per figure per line.")
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=0.1, max=600),
+    default=3.0,
+    show_default=True,
+    help="Measured seconds per figure (reads stop earlier when everything is read).",
+)
+@click.option(
+    "--writers",
+    type=click.IntRange(min=1, max=4096),
+    default=16,
+    show_default=True,
+    help="Pipelined phase: concurrent writers, each awaiting one batch at a time.",
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1, max=65_536),
+    default=256,
+    show_default=True,
+    help="Pipelined phase: records per append request.",
+)
+@click.option(
+    "--callers",
+    type=click.IntRange(min=1, max=100_000),
+    default=1024,
+    show_default=True,
+    help="Appender phase: concurrent callers awaiting one record each through one Appender.",
+)
+@click.option(
+    "--read-records-max",
+    type=click.IntRange(min=1, max=1_000_000),
+    default=8192,
+    show_default=True,
+    help="Records asked for per read request (a reply also stops at logs.read_reply_bytes_max).",
+)
+@click.option(
+    "--no-local",
+    is_flag=True,
+    help="Skip the local provider's figures (by default printed beside the replicated ones).",
+)
+def log(
+    as_json: bool,
+    seconds: float,
+    writers: int,
+    batch: int,
+    callers: int,
+    read_records_max: int,
+    no_local: bool,
+) -> None:
+    """Log appends (1 awaiting writer, pipelined writers) and catch-up reads, 3 local nodes."""
+    import sys
+
+    from catenary.bench.log import Options, run_bench
+
+    opts = Options(
+        seconds=seconds,
+        writers=writers,
+        batch=batch,
+        callers=callers,
+        read_records_max=read_records_max,
+        with_local=not no_local,
+    )
+    sys.exit(run_bench(opts=opts, as_json=as_json))

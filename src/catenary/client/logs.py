@@ -79,6 +79,8 @@ def _log_id(log: int) -> int:
 def _payloads(records: bytes | Sequence[bytes]) -> tuple[bytes, ...]:
     if isinstance(records, bytes | bytearray | memoryview):
         return (bytes(records),)
+    if type(records) is tuple and records and set(map(type, records)) == {bytes}:
+        return records  # the common case, checked without a Python loop per record
     out = []
     for record in records:
         if not isinstance(record, bytes | bytearray | memoryview):

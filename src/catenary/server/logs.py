@@ -667,7 +667,7 @@ class LogService:
                 raise _append_error(log_id, error)
             self.stats.appends += 1
             self.stats.records += len(batch)
-            self.stats.bytes += sum(len(p) for p in batch)
+            self.stats.bytes += sum(map(len, batch))
             return api.LogAppendReply(0, outcome.first_lsn, outcome.last_lsn)
 
     async def _newer_chain(self, log_id: LogId, version: int, deadline: float) -> None:
@@ -745,12 +745,16 @@ class LogService:
         deadline = time.monotonic() + request.wait_ms / 1000
         self._drain_reader(reader)
         self._kick()
+        records = 0
         while True:
-            while len(items) < request.records_max and size < budget and stream.buffered:
-                (item,) = stream.take(1)
+            # Taken in one go: the stream asks its log-servers for as many records as the
+            # room this frees (one at a time when taken one by one).
+            taken = stream.take_within(request.records_max - len(items), budget - size, 16)
+            for item in taken:
                 if isinstance(item, Record):
                     items.append(api.LogRecord(item.lsn, item.payload))
                     size += len(item.payload) + 16
+                    records += 1
                     next_lsn = item.lsn + 1
                 elif isinstance(item, TrimGap):
                     items.append(api.LogGap(item.from_lsn, item.to_lsn, "trim"))
@@ -759,7 +763,7 @@ class LogService:
                     items.append(api.LogGap(item.from_lsn, item.to_lsn, "data_loss"))
                     next_lsn = item.to_lsn
             if items or stream.finished:
-                self.stats.records_read += sum(isinstance(i, api.LogRecord) for i in items)
+                self.stats.records_read += records
                 self._drain_reader(reader)
                 self._kick()
                 return items, next_lsn

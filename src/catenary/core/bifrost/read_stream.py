@@ -231,6 +231,23 @@ class ReadStream:
             self._pump()
         return out
 
+    def take_within(self, n: int, bytes_max: int, record_overhead: int = 0) -> list[Item]:
+        """Items as ``take(1)`` called while fewer than ``n`` are taken and their size
+        (a record's payload plus ``record_overhead``; a gap 0) is under ``bytes_max``,
+        but with one look for more reads at the end (R6): a read per item taken would
+        ask the log-servers for one record at a time."""
+        buffer = self._buffer
+        out: list[Item] = []
+        size = 0
+        while buffer and len(out) < n and size < bytes_max:
+            item = buffer.popleft()
+            if isinstance(item, Record):
+                size += len(item.payload) + record_overhead
+            out.append(item)
+        if out:
+            self._pump()
+        return out
+
     # ---------------------------------------------------------- internals
 
     def _limit(self, segment: Segment) -> tuple[Lsn, Offset, bool]:
