@@ -317,20 +317,14 @@ def test_sigkill_of_the_sequencer_then_reconfigure_resumes_appends(cluster: DevC
 
 @pytest.mark.timeout(240)
 def test_all_nodes_restarted_keep_every_acknowledged_record(tmp_path: Path) -> None:
-    # KNOWN BUG (metadata, not the log service): a cluster whose three nodes are
-    # all SIGKILLed before their Raft log was ever compacted cannot come back --
-    # each node learns its peers' addresses only from the *applied* node records,
-    # nothing is applied before a leader is elected, and no leader can be elected
-    # without dialing the peers (every node stays a pre-candidate).  Compacting
-    # early gives each node a snapshot holding the node records.  Remove the
-    # setting once a restarted node dials the peers its own log names.
-    settings = (*SETTINGS, "raft.compact_after_entries=8")
-    cluster = DevCluster(tmp_path / "dev", nodes=3, cluster_name="logs", settings=settings)
+    # The Raft logs are never compacted here: each restarted node finds its peers'
+    # addresses in its own log (registry rule 4), before anything is applied.
+    cluster = DevCluster(tmp_path / "dev", nodes=3, cluster_name="logs", settings=SETTINGS)
     try:
         acked = asyncio.run(_write_then_kill_all(cluster))
     finally:
         cluster.stop()
-    again = DevCluster(cluster.directory, nodes=3, settings=settings)
+    again = DevCluster(cluster.directory, nodes=3, settings=SETTINGS)
     try:
         asyncio.run(_restart_and_check(again, acked))
         assert again.stop() == {1: 0, 2: 0, 3: 0}

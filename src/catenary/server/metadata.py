@@ -174,6 +174,9 @@ class ReplicatedMetadata:
         )
         self._registry.attach(lambda: host.replica.state, transport)
         self._registry.refresh(force=True)
+        # Registry rule 4: a restart after every node stopped needs the peers' addresses
+        # from this node's own log, before anything is applied.
+        self._registry.learn_from_log(entries)
         try:
             await transport.start()
         except OSError as exc:

@@ -9,18 +9,28 @@ Rules:
    node is no longer dialed by its record.
 3. Before this node's own log holds them, the addresses a ``JoinReply``
    carried are used (``learn``).
+4. At a restart, the node records in the node's own Raft log — entries not
+   applied yet, committed or not — give the peers' addresses too
+   (``learn_from_log``): after every node restarted, no leader can be elected
+   (nothing gets applied) until the nodes can reach each other, so waiting for
+   applied records would wait forever.  An address is only where to dial; the
+   peer's hello says who answers, and the applied records replace these.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
+
+import msgspec
 
 from catenary.api import messages as api
 from catenary.core.membership import Registration
 from catenary.core.metadata.state import MetadataStateMachine
+from catenary.core.metadata.types import Put, decode_request
+from catenary.core.raft.types import Entry, EntryKind
 from catenary.server import system_keys as sk
 from catenary.server.context import NodeContext
 
@@ -122,6 +132,30 @@ class NodeRegistry:
                     admin_address=info.admin_address,
                 )
             self.set_peer_address(info.node, info.peer_address)
+
+    def learn_from_log(self, entries: Sequence[Entry]) -> int:
+        """Rule 4: peer addresses from node-record writes in ``entries``; how many."""
+        found: dict[int, sk.NodeRecord] = {}
+        for entry in entries:
+            if entry.kind != EntryKind.NORMAL:
+                continue
+            try:
+                command = decode_request(entry.data).command
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue
+            if not isinstance(command, Put):
+                continue
+            node = sk.node_of_key(command.key)
+            record = sk.decode_node(command.value) if node is not None else None
+            if node is not None and record is not None:
+                found[node] = record  # the latest write wins
+        for node in sorted(found):
+            record = found[node]
+            if node not in self._nodes or self._nodes[node].generation <= record.generation:
+                self._nodes[node] = record
+            if not record.removed:
+                self.set_peer_address(node, record.peer_address)
+        return len(found)
 
     def infos(self) -> tuple[api.NodeInfo, ...]:
         self.refresh()
