@@ -48,10 +48,11 @@ def test_single_node_provisions_serves_and_restarts(
     failed = node.request(api.Put(3, "greeting", b"x", Precondition("absent")))
     assert isinstance(failed, api.WriteReply)
     assert failed.result == PreconditionFailed("greeting", version)
-    # System keys: the cluster record and this node's record; clients may not write them.
+    # System keys: the cluster record, this node's record and the logs' chains (created
+    # by the log controller once the cluster is provisioned); clients may not write them.
     system = node.request(api.List(4, "/catenary/"))
     assert isinstance(system, api.ListReply)
-    assert [kv.key for kv in system.kvs] == [
+    assert [kv.key for kv in system.kvs if not kv.key.startswith("/catenary/logs/")] == [
         "/catenary/cluster",
         "/catenary/next_node_id",
         "/catenary/nodes/1",

@@ -678,8 +678,7 @@ class LogService:
             if known is not None and known[1] > version:
                 return
             event = self._chain_changed
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), min(0.1, deadline - time.monotonic()))
+            await _wait(event, min(0.1, deadline - time.monotonic()))
 
     # -------------------------------------------------------------- reads
 
@@ -773,8 +772,7 @@ class LogService:
             reader.changed.clear()
             self._drain_reader(reader)
             self._kick()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(reader.changed.wait(), left)
+            await _wait(reader.changed, left)
 
     def _expire_readers(self) -> None:
         node = self.node
@@ -817,7 +815,8 @@ class LogService:
         node.query_tail(token, params.sequencer.node, segment.loglet(chain.log_id))
         self._kick()
         try:
-            answer = await asyncio.wait_for(future, self.config.tail_query_timeout_ms / 1000)
+            async with asyncio.timeout(self.config.tail_query_timeout_ms / 1000):
+                answer = await future
         except TimeoutError:
             self._tails.pop(token, None)
             answer = None
@@ -842,9 +841,8 @@ class LogService:
                 node.send_from(addr, server, GetLogletInfo(loglet))
             self._kick()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    asyncio.shield(collector.done), self.config.tail_query_timeout_ms / 1000
-                )
+                async with asyncio.timeout(self.config.tail_query_timeout_ms / 1000):
+                    await collector.done
         finally:
             node.remove_actor(addr)
         return list(collector.infos.values())
@@ -1037,11 +1035,11 @@ class LogService:
         last = 0.0
         leading = False
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._control_now.wait(), min(interval, 0.1))
+            await _wait(self._control_now, min(interval, 0.1))
             now = time.monotonic()
             if self.node is None or not self._metadata.provisioned() or not self._is_leader():
                 leading = False
+                self._control_now.clear()  # a follower has nothing to control
                 continue
             due = self._control_now.is_set() or not leading or now - last >= interval
             if not due:
@@ -1244,6 +1242,15 @@ class LogStats:
     messages_in: int = 0
     messages_out: int = 0
     disk_full: str = ""
+
+
+async def _wait(event: asyncio.Event, timeout_s: float) -> None:
+    """Wait for ``event`` at most ``timeout_s``.  (``asyncio.timeout``, not ``wait_for``:
+    on Python 3.11 ``wait_for`` loses a cancellation that arrives as the awaited event
+    completes, and a task in a loop around it then never stops.)"""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max(timeout_s, 0.0)):
+            await event.wait()
 
 
 def _append_error(log_id: LogId, error: AppendError) -> ServiceError:
