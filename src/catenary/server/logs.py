@@ -631,7 +631,10 @@ class LogService:
                 error = outcome
                 if isinstance(error, LogletSealed | NotSequencer) and time.monotonic() < deadline:
                     await self._newer_chain(log_id, version, deadline)
-                    continue
+                    if time.monotonic() < deadline:
+                        continue
+                    # No newer chain in time: the batch was not sent again, so the
+                    # answer is SEALED, not the timeout of a retry with no budget.
                 raise _append_error(log_id, error)
             self.stats.appends += 1
             self.stats.records += len(batch)
