@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from catenary.admin.http import create_app
 from catenary.api.messages import NodeStatus, RaftMember
+from catenary.runtime.metrics import ServerMetrics
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -115,5 +116,44 @@ def test_async_status_and_metrics_under_metrics_attribute() -> None:
             assert "catenary_raft_leader 1.0" in await resp.text()
             resp = await http.get("/nope")
             assert resp.status == 404
+
+    asyncio.run(body())
+
+
+def test_log_service_in_status_and_metrics() -> None:
+    """The log service's counters are read at scrape time; its logs are in /v1/status."""
+    figures: dict[str, object] = {"appends": 0, "messages_in": 0, "disk_full": ""}
+
+    class LogNode:
+        def __init__(self) -> None:
+            self.metrics = ServerMetrics(node_status)
+            self.metrics.watch_logs(lambda: figures)
+
+        def status(self) -> NodeStatus:
+            return node_status()
+
+        def log_status(self) -> dict[str, object]:
+            return {
+                "logs": [{"log": 0, "segments": 1, "provider": "replicated"}],
+                "figures": figures,
+            }
+
+    async def body() -> None:
+        async with TestClient(TestServer(create_app(LogNode()))) as http:
+            resp = await http.get("/metrics")
+            text = await resp.text()
+            assert "catenary_log_appends_total 0.0" in text
+            # An append (as the node counts it) shows at the next scrape.
+            figures.update(appends=1, append_records=3, messages_in=7, inflight_records=2)
+            text = await (await http.get("/metrics")).text()
+            assert "catenary_log_appends_total 1.0" in text
+            assert "catenary_log_append_records_total 3.0" in text
+            assert 'catenary_log_messages_total{direction="in"} 7.0' in text
+            assert "catenary_log_inflight_records 2.0" in text
+            assert "catenary_log_disk_full 0.0" in text
+            data = await (await http.get("/v1/status")).json()
+            assert data["log_service"]["logs"][0]["log"] == 0
+            assert data["log_service"]["figures"]["appends"] == 1
+            assert data["term"] == 4
 
     asyncio.run(body())

@@ -19,6 +19,7 @@ _COMMANDS: dict[str, str] = {
     "status": "catenary.cli.admin:status",
     "nodes": "catenary.cli.admin:nodes",
     "metadata": "catenary.cli.metadata:metadata",
+    "logs": "catenary.cli.logs:logs",
     "metadata-server": "catenary.cli.admin:metadata_server",
     "bench": "catenary.cli.bench:bench",
     "sim": "catenary.cli.sim:sim",

@@ -2,13 +2,14 @@
 
 Request counters and latency histograms are updated as requests finish; Raft
 figures (term, commit, applied, leader) are read from the node's status when
-scraped, so they can never go stale and cost nothing between scrapes.
+scraped, and the log service's counters from ``LogService.figures()``, so
+they can never go stale and cost nothing between scrapes.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -72,6 +73,79 @@ class _StatusCollector(Collector):
             family = GaugeMetricFamily(name, doc)
             family.add_metric([], float(value))
             yield family
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
+
+
+# figures() key -> (metric name, help); counters are exposed with "_total".
+_LOG_COUNTERS = (
+    ("appends", "catenary_log_appends", "Client append requests this node answered with LSNs"),
+    ("append_records", "catenary_log_append_records", "Records in those appends"),
+    ("append_bytes", "catenary_log_append_bytes", "Payload bytes in those appends"),
+    ("records_read", "catenary_log_records_read", "Records returned to this node's readers"),
+    (
+        "records_served",
+        "catenary_log_records_served",
+        "Records this node's log-server sent to other nodes' readers and repairs",
+    ),
+    ("store_persists", "catenary_log_store_persists", "Log-store persistence jobs (one fsync)"),
+    (
+        "store_persist_seconds",
+        "catenary_log_store_persist_seconds",
+        "Seconds spent in log-store persistence jobs (divide by persists for the mean)",
+    ),
+    ("seals", "catenary_log_seals", "Seals carried out by this node"),
+    (
+        "reconfigurations",
+        "catenary_log_reconfigurations",
+        "Log reconfigurations carried out by this node",
+    ),
+)
+_LOG_GAUGES = (
+    (
+        "inflight_records",
+        "catenary_log_inflight_records",
+        "Records appended to segments this node sequences and not yet acknowledged",
+    ),
+    (
+        "forwarded_inflight",
+        "catenary_log_forwarded_inflight",
+        "Appends forwarded to another node's sequencer and not yet answered",
+    ),
+    ("sequencers", "catenary_log_sequencers", "Segments with a sequencer on this node"),
+)
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
+class _LogCollector(Collector):
+    """The log service's counters, read from ``figures()`` at scrape time."""
+
+    def __init__(self, figures: Callable[[], Mapping[str, object]]) -> None:
+        self._figures = figures
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        figures = self._figures()
+        for key, name, doc in _LOG_COUNTERS:
+            yield CounterMetricFamily(name, doc, value=_number(figures.get(key)))
+        messages = CounterMetricFamily(
+            "catenary_log_messages",
+            "Log protocol messages between nodes, by direction (in, out)",
+            labels=["direction"],
+        )
+        messages.add_metric(["in"], _number(figures.get("messages_in")))
+        messages.add_metric(["out"], _number(figures.get("messages_out")))
+        yield messages
+        for key, name, doc in _LOG_GAUGES:
+            yield GaugeMetricFamily(name, doc, value=_number(figures.get(key)))
+        yield GaugeMetricFamily(
+            "catenary_log_disk_full",
+            "1 while the log store refuses writes for a full disk",
+            value=float(bool(figures.get("disk_full"))),
+        )
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         return iter(())
@@ -217,6 +291,10 @@ class ServerMetrics:
             registry=self.registry,
         )
         self.registry.register(_StatusCollector(status))
+
+    def watch_logs(self, figures: Callable[[], Mapping[str, object]]) -> None:
+        """Expose the log service's counters (``LogService.figures()``), read when scraped."""
+        self.registry.register(_LogCollector(figures))
 
     def raft_event(self, event: RaftEvent) -> None:
         """Count one of the Raft core's events."""

@@ -662,8 +662,16 @@ class LogService:
             if isinstance(outcome, AppendError):
                 error = outcome
                 if isinstance(error, LogletSealed | NotSequencer) and time.monotonic() < deadline:
-                    await self._newer_chain(log_id, version, deadline)
-                    continue
+                    until = deadline
+                    if isinstance(error, NotSequencer):
+                        # The chain may name a node that has not learned it yet (it
+                        # starts the sequencer on learning it): ask again shortly too.
+                        until = min(deadline, time.monotonic() + NOT_SEQUENCER_RETRY_S)
+                    await self._newer_chain(log_id, version, until)
+                    if time.monotonic() < deadline:
+                        continue
+                    # No newer chain in time: the batch was not sent again, so the
+                    # answer is SEALED, not the timeout of a retry with no budget.
                 raise _append_error(log_id, error)
             self.stats.appends += 1
             self.stats.records += len(batch)
@@ -1226,6 +1234,9 @@ class LogService:
             "disk_full": stats.disk_full,
             "sequencers": len(node.sequencers.loglets()) if node is not None else 0,
         }
+
+
+NOT_SEQUENCER_RETRY_S = 0.05
 
 
 @dataclass

@@ -94,6 +94,8 @@ class Server:
         self.ctx = NodeContext(config)
         self.metrics = ServerMetrics(self.status)
         self.services = make_services(self.ctx, self.metrics)
+        if self.services.log is not None:
+            self.metrics.watch_logs(self.services.log.figures)
         self.router = RequestRouter(self.ctx, self.services)
         self.port = ClientPort(
             self.router,
