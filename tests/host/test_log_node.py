@@ -146,7 +146,7 @@ def test_an_append_on_the_sequencer_node_is_sequenced_there() -> None:
     net.learn(chain(SequencerId(1, 1)))
     net.nodes[1].append(7, LOG, (b"a", b"b"), 5 * SECOND, 0)
     net.run()
-    assert net.appended[1] == [Appended(7, 1, 2)]
+    assert net.appended[1] == [Appended(7, 1, 2, 0)]
     assert net.nodes[1].forwarded_total == 0
     assert net.nodes[1].records_sequenced == 2
     assert all(not f for f in net.failed.values())
@@ -165,8 +165,8 @@ def test_an_append_elsewhere_is_forwarded_to_the_sequencer_and_answered_back() -
     assert env.message.segment_index == 0 and env.message.budget_us == 5 * SECOND
     net.post(1, dst, env)
     net.run()
-    assert net.appended[1] == [Appended(11, 1, 1)]
-    assert net.appended[3] == [Appended(12, 2, 3)]
+    assert net.appended[1] == [Appended(11, 1, 1, 0)]
+    assert net.appended[3] == [Appended(12, 2, 3, 0)]
     assert net.nodes[2].appends_sequenced == 2 and net.nodes[2].records_sequenced == 3
     assert net.nodes[1].forwarded_inflight == 0 and net.nodes[3].forwarded_inflight == 0
     # The records are on the log-servers: two of the three hold each of them.
@@ -277,7 +277,7 @@ def test_n1_no_sequencer_for_an_older_generation_and_the_log_is_stale() -> None:
     assert net.nodes[1].stale_logs() == []
     net.nodes[2].append(43, LOG, (b"c",), 5 * SECOND, 0)
     net.run()
-    assert net.appended[2] == [Appended(43, 1, 1)]
+    assert net.appended[2] == [Appended(43, 1, 1, 1)]
 
 
 def test_an_older_chain_version_is_ignored() -> None:

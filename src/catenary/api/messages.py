@@ -138,6 +138,7 @@ class LogAppend(msgspec.Struct, tag="lappend", array_like=True, frozen=True):
     id: int
     log: int
     payloads: tuple[bytes, ...]
+    timeout_ms: int = 0  # the caller's time left; the node answers within it (0: its own bound)
 
 
 class LogRead(msgspec.Struct, tag="lread", array_like=True, frozen=True):

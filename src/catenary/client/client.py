@@ -531,14 +531,17 @@ class Client:
         redirects = 0
         last = "no attempt made"
         last_disk_full = False  # the last failure was a node's full disk
+        last_sealed = False  # the last failure was a sealed log that took no new segment
         not_catenary: set[str] = set()  # addresses that answered as something else
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 if last_disk_full:
                     raise DiskFullError(f"deadline passed; last failure: {last}")
+                if last_sealed:
+                    raise SealedError(f"deadline passed; last failure: {last}")
                 raise DeadlineExceededError(f"deadline passed; last failure: {last}")
-            last_disk_full = False
+            last_disk_full = last_sealed = False
             address = self._pick(target)
             # 1. connect: a failure here means nothing was sent.
             try:
@@ -648,6 +651,7 @@ class Client:
             ):
                 last = f"{address}: {reply.code}: {reply.message}"
                 last_disk_full = reply.code == m.ErrorCode.DISK_FULL
+                last_sealed = reply.code == m.ErrorCode.SEALED
                 if reply.code in (m.ErrorCode.UNAVAILABLE, m.ErrorCode.DISK_FULL):
                     self._failed(address)
                 await self._backoff(attempt, deadline)

@@ -13,7 +13,8 @@ Rules:
 2. ``read`` is an async iterator of ``LogRecord`` and ``LogGap`` in LSN order
    with no holes: every LSN from ``from_lsn`` on is a record or inside a gap.
    Bounded reads stop at ``to_lsn`` (exclusive); open-ended reads tail the
-   log, waiting up to ``wait_ms`` per request for new records, across seals
+   log, waiting up to ``wait_ms`` per request for new records (at most half the
+   client's ``attempt_timeout_s``), across seals
    and reconfigurations.  A read keeps to one node while it answers, so the
    node can continue its read stream; on a failure it moves to another node
    from where it stopped.
@@ -119,9 +120,18 @@ class LogsClient:
         """Append ``records`` as one batch; returns the first and last LSN given to it."""
         log = _log_id(log)
         payloads = _payloads(records)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (timeout_s if timeout_s is not None else self._client.timeout_s)
+
+        def build(i: int) -> m.LogAppend:
+            # Rule 1: the node answers within the time this attempt has left (less a
+            # margin for the way back), so a sealed log is reported, not timed out.
+            left_ms = int((deadline - loop.time()) * 1000 * 0.9) - 20
+            return m.LogAppend(id=i, log=log, payloads=payloads, timeout_ms=max(1, left_ms))
+
         reply = await self._call(
             m.LogAppendReply,
-            lambda i: m.LogAppend(id=i, log=log, payloads=payloads),
+            build,
             write=True,
             target=ANY,
             timeout_s=timeout_s,
@@ -153,7 +163,9 @@ class LogsClient:
             raise BadRequestError(f"to_lsn ({to_lsn}) must be >= from_lsn ({from_lsn})")
         if records_max < 1 or wait_ms < 0:
             raise BadRequestError("records_max must be >= 1 and wait_ms >= 0")
-        attempt_s = max(self._client.attempt_timeout_s, wait_ms / 1000 + 1.0)
+        # A request waits at the node for at most half an attempt's time, so a tailing
+        # read is never taken for an unanswered call (client rule 8).
+        wait_ms = min(wait_ms, int(self._client.attempt_timeout_s * 500))
         next_lsn = from_lsn
         end = to_lsn or 0
         while to_lsn is None or next_lsn < to_lsn:
@@ -170,7 +182,7 @@ class LogsClient:
                 ),
                 write=False,
                 target=self._client._pick(ANY),
-                timeout_s=timeout_s if timeout_s is not None else attempt_s + 2.0,
+                timeout_s=timeout_s,
             )
             assert isinstance(reply, m.LogReadReply)
             for item in reply.items:

@@ -240,6 +240,7 @@ class LogsSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     nodeset_size: int = 0  # 0 = the smallest nodeset the replication allows
     tick_ms: int = 10
     append_timeout_ms: int = 5000  # an append not acknowledged by then is indeterminate
+    sealed_wait_ms: int = 1000  # an append that met a seal waits this long for a new segment
     record_bytes_max: int = 1 << 20
     batch_records_max: int = 65_536  # records in one append request
     records_inflight_max: int = 65_536  # per segment, unacknowledged

@@ -627,8 +627,10 @@ class LogService:
 
     # ------------------------------------------------------------- appends
 
-    async def append(self, log_id: LogId, payloads: Sequence[bytes]) -> api.LogAppendReply:
-        """L3."""
+    async def append(
+        self, log_id: LogId, payloads: Sequence[bytes], timeout_ms: int = 0
+    ) -> api.LogAppendReply:
+        """L3 (``timeout_ms``: the caller's time left, when it is below the node's bound)."""
         config = self.config
         if not payloads:
             raise ServiceError(ErrorCode.BAD_REQUEST, "an append needs at least one record")
@@ -646,7 +648,11 @@ class LogService:
                     f"{config.record_bytes_max}",
                 )
         batch = tuple(payloads)
-        deadline = time.monotonic() + config.append_timeout_ms / 1000
+        if timeout_ms < 0:
+            raise ServiceError(ErrorCode.BAD_REQUEST, "timeout_ms must be >= 0")
+        bound_ms = min(config.append_timeout_ms, timeout_ms or config.append_timeout_ms)
+        deadline = time.monotonic() + bound_ms / 1000
+        sealed_since: float | None = None
         while True:
             node = self._require_node()
             _chain, version = self.chain_of(log_id)
@@ -662,16 +668,22 @@ class LogService:
             if isinstance(outcome, AppendError):
                 error = outcome
                 if isinstance(error, LogletSealed | NotSequencer) and time.monotonic() < deadline:
-                    until = deadline
+                    # L3: wait for a new segment a while (``logs.sealed_wait_ms``), not the
+                    # whole deadline, so the client hears SEALED before its own deadline.
+                    now = time.monotonic()
+                    if sealed_since is None:
+                        sealed_since = now
+                    give_up = min(deadline, sealed_since + config.sealed_wait_ms / 1000)
+                    until = give_up
                     if isinstance(error, NotSequencer):
                         # The chain may name a node that has not learned it yet (it
                         # starts the sequencer on learning it): ask again shortly too.
-                        until = min(deadline, time.monotonic() + NOT_SEQUENCER_RETRY_S)
+                        until = min(give_up, now + NOT_SEQUENCER_RETRY_S)
                     await self._newer_chain(log_id, version, until)
-                    if time.monotonic() < deadline:
+                    if time.monotonic() < give_up or self._known_version(log_id) > version:
                         continue
                     # No newer chain in time: the batch was not sent again, so the
-                    # answer is SEALED, not the timeout of a retry with no budget.
+                    # answer is SEALED (retryable), not the timeout of a retry.
                 raise _append_error(log_id, error)
             self.stats.appends += 1
             self.stats.records += len(batch)

@@ -231,7 +231,7 @@ class RequestRouter:
         rid = request.id
         match request:
             case api.LogAppend():
-                reply = await logs.append(request.log, request.payloads)
+                reply = await logs.append(request.log, request.payloads, request.timeout_ms)
                 return api.LogAppendReply(rid, reply.first_lsn, reply.last_lsn)
             case api.LogRead():
                 return await logs.read(request)
