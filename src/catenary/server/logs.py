@@ -952,12 +952,21 @@ class LogService:
         return await self.describe(request.log)
 
     def _sequencer_for(self, node_id: int) -> SequencerId:
+        """The sequencer a new segment gets: ``node_id``'s, or with 0 this node's when it
+        has the ``sequencer`` role, else another member's."""
         ctx = self._ctx
-        if node_id in (0, ctx.node_id):
+        mine = "sequencer" in ctx.config.roles
+        if node_id == ctx.node_id or (node_id == 0 and mine):
             return SequencerId(ctx.node_id, ctx.generation)
         for info in self._membership.node_infos():
-            if info.node == node_id and info.state != "removed":
+            if info.state == "removed" or info.node == ctx.node_id:
+                continue
+            if node_id in (0, info.node):
                 return SequencerId(info.node, info.generation)
+        if node_id == 0:
+            raise ServiceError(
+                ErrorCode.REFUSED, "no node to sequence the log: this one has no sequencer role"
+            )
         raise ServiceError(ErrorCode.NOT_FOUND, f"node {node_id} is not a member of the cluster")
 
     async def _reconfigure(
@@ -1172,9 +1181,7 @@ class LogService:
             except NodesetUnavailable as exc:
                 log.info("log %d: not created yet: %s", log_id, exc)
                 return
-            params = ReplicatedParams(
-                SequencerId(ctx.node_id, ctx.generation), nodeset, replication
-            )
+            params = ReplicatedParams(self._sequencer_for(0), nodeset, replication)
             segment = Segment(0, 1, REPLICATED, replicated=params)
         chain = Chain(log_id, (segment,))
         put = md.Put(log_key(log_id), encode_chain(chain), md.Precondition("absent"))
