@@ -174,9 +174,9 @@ class TransportConfig(msgspec.Struct, frozen=True, kw_only=True):
     retire_timeout_ms: int = 2000  # a superseded connection lingers at most this long
     # Rule 7: a dial sends one SYN (the kernel retransmits the first at 1 s), so a peer cut
     # off is tried at least every connect_timeout_ms + reconnect_backoff_max_ms.
-    connect_timeout_ms: int = 500
+    connect_timeout_ms: int = 300
     reconnect_backoff_min_ms: int = 50
-    reconnect_backoff_max_ms: int = 500
+    reconnect_backoff_max_ms: int = 250
     reconnect_jitter_ratio: float = 0.5  # each delay is shortened by up to this fraction
     send_queue_messages_max: int = 4096  # per peer; the oldest are dropped past it
     send_queue_bytes_max: int = 64 << 20  # per peer; the oldest are dropped past it

@@ -180,8 +180,8 @@ class NetworkSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # A cut peer is redialled at least every peer_connect_timeout_ms + reconnect_backoff_ms_max,
     # one SYN per attempt (below the kernel's first SYN retransmission at 1 s): a healed link
     # is back within about a second however long the cut lasted.
-    reconnect_backoff_ms_max: int = 500
-    peer_connect_timeout_ms: int = 500  # give up a peer dial not connected by then, and redial
+    reconnect_backoff_ms_max: int = 250
+    peer_connect_timeout_ms: int = 300  # give up a peer dial not connected by then, and redial
     peer_ping_interval_ms: int = 500  # ping a peer heard from for this long
     peer_idle_timeout_ms: int = 2000  # drop and redial a peer link silent this long
     client_ping_interval_ms: int = 1000  # ping a client heard from for this long
