@@ -37,6 +37,7 @@ run: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/catenary bench storage
 	$(BIN)/catenary bench metadata
+	$(BIN)/catenary bench log
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
