@@ -260,6 +260,9 @@ class LogsSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     tail_query_timeout_ms: int = 1000
     reconfigure_timeout_ms: int = 10_000
     controller_interval_ms: int = 1000
+    # The metadata leader moves a log whose sequencer's node it has had no link to this long
+    # (0: never; then ``catenary logs reconfigure`` does it).
+    sequencer_failover_ms: int = 3000
 
 
 class JoinSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -710,6 +713,7 @@ _INT_RANGES: dict[str, tuple[int, int | None]] = {
     "network.peer_link_log_interval_ms": (0, None),
     "logs.count": (0, 1 << 32),
     "logs.nodeset_size": (0, None),
+    "logs.sequencer_failover_ms": (0, None),
 }
 _ZERO_MEANS = {
     "join.timeout_ms": "must be 0 (no limit) or positive",

@@ -25,7 +25,10 @@ L2  The controller (on the leader, every ``logs.controller_interval_ms``):
     ``logs.provider``; replication ``logs.replication`` or
     ``{node: min(2, voters)}``); moves a log whose tail segment's sequencer
     is an older generation of a node that restarted to that node's new
-    generation; moves a log whose tail segment is replicated more weakly than
+    generation; moves a log whose tail segment's sequencer is on a node this
+    (leading) node has had no peer link to for ``logs.sequencer_failover_ms``
+    to a sequencer of its own (0 turns this off: ``catenary logs reconfigure``
+    then moves it); moves a log whose tail segment is replicated more weakly than
     the cluster's replication now allows (nodes joined), or whose tail
     segment's nodeset is smaller than the servers now allow (nodes joined: a
     2-node nodeset for ``{node: 2}`` stops every append when one of its
@@ -201,6 +204,8 @@ class LogService:
         self.node: LogNode | None = None
         self.store: LogStore | None = None
         self._channel: Any = None
+        self._transport: Any = None
+        self._unreachable_since: dict[int, float] = {}  # node -> when its link was seen down
         self._writer: DiskWriter | None = None
         self._job_task: asyncio.Task[None] | None = None
         self._pump_scheduled = False
@@ -220,6 +225,7 @@ class LogService:
 
     def attach_transport(self, transport: Any) -> None:
         """Serve the loglet service on the node's peer links (called when they are made)."""
+        self._transport = transport
         self._channel = transport.add_service(
             int(PeerService.LOGLET), envelope_decoder, self._on_peer
         )
@@ -413,7 +419,9 @@ class LogService:
                 self.stats.disk_full = f"log store: {exc.strerror or exc}"
                 if self._ctx.stopping:
                     return  # nothing of the job was answered: it is not durable, and the node stops
-                log.warning("log store: disk full; retrying the write")
+                log.warning(
+                    "log store: disk full; retrying the write of %d stores", len(job.writes)
+                )
                 await asyncio.sleep(self._ctx.config.storage.disk_full_retry_ms / 1000)
             except Exception as exc:
                 self._ctx.fail(f"log store failed: {exc!r}")
@@ -1103,6 +1111,18 @@ class LogService:
                 newest = generations.get(current.node, 0)
                 if current.node == node.node_id:
                     newest = node.generation  # this node knows its own generation first
+                elif self._sequencer_lost(current.node):
+                    self._ctx.spawn(
+                        self._move(
+                            log_id,
+                            REPLICATED,
+                            params.replication,
+                            self._sequencer_for(0),
+                            f"the sequencer's node {current.node} is unreachable",
+                        ),
+                        f"logs-move-{log_id}",
+                    )
+                    continue
                 if newest > current.generation:
                     self._ctx.spawn(
                         self._move(
@@ -1153,6 +1173,18 @@ class LogService:
                     ),
                     f"logs-move-{log_id}",
                 )
+
+    def _sequencer_lost(self, peer: int) -> bool:
+        """L2: ``peer``'s link has been down for ``logs.sequencer_failover_ms`` (0: never)."""
+        wait_ms = self.config.sequencer_failover_ms
+        if not wait_ms or self._transport is None:
+            return False
+        now = time.monotonic()
+        if self._transport.connected(peer):
+            self._unreachable_since.pop(peer, None)
+            return False
+        since = self._unreachable_since.setdefault(peer, now)
+        return now - since >= wait_ms / 1000
 
     async def _move(
         self,
