@@ -308,7 +308,7 @@ def _catch(case: Case) -> tuple[int, SimResult] | None:
 CASES: dict[str, Case] = {
     "vote_without_up_to_date_check": Case(
         plant_vote_without_up_to_date_check,
-        (10, 14, 16),
+        (24, 26, 29),
         ("committed entry lost", "commit rule", "safety", "linear"),
     ),
     "figure8_commit_by_counting": Case(
