@@ -133,8 +133,10 @@ class HostConfig(msgspec.Struct, frozen=True, kw_only=True):
     request_timeout_ms: int = 10_000
     tick_catch_up_max: int = 3
     # Persistence jobs in flight at once (rule 3): 2 lets batch N+1 be proposed,
-    # sent and queued for the disk while batch N is being fsynced.
-    persists_in_flight_max: int = 2
+    # sent and queued for the disk while batch N is being fsynced (measured
+    # slower where the nodes share a disk: docs/benchmarks.md); with 1, commits,
+    # applies and reads still go on during the fsync.
+    persists_in_flight_max: int = 1
 
 
 def ticks_to_deliver(due: int, catch_up_max: int, raft: RaftConfig) -> int:
