@@ -65,6 +65,25 @@ def plant_expired_write_reported_failed(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(HostLoop, "expire", wrong)
 
 
+def plant_acks_ahead_of_the_pipeline(mp: pytest.MonkeyPatch) -> None:
+    """A Ready with nothing of its own to persist sends its after-persist
+    messages at once, ahead of the jobs still in flight (rule 3b): a follower
+    acknowledges an append naming its last index while an earlier Ready holding
+    those entries is still being written."""
+    mp.setattr(HostLoop, "_behind_jobs", lambda self: False)
+
+
+def plant_apply_before_durable(mp: pytest.MonkeyPatch) -> None:
+    """The loop applies a Ready's committed entries as soon as it is handed out,
+    without waiting for them to be durable on this node (rule 3c): a follower
+    applies (and may compact into a snapshot) entries its own disk may lose."""
+
+    def appliable(self: HostLoop[Any], ready: Ready) -> bool:
+        return not self._snapshots_in_flight
+
+    mp.setattr(HostLoop, "_appliable", appliable)
+
+
 @dataclass(frozen=True)
 class Case:
     plant: Plant
@@ -77,6 +96,12 @@ class Case:
 CASES: dict[str, Case] = {
     "acks_before_persist": Case(
         plant_acks_before_persist, [1, 2, 3, 4, 5], ("durability at delivery",)
+    ),
+    "acks_ahead_of_the_pipeline": Case(
+        plant_acks_ahead_of_the_pipeline, [1, 2, 3, 4, 5, 6, 7, 8], ("durability at delivery",)
+    ),
+    "apply_before_durable": Case(
+        plant_apply_before_durable, [1, 2, 3, 4, 5, 6, 7, 8], ("durability at apply",)
     ),
     "expired_write_reported_failed": Case(
         plant_expired_write_reported_failed,

@@ -14,36 +14,60 @@ Driving it (the whole contract)::
     loop.step(message) / loop.submit_write(...) / submit_read / submit_call
     out = loop.poll(now_us)            # whenever an input arrived or a tick is due
     while True:
-        send(out.messages)             # 1. before the job: they do not depend on it
+        send(out.messages)             # 1. they never depend on a job not yet done
         deliver(out.completions)
-        if out.job is not None:
-            execute(out.job)           # 2. RaftStorage.save / compact; durable on return
-            out = loop.job_done()      # 3. messages_after_persist come out here
-        elif not out.more:
+        start(out.jobs)                # 2. RaftStorage.save / compact, in this order,
+                                       #    after every job started before them
+        if not out.more:
             break
-        else:
-            out = loop.poll(now_us)    # (after letting the sends leave, if it can)
-    loop.expire(now_us) -> completions # at least every tick, even while a job runs
+        out = loop.poll(now_us)        # (after letting the sends leave, if it can)
+    # when the oldest job started is durable (jobs finish in the order started):
+    out = loop.job_done()              # 3. its messages_after_persist come out here;
+                                       #    execute it as above (``more`` is set)
+    loop.expire(now_us) -> completions # at least every tick, even while jobs run
 
 Rules:
 
 1. One owner.  Only the loop calls the replica's mutating methods.  Inputs wait
    in one bounded inbox (``queue_max``): a full inbox refuses a client request
    (``OVERLOADED``, surely not applied) and drops a peer message (Raft tolerates
-   loss).  Inputs are fed only between Readies, never while a job is in flight.
+   loss).  Inputs are fed whenever the driver polls, jobs in flight or not.
 2. Batching.  ``poll`` ticks if a tick is due (before the inputs: rule 4),
-   feeds up to ``batch_max`` inputs, handles the Ready the peer messages produced (on a leader: commits, applies
-   and answers, with nothing to persist), then proposes the batch's writes in
-   one ``propose_batch``: many writes, one Ready, one job.  Inputs arriving
-   while a job is in flight wait for the next batch, so batches grow with the
-   load (group commit).
-3. Ready order (the replica's host order): ``messages`` leave with the Ready;
-   a Ready that changes entries, snapshot, term or vote is a ``Job``; only
-   after ``job_done`` do ``messages_after_persist`` leave and ``advance`` run
-   (``more`` is set so the driver may flush those messages before the apply);
-   a compaction snapshot from ``advance`` is a second job, and ``compacted`` is
-   called when it is done.  A Ready that only moves the commit index is not a
-   job (``RaftStorage`` rule 4).  One job at a time.
+   feeds up to ``batch_max`` inputs, handles the Ready the peer messages
+   produced (on a leader: commits, applies and answers, with nothing to
+   persist), then proposes the batch's writes in one ``propose_batch``: many
+   writes, one Ready, one job.  Writes wait unproposed while
+   ``persists_in_flight_max`` jobs are in flight, so batches grow with the load
+   (group commit) while the disk is busy.
+3. The pipeline (the Raft core's R12; the replica's rule 8).  Each Ready is
+   cut in two halves, each done in hand-out order:
+
+   a. ``messages`` leave at once (a leader's appends, pre-votes: they depend
+      on nothing unpersisted).
+   b. Persist half.  A Ready that changes entries, snapshot, term or vote is a
+      ``Job``; up to ``persists_in_flight_max`` are in flight, started in
+      order, and the driver reports them done in that order, each durable
+      before ``job_done``.  At the bound no Ready that needs a job is taken
+      (``RaftNode.has_unpersisted``); a Ready that needs none still is.  A
+      Ready's ``messages_after_persist`` (votes, acknowledgements) leave only
+      once its own job and every earlier one are done: one without a job of
+      its own waits behind the jobs in flight (an acknowledgement names the
+      last index, which they may still be writing).  Only the commit index in
+      a hard state is never a job (``RaftStorage`` rule 4).
+   c. Apply half (committed entries, confirmed reads, snapshot requests), in
+      order, once its committed entries are durable on this node
+      (``RaftNode.durable_index``) and no snapshot's job is in flight (a
+      snapshot resets that index before it is durable, and is itself applied
+      only once its job is done).  A leader commits only what it holds durably
+      (R3), so a batch whose quorum answered is applied and answered while the
+      next batch is being fsynced; a follower that learns a commit ahead of its
+      own fsync waits for it.  After-persist messages let out in the same
+      ``poll`` leave before an apply (``more`` is set: the driver may flush
+      them first, so a follower's acknowledgement does not wait for its apply).
+   d. A compaction snapshot from an apply is a job too, after those in flight;
+      ``compacted`` is called when it is done.
+
+   ``persists_in_flight_max = 1`` is the strict one-Ready-at-a-time order.
 4. Time.  Ticks are due every ``tick_us`` of the driver's clock; ``poll``
    delivers at most ``tick_catch_up_max`` at once after a stall, except with
    lease reads, where a lease must never outlive real time
@@ -108,6 +132,11 @@ class HostConfig(msgspec.Struct, frozen=True, kw_only=True):
     batch_max: int = 4096
     request_timeout_ms: int = 10_000
     tick_catch_up_max: int = 3
+    # Persistence jobs in flight at once (rule 3): 2 lets batch N+1 be proposed,
+    # sent and queued for the disk while batch N is being fsynced (measured
+    # slower where the nodes share a disk: docs/benchmarks.md); with 1, commits,
+    # applies and reads still go on during the fsync.
+    persists_in_flight_max: int = 1
 
 
 def ticks_to_deliver(due: int, catch_up_max: int, raft: RaftConfig) -> int:
@@ -152,23 +181,40 @@ class Job:
 
     ready: Ready | None = None
     snapshot: Snapshot | None = None
+    done: bool = False
+
+
+@dataclass(slots=True)
+class _Stage:
+    """A persist half not finished yet (rule 3b): a job, or a Ready whose
+    after-persist messages wait behind the jobs before it."""
+
+    ready: Ready | None
+    job: Job | None
 
 
 @dataclass(slots=True)
 class Output(Generic[T]):
     messages: list[Message] = field(default_factory=list)
     completions: list[tuple[T, Any]] = field(default_factory=list)
-    job: Job | None = None
-    # Poll again: work is left (after a Ready whose acknowledgements should
-    # leave before its apply, or a full batch).
+    # Jobs to start, in order, after every job started before (rule 3b).
+    jobs: list[Job] = field(default_factory=list)
+    # Poll again: work is left (after-persist messages should leave before an
+    # apply, or a full batch).
     more: bool = False
     applied: bool = False  # the applied state changed (index or snapshot)
     inputs: int = 0
     readies: int = 0
-    # The Readies advanced (in order), for a driver that checks them.
+    proposed: int = 0  # the writes of the largest proposal (one Ready's batch)
+    # The Readies whose apply half ran (in order), for a driver that checks them.
     advanced: list[Ready] = field(default_factory=list)
     # The Raft core's transitions during this poll (rule 8), oldest first.
     events: list[RaftEvent] = field(default_factory=list)
+
+    @property
+    def job(self) -> Job | None:
+        """The last job to start, if any (a driver of one job at a time)."""
+        return self.jobs[-1] if self.jobs else None
 
 
 class _Write(Generic[T]):
@@ -226,7 +272,8 @@ class HostLoop(Generic[T]):
         self.replica = replica
         self.config = config
         self._raft_config = replica.raft.config
-        self._durable = (durable.term, durable.vote)
+        # The term and vote of the last job's hard state (durable, or soon).
+        self._handed = (durable.term, durable.vote)
         self._tick_us = tick_us if tick_us is not None else config.tick_ms * 1000
         self.next_tick_us = first_tick_us if first_tick_us is not None else now_us + self._tick_us
         self._token_done = token_done
@@ -238,8 +285,13 @@ class HostLoop(Generic[T]):
         self._writes: dict[int, tuple[_Write[T], int]] = {}
         self._reads: dict[int, _Read[T]] = {}
         self._unproposed: list[_Write[T]] = []
-        self._job: Job | None = None
-        self._persisted: Ready | None = None  # saved, its after-persist part not done
+        # Rule 3: the jobs started and not done, the persist halves not finished,
+        # the apply halves not run -- each in hand-out order.
+        self._jobs: deque[Job] = deque()
+        self._stages: deque[_Stage] = deque()
+        self._applies: deque[Ready] = deque()
+        self._snapshots_in_flight = 0
+        self._persists_max = max(1, config.persists_in_flight_max)
         self._stopped = False
         self.peer_messages_dropped = 0
 
@@ -247,8 +299,12 @@ class HostLoop(Generic[T]):
 
     @property
     def job(self) -> Job | None:
-        """The persistence step in flight, if any."""
-        return self._job
+        """The oldest persistence step in flight, if any."""
+        return self._jobs[0] if self._jobs else None
+
+    @property
+    def jobs_in_flight(self) -> int:
+        return len(self._jobs)
 
     @property
     def tick_us(self) -> int:
@@ -350,32 +406,39 @@ class HostLoop(Generic[T]):
         if self._stopped:
             return out
         replica = self.replica
+        raft = replica.raft
+        applies = self._applies
         fed = False
-        while self._job is None:
-            persisted = self._persisted
-            if persisted is not None:
-                self._persisted = None
-                self._advance(persisted, out)
+        # After-persist messages let out in this poll, to leave before an apply.
+        released = False
+        while True:
+            if applies and self._appliable(applies[0]):
+                if released:
+                    out.more = True
+                    break
+                self._apply(applies.popleft(), out)
                 continue
-            if replica.has_ready():
+            room = len(self._jobs) < self._persists_max
+            # (Completions alone -- writes a step-down made indeterminate -- come
+            # out with the next apply, or with an empty Ready when none waits.)
+            if (raft.has_ready() or (not applies and replica.has_ready())) and (
+                room or not raft.has_unpersisted()
+            ):
                 ready = replica.ready()
                 out.readies += 1
                 out.messages.extend(self._messages_now(ready))
-                if self._must_persist(ready):
-                    self._job = Job(ready=ready)
-                    out.job = self._job
-                    break
                 after = self._messages_after(ready)
-                if after:
-                    out.messages.extend(after)
-                    if ready.committed:
-                        # Let the acknowledgements leave before the apply.
-                        self._persisted = ready
-                        out.more = True
-                        break
-                self._advance(ready, out)
+                if self._must_persist(ready):
+                    self._start(_Stage(ready, Job(ready=ready)), out)
+                elif after:
+                    if self._behind_jobs():
+                        self._stages.append(_Stage(ready, None))  # rule 3b
+                    else:
+                        out.messages.extend(after)
+                        released = True
+                applies.append(ready)
                 continue
-            if self._unproposed:
+            if self._unproposed and room:
                 writes, self._unproposed = self._unproposed, []
                 self._propose(writes, out)
                 continue
@@ -385,29 +448,32 @@ class HostLoop(Generic[T]):
             fed = True
             if not self._take_batch(now_us, out):
                 break
-        raft = replica.raft
         if raft.events:
             out.events = raft.take_events()
         return out
 
     def job_done(self) -> Output[T]:
-        """The job in flight is durable; returns its after-persist messages.
+        """The oldest job in flight is durable; returns the after-persist messages
+        it released (rule 3b).
 
         Poll next (``more`` is set), after letting the messages leave if possible."""
-        job = self._job
-        assert job is not None, "no job in flight"
-        self._job = None
+        assert self._jobs, "no job in flight"
+        self._jobs.popleft().done = True
         out: Output[T] = Output(more=True)
-        ready = job.ready
-        if ready is not None:
-            hard_state = ready.hard_state
-            if hard_state is not None:
-                self._durable = (hard_state.term, hard_state.vote)
-            out.messages.extend(self._messages_after(ready))
-            self._persisted = ready
-        else:
-            assert job.snapshot is not None
-            self.replica.compacted(job.snapshot)
+        stages = self._stages
+        replica = self.replica
+        while stages and (stages[0].job is None or stages[0].job.done):
+            stage = stages.popleft()
+            ready = stage.ready
+            if ready is not None:
+                out.messages.extend(self._messages_after(ready))
+                if stage.job is not None:
+                    replica.persisted(ready)
+                    if ready.snapshot is not None:
+                        self._snapshots_in_flight -= 1
+            else:
+                assert stage.job is not None and stage.job.snapshot is not None
+                replica.compacted(stage.job.snapshot)
         return out
 
     def expire(self, now_us: int) -> list[tuple[T, Any]]:
@@ -482,7 +548,32 @@ class HostLoop(Generic[T]):
         if hard_state is None:
             return False
         # The commit index need not be durable (RaftStorage rule 4).
-        return (hard_state.term, hard_state.vote) != self._durable
+        return (hard_state.term, hard_state.vote) != self._handed
+
+    def _start(self, stage: _Stage, out: Output[T]) -> None:
+        job = stage.job
+        assert job is not None
+        ready = job.ready
+        if ready is not None:
+            if ready.hard_state is not None:
+                self._handed = (ready.hard_state.term, ready.hard_state.vote)
+            if ready.snapshot is not None:
+                self._snapshots_in_flight += 1
+        self._jobs.append(job)
+        self._stages.append(stage)
+        out.jobs.append(job)
+
+    def _behind_jobs(self) -> bool:
+        """Rule 3b: after-persist messages of a Ready without a job of its own
+        wait for the jobs in flight."""
+        return bool(self._stages)
+
+    def _appliable(self, ready: Ready) -> bool:
+        """Rule 3c: the apply half may run now."""
+        if self._snapshots_in_flight:
+            return False
+        committed = ready.committed
+        return not committed or committed[-1].index <= self.replica.raft.durable_index
 
     def _take_batch(self, now_us: int, out: Output[T]) -> bool:
         # Time first: inputs that waited through a stall (a slow disk, a paused
@@ -516,7 +607,8 @@ class HostLoop(Generic[T]):
             else:
                 replica.step(item)
         out.inputs += taken
-        self._unproposed = writes
+        if writes:
+            self._unproposed += writes
         return taken > 0 or ticked
 
     def _maybe_tick(self, now_us: int) -> bool:
@@ -562,6 +654,7 @@ class HostLoop(Generic[T]):
             for command in w.commands:
                 requests.append((first_id + len(requests), command))
         self._next_request_id += len(requests)
+        out.proposed = max(out.proposed, len(requests))
         try:
             self.replica.propose_batch(requests)
         except NotLeader as exc:
@@ -581,16 +674,15 @@ class HostLoop(Generic[T]):
             w.done = True
             out.completions.append((w.token, refused))
 
-    def _advance(self, ready: Ready, out: Output[T]) -> None:
-        result: ReplicaOutput = self.replica.advance(ready)
+    def _apply(self, ready: Ready, out: Output[T]) -> None:
+        result: ReplicaOutput = self.replica.apply(ready)
         out.advanced.append(ready)
         if ready.committed or ready.snapshot is not None:
             out.applied = True
         if result.completions:
             self._complete(result, out)
         if result.snapshot is not None:
-            self._job = Job(snapshot=result.snapshot)
-            out.job = self._job
+            self._start(_Stage(None, Job(snapshot=result.snapshot)), out)
 
     def _complete(self, result: ReplicaOutput, out: Output[T]) -> None:
         completions = out.completions

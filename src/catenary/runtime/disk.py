@@ -99,6 +99,14 @@ class DiskWriter:
         """``fn(arg)`` on the writer thread.  ``after_flush``: hand it over from a
         callback queued behind what the event loop already scheduled (a transport's
         flush of messages that should leave before the job takes the interpreter)."""
+        return await self.submit(fn, arg, after_flush=after_flush)
+
+    def submit(
+        self, fn: Callable[[Any], T], arg: Any, *, after_flush: bool = False
+    ) -> asyncio.Future[T]:
+        """``run`` without awaiting: the future settles when ``fn(arg)`` ended.  Jobs
+        run in submission order (a job submitted with ``after_flush`` is submitted
+        when its callback runs: submit later ones the same way to keep the order)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
 
@@ -109,7 +117,7 @@ class DiskWriter:
             loop.call_soon(_submit, loop, self._writer, job, future)
         else:
             _submit(loop, self._writer, job, future)
-        return await future
+        return future
 
     def close(self) -> None:
         """Finish the jobs submitted so far, then end the thread (blocks)."""

@@ -16,11 +16,14 @@ needs asyncio, a thread or a clock:
    replica, so a reader sees a consistent state.
 2. The owner task polls the loop on each wake-up and executes its output
    (the Raft core's events are logged and counted, ``runtime/raft_events.py``):
-   sends the messages through the transport, hands the persistence job to the
-   disk writer thread (after the transport flushed the messages, so a leader's
-   appends travel while it fsyncs) and awaits it — the event loop never blocks
-   on fsync — then reports it done.  After the after-persist messages it yields
-   once, so a follower's acknowledgement leaves before the apply.
+   sends the messages through the transport, hands each persistence job to the
+   disk writer thread in order (after the transport flushed the messages, so a
+   leader's appends travel while it fsyncs) and goes on polling: up to
+   ``persists_in_flight_max`` jobs are in flight (``HostLoop`` rule 3), the
+   event loop never blocks on fsync.  The writer runs them in order; as each
+   ends the owner wakes and reports the oldest done (``job_done``).  After
+   after-persist messages it yields once, so a follower's acknowledgement
+   leaves before the apply.
 3. Time.  A ticker wakes the owner when the loop's next tick is due, and
    itself answers the requests whose deadline passed (``HostLoop.expire``), so
    the bound holds while the owner is stuck on a slow disk.
@@ -29,7 +32,9 @@ needs asyncio, a thread or a clock:
    A job that fails with ENOSPC/EDQUOT (the store rolled the write back) is
    retried, the same job, every ``disk_full_retry_ms`` until it succeeds: the
    Raft core believes it handed those entries out, so they are never dropped.
-   Meanwhile the owner does nothing else, so this member sends nothing (no
+   The writer refuses the jobs queued behind the failed one (they would leave
+   a gap in the log); once the retry succeeds they are handed over again, in
+   order.  Meanwhile the owner does nothing else, so this member sends nothing (no
    acks, no votes, no heartbeats: a leader loses its followers, who elect
    another) and ``disk_full`` says why.  New writes are refused at once with
    ``DISK_FULL`` (surely not proposed), linearizable reads with
@@ -48,6 +53,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -66,6 +72,11 @@ __all__ = ["HostConfig", "MetadataHost", "ticks_to_deliver"]
 
 
 log = logging.getLogger(__name__)
+
+
+class _Held(Exception):
+    """A job the writer refused: one before it failed for want of space (rule 4)."""
+
 
 _Token = asyncio.Future[Any]
 
@@ -113,6 +124,11 @@ class MetadataHost:
             token_done=_token_done,
         )
         self._writer = DiskWriter("raft-writer")
+        # Jobs handed to the writer and not yet reported done, in order, each with
+        # the future its end settles (to the perf_counter its run started at).
+        self._inflight: deque[tuple[Job, asyncio.Future[float]]] = deque()
+        self._deferred_submits = 0  # submissions waiting behind a transport flush
+        self._halted = False  # writer thread: a job failed for want of space
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -357,25 +373,70 @@ class MetadataHost:
     async def _loop(self) -> None:
         core = self.core
         wakeup = self._wakeup
+        inflight = self._inflight
         while not self._stopping:
             await wakeup.wait()
             wakeup.clear()
+            # The jobs that ended, oldest first (the writer runs them in order).
+            while inflight and inflight[0][1].done() and not self._stopping:
+                job, future = inflight.popleft()
+                error = future.exception()
+                if error is not None:
+                    await self._recover(job, error)
+                else:
+                    self._metrics.persist_seconds.observe(time.perf_counter() - future.result())
+                await self._execute(core.job_done())
+            if not self._stopping:
+                await self._execute(core.poll(self._now_us()))
+
+    async def _execute(self, out: Output[_Token]) -> None:
+        core = self.core
+        while True:
+            self._emit(out)
+            if out.jobs:
+                self._submit(out.jobs, after_flush=bool(out.messages))
+            if not out.more or self._stopping:
+                return
+            if out.messages:
+                # Let the transport's flush run first: a follower's
+                # acknowledgement (what the leader's commit waits for) must
+                # not wait for this batch's apply.
+                await asyncio.sleep(0)
             out = core.poll(self._now_us())
-            while True:
-                self._emit(out)
-                job = out.job
-                if job is not None:
-                    await self._persist(job, after_flush=bool(out.messages))
-                    out = core.job_done()
-                    continue
-                if not out.more or self._stopping:
-                    break
-                if out.messages:
-                    # Let the transport's flush run first: a follower's
-                    # acknowledgement (what the leader's commit waits for) must
-                    # not wait for this batch's apply.
-                    await asyncio.sleep(0)
-                out = core.poll(self._now_us())
+
+    def _submit(self, jobs: list[Job], *, after_flush: bool) -> None:
+        # With after_flush a job is handed over by a callback queued behind the
+        # transport's flushes of this Ready's messages: the appends leave before
+        # the writer thread takes the interpreter to encode the entries.  Later
+        # jobs follow the same path while one waits there, to keep the order.
+        loop = asyncio.get_running_loop()
+        for job in jobs:
+            if after_flush or self._deferred_submits:
+                self._deferred_submits += 1
+                future: asyncio.Future[float] = loop.create_future()
+                loop.call_soon(self._submit_deferred, job, future)
+            else:
+                future = self._writer.submit(self._run_job, job)
+                future.add_done_callback(self._job_ended)
+            self._inflight.append((job, future))
+
+    def _submit_deferred(self, job: Job, future: asyncio.Future[float]) -> None:
+        self._deferred_submits -= 1
+        ran = self._writer.submit(self._run_job, job)
+
+        def chain(done: asyncio.Future[float]) -> None:
+            if not future.done():
+                if done.exception() is not None:
+                    future.set_exception(done.exception())  # type: ignore[arg-type]
+                else:
+                    future.set_result(done.result())
+            self._job_ended(future)
+
+        ran.add_done_callback(chain)
+
+    def _job_ended(self, _future: asyncio.Future[float]) -> None:
+        if not self._wakeup.is_set():
+            self._wakeup.set()
 
     def _emit(self, out: Output[_Token]) -> None:
         send = self._send
@@ -395,46 +456,67 @@ class MetadataHost:
                 self._on_applied()
             self._notify_changed()
 
-    def _run_job(self, job: Job) -> None:  # in the writer thread
-        storage = self._storage
-        if job.ready is not None:
-            storage.save(job.ready)
-        else:
-            assert job.snapshot is not None
-            storage.compact(job.snapshot.meta.index, job.snapshot)
-
-    async def _persist(self, job: Job, *, after_flush: bool = False) -> None:
+    def _run_job(self, job: Job) -> float:  # in the writer thread
+        if self._halted:
+            raise _Held
         started = time.perf_counter()
-        # A cancelled owner stops waiting, but the job runs to its end: stop()
-        # waits for the writer before it closes the storage.  With after_flush
-        # the job is handed over by a callback queued behind the transport's
-        # flushes of this Ready's messages: the appends leave before the writer
-        # thread takes the interpreter to encode the entries.
+        storage = self._storage
+        try:
+            if job.ready is not None:
+                storage.save(job.ready)
+            else:
+                assert job.snapshot is not None
+                storage.compact(job.snapshot.meta.index, job.snapshot)
+        except OSError as exc:
+            if is_disk_full(exc):
+                self._halted = True  # rule 4: the jobs behind it would leave a gap
+            raise
+        return started
+
+    def _retry_job(self, job: Job) -> float:  # in the writer thread
+        self._halted = False
+        return self._run_job(job)
+
+    async def _recover(self, job: Job, error: BaseException) -> None:
+        """Rule 4: retry a job that failed for want of space, then hand the jobs
+        the writer refused behind it over again, in order; any other error stops
+        the owner."""
+        if not (isinstance(error, OSError) and is_disk_full(error)):
+            raise error
+        # A cancelled owner stops waiting, but a job runs to its end: stop()
+        # waits for the writer before it closes the storage.
+        exc: OSError = error
         while True:
+            if not self.disk_full:
+                log.error(
+                    "disk full: %s; writes refused, retrying the save every %d ms",
+                    exc.strerror or exc,
+                    self.disk_full_retry_ms,
+                )
+            self.disk_full = exc.strerror or str(exc)
+            if self._stopping:
+                raise asyncio.CancelledError from exc
+            await asyncio.sleep(self.disk_full_retry_ms / 1000)
+            if self._stopping:
+                raise asyncio.CancelledError from exc
             try:
-                await self._writer.run(self._run_job, job, after_flush=after_flush)
+                started = await self._writer.run(self._retry_job, job)
                 break
-            except OSError as exc:
-                if not is_disk_full(exc):
+            except OSError as again:
+                if not is_disk_full(again):
                     raise
-                # Rule 4: the store rolled the write back; retry this same job.
-                if not self.disk_full:
-                    log.error(
-                        "disk full: %s; writes refused, retrying the save every %d ms",
-                        exc.strerror or exc,
-                        self.disk_full_retry_ms,
-                    )
-                self.disk_full = exc.strerror or str(exc)
-                after_flush = False
-                if self._stopping:
-                    raise asyncio.CancelledError from exc
-                await asyncio.sleep(self.disk_full_retry_ms / 1000)
-                if self._stopping:
-                    raise asyncio.CancelledError from exc
-        if self.disk_full:
-            log.warning("disk space returned: the save succeeded, writes resume")
-            self.disk_full = ""
+                exc = again
+        log.warning("disk space returned: the save succeeded, writes resume")
+        self.disk_full = ""
         self._metrics.persist_seconds.observe(time.perf_counter() - started)
+        # Every job behind it was submitted before the retry, so the writer
+        # already refused it: hand them over again, in order.
+        held = [queued for queued, _future in self._inflight]
+        for _queued, future in self._inflight:
+            with contextlib.suppress(BaseException):
+                await future
+        self._inflight.clear()
+        self._submit(held, after_flush=False)
 
     def _notify_changed(self) -> None:
         changed = self._changed

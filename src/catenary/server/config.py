@@ -67,6 +67,12 @@ class MetadataSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     request_timeout_ms: int = 10_000  # a client op not finished by then: UNAVAILABLE/INDETERMINATE
     queue_max: int = 20_000  # inputs waiting for the host task (client ops, peer messages)
     batch_max: int = 4096  # inputs drained into one Ready (one fsync)
+    # Persistence jobs (Readies) in flight at once (HostLoop rule 3).  1: batch
+    # N+1 is proposed once N is durable; commits and reads still flow during the
+    # fsync.  2: N+1 is proposed, sent and queued while N fsyncs -- measured
+    # slower on a disk shared by the three nodes (docs/benchmarks.md) until the
+    # writer merges queued saves into one fsync.
+    persists_in_flight_max: int = 1
     list_limit_max: int = 10_000  # keys in one List reply
     watch_batch_max: int = 1000  # events in one WatchReply
     watch_history_max: int = 10_000  # events kept for watchers that resume
@@ -97,6 +103,7 @@ class MetadataSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             queue_max=self.queue_max,
             batch_max=self.batch_max,
             request_timeout_ms=self.request_timeout_ms,
+            persists_in_flight_max=self.persists_in_flight_max,
         )
 
     def local_host_options(self, raft: RaftSection, storage: StorageSection) -> LocalHostConfig:

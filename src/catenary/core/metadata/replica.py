@@ -57,6 +57,12 @@ Rules:
    to the host; at most one is outstanding until ``compacted`` is called.
 7. Every queue is bounded: pending writes by ``max_pending_writes``, pending
    reads by ``max_pending_reads`` (beyond: ``ProposalDropped``).
+8. Pipelining (the Raft core's R12): a host may keep several Readies in flight.
+   It reports each Ready's persist half with ``persisted`` (in hand-out order,
+   once durable; its ``messages_after_persist`` leave only then) and its apply
+   half with ``apply`` (in hand-out order, its committed entries durable locally:
+   ``raft.durable_index`` reached them; a snapshot once its Ready is persisted).
+   ``advance`` is both, for a host that does one Ready at a time.
 """
 
 from __future__ import annotations
@@ -225,7 +231,6 @@ class MetadataReplica:
         self._completions: list[Completion] = []
         self._snapshot_outstanding = False
         self._leading_term = 0  # term in which this member leads (0 = not leading)
-        self._raft_ready_out = False
         self._observe_role()
 
     # ------------------------------------------------------------ properties
@@ -335,15 +340,25 @@ class MetadataReplica:
         return bool(self._completions) or self.raft.has_ready()
 
     def ready(self) -> Ready:
-        """The next Raft Ready (possibly empty when only completions are waiting)."""
-        assert not self._raft_ready_out, "advance() the previous Ready first"
+        """The next Raft Ready (possibly empty when only completions are waiting).
+
+        It may be taken before the Readies handed out earlier are done (rule 8)."""
         if self.raft.has_ready():
-            self._raft_ready_out = True
             return self.raft.ready()
         return Ready()
 
     def advance(self, ready: Ready) -> ReplicaOutput:
         """The host persisted ``ready``: apply, serve reads, hand back completions."""
+        self.persisted(ready)
+        return self.apply(ready)
+
+    def persisted(self, ready: Ready) -> None:
+        """``ready``'s persist half is durable, and every earlier one's (rule 8)."""
+        self.raft.advance_persisted(ready)
+
+    def apply(self, ready: Ready) -> ReplicaOutput:
+        """Apply ``ready``'s apply half, serve reads, hand back completions (rule 8:
+        its committed entries are durable locally, an installed snapshot too)."""
         if ready.snapshot is not None:
             self._install(ready.snapshot)
         for entry in ready.committed:
@@ -354,9 +369,7 @@ class MetadataReplica:
                 self._confirmed_reads.append((read_state.index, read_state.ctx, read))
         self._serve_confirmed_reads()
         want_snapshot = ready.want_snapshot
-        if self._raft_ready_out:
-            self._raft_ready_out = False
-            self.raft.advance(ready)
+        self.raft.advance_applied(ready)
         self._observe_role()
         out = ReplicaOutput(completions=self._completions)
         self._completions = []

@@ -79,6 +79,24 @@ R11 Events: the rare transitions an operator reads in the log -- elections start
     with ``take_events()`` and logs and counts them.  The core only appends to a list,
     only on those transitions (never per message or per entry), and logs nothing.
 
+R12 Readies in flight: the host may take the next ``ready()`` before it advanced the ones
+    before it (etcd-raft's asynchronous storage writes).  Each Ready has a persist half
+    (``hard_state``, ``snapshot``, ``entries``, then ``messages_after_persist``), reported
+    with ``advance_persisted``, and an apply half (``committed``, ``reads``,
+    ``want_snapshot``), reported with ``advance_applied``; ``advance`` does both.  The
+    host must (a) complete the persist halves in the order the Readies were handed out,
+    each durable before the next is reported (the log on disk is then always a prefix
+    of what was handed, and a later Ready's rewrite of a suffix lands after the earlier
+    write); (b) send a Ready's ``messages_after_persist`` only once its own persist half
+    and every earlier one are durable (an acknowledgement names the sender's last index,
+    which an earlier Ready may still be writing); (c) apply the apply halves in order,
+    a committed entry only once it is durable locally (``durable_index`` reached it) and
+    an installed snapshot only once its Ready's persist half is durable -- so a node never
+    applies, compacts into a snapshot, or serves a read from, an entry a crash could take
+    back from its own disk.  A leader's committed entries are always durable locally
+    (R3), so its apply halves never wait on a later Ready's fsync; a follower may learn a
+    commit index beyond its durable log and waits for its own fsync.
+
 Bootstrap: a brand-new cluster's nodes get ``initial_membership``; a node started with it
 and with nothing persisted writes the membership into its log as committed CONFIG entries
 of term 1 (every bootstrapping node writes the same ones), so a restart needs only what
@@ -276,6 +294,9 @@ class RaftNode:
         self._log = RaftLog(snap_index, snap_term, entries)
         self._snapshot: Snapshot | None = snapshot
         self._unstable_snapshot: Snapshot | None = None
+        # R12: a received snapshot not yet durable, and the durable index before it.
+        self._snapshot_unpersisted = 0
+        self._durable_before_snapshot = 0
         self._incoming: _IncomingSnapshot | None = None
 
         self._term = hard_state.term
@@ -614,6 +635,16 @@ class RaftNode:
             or self._wants_snapshot()
         )
 
+    def has_unpersisted(self) -> bool:
+        """The next Ready would carry something to persist (entries, a snapshot, a
+        term or vote change): a host at its bound of Readies in flight waits (R12)."""
+        p = self._prev_hs
+        return (
+            self._unstable_snapshot is not None
+            or self._log.handed_index < self._log.last_index
+            or (self._term, self._vote) != (p.term, p.vote)
+        )
+
     def _hard_state_changed(self) -> bool:
         p = self._prev_hs
         return (self._term, self._vote, self._commit) != (p.term, p.vote, p.commit)
@@ -643,12 +674,35 @@ class RaftNode:
         return rd
 
     def advance(self, rd: Ready) -> None:
+        """The host did all of ``rd``: ``advance_persisted`` then ``advance_applied``."""
+        self.advance_persisted(rd)
+        self.advance_applied(rd)
+
+    @property
+    def durable_index(self) -> int:
+        """The last index of the log the host made durable (R12): committed entries
+        up to here may be applied.  A snapshot received resets the log at once,
+        before the host persisted it: until then what was durable before counts."""
+        if self._snapshot_unpersisted:
+            return min(self._log.stable_index, self._durable_before_snapshot)
+        return self._log.stable_index
+
+    def advance_persisted(self, rd: Ready) -> None:
+        """The host made ``rd``'s snapshot, entries and hard state durable (R12)."""
         if rd.snapshot is not None:
             self._log.stable_to(rd.snapshot.meta.index, rd.snapshot.meta.term)
-            self._applied = max(self._applied, rd.snapshot.meta.index)
+            if rd.snapshot.meta.index == self._snapshot_unpersisted:
+                self._snapshot_unpersisted = 0  # the latest received is durable
         if rd.entries:
             last = rd.entries[-1]
             self._log.stable_to(last.index, last.term)
+        if self._role == LEADER:
+            self._maybe_commit()  # R3: our own entries count once durable
+
+    def advance_applied(self, rd: Ready) -> None:
+        """The host applied ``rd``'s snapshot and committed entries (R12)."""
+        if rd.snapshot is not None:
+            self._applied = max(self._applied, rd.snapshot.meta.index)
         if rd.committed:
             top = rd.committed[-1].index
             if top > self._applied:
@@ -656,8 +710,6 @@ class RaftNode:
                     len(e.data) for e in rd.committed if e.index > self._applied
                 )
                 self._applied = top
-        if self._role == LEADER:
-            self._maybe_commit()  # R3: our own entries count once durable
 
     def _wants_snapshot(self) -> bool:
         if self._applied <= self._log.snap_index:
@@ -1361,6 +1413,9 @@ class RaftNode:
             # Our log already holds it: just commit up to it (the tail stays valid).
             self._commit_to(meta.index)
             return
+        if not self._snapshot_unpersisted:
+            self._durable_before_snapshot = self._log.stable_index
+        self._snapshot_unpersisted = meta.index
         self._log.reset_to_snapshot(meta.index, meta.term)
         self._snapshot = snap
         self._unstable_snapshot = snap

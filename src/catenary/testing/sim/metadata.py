@@ -221,6 +221,7 @@ class FaultPlan:
     host_timeout_ms: int = 10_000
     host_batch_max: int = 4096
     host_queue_max: int = 20_000
+    host_persists_max: int = 2
     # Bit-rot on a member's disk (drawn from a generator of its own, after all
     # the others, so the draws above are the same as without it).
     bit_rot: bool = False
@@ -270,6 +271,7 @@ class FaultPlan:
             host_timeout_ms=rng.choice([200, 500, 10_000]),
             host_batch_max=rng.choice([1, 4, 4096]),
             host_queue_max=rng.choice([32, 20_000]),
+            host_persists_max=rng.choice([1, 2, 2, 4]),
         )
 
 
@@ -307,7 +309,9 @@ class SimCounters:
     watch_events: int = 0
     watch_compacted: int = 0
     watch_failovers: int = 0  # a watcher moved to another member, resuming where it was
-    host_batches: int = 0  # host-loop batches of more than one input (requests, messages)
+    host_batches: int = (
+        0  # host-loop batches of more than one input, or proposals of several writes
+    )
     host_expired: int = 0  # requests the host loop answered at their deadline
     host_refused: int = 0  # requests the host loop refused before proposing them
     bit_rots: int = 0  # synced bits flipped on a member's disk while it was down
@@ -383,7 +387,8 @@ class _Member:
         self.host: HostLoop[_Request | _NemesisCall] | None = None
         self.incarnation = 0
         self.started = True  # spares start when they are added to the group
-        self.job: _Job | None = None
+        self.job: _Job | None = None  # the job whose fsync runs
+        self.queued: list[_Job] = []  # the jobs started behind it, in order
         # A paused member (a stopped process) handles nothing until it resumes;
         # what reaches it meanwhile waits here, in arrival order.
         self.paused_until_us = 0
@@ -544,7 +549,8 @@ class MetadataSim:
             f"deposed_reads={p.deposed_reads} entries_per_message={p.entries_per_message} "
             f"watch_history_max={p.watch_history_max} garbage_tails={p.garbage_tails} "
             f"host_timeout_ms={p.host_timeout_ms} host_batch_max={p.host_batch_max} "
-            f"host_queue_max={p.host_queue_max} bit_rot={p.bit_rot}"
+            f"host_queue_max={p.host_queue_max} host_persists_max={p.host_persists_max} "
+            f"bit_rot={p.bit_rot}"
         )
 
     # ------------------------------------------------------------------ run
@@ -712,6 +718,7 @@ class MetadataSim:
         member.storage = storage
         member.incarnation += 1
         member.job = None
+        member.queued = []
         member.replica = MetadataReplica(
             member.node_id,
             self.raft_config,
@@ -737,6 +744,7 @@ class MetadataSim:
                 request_timeout_ms=plan.host_timeout_ms,
                 batch_max=plan.host_batch_max,
                 queue_max=plan.host_queue_max,
+                persists_in_flight_max=plan.host_persists_max,
             ),
             durable=storage.hard_state,
             now_us=self.loop.now_us,
@@ -854,7 +862,7 @@ class MetadataSim:
         """Execute a host-loop output as the server's shell does, polling while it asks.
 
         Messages go to the network, completions to the clients, a persistence
-        job waits for its simulated fsync (``_job_done``)."""
+        job waits for its simulated fsync (``_job_done``) behind the ones before it."""
         while True:
             host = member.host
             if host is None:
@@ -866,13 +874,14 @@ class MetadataSim:
             self._observe(member)
             for token, outcome in out.completions:
                 self._complete(member, token, outcome)
-            if out.inputs > 1:
+            if out.inputs > 1 or out.proposed > 1:
                 self.counters.host_batches += 1
-            job = out.job
-            if job is not None:
-                member.job = _Job(ready=job.ready, snapshot=job.snapshot)
-                self._schedule_job(member)
-                return
+            for job in out.jobs:
+                if member.job is None:
+                    member.job = _Job(ready=job.ready, snapshot=job.snapshot)
+                    self._schedule_job(member)
+                else:
+                    member.queued.append(_Job(ready=job.ready, snapshot=job.snapshot))
             if not out.more:
                 return
             out = host.poll(self.loop.now_us)
@@ -902,10 +911,20 @@ class MetadataSim:
             )
 
     def _check_advanced(self, member: _Member, readies: list[Ready]) -> None:
-        """What the host loop applied, checked against what the cluster committed."""
+        """What the host loop applied, checked against what the cluster committed
+        and against what its own disk holds (``HostLoop`` rule 3c)."""
         replica = member.replica
         assert replica is not None
+        model = self.checker.model(member.node_id)
         for ready in readies:
+            for entry in ready.committed:
+                if entry.index > model.snapshot_index and model.entries.get(entry.index) != (
+                    entry.term
+                ):
+                    raise Violation(
+                        f"durability at apply: node {member.node_id} applied index "
+                        f"{entry.index} term {entry.term} before its disk held it"
+                    )
             if ready.snapshot is not None:
                 self.checker.observe_installed(member.node_id, ready.snapshot)
                 self.counters.snapshots_installed += 1
@@ -948,7 +967,9 @@ class MetadataSim:
             self._crash(member, rerun=False)
             self._schedule_restart(member)
             return
-        member.job = None
+        member.job = member.queued.pop(0) if member.queued else None
+        if member.job is not None:
+            self._schedule_job(member)  # the disk takes the next job now
         if job.ready is not None:
             self.checker.model(member.node_id).saved(job.ready)
             self.checker.observe_persisted(member.node_id, job.ready.entries)
@@ -989,6 +1010,7 @@ class MetadataSim:
         member.host = None
         member.storage = None
         member.job = None
+        member.queued = []  # never started: nothing of them reached the disk
         member.paused_until_us = 0
         member.deferred = []
         member.incarnation += 1
