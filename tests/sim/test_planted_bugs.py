@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import crc32c
 import pytest
 
+from catenary.core import membership
 from catenary.core.metadata.lessor import Lessor, _Held
 from catenary.core.metadata.state import MetadataStateMachine
 from catenary.core.metadata.types import Compacted, WatchBatch
@@ -190,6 +191,27 @@ def plant_segments_never_fsynced(mp: pytest.MonkeyPatch) -> None:
             fsync(self)
 
     mp.setattr(SimFile, "fsync", fsync_all_but_segments)
+
+
+def plant_removed_node_may_rejoin(mp: pytest.MonkeyPatch) -> None:
+    """The join rules let a removed node come back under its old id (rule 2 dropped)."""
+    import catenary.testing.sim.metadata as sim_module
+
+    original = membership.join_refusal
+
+    def join_refusal(node, recorded, *, asked_node, generation):  # type: ignore[no-untyped-def]
+        refused = original(node, recorded, asked_node=asked_node, generation=generation)
+        return None if refused is not None and refused.kind == "removed" else refused
+
+    mp.setattr(sim_module, "join_refusal", join_refusal)
+
+
+def plant_lost_join_reply_gets_a_new_id(mp: pytest.MonkeyPatch) -> None:
+    """A joiner that asks again after a lost reply is never given its id back (rule 1
+    dropped): the learner added for the first ask is left behind."""
+    import catenary.testing.sim.metadata as sim_module
+
+    mp.setattr(sim_module, "reusable_node_id", lambda *args, **kwargs: None)
 
 
 def plant_hard_state_commit_before_suffix(mp: pytest.MonkeyPatch) -> None:
@@ -375,6 +397,13 @@ CASES: dict[str, Case] = {
     ),
     "watch_redelivers": Case(plant_watch_redelivers, (1, 2, 3), ("watch",)),
     "watch_skips": Case(plant_watch_skips, (1, 2, 3), ("watch",)),
+    # Joins are decided when a rotted member is replaced (bit-rot seeds).
+    "removed_node_may_rejoin": Case(
+        plant_removed_node_may_rejoin, (1, 11, 237), ("membership",), steps=700
+    ),
+    "lost_join_reply_gets_a_new_id": Case(
+        plant_lost_join_reply_gets_a_new_id, (1, 11, 237), ("membership",), steps=700
+    ),
     "hard_state_commit_before_suffix": Case(
         plant_hard_state_commit_before_suffix, (32, 40, 44), ("recovery",), nodes=5
     ),

@@ -77,7 +77,13 @@ from random import Random
 import msgspec
 
 from catenary.api.messages import ErrorCode
-from catenary.core.membership import Promotion, match_indexes
+from catenary.core.membership import (
+    Promotion,
+    Registration,
+    join_refusal,
+    match_indexes,
+    reusable_node_id,
+)
 from catenary.core.metadata.lessor import LessorConfig
 from catenary.core.metadata.replica import (
     Completion,
@@ -108,6 +114,7 @@ from catenary.core.metadata.types import (
     Written,
     decode_request,
 )
+from catenary.core.raft.node import RaftNode
 from catenary.core.raft.types import (
     ConfChange,
     ConfChangeKind,
@@ -318,6 +325,7 @@ class SimCounters:
     bit_rot_retired: int = 0  # restarts that refused a rotten disk: the member retired
     bit_rot_survived: int = 0  # rotten disks loaded (repaired, or the rot never read)
     members_replaced: int = 0  # retired members removed and replaced by a promoted fresh one
+    rejoins_checked: int = 0  # a replacement's join asked again before it held an entry
 
 
 @dataclass
@@ -501,6 +509,13 @@ class MetadataSim:
         self.plan.bit_rot = self.rot_rng.random() < 0.35
         self.plan.rot_gap_ms = self.rot_rng.choice([(300, 1_500), (1_000, 4_000)])
         self.replacing: int | None = None  # the retired member being replaced
+        # The node records the membership rules decide joins by (``core.membership``),
+        # as the cluster's ``/catenary/nodes/<id>`` keys would hold them.
+        self.registrations: dict[int, Registration] = {
+            node_id: Registration(node_id, f"sim:{node_id}", f"sim:{node_id}")
+            for node_id in sorted(self.members)
+        }
+        self.rejoin_checked = False  # the replacement's join was asked again (reply lost)
         self.replacement: int | None = None  # the fresh member replacing it
         self.promotion = Promotion(lag_max=8)
         self.reconfigure_submitted_us = -(10**9)
@@ -1299,6 +1314,9 @@ class MetadataSim:
         self.counters.reconfigurations += 1
         self.loop.note(f"reconfigure {change.kind} {change.node}")
         if change.kind == ConfChangeKind.ADD_LEARNER:
+            leader = self._leader()
+            if change.node == self.replacement and not self.rejoin_checked and leader:
+                self._rejoin(change.node, leader.raft)  # its first reply was lost
             joiner = self.members[change.node]
             if not joiner.started:
                 joiner.started = True
@@ -1451,6 +1469,15 @@ class MetadataSim:
                 "being replaced (the bit-rot nemesis rots one member at a time)"
             )
         self.replacing = member.node_id
+        recorded = self.registrations.get(member.node_id)
+        if recorded is not None:  # the membership service marks a removed node's record
+            self.registrations[member.node_id] = Registration(
+                recorded.node,
+                recorded.peer_address,
+                recorded.client_address,
+                recorded.generation,
+                removed=True,
+            )
         self.loop.after(0, "replace", self._replace_step)
 
     def _replace_step(self) -> None:
@@ -1474,7 +1501,7 @@ class MetadataSim:
             change = ConfChange(ConfChangeKind.REMOVE, old)
         else:
             if self.replacement is None:
-                self.replacement = self._fresh_member()
+                self.replacement = self._join(old)
             new = self.replacement
             if new in membership.voters:
                 self.counters.members_replaced += 1
@@ -1490,6 +1517,44 @@ class MetadataSim:
                 change = ConfChange(ConfChangeKind.PROMOTE, new)
         if change is not None:
             self._submit_conf_change(leader.node_id, change, "replace")
+
+    def _join(self, retired: int) -> int:
+        """The replacement's join, decided as the leader's membership service decides
+        it (``core.membership`` rules 1 and 2): the retired node may not come back under
+        its id, and a new node gets an id never handed out before."""
+        recorded = self.registrations.get(retired)
+        refused = join_refusal(retired, recorded, asked_node=retired, generation=0)
+        if refused is None or refused.kind != "removed":
+            self._fail(f"membership: retired node {retired} was allowed to join again")
+        node_id = self._fresh_member()
+        if node_id in self.registrations:
+            self._fail(f"membership: node id {node_id} handed out twice")
+        self.registrations[node_id] = Registration(node_id, f"sim:{node_id}", f"sim:{node_id}")
+        self.rejoin_checked = False
+        return node_id
+
+    def _rejoin(self, new: int, raft: RaftNode) -> None:
+        """Rule 1: a joiner whose reply was lost asks again with its addresses; while its
+        learner holds no entry it must get the same id back (no orphan learner)."""
+        matches = match_indexes(raft)
+        if matches.get(new, 0) > 0:
+            self.rejoin_checked = True
+            return
+        again = reusable_node_id(
+            self.registrations.values(),
+            peer_address=f"sim:{new}",
+            client_address=f"sim:{new}",
+            voters=raft.membership.voters,
+            learners=raft.membership.learners,
+            matches=matches,
+        )
+        self.rejoin_checked = True
+        self.counters.rejoins_checked += 1
+        if again != new:
+            self._fail(
+                f"membership: node {new} asked to join again before holding any entry and "
+                f"got {again} (an orphan learner left behind)"
+            )
 
     def _fresh_member(self) -> int:
         """A node with a new id and an empty disk (started when added as a learner)."""
