@@ -163,3 +163,32 @@ def test_a_checkpoint_measured_before_a_keep_alive_does_not_undo_it() -> None:
     # Resumed from the keep-alive (1000 ms left), not from the 100 ms measured before it.
     assert new.lessor.deadline_ms(1) == 3000
     assert new.lessor.expired(2999) is None
+
+
+def test_a_lagging_new_leader_tightens_its_leases_with_the_checkpoints_it_applies_later() -> None:
+    # A new leader whose applied state lags (it restarted just before winning) resumes
+    # a lease from the old checkpoint it has; the newer checkpoint it applies after
+    # becoming leader must bring the deadline back to what that checkpoint allows.
+    old = Member(LessorConfig(checkpoint_interval_ms=100))
+    new = Member()
+    old.promote(0)
+    grant = LeaseGrant(3000)
+    old.apply(grant, now_ms=0)
+    new.apply(grant, now_ms=0)
+    first = old.lessor.checkpoint(100)
+    assert first == LeaseCheckpoint(((1, 2900),), applied_index=1)
+    old.apply(first, now_ms=100)
+    new.apply(first, now_ms=100)
+    later = old.lessor.checkpoint(2000)
+    assert later == LeaseCheckpoint(((1, 1000),), applied_index=2)
+    old.apply(later, now_ms=2000)
+    old.lessor.step_down()
+    new.promote(2100)  # has applied only the first checkpoint
+    assert new.lessor.deadline_ms(1) == 2100 + 2900
+    new.apply(later, now_ms=2150)  # the newer checkpoint reaches it as leader
+    assert new.lessor.deadline_ms(1) == 2150 + 1000
+    # Never longer than before, and a checkpoint older than a refresh changes nothing.
+    new.apply(LeaseKeepAlive(1), now_ms=2200)
+    assert new.lessor.deadline_ms(1) == 2200 + 3000
+    new.apply(LeaseCheckpoint(((1, 10),), applied_index=2), now_ms=2300)
+    assert new.lessor.deadline_ms(1) == 2200 + 3000

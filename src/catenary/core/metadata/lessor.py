@@ -16,7 +16,13 @@ with time passed in as ``now_ms`` (the host's monotonic clock).  Rules:
    answers ``LeaseGranted``).
    While leader: a grant or successful keep-alive sets deadline = now + TTL; a
    revoke removes the lease; an expiry removes the leases the state machine
-   removed (those not refreshed after the expiry's ``applied_index``).
+   removed (those not refreshed after the expiry's ``applied_index``); a
+   checkpoint applied after ``become_leader`` (a new leader whose applied state
+   lagged, e.g. restarted just before it won) moves a lease it covers to
+   ``min(deadline, now + remaining)`` — the leader that measured it promised no
+   more, so a lagging new leader does not run a lease from an older checkpoint
+   for longer than the newer one allows, and never shortens it below what any
+   leader promised.
 3. ``expired(now_ms)`` returns a ``LeaseExpire`` for leases whose deadline has
    passed (at most ``expire_batch_max``, smallest ids first) carrying the
    highest applied index observed, so the state machine spares a lease
@@ -126,6 +132,13 @@ class Lessor:
                     held = self._held.get(lease)
                     if held is not None and held.refreshed_index <= command.applied_index:
                         del self._held[lease]
+            case LeaseCheckpoint():
+                for lease, remaining_ms in command.remaining_ms:
+                    held = self._held.get(lease)
+                    if held is not None and (
+                        command.applied_index == 0 or held.refreshed_index <= command.applied_index
+                    ):
+                        held.deadline_ms = min(held.deadline_ms, now_ms + remaining_ms)
             case _:
                 pass
 
