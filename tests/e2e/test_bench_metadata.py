@@ -52,8 +52,13 @@ def test_bench_metadata_prints_every_figure_with_its_setup_and_stops_its_nodes()
         ]
         assert len(persist) == 3 and all(v > 0 for v in persist)
     # Every node it started is gone (it reports their pids in the text output only, so
-    # look for any server process of its temporary cluster).
+    # look for any server process of a benchmark cluster: its data directories are
+    # catenary-bench-*/nodeN; other benchmarks running beside this test, such as
+    # bench log-store's reopen in a fresh process, have other paths).
     left = subprocess.run(
-        ["pgrep", "-f", "catenary-bench-"], capture_output=True, text=True, check=False
+        ["pgrep", "-f", r"server .*--data-dir [^ ]*catenary-bench-[^ /]*/node"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert left.stdout.strip() == "", left.stdout
