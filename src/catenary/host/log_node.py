@@ -244,14 +244,11 @@ class LogNode:
 
     def add_actor(self, actor: Actor) -> int:
         """Register an actor (a reader, a finder, a reconfiguration); returns its address."""
-        while self._next_actor in self._actors:
-            self._next_actor = FIRST_DYNAMIC + (self._next_actor + 1 - FIRST_DYNAMIC) % (
-                ACTOR_MASK - FIRST_DYNAMIC
-            )
+        span = ACTOR_MASK - FIRST_DYNAMIC  # dynamic ids wrap around, skipping ones in use
         actor_id = self._next_actor
-        self._next_actor = FIRST_DYNAMIC + (actor_id + 1 - FIRST_DYNAMIC) % (
-            ACTOR_MASK - FIRST_DYNAMIC
-        )
+        while actor_id in self._actors:
+            actor_id = FIRST_DYNAMIC + (actor_id + 1 - FIRST_DYNAMIC) % span
+        self._next_actor = FIRST_DYNAMIC + (actor_id + 1 - FIRST_DYNAMIC) % span
         self._actors[actor_id] = actor
         return self.address(actor_id)
 

@@ -511,6 +511,8 @@ class LogService:
             kv = answer.kv
             if isinstance(task.core, Reconfigure | TrimLog):
                 chain = decode_chain(kv.value) if kv is not None else None
+                if chain is not None:
+                    self._learn_chain(chain, kv.version)  # a lost race: the winner's chain
                 task.core.on_chain_read(chain, kv.version if kv is not None else 0)
             self._drain_task(task)
             self._kick()
@@ -1038,8 +1040,7 @@ class LogService:
             log.error(
                 "log %d: the reconfiguration met data loss at offsets %s", log_id, result.lost
             )
-        self.stats.reconfigurations += 1
-        self._learn_chain(result.chain, max(version + 1, self._known_version(log_id)))
+        self.stats.reconfigurations += 1  # its chain was learned with its real version
         return result.segment
 
     def _known_version(self, log_id: LogId) -> int:

@@ -305,10 +305,6 @@ class _Appender:
     attempts: int = 0
     sent_us: int = 0
 
-    @property
-    def segment(self) -> int | None:
-        return self.target or None
-
 
 @dataclass
 class _Reader:
