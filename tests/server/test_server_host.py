@@ -109,9 +109,9 @@ def test_a_write_not_applied_in_time_is_indeterminate_and_stop_fails_the_rest(
                 await asyncio.sleep(0.01)
         original = host._storage.save
 
-        def slow_save(ready: Ready) -> None:
+        def slow_save(ready: Ready, *, sync: bool = True) -> None:
             time.sleep(0.5)  # a slow disk: the write cannot be applied in time
-            original(ready)
+            original(ready, sync=sync)
 
         host._storage.save = slow_save  # type: ignore[method-assign]
         with pytest.raises(ServiceError) as info:
@@ -141,7 +141,7 @@ def test_writes_taken_but_not_proposed_when_a_save_fails_are_answered_at_stop(
             while host._storage.last_index < 3 or host.replica.has_ready():
                 await asyncio.sleep(0.01)
 
-        def failing_save(ready: Ready) -> None:
+        def failing_save(ready: Ready, *, sync: bool = True) -> None:
             raise OSError(5, "simulated fsync failure")
 
         host._storage.save = failing_save  # type: ignore[method-assign]
@@ -262,9 +262,9 @@ def test_a_write_batch_has_one_outcome_per_write_in_order_and_gets_share_one_rea
             # A batch whose writes cannot be applied in time is indeterminate...
             original = host._storage.save
 
-            def slow_save(ready: Ready) -> None:
+            def slow_save(ready: Ready, *, sync: bool = True) -> None:
                 time.sleep(0.6)
-                original(ready)
+                original(ready, sync=sync)
 
             host._storage.save = slow_save  # type: ignore[method-assign]
             with pytest.raises(ServiceError) as info:
@@ -333,11 +333,11 @@ def test_a_full_disk_refuses_writes_keeps_stale_reads_and_resumes_when_space_ret
             full = True
             attempts: list[Ready] = []
 
-            def save(ready: Ready) -> None:
+            def save(ready: Ready, *, sync: bool = True) -> None:
                 attempts.append(ready)
                 if full:
                     raise OSError(28, "No space left on device")
-                real_save(ready)
+                real_save(ready, sync=sync)
 
             host._storage.save = save  # type: ignore[method-assign]
             pending = host.write_future(Put("during", b"x"))  # its save fails: disk full
@@ -382,7 +382,7 @@ def test_a_write_whose_save_waits_for_space_past_its_deadline_is_indeterminate(
         try:
             await until_leader(host)
 
-            def save(ready: Ready) -> None:
+            def save(ready: Ready, *, sync: bool = True) -> None:
                 raise OSError(28, "No space left on device")
 
             host._storage.save = save  # type: ignore[method-assign]

@@ -226,6 +226,26 @@ def plant_hard_state_commit_before_suffix(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(RaftStorage, "_write_hard_state", with_whole_commit)
 
 
+def plant_group_reported_before_its_sync(mp: pytest.MonkeyPatch) -> None:
+    """A persistence group (HostLoop rule 9) of more than one job is reported done
+    without its closing sync: its Readies' entries may never reach the disk."""
+    import catenary.testing.sim.metadata as sim_module
+
+    def persist_group(storage, jobs):  # type: ignore[no-untyped-def]
+        try:
+            for job in jobs:
+                if job.ready is not None:
+                    storage.save(job.ready, sync=len(jobs) == 1)
+                else:
+                    storage.compact(job.snapshot.meta.index, job.snapshot)
+        except Exception as exc:
+            storage.abandon()
+            return exc
+        return None
+
+    mp.setattr(sim_module, "persist_group", persist_group)
+
+
 def plant_watch_redelivers(mp: pytest.MonkeyPatch) -> None:
     """A watch resumed from version v sends the event at v again (off by one)."""
     changes_since = MetadataStateMachine.changes_since
@@ -403,6 +423,9 @@ CASES: dict[str, Case] = {
     ),
     "lost_join_reply_gets_a_new_id": Case(
         plant_lost_join_reply_gets_a_new_id, (1, 11, 237), ("membership",), steps=700
+    ),
+    "group_reported_before_its_sync": Case(
+        plant_group_reported_before_its_sync, (1, 4, 7), ("durability",)
     ),
     "hard_state_commit_before_suffix": Case(
         plant_hard_state_commit_before_suffix, (32, 40, 44), ("recovery",), nodes=5

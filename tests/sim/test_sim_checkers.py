@@ -87,14 +87,14 @@ def test_leader_completeness() -> None:
 def test_durability_of_hard_state_and_entries() -> None:
     checker = SafetyChecker()
     checker.model(1).saved(Ready(hard_state=HardState(3, 2, 0), entries=[entry(1, 3)]))
-    checker.check_recovered(1, HardState(3, 2, 0), None, [entry(1, 3)], None)
+    checker.check_recovered(1, HardState(3, 2, 0), None, [entry(1, 3)], [])
     with pytest.raises(Violation, match="vote"):
-        checker.check_recovered(1, HardState(3, 0, 0), None, [entry(1, 3)], None)
+        checker.check_recovered(1, HardState(3, 0, 0), None, [entry(1, 3)], [])
     with pytest.raises(Violation, match="index 1"):
-        checker.check_recovered(1, HardState(3, 2, 0), None, [], None)
+        checker.check_recovered(1, HardState(3, 2, 0), None, [], [])
     # What a crash cut short may be lost.
     cut_short = Ready(hard_state=HardState(4, 1, 0), entries=[entry(1, 4)])
-    checker.check_recovered(1, HardState(4, 1, 0), None, [], cut_short)
+    checker.check_recovered(1, HardState(4, 1, 0), None, [], [cut_short])
 
 
 def _get(op_id: int, call: int, ret: int, kv: KeyValue | None, stale: bool = False) -> Op:

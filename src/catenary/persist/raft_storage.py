@@ -62,6 +62,14 @@ Rules (each one is what a restart relies on):
 6. ``compact(index, snapshot)`` persists the snapshot, then drops whole segment
    files below ``index + 1``; entries at or below the snapshot index that
    survive in a partly kept segment are ignored by ``load``.
+7. Several Readies, one sync.  ``save(ready, sync=False)`` appends the Ready's
+   entries without syncing them; ``flush()`` syncs everything appended so far
+   with one ``store.sync()`` (one write, one ``fdatasync``), and only then do
+   those Readies count as durable (and their commits as final, rule 4).  A
+   ``save`` that writes a hard state (term or vote changed) or a snapshot, and
+   every ``compact``, flushes first, so rule 1's order and rule 4's bound hold
+   as if each earlier Ready had been saved alone.  The host uses it to write
+   the jobs queued behind a running one as one group.
 
 Single owner, synchronous: the server calls it from its writer thread, the
 simulator from its event loop.
@@ -115,6 +123,10 @@ class RaftStorage:
         # The highest commit of a completed save (rule 4): every entry at or
         # below it is durable in its final form.
         self._final_commit = 0
+        # Rule 7: the highest commit of a save not flushed yet, and whether the
+        # store holds entries appended since the last sync.
+        self._pending_commit = 0
+        self._unsynced = False
 
     @classmethod
     def open(
@@ -239,6 +251,7 @@ class RaftStorage:
         if commit != hard_state.commit:
             hard_state = HardState(term=hard_state.term, vote=hard_state.vote, commit=commit)
         self._final_commit = commit
+        self._pending_commit = commit
         self._hard_state = hard_state
         self._snapshot = snapshot
         self._loaded = True
@@ -246,10 +259,20 @@ class RaftStorage:
 
     # ------------------------------------------------------------------ save
 
-    def save(self, ready: Ready) -> None:
-        """Persist the Ready's hard state, snapshot and entries (rule 1); durable on return."""
+    def save(self, ready: Ready, *, sync: bool = True) -> None:
+        """Persist the Ready's hard state, snapshot and entries (rule 1); durable on return.
+
+        ``sync=False`` (rule 7): the entries are appended but not synced; the Ready is
+        durable only after a later ``flush`` (or a ``save`` with ``sync``)."""
         assert self._loaded, "load() before save()"
         hard_state = ready.hard_state
+        if ready.snapshot is not None or (
+            hard_state is not None
+            and (hard_state.term, hard_state.vote) != (self._hard_state.term, self._hard_state.vote)
+        ):
+            # Rule 7: what this Ready writes outside the store (and the commit
+            # rule's bound) presumes every earlier Ready durable.
+            self.flush()
         if hard_state is not None:
             # The commit rule (rule 4): the file's commit covers only entries
             # already durable in their final form.
@@ -265,12 +288,29 @@ class RaftStorage:
             self._store.reset(ready.snapshot.meta.index + 1)
         if ready.entries:
             self._append(ready.entries)
-        if hard_state is not None and hard_state.commit > self._final_commit:
-            self._final_commit = hard_state.commit
+        if hard_state is not None and hard_state.commit > self._pending_commit:
+            self._pending_commit = hard_state.commit
+        if sync:
+            self.flush()
+
+    def flush(self) -> None:
+        """Make every ``save(..., sync=False)`` so far durable with one store sync (rule 7)."""
+        if self._unsynced:
+            self._store.sync()
+            self._unsynced = False
+        if self._pending_commit > self._final_commit:
+            self._final_commit = self._pending_commit
+
+    def abandon(self) -> None:
+        """A group failed part-way (rule 7): none of its saves counts as durable; the
+        host saves them again from the first, which replaces what they appended."""
+        self._pending_commit = self._final_commit
+        self._unsynced = True
 
     def compact(self, index: int, snapshot: Snapshot) -> None:
         """Persist a state-machine snapshot, then drop log entries up to ``index`` (rule 6)."""
         assert self._loaded, "load() before compact()"
+        self.flush()
         assert index <= snapshot.meta.index, (index, snapshot.meta.index)
         current = self._snapshot.meta.index if self._snapshot else 0
         if snapshot.meta.index <= current:
@@ -307,10 +347,16 @@ class RaftStorage:
             store.truncate_suffix(first)
         position = store.append([_encoder.encode(e) for e in entries])
         assert position == first, (position, first)
-        store.sync()
+        self._unsynced = True
 
     def _write_hard_state(self, hard_state: HardState, commit: int) -> None:
         previous = self._hard_state
+        if hard_state.term < previous.term or (
+            hard_state.term == previous.term and previous.vote and hard_state.vote != previous.vote
+        ):
+            # An older Ready saved again after its group failed (rule 7): the
+            # durable term never goes back, nor a durable vote within its term.
+            return
         if (hard_state.term, hard_state.vote) != (previous.term, previous.vote):
             durable = HardState(term=hard_state.term, vote=hard_state.vote, commit=commit)
             atomic_write(self._fs, _join(self._directory, "hardstate"), _encoder.encode(durable))

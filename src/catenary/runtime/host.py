@@ -16,12 +16,15 @@ needs asyncio, a thread or a clock:
    replica, so a reader sees a consistent state.
 2. The owner task polls the loop on each wake-up and executes its output
    (the Raft core's events are logged and counted, ``runtime/raft_events.py``):
-   sends the messages through the transport, hands each persistence job to the
+   sends the messages through the transport, hands the persistence jobs to the
    disk writer thread in order (after the transport flushed the messages, so a
    leader's appends travel while it fsyncs) and goes on polling: up to
    ``persists_in_flight_max`` jobs are in flight (``HostLoop`` rule 3), the
-   event loop never blocks on fsync.  The writer runs them in order; as each
-   ends the owner wakes and reports the oldest done (``job_done``).  After
+   event loop never blocks on fsync.  One group runs on the writer at a time;
+   the jobs started meanwhile wait and go together as the next group (up to
+   ``persist_group_max``: their writes, then one fdatasync, ``HostLoop`` rule
+   9).  As a group ends the owner wakes and reports its jobs done, oldest
+   first (``job_done``).  After
    after-persist messages it yields once, so a follower's acknowledgement
    leaves before the apply.
 3. Time.  A ticker wakes the owner when the loop's next tick is due, and
@@ -32,9 +35,9 @@ needs asyncio, a thread or a clock:
    A job that fails with ENOSPC/EDQUOT (the store rolled the write back) is
    retried, the same job, every ``disk_full_retry_ms`` until it succeeds: the
    Raft core believes it handed those entries out, so they are never dropped.
-   The writer refuses the jobs queued behind the failed one (they would leave
-   a gap in the log); once the retry succeeds they are handed over again, in
-   order.  Meanwhile the owner does nothing else, so this member sends nothing (no
+   No job of a group that failed counts as written; nothing more goes to the
+   writer (the jobs behind would leave a gap in the log) until the retry of the
+   oldest succeeds, then the others are handed over again, in order.  Meanwhile the owner does nothing else, so this member sends nothing (no
    acks, no votes, no heartbeats: a leader loses its followers, who elect
    another) and ``disk_full`` says why.  New writes are refused at once with
    ``DISK_FULL`` (surely not proposed), linearizable reads with
@@ -51,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import deque
@@ -62,7 +66,16 @@ from catenary.api.messages import ErrorCode
 from catenary.core.metadata.replica import MetadataReplica, Query, ReadCompleted
 from catenary.core.metadata.types import Command, Compacted, Result, WatchBatch
 from catenary.core.raft.types import ConfChange, Message, NotLeader, ProposalDropped
-from catenary.host.loop import Failed, HostConfig, HostLoop, Job, Output, Raised, ticks_to_deliver
+from catenary.host.loop import (
+    Failed,
+    HostConfig,
+    HostLoop,
+    Job,
+    Output,
+    Raised,
+    persist_group,
+    ticks_to_deliver,
+)
 from catenary.persist.raft_storage import RaftStorage
 from catenary.runtime.disk import DiskWriter, is_disk_full
 from catenary.runtime.metrics import ServerMetrics
@@ -72,10 +85,6 @@ __all__ = ["HostConfig", "MetadataHost", "ticks_to_deliver"]
 
 
 log = logging.getLogger(__name__)
-
-
-class _Held(Exception):
-    """A job the writer refused: one before it failed for want of space (rule 4)."""
 
 
 _Token = asyncio.Future[Any]
@@ -127,8 +136,13 @@ class MetadataHost:
         # Jobs handed to the writer and not yet reported done, in order, each with
         # the future its end settles (to the perf_counter its run started at).
         self._inflight: deque[tuple[Job, asyncio.Future[float]]] = deque()
-        self._deferred_submits = 0  # submissions waiting behind a transport flush
-        self._halted = False  # writer thread: a job failed for want of space
+        # Jobs not handed to the writer yet (rule 2): while a group runs they
+        # wait here, and the next group takes up to persist_group_max of them.
+        self._queued: list[tuple[Job, asyncio.Future[float]]] = []
+        self._group_max = max(1, config.persist_group_max)
+        self._writer_busy = False
+        self._handover_scheduled = False  # behind a transport flush
+        self._held = False  # a group failed for want of space: wait for _recover
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -405,36 +419,54 @@ class MetadataHost:
             out = core.poll(self._now_us())
 
     def _submit(self, jobs: list[Job], *, after_flush: bool) -> None:
-        # With after_flush a job is handed over by a callback queued behind the
-        # transport's flushes of this Ready's messages: the appends leave before
-        # the writer thread takes the interpreter to encode the entries.  Later
-        # jobs follow the same path while one waits there, to keep the order.
+        # With after_flush the jobs are handed over by a callback queued behind
+        # the transport's flushes of this Ready's messages: the appends leave
+        # before the writer thread takes the interpreter to encode the entries.
         loop = asyncio.get_running_loop()
         for job in jobs:
-            if after_flush or self._deferred_submits:
-                self._deferred_submits += 1
-                future: asyncio.Future[float] = loop.create_future()
-                loop.call_soon(self._submit_deferred, job, future)
-            else:
-                future = self._writer.submit(self._run_job, job)
-                future.add_done_callback(self._job_ended)
+            future: asyncio.Future[float] = loop.create_future()
             self._inflight.append((job, future))
+            self._queued.append((job, future))
+        if self._writer_busy or self._handover_scheduled or self._held:
+            return
+        if after_flush:
+            self._handover_scheduled = True
+            loop.call_soon(self._handover)
+        else:
+            self._handover()
 
-    def _submit_deferred(self, job: Job, future: asyncio.Future[float]) -> None:
-        self._deferred_submits -= 1
-        ran = self._writer.submit(self._run_job, job)
+    def _handover(self) -> None:
+        """Give the writer the next group: the jobs queued (rule 2), oldest first."""
+        self._handover_scheduled = False
+        if self._writer_busy or self._held or not self._queued:
+            return
+        group = self._queued[: self._group_max]
+        del self._queued[: len(group)]
+        self._writer_busy = True
+        ran = self._writer.submit(self._run_group, [job for job, _future in group])
+        ran.add_done_callback(functools.partial(self._group_ended, group))
 
-        def chain(done: asyncio.Future[float]) -> None:
-            if not future.done():
-                if done.exception() is not None:
-                    future.set_exception(done.exception())  # type: ignore[arg-type]
-                else:
-                    future.set_result(done.result())
-            self._job_ended(future)
-
-        ran.add_done_callback(chain)
-
-    def _job_ended(self, _future: asyncio.Future[float]) -> None:
+    def _group_ended(
+        self,
+        group: list[tuple[Job, asyncio.Future[float]]],
+        ran: asyncio.Future[tuple[float, BaseException | None]],
+    ) -> None:
+        self._writer_busy = False
+        if ran.exception() is not None:
+            started, error = 0.0, ran.exception()
+        else:
+            started, error = ran.result()
+        for _job, future in group:
+            if future.done():
+                continue
+            if error is None:
+                future.set_result(started)
+            else:
+                future.set_exception(error)
+        if error is None:
+            self._handover()
+        else:
+            self._held = True  # rule 4: the jobs behind would leave a gap
         if not self._wakeup.is_set():
             self._wakeup.set()
 
@@ -456,26 +488,17 @@ class MetadataHost:
                 self._on_applied()
             self._notify_changed()
 
-    def _run_job(self, job: Job) -> float:  # in the writer thread
-        if self._halted:
-            raise _Held
+    def _run_group(self, jobs: list[Job]) -> tuple[float, BaseException | None]:
+        """In the writer thread: the group's writes and one sync (``HostLoop`` rule 9)."""
         started = time.perf_counter()
-        storage = self._storage
-        try:
-            if job.ready is not None:
-                storage.save(job.ready)
-            else:
-                assert job.snapshot is not None
-                storage.compact(job.snapshot.meta.index, job.snapshot)
-        except OSError as exc:
-            if is_disk_full(exc):
-                self._halted = True  # rule 4: the jobs behind it would leave a gap
-            raise
-        return started
+        return started, persist_group(self._storage, jobs)
 
-    def _retry_job(self, job: Job) -> float:  # in the writer thread
-        self._halted = False
-        return self._run_job(job)
+    def _run_job(self, job: Job) -> float:  # in the writer thread
+        started = time.perf_counter()
+        error = persist_group(self._storage, [job])
+        if error is not None:
+            raise error
+        return started
 
     async def _recover(self, job: Job, error: BaseException) -> None:
         """Rule 4: retry a job that failed for want of space, then hand the jobs
@@ -500,7 +523,7 @@ class MetadataHost:
             if self._stopping:
                 raise asyncio.CancelledError from exc
             try:
-                started = await self._writer.run(self._retry_job, job)
+                started = await self._writer.run(self._run_job, job)
                 break
             except OSError as again:
                 if not is_disk_full(again):
@@ -509,13 +532,12 @@ class MetadataHost:
         log.warning("disk space returned: the save succeeded, writes resume")
         self.disk_full = ""
         self._metrics.persist_seconds.observe(time.perf_counter() - started)
-        # Every job behind it was submitted before the retry, so the writer
-        # already refused it: hand them over again, in order.
+        # The jobs behind it (the rest of its group, and those queued since)
+        # were not written: hand them over again, in order.  No group runs now.
         held = [queued for queued, _future in self._inflight]
-        for _queued, future in self._inflight:
-            with contextlib.suppress(BaseException):
-                await future
         self._inflight.clear()
+        self._queued.clear()
+        self._held = False
         self._submit(held, after_flush=False)
 
     def _notify_changed(self) -> None:

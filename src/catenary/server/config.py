@@ -73,6 +73,9 @@ class MetadataSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # slower on a disk shared by the three nodes (docs/benchmarks.md) until the
     # writer merges queued saves into one fsync.
     persists_in_flight_max: int = 1
+    # Jobs queued behind a running one that the writer thread writes as one
+    # group with one fdatasync (HostLoop rule 9); 1: one fdatasync per job.
+    persist_group_max: int = 16
     list_limit_max: int = 10_000  # keys in one List reply
     watch_batch_max: int = 1000  # events in one WatchReply
     watch_history_max: int = 10_000  # events kept for watchers that resume
@@ -104,6 +107,7 @@ class MetadataSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             batch_max=self.batch_max,
             request_timeout_ms=self.request_timeout_ms,
             persists_in_flight_max=self.persists_in_flight_max,
+            persist_group_max=self.persist_group_max,
         )
 
     def local_host_options(self, raft: RaftSection, storage: StorageSection) -> LocalHostConfig:

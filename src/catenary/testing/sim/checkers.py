@@ -312,13 +312,17 @@ class SafetyChecker:
         hard_state: HardState,
         snapshot: Snapshot | None,
         entries: list[Entry],
-        interrupted: Ready | None,
+        interrupted: list[Ready],
     ) -> None:
-        """Compare what a member loads after a crash with what it had made durable."""
+        """Compare what a member loads after a crash with what it had made durable.
+
+        ``interrupted``: the Readies of the group whose persist the crash cut
+        short (HostLoop rule 9), any prefix of whose writes may have landed."""
         model = self.model(node)
         allowed = {(model.term, model.vote)}
-        if interrupted is not None and interrupted.hard_state is not None:
-            allowed.add((interrupted.hard_state.term, interrupted.hard_state.vote))
+        for ready in interrupted:
+            if ready.hard_state is not None:
+                allowed.add((ready.hard_state.term, ready.hard_state.vote))
         if (hard_state.term, hard_state.vote) not in allowed:
             raise Violation(
                 f"durability: node {node} recovered term {hard_state.term} vote {hard_state.vote}"
@@ -330,12 +334,12 @@ class SafetyChecker:
                 f"durability: node {node} recovered snapshot {snapshot_index}, "
                 f"but snapshot {model.snapshot_index} was durable"
             )
-        if interrupted is not None and interrupted.snapshot is not None:
+        if any(ready.snapshot is not None for ready in interrupted):
             # An install was cut short: the log may be the old or the new one,
             # and what was loaded is what is durable from now on.
             model.reload(hard_state, snapshot, entries)
             return
-        touched = interrupted.entries[0].index if interrupted and interrupted.entries else None
+        touched = min((r.entries[0].index for r in interrupted if r.entries), default=None)
         loaded = {e.index: e.term for e in entries}
         for index in sorted(model.entries):
             if index <= snapshot_index or (touched is not None and index >= touched):

@@ -127,7 +127,7 @@ from catenary.core.raft.types import (
     RequestVoteResponse,
     Snapshot,
 )
-from catenary.host.loop import Failed, HostConfig, HostLoop, Output, Raised
+from catenary.host.loop import Failed, HostConfig, HostLoop, Output, Raised, persist_group
 from catenary.persist.raft_storage import RaftStorage, RaftStorageCorruption
 from catenary.storage.errors import CorruptionError, StorageError
 from catenary.storage.fs_sim import SimFileSystem
@@ -229,6 +229,8 @@ class FaultPlan:
     host_batch_max: int = 4096
     host_queue_max: int = 20_000
     host_persists_max: int = 2
+    # Jobs queued behind a running one, written as one group (HostLoop rule 9).
+    host_group_max: int = 1
     # Bit-rot on a member's disk (drawn from a generator of its own, after all
     # the others, so the draws above are the same as without it).
     bit_rot: bool = False
@@ -244,7 +246,7 @@ class FaultPlan:
             delay_us_max=rng.choice([2_000, 8_000, 20_000]),
             reorder_delay_us_max=rng.choice([10_000, 60_000]),
         )
-        return cls(
+        plan = cls(
             network=network,
             crashes=rng.random() < 0.85,
             partitions=rng.random() < 0.85,
@@ -280,11 +282,17 @@ class FaultPlan:
             host_queue_max=rng.choice([32, 20_000]),
             host_persists_max=rng.choice([1, 2, 2, 4]),
         )
+        # Groups (HostLoop rule 9) form only behind a pipeline deeper than 2.
+        if rng.random() < 0.5:
+            plan.host_group_max = 16
+            plan.host_persists_max = rng.choice([3, 4, 8])
+        return plan
 
 
 @dataclass
 class SimCounters:
     ops: int = 0
+    persist_groups: int = 0  # groups of more than one job written with one sync
     ops_ok: int = 0
     ops_indeterminate: int = 0
     ops_failed: int = 0
@@ -308,6 +316,7 @@ class SimCounters:
     stale_reads: int = 0
     crashes_vote_window: int = 0  # crashed with a vote grant waiting on its persist
     crashes_overwrite_window: int = 0  # crashed while persisting a rewrite of its log suffix
+    crashes_group_window: int = 0  # crashed right after a persistence group was reported
     lease_reads: int = 0  # linearizable reads served on the leader lease (no round)
     deposed_leaders: int = 0  # leaders cut off while clients kept reading from them
     drift_beyond_bound: int = 0  # 1 when this run's clocks drift beyond the lease-read bound
@@ -395,7 +404,8 @@ class _Member:
         self.host: HostLoop[_Request | _NemesisCall] | None = None
         self.incarnation = 0
         self.started = True  # spares start when they are added to the group
-        self.job: _Job | None = None  # the job whose fsync runs
+        self.job: _Job | None = None  # the first job of the group whose fsync runs
+        self.group: list[_Job] = []  # that group (HostLoop rule 9), in order
         self.queued: list[_Job] = []  # the jobs started behind it, in order
         # A paused member (a stopped process) handles nothing until it resumes;
         # what reaches it meanwhile waits here, in arrival order.
@@ -548,7 +558,7 @@ class MetadataSim:
         self.probe_done_us: int | None = None
         self.converged = False
         self.violation: str | None = None
-        self.interrupted: dict[int, Ready | None] = {}
+        self.interrupted: dict[int, list[Ready]] = {}
         self.window_quiet_until_us = 0
         self.nemesis_quiet_until_us = 0
         self.linearizability = "not checked"
@@ -565,7 +575,7 @@ class MetadataSim:
             f"watch_history_max={p.watch_history_max} garbage_tails={p.garbage_tails} "
             f"host_timeout_ms={p.host_timeout_ms} host_batch_max={p.host_batch_max} "
             f"host_queue_max={p.host_queue_max} host_persists_max={p.host_persists_max} "
-            f"bit_rot={p.bit_rot}"
+            f"host_group_max={p.host_group_max} bit_rot={p.bit_rot}"
         )
 
     # ------------------------------------------------------------------ run
@@ -724,7 +734,7 @@ class MetadataSim:
             hard_state,
             snapshot,
             entries,
-            self.interrupted.pop(member.node_id, None),
+            self.interrupted.pop(member.node_id, []),
         )
         self.checker.check_recovered_commit(member.node_id, hard_state, snapshot, entries)
         self.checker.restarted(member.node_id)
@@ -760,6 +770,7 @@ class MetadataSim:
                 batch_max=plan.host_batch_max,
                 queue_max=plan.host_queue_max,
                 persists_in_flight_max=plan.host_persists_max,
+                persist_group_max=plan.host_group_max,
             ),
             durable=storage.hard_state,
             now_us=self.loop.now_us,
@@ -892,14 +903,19 @@ class MetadataSim:
             if out.inputs > 1 or out.proposed > 1:
                 self.counters.host_batches += 1
             for job in out.jobs:
+                member.queued.append(_Job(ready=job.ready, snapshot=job.snapshot))
                 if member.job is None:
-                    member.job = _Job(ready=job.ready, snapshot=job.snapshot)
-                    self._schedule_job(member)
-                else:
-                    member.queued.append(_Job(ready=job.ready, snapshot=job.snapshot))
+                    self._start_group(member)
             if not out.more:
                 return
             out = host.poll(self.loop.now_us)
+
+    def _start_group(self, member: _Member) -> None:
+        """The disk takes the jobs queued, up to the group bound (HostLoop rule 9)."""
+        member.group = member.queued[: self.plan.host_group_max]
+        del member.queued[: len(member.group)]
+        member.job = member.group[0]
+        self._schedule_job(member)
 
     def _schedule_job(self, member: _Member) -> None:
         incarnation = member.incarnation
@@ -965,33 +981,40 @@ class MetadataSim:
             return
         if self._deferred(member, lambda: self._job_done(member, incarnation)):
             return
-        job = member.job
+        group = member.group
         storage = member.storage
-        host = member.host
-        assert storage is not None and host is not None
-        try:
-            if job.ready is not None:
-                storage.save(job.ready)
-            elif job.snapshot is not None:
-                storage.compact(job.snapshot.meta.index, job.snapshot)
-        except (OSError, StorageError) as exc:
+        assert storage is not None and member.host is not None
+        error = persist_group(storage, group)
+        if error is not None:
+            if not isinstance(error, (OSError, StorageError)):
+                raise error
             # A failed fsync may have lost what it was flushing: the member
             # stops (as the server does) and restarts from what is on disk.
             self.counters.io_errors += 1
-            self.loop.note(f"io error on {member.node_id}: {exc}")
+            self.loop.note(f"io error on {member.node_id}: {error}")
             self._crash(member, rerun=False)
             self._schedule_restart(member)
             return
-        member.job = member.queued.pop(0) if member.queued else None
-        if member.job is not None:
-            self._schedule_job(member)  # the disk takes the next job now
-        if job.ready is not None:
-            self.checker.model(member.node_id).saved(job.ready)
-            self.checker.observe_persisted(member.node_id, job.ready.entries)
-        elif job.snapshot is not None:
-            self.checker.model(member.node_id).compacted(job.snapshot)
-            self.counters.snapshots += 1
-        self._drive(member, host.job_done())
+        if len(group) > 1:
+            self.counters.persist_groups += 1
+        member.job = None
+        member.group = []
+        if member.queued:
+            self._start_group(member)  # the disk takes the next jobs now
+        for job in group:
+            if job.ready is not None:
+                self.checker.model(member.node_id).saved(job.ready)
+                self.checker.observe_persisted(member.node_id, job.ready.entries)
+            elif job.snapshot is not None:
+                self.checker.model(member.node_id).compacted(job.snapshot)
+                self.counters.snapshots += 1
+        for _job in group:
+            host = member.host
+            if host is None or member.incarnation != incarnation:
+                return
+            self._drive(member, host.job_done())
+        if len(group) > 1:
+            self._nemesis_group_window(member)
         self._nemesis_window(member)
 
     # -------------------------------------------------------------- crashes
@@ -1005,17 +1028,13 @@ class MetadataSim:
             return
         self.counters.crashes += 1
         job = member.job
-        interrupted = job.ready if job is not None else None
+        interrupted = [j.ready for j in member.group if j.ready is not None]
         if job is not None and member.storage is not None and rerun:
             self.counters.crashes_mid_persist += 1
             member.fs.arm(self.nemesis_rng.randint(0, 12) if budget is None else budget)
-            try:
-                if job.ready is not None:
-                    member.storage.save(job.ready)
-                elif job.snapshot is not None:
-                    member.storage.compact(job.snapshot.meta.index, job.snapshot)
-            except (SimulatedCrash, OSError, StorageError):
-                pass
+            error = persist_group(member.storage, member.group)
+            if error is not None and not isinstance(error, (SimulatedCrash, OSError, StorageError)):
+                raise error
             member.fs.disarm()
         self.loop.note(f"crash {member.node_id}" + (" (mid-persist)" if job else ""))
         member.disk.crash()
@@ -1025,6 +1044,7 @@ class MetadataSim:
         member.host = None
         member.storage = None
         member.job = None
+        member.group = []
         member.queued = []  # never started: nothing of them reached the disk
         member.paused_until_us = 0
         member.deferred = []
@@ -1146,6 +1166,27 @@ class MetadataSim:
                 self.counters.crashes_overwrite_window += 1
             self.loop.note(f"window crash {member.node_id} ({'vote' if vote else 'overwrite'})")
             self._crash(member, budget=budget)
+            self._schedule_restart(member)
+
+        self.loop.after(rng.randint(0, 50), f"window-crash{member.node_id}", crash)
+
+    def _nemesis_group_window(self, member: _Member) -> None:
+        """Crash a member just after it reported a group of jobs durable (HostLoop
+        rule 9): whatever it acknowledged must survive without a later sync."""
+        if not self.plan.window_crashes or self.phase != "safety":
+            return
+        if self.loop.now_us < self.window_quiet_until_us:
+            return
+        rng = self.nemesis_rng
+        self.window_quiet_until_us = self.loop.now_us + 300_000
+        incarnation = member.incarnation
+
+        def crash() -> None:
+            if member.incarnation != incarnation:
+                return
+            self.counters.crashes_group_window += 1
+            self.loop.note(f"window crash {member.node_id} (group)")
+            self._crash(member, budget=0)
             self._schedule_restart(member)
 
         self.loop.after(rng.randint(0, 50), f"window-crash{member.node_id}", crash)
