@@ -398,3 +398,49 @@ def test_a_write_whose_save_waits_for_space_past_its_deadline_is_indeterminate(
         assert host.failure is None
 
     asyncio.run(main())
+
+
+def test_jobs_queued_behind_a_running_one_share_one_sync(tmp_path: Path) -> None:
+    """HostLoop rule 9: with a pipeline deeper than two, the jobs that queued while
+    a save ran are written as one group with one sync, and each is reported durable."""
+
+    async def main() -> None:
+        host = open_host(tmp_path / "raft", [], persists_in_flight_max=4, batch_max=1)
+        host.start()
+        try:
+            await until_leader(host)
+            storage = host._storage
+            saves: list[bool] = []
+            flushes: list[int] = []
+            save, flush = storage.save, storage.flush
+
+            def slow_save(ready: Ready, *, sync: bool = True) -> None:
+                time.sleep(0.005)  # a slow disk: the next Readies queue meanwhile
+                saves.append(sync)
+                save(ready, sync=sync)
+
+            def counted_flush() -> None:
+                flushes.append(len(saves))
+                flush()
+
+            storage.save = slow_save  # type: ignore[method-assign]
+            storage.flush = counted_flush  # type: ignore[method-assign]
+            results = await asyncio.gather(*(host.write(Put(f"g{i}", b"v")) for i in range(60)))
+            assert all(isinstance(r, Written) for r in results)
+            assert not any(saves)  # every save of a group leaves the sync to the flush
+            # Fewer syncs than saves: some groups held several Readies.
+            assert len(flushes) < len(saves), (len(flushes), len(saves))
+            storage.save, storage.flush = save, flush  # type: ignore[method-assign]
+        finally:
+            await host.stop()
+
+        again = open_host(tmp_path / "raft", [])
+        again.start()
+        try:
+            await until_leader(again)
+            read = await again.read(ListQuery("g", 0))
+            assert len(read.kvs) == 60
+        finally:
+            await again.stop()
+
+    asyncio.run(main())
