@@ -400,6 +400,7 @@ def run_bench(
     value_bytes: int = 100,
     cluster_name: str | None = None,
     ops: Sequence[str] = ("put", "get"),
+    settings: Sequence[str] = (),
     out: Any = None,
 ) -> int:
     """The ``catenary bench metadata`` command body; returns the exit code."""
@@ -427,7 +428,7 @@ def run_bench(
             setup = f"cluster at {','.join(addresses)}"
         else:
             root = Path(tempfile.mkdtemp(prefix="catenary-bench-"))
-            cluster = LocalCluster(root, cluster_name="bench")
+            cluster = LocalCluster(root, cluster_name="bench", settings=settings)
             cluster_name = cluster.cluster_name
             if not as_json:
                 say(f"starting {nodes} local nodes in {root} ...")
@@ -458,6 +459,7 @@ def run_bench(
         "value_bytes": value_bytes,
         "seconds": seconds,
         "client_tasks_share_one_client": True,
+        "settings": list(settings),
     }
     if as_json:
         for f in figures:
@@ -476,6 +478,7 @@ def run_bench(
     say(
         f"metadata bench: {setup}; {voters} voters; fsync on; value {value_bytes} B; "
         f"{seconds:g} s per figure; one client process on the same machine"
+        + (f"; nodes set {' '.join(settings)}" if settings else "")
     )
     say(f"{'operation':<18} {'clients':>7} {'ops/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
     by_key = {(f.figure, f.clients): f.value for f in figures}
@@ -489,7 +492,7 @@ def run_bench(
             )
     persist = [f for f in figures if "_persist_mean_ms_node" in f.figure]
     if persist:
-        say("mean persist of one Ready (write + fdatasync) per node during each figure, ms:")
+        say("mean persist of one job (write + fdatasync) per node during each figure, ms:")
         for clients in concurrency:
             for kind in ("put", "get"):
                 row = [f for f in persist if f.clients == clients and f.figure.startswith(kind)]

@@ -108,12 +108,21 @@ def storage(
     multiple=True,
     help="Operations to measure (repeatable); default: put and get.",
 )
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="OPTION=VALUE",
+    help="Server option for the nodes it starts (repeatable), "
+    "e.g. --set metadata.persists_in_flight_max=4.",
+)
 def metadata(
     as_json: bool,
     addresses: tuple[str, ...],
     seconds: float,
     concurrency: tuple[int, ...],
     ops: tuple[str, ...],
+    settings: tuple[str, ...],
 ) -> None:
     """Metadata puts and linearizable gets with 1, 16 and 64 concurrent clients."""
     import sys
@@ -128,6 +137,7 @@ def metadata(
             as_json=as_json,
             concurrency=concurrency or (1, 16, 64),
             ops=ops or ("put", "get"),
+            settings=settings,
         )
     )
 
