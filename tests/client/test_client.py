@@ -616,3 +616,30 @@ def test_a_full_disk_is_a_retryable_disk_full_error_and_reads_still_work() -> No
             await client.metadata.put("/k", b"w")
 
     run(body)
+
+
+def test_deadline_fifos_fire_a_shorter_deadline_in_time_and_drop_answered_requests() -> None:
+    from catenary.client.client import _Deadlines, _NoAnswerError
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        deadlines = _Deadlines(0.01)
+        long_wait: asyncio.Future[m.Reply] = loop.create_future()
+        deadlines.add(loop, 5.0, long_wait)  # the timer is armed for 5 s from now...
+        short: asyncio.Future[m.Reply] = loop.create_future()
+        started = loop.time()
+        deadlines.add(loop, 0.2, short)  # ...and moves earlier for this one
+        with pytest.raises(_NoAnswerError):
+            await asyncio.wait_for(short, 2.0)
+        assert 0.2 <= loop.time() - started < 1.0
+        assert not long_wait.done()
+        long_wait.cancel()  # its caller went away
+        # Answered requests leave the FIFO as the next ones are added.
+        for _ in range(1000):
+            answered: asyncio.Future[m.Reply] = loop.create_future()
+            deadlines.add(loop, 5.0, answered)
+            answered.cancel()
+        assert len(deadlines._fifos[5.0]) == 1
+        deadlines.close()
+
+    asyncio.run(main())

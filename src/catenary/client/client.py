@@ -141,16 +141,20 @@ class _Deadlines:
 
     A first attempt always waits the same duration (the call's timeout, or the
     attempt timeout for a read), so the deadlines of one duration come in the
-    order the requests were sent: one FIFO per duration, and one timer that
-    runs every ``resolution_s`` while anything waits and fails the futures
-    whose deadline passed.  A deadline fires at most ``resolution_s`` late.
-    Answered requests leave the FIFO as soon as they reach its head.
+    order the requests were sent: one FIFO per duration.  Answered requests
+    leave a FIFO when they reach its head, on the next ``add`` to it (so a FIFO
+    holds little more than the requests still waiting) or at a sweep.  One
+    timer sweeps when the earliest head's deadline is due (never more often
+    than every ``resolution_s``) and fails the futures whose deadline passed: a
+    deadline fires at most ``resolution_s`` late, and a client whose requests
+    are answered in time wakes for no sweep in between.
     """
 
     def __init__(self, resolution_s: float) -> None:
         self._resolution_s = resolution_s
         self._fifos: dict[float, deque[tuple[float, asyncio.Future[m.Reply]]]] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._due = 0.0  # when the timer runs
 
     def add(
         self, loop: asyncio.AbstractEventLoop, duration_s: float, future: asyncio.Future[m.Reply]
@@ -158,27 +162,39 @@ class _Deadlines:
         fifo = self._fifos.get(duration_s)
         if fifo is None:
             fifo = self._fifos[duration_s] = deque()
-        fifo.append((loop.time() + duration_s, future))
-        if self._timer is None:
-            self._timer = loop.call_later(self._resolution_s, self._sweep, loop)
+        else:
+            while fifo and fifo[0][1].done():
+                fifo.popleft()
+        deadline = loop.time() + duration_s
+        fifo.append((deadline, future))
+        if self._timer is None or deadline < self._due - self._resolution_s:
+            # None runs, or it runs after this deadline (a shorter duration).
+            if self._timer is not None:
+                self._timer.cancel()
+            self._arm(loop, deadline)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
+        self._due = max(due, loop.time() + self._resolution_s)
+        self._timer = loop.call_at(self._due, self._sweep, loop)
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer = None
         now = loop.time()
-        waiting = False
+        earliest: float | None = None
         for duration_s, fifo in list(self._fifos.items()):
             while fifo:
                 deadline, future = fifo[0]
                 if not future.done():
                     if deadline > now:
-                        waiting = True
+                        if earliest is None or deadline < earliest:
+                            earliest = deadline
                         break
                     future.set_exception(_NoAnswerError())
                 fifo.popleft()
             if not fifo:
                 del self._fifos[duration_s]  # (callers may use many distinct timeouts)
-        if waiting:
-            self._timer = loop.call_later(self._resolution_s, self._sweep, loop)
+        if earliest is not None:
+            self._arm(loop, earliest)
 
     def close(self) -> None:
         if self._timer is not None:
