@@ -26,6 +26,8 @@ def test_bench_metadata_prints_every_figure_with_its_setup_and_stops_its_nodes()
             "1",
             "--clients",
             "8",
+            "--set",
+            "metadata.persists_in_flight_max=4",
         ],
         capture_output=True,
         text=True,
@@ -34,6 +36,7 @@ def test_bench_metadata_prints_every_figure_with_its_setup_and_stops_its_nodes()
     assert done.returncode == 0, done.stderr[-3000:]
     figures = [json.loads(line) for line in done.stdout.splitlines()]
     by_key = {(f["figure"], f["clients"]): f for f in figures}
+    assert figures[0]["settings"] == ["metadata.persists_in_flight_max=4"]
     for clients in (1, 8):
         for kind in ("put", "get"):
             rate = by_key[(f"{kind}_ops_per_s", clients)]
@@ -44,6 +47,7 @@ def test_bench_metadata_prints_every_figure_with_its_setup_and_stops_its_nodes()
                 by_key[(f"{kind}_p99_ms", clients)]["value"]
                 >= (by_key[(f"{kind}_p50_ms", clients)]["value"])
             )
+            assert by_key[(f"{kind}_client_cpu_us", clients)]["value"] > 0
         # Puts are persisted on every node: each reports its mean persist time.
         persist = [
             f["value"]

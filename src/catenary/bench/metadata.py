@@ -318,13 +318,17 @@ async def _phase(
             i += 1
 
     started = time.perf_counter()
+    cpu_started = time.process_time()
     await asyncio.gather(*(worker(w) for w in range(clients)))
     elapsed = time.perf_counter() - started
+    cpu_s = time.process_time() - cpu_started
     merged = [x for samples in latencies for x in samples]
     return [
         Figure(f"{kind}_ops_per_s", len(merged) / elapsed, "ops/s", clients),
         Figure(f"{kind}_p50_ms", _percentile_ms(merged, 0.50), "ms", clients),
         Figure(f"{kind}_p99_ms", _percentile_ms(merged, 0.99), "ms", clients),
+        # The client process's CPU (all threads, this loop included) per operation.
+        Figure(f"{kind}_client_cpu_us", cpu_s / max(1, len(merged)) * 1e6, "us/op", clients),
     ]
 
 
@@ -480,7 +484,10 @@ def run_bench(
         f"{seconds:g} s per figure; one client process on the same machine"
         + (f"; nodes set {' '.join(settings)}" if settings else "")
     )
-    say(f"{'operation':<18} {'clients':>7} {'ops/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
+    say(
+        f"{'operation':<18} {'clients':>7} {'ops/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'client CPU us/op':>17}"
+    )
     by_key = {(f.figure, f.clients): f.value for f in figures}
     for clients in concurrency:
         for kind, label in (("put", "put"), ("get", "get (linearizable)")):
@@ -488,7 +495,8 @@ def run_bench(
                 continue
             say(
                 f"{label:<18} {clients:>7} {by_key[(f'{kind}_ops_per_s', clients)]:>10.0f} "
-                f"{by_key[(f'{kind}_p50_ms', clients)]:>8.2f} {by_key[(f'{kind}_p99_ms', clients)]:>8.2f}"
+                f"{by_key[(f'{kind}_p50_ms', clients)]:>8.2f} {by_key[(f'{kind}_p99_ms', clients)]:>8.2f} "
+                f"{by_key[(f'{kind}_client_cpu_us', clients)]:>17.1f}"
             )
     persist = [f for f in figures if "_persist_mean_ms_node" in f.figure]
     if persist:
