@@ -74,6 +74,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from random import Random
+from typing import NoReturn
 
 import msgspec
 
@@ -206,6 +207,7 @@ class LogSimCounters:
     cas_written: int = 0
     cas_failed: int = 0  # version precondition failed
     indeterminate_cas: int = 0  # the host's deadline, a lost leader, or no answer in time
+    indeterminate_landed: int = 0  # of those, chains the service committed all the same
     cas_refused: int = 0  # refused on every attempt (surely not applied)
     meta_redirects: int = 0  # NOT_LEADER / OVERLOADED answers followed elsewhere
     meta_leaders: int = 0  # metadata terms with a leader
@@ -523,6 +525,7 @@ class LogSimulation:
         # The chain as the metadata service committed it (every version, in order).
         self.committed: tuple[Chain, int] | None = None
         self.chain_at: dict[int, bytes] = {}  # version -> the chain committed there
+        self.indeterminate: set[bytes] = set()  # chains whose CAS answered indeterminate
         self.scanned = 0  # committed events looked at, by version
         self.segments: dict[int, Segment] = {}
         self.segment_end: dict[int, int] = {}  # segment index -> first LSN after it
@@ -549,7 +552,7 @@ class LogSimulation:
         self.history.append(f"{self.loop.now_us / 1000:10.3f} ms  {text}")
         self.loop.note(text)
 
-    def fail(self, text: str) -> None:
+    def fail(self, text: str) -> NoReturn:
         self.note(f"VIOLATION {text}")
         raise Violation(text)
 
@@ -827,6 +830,9 @@ class LogSimulation:
         self.committed = (chain, version)
         self.chain_at[version] = value
         self.counters.chain_versions += 1
+        if value in self.indeterminate:
+            self.indeterminate.discard(value)
+            self.counters.indeterminate_landed += 1
         if old is not None and chain.trim_point < old[0].trim_point:
             self.fail(f"trim point went back: {old[0].trim_point} -> {chain.trim_point}")
         for position, segment in enumerate(chain.segments):
@@ -1572,6 +1578,8 @@ class LogSimulation:
                 self.counters.cas_failed += 1
             elif outcome == "indeterminate":
                 self.counters.indeterminate_cas += 1
+                if effect.value not in self.chain_at.values():
+                    self.indeterminate.add(effect.value)
             else:
                 self.counters.cas_refused += 1
             if not alive():
