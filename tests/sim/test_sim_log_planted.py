@@ -195,7 +195,7 @@ PLANTS: dict[str, tuple[Plant, list[tuple[int, int]]]] = {
         chain_read_served_by_a_follower,
         [(1, 3), (6, 3), *MARGIN],
     ),
-    "chain_cas_without_its_version": (chain_cas_without_its_version, [(0, 3), (1, 3), *MARGIN]),
+    "chain_cas_without_its_version": (chain_cas_without_its_version, [(1, 3), (2, 3), *MARGIN]),
 }
 
 

@@ -117,7 +117,8 @@ def _echo_outcome(result: MetadataSimResult | LogSimResult) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def log_(seed: int | None, nodes: int, steps: int, as_json: bool) -> None:
-    """Simulate the log service (log-servers, sequencers, readers, reconfigurations)."""
+    """Simulate the log service (log-servers, sequencers, readers, reconfigurations)
+    with the replicated metadata service that holds its chain."""
     from catenary.testing.sim.log import LogSimOptions, run_log_sim
 
     if seed is None:

@@ -214,6 +214,7 @@ class LogSimCounters:
     meta_snapshots: int = 0  # compaction snapshots persisted by members
     chain_versions: int = 0  # chain versions the metadata service committed
     watch_events: int = 0  # chain changes nodes learned from their watch
+    watch_relists: int = 0  # a watch told Compacted: the node listed the chains again
     crashes: int = 0
     crashes_mid_job: int = 0
     crashes_mid_persist: int = 0  # a metadata persistence step in flight at the crash
@@ -283,6 +284,7 @@ class _Plan:
     lease_reads: bool
     host_timeout_ms: int  # shorter than the client's timeout: the host answers indeterminate
     host_persists_max: int
+    watch_history_max: int  # events members keep for watches (few: nodes re-list)
 
     @classmethod
     def draw(cls, rng: Random, nodes: int) -> _Plan:
@@ -318,6 +320,7 @@ class _Plan:
             lease_reads=rng.random() < 0.3,
             host_timeout_ms=rng.choice((200, 1_000, 10_000)),
             host_persists_max=rng.choice((1, 2)),
+            watch_history_max=rng.choice((2, 10_000)),
         )
 
     def describe(self) -> str:
@@ -331,7 +334,8 @@ class _Plan:
             f"appenders={self.appenders} inflight_max={self.inflight_max} "
             f"window_crashes={self.window_crashes} compact_after={self.compact_after_entries} "
             f"lease_reads={self.lease_reads} host_timeout_ms={self.host_timeout_ms} "
-            f"host_persists_max={self.host_persists_max}"
+            f"host_persists_max={self.host_persists_max} "
+            f"watch_history_max={self.watch_history_max}"
         )
 
 
@@ -513,7 +517,7 @@ class LogSimulation:
             request_timeout_ms=self.plan.host_timeout_ms,
             persists_in_flight_max=self.plan.host_persists_max,
         )
-        self.state_config = MetadataConfig()
+        self.state_config = MetadataConfig(watch_history_max=self.plan.watch_history_max)
         self.raft_store_config = StoreConfig(segment_bytes_max=self.plan.segment_bytes_max)
         self.raft_checker = SafetyChecker()
         self.watch_checker = WatchChecker()
@@ -1039,6 +1043,7 @@ class LogSimulation:
             node.id, node.id, LOGS_PREFIX, node.watch_from, answer, state.history_start
         )
         if isinstance(answer, Compacted):
+            self.counters.watch_relists += 1
             self.list_chains(node)  # resync: a list, then watch on from its revision
             return
         node.watch_from = max(node.watch_from, answer.revision)
