@@ -1,4 +1,5 @@
-"""Planted bugs in the log service: each is monkeypatched here and ``catenary sim log`` must catch it.
+"""Planted bugs in the log service (and in the metadata service under it): each is monkeypatched
+here and ``catenary sim log`` must catch it.
 
 Each test plants one realistic bug and runs a short list of seeds (the first
 ones found to catch it, plus a margin); at least one must report a violation,
