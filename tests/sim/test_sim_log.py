@@ -13,12 +13,16 @@ import os
 import subprocess
 import sys
 
+import msgspec
 import pytest
 from click.testing import CliRunner
 
 from catenary.cli.sim import sim
+from catenary.core.bifrost.chain import encode_chain
 from catenary.core.bifrost.read_stream import Record
+from catenary.core.metadata.types import KeyValue
 from catenary.testing.sim.log import (
+    CHAIN_KEY,
     LogSimOptions,
     LogSimResult,
     LogSimulation,
@@ -232,4 +236,52 @@ def test_checker_sealed_records_on_a_write_quorum() -> None:
     assert end > max(segment.base_lsn, s.chain()[0].trim_point + 1)
     s.segment_end[index] = end + 5  # claim records the servers never got
     with pytest.raises(Violation, match="write quorum"):
+        s.final_checks()
+
+
+def test_checker_chain_reads_are_not_stale_and_were_committed() -> None:
+    s = _ran()
+    chain, version = s.chain()
+    value = encode_chain(chain)
+    s.check_chain_answer("a read", KeyValue(CHAIN_KEY, value, version), version)
+    older = max(v for v in s.chain_at if v < version)
+    with pytest.raises(Violation, match="stale read"):
+        s.check_chain_answer("a read", KeyValue(CHAIN_KEY, s.chain_at[older], older), version)
+    with pytest.raises(Violation, match="did not commit"):
+        s.check_chain_answer("a read", KeyValue(CHAIN_KEY, b"another chain", version), version)
+    with pytest.raises(Violation, match="another chain is committed"):
+        s.check_written("a CAS", s.chain_at[older], version)
+
+
+def test_checker_committed_chain_keeps_its_segments_ends_and_trim_point() -> None:
+    s = _ran(0, 400)
+    chain, version = s.chain()
+    assert len(chain.segments) >= 2
+    first = chain.segments[0]
+    moved = msgspec.structs.replace(first, base_lsn=first.base_lsn + 1)
+    changed = msgspec.structs.replace(chain, segments=(moved, *chain.segments[1:]))
+    with pytest.raises(Violation, match="changed in the chain"):
+        s.chain_committed(encode_chain(changed), version + 1)
+    s = _ran(0, 400)
+    chain, version = s.chain()
+    tail = chain.segments[-1]
+    later = msgspec.structs.replace(tail, base_lsn=tail.base_lsn + 1)
+    ended = msgspec.structs.replace(chain, segments=(*chain.segments[:-1], later))
+    with pytest.raises(Violation, match="end changed"):
+        s.chain_committed(encode_chain(ended), version + 1)
+    s = _ran(0, 400)
+    chain, version = s.chain()
+    assert chain.trim_point > 0
+    untrimmed = msgspec.structs.replace(chain, trim_point=0)
+    with pytest.raises(Violation, match="trim point went back"):
+        s.chain_committed(encode_chain(untrimmed), version + 1)
+
+
+def test_checker_nodes_act_on_committed_chains() -> None:
+    s = _ran()
+    node = s.nodes[s.up_nodes()[0]]
+    assert node.node is not None
+    chain, version = node.node.chains[1]
+    node.node.chains[1] = (msgspec.structs.replace(chain, trim_point=chain.trim_point + 1), version)
+    with pytest.raises(Violation, match="never committed"):
         s.final_checks()

@@ -1,4 +1,5 @@
-"""Planted bugs in the log service: each is monkeypatched here and ``catenary sim log`` must catch it.
+"""Planted bugs in the log service (and in the metadata service under it): each is monkeypatched
+here and ``catenary sim log`` must catch it.
 
 Each test plants one realistic bug and runs a short list of seeds (the first
 ones found to catch it, plus a margin); at least one must report a violation,
@@ -24,8 +25,12 @@ from catenary.core.loglet.log_server import Effects, LogServer
 from catenary.core.loglet.repair import REPAIRING, SEALING, TailFinder
 from catenary.core.loglet.sequencer import Sequencer
 from catenary.core.loglet.types import Store
+from catenary.core.metadata.replica import Query
+from catenary.core.metadata.state import MetadataStateMachine
+from catenary.core.metadata.types import Precondition, Result
 from catenary.host.log_node import AppendDone, AppendFailed, LogNode
 from catenary.host.log_server import LogServerLoop, LogServerOutput
+from catenary.host.loop import Failed, HostLoop
 from catenary.testing.sim.log import LogSimOptions, LogSimResult, run_log_sim
 
 pytestmark = pytest.mark.timeout(120)
@@ -137,6 +142,35 @@ def forwarded_lsn_from_the_current_chain(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(LogNode, "_forward_answered", _forward_answered)
 
 
+def chain_read_served_by_a_follower(mp: pytest.MonkeyPatch) -> None:
+    """A metadata member that does not lead answers a linearizable read (a chain read of
+    a reconfiguration or trim) from its own applied state instead of refusing it
+    (``NOT_LEADER``): it may be behind the chain the leader committed."""
+    original = HostLoop.submit_read
+
+    def submit_read(
+        self: HostLoop[object], query: Query, token: object, now_us: int
+    ) -> Failed | None:
+        if not self.replica.is_leader:
+            return self.submit_call(lambda replica: replica.read_stale(0, query), token)
+        return original(self, query, token, now_us)
+
+    mp.setattr(HostLoop, "submit_read", submit_read)
+
+
+def chain_cas_without_its_version(mp: pytest.MonkeyPatch) -> None:
+    """The metadata state machine applies a put whatever version it was conditioned on:
+    a compare-and-set of the chain is answered written without its version check."""
+    original = MetadataStateMachine._precondition
+
+    def _precondition(self: MetadataStateMachine, key: str, pre: Precondition) -> Result | None:
+        if pre.kind == "version":
+            return None
+        return original(self, key, pre)
+
+    mp.setattr(MetadataStateMachine, "_precondition", _precondition)
+
+
 # The first seeds found to catch each bug, then a margin (the first twelve 3-node
 # seeds): a simulator change moves the scenarios, and the margin keeps the battery
 # meaningful until the list is refreshed with the search below.
@@ -144,16 +178,25 @@ MARGIN = [(seed, 3) for seed in range(12)]
 
 PLANTS: dict[str, tuple[Plant, list[tuple[int, int]]]] = {
     # name -> (plant, [(seed, nodes)])
-    "commit_below_quorum": (commit_below_quorum, [(4, 3), (6, 3), (9, 3), *MARGIN]),
+    "commit_below_quorum": (commit_below_quorum, [(7, 3), (9, 3), (10, 3), *MARGIN]),
     "store_after_seal": (store_after_seal, [(0, 3), (1, 3), *MARGIN]),
     "find_tail_without_repair": (find_tail_without_repair, [(1, 3), (2, 3), *MARGIN]),
-    "find_tail_lowest": (find_tail_lowest, [(1, 3), (2, 3), *MARGIN]),
+    "find_tail_lowest": (find_tail_lowest, [(0, 3), (1, 3), *MARGIN]),
     "reply_before_durable": (reply_before_durable, [(0, 3), (1, 3), *MARGIN]),
-    "sequencer_of_an_older_generation": (sequencer_of_an_older_generation, MARGIN),
+    "sequencer_of_an_older_generation": (
+        sequencer_of_an_older_generation,
+        [(0, 3), (5, 3), *MARGIN],
+    ),
     "forwarded_lsn_from_the_current_chain": (
         forwarded_lsn_from_the_current_chain,
-        [(98, 3), (107, 3), *MARGIN],
+        [(5, 3), (122, 3), *MARGIN],
     ),
+    # The metadata service under the log: caught by the chain checkers.
+    "chain_read_served_by_a_follower": (
+        chain_read_served_by_a_follower,
+        [(1, 3), (6, 3), *MARGIN],
+    ),
+    "chain_cas_without_its_version": (chain_cas_without_its_version, [(1, 3), (2, 3), *MARGIN]),
 }
 
 

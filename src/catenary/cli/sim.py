@@ -7,7 +7,8 @@ and exits with status 1.  Without ``--seed`` a random seed is drawn (and
 printed, so the run can be replayed).
 
 ``catenary sim log --seed N [--nodes 3|5] [--steps S] [--json]`` does the same
-for the log service (docs/design/simulation.md, "The log simulation").
+for the log service, with the replicated metadata service that holds its chain
+(docs/design/simulation.md, "The log simulation").
 
 ``catenary sim sweep --first S --count N [--nodes 3 --nodes 5] [--jobs J]
 [--service metadata|log]`` runs
@@ -117,7 +118,8 @@ def _echo_outcome(result: MetadataSimResult | LogSimResult) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def log_(seed: int | None, nodes: int, steps: int, as_json: bool) -> None:
-    """Simulate the log service (log-servers, sequencers, readers, reconfigurations)."""
+    """Simulate the log service (log-servers, sequencers, readers, reconfigurations)
+    with the replicated metadata service that holds its chain."""
     from catenary.testing.sim.log import LogSimOptions, run_log_sim
 
     if seed is None:
