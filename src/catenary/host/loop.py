@@ -2,8 +2,9 @@
 
 Theory of operation
 -------------------
-The server's asyncio host (``runtime/host.py``) and the simulator
-(``testing/sim/metadata.py``) both drive this object, so the simulator checks the
+The server's asyncio host (``runtime/host.py``) and the simulators
+(``testing/sim/metadata.py``, and ``testing/sim/log.py`` for the metadata members
+that hold the logs' chains) drive this object, so the simulator checks the
 queueing, batching, persist-then-send ordering, outcomes and deadlines that
 production runs.  It does no I/O, starts no thread and reads no clock: time comes
 in as ``now_us`` (any monotonic microsecond clock), persistence goes out as a

@@ -125,7 +125,7 @@ from catenary.core.metadata.types import (
 from catenary.core.raft.types import Membership, Message, RaftConfig, Ready
 from catenary.host.log_node import Envelope, LogNode
 from catenary.host.log_server import Job, LogServerLoop, LogServerOutput
-from catenary.host.loop import Failed, HostConfig, HostLoop, Output
+from catenary.host.loop import Failed, HostConfig, HostLoop, Output, persist_group
 from catenary.host.loop import Job as MetaJob
 from catenary.host.sequencer import SequencerLoop
 from catenary.persist.log_store import LogStore, LogStoreCorruption
@@ -521,7 +521,7 @@ class LogSimulation:
         self.raft_store_config = StoreConfig(segment_bytes_max=self.plan.segment_bytes_max)
         self.raft_checker = SafetyChecker()
         self.watch_checker = WatchChecker()
-        self.interrupted: dict[int, Ready | None] = {}  # node -> the save a crash cut short
+        self.interrupted: dict[int, list[Ready]] = {}  # node -> the saves a crash cut short
         self.meta_calls: dict[int, _MetaCall] = {}
         self._next_call = 0
         self.first_chain: Chain | None = None  # the log's first chain, to be created
@@ -642,7 +642,7 @@ class LogSimulation:
             self.fail(f"node {node.id} cannot recover its Raft storage: {exc}")
         checker = self.raft_checker
         checker.check_recovered(
-            node.id, hard_state, snapshot, entries, self.interrupted.pop(node.id, None)
+            node.id, hard_state, snapshot, entries, self.interrupted.pop(node.id, [])
         )
         checker.check_recovered_commit(node.id, hard_state, snapshot, entries)
         checker.restarted(node.id)
@@ -753,13 +753,11 @@ class LogSimulation:
         job = node.meta_jobs[0]
         storage, host = node.storage, node.host
         assert storage is not None and host is not None
-        try:
-            if job.ready is not None:
-                storage.save(job.ready)
-            elif job.snapshot is not None:
-                storage.compact(job.snapshot.meta.index, job.snapshot)
-        except (OSError, StorageError) as exc:
-            self.fail(f"node {node.id}: Raft storage failed: {exc}")
+        # The server's writer runs persist_group (HostLoop rule 9); with at most
+        # two jobs in flight here, a group is the one job.
+        error = persist_group(storage, [job])
+        if error is not None:
+            self.fail(f"node {node.id}: Raft storage failed: {error!r}")
         node.meta_jobs.pop(0)
         if node.meta_jobs:
             self.schedule_meta_job(node)  # the disk takes the next job now
@@ -1314,15 +1312,11 @@ class LogSimulation:
             # So does the metadata member's persistence step in flight.
             self.counters.crashes_mid_persist += 1
             node.fs.arm(self.nemesis_rng.randint(0, 12))
-            try:
-                if job.ready is not None:
-                    node.storage.save(job.ready)
-                elif job.snapshot is not None:
-                    node.storage.compact(job.snapshot.meta.index, job.snapshot)
-            except (SimulatedCrash, StorageError, OSError):
-                pass
+            error = persist_group(node.storage, [job])
+            if error is not None and not isinstance(error, (SimulatedCrash, StorageError, OSError)):
+                raise error
             node.fs.disarm()
-        self.interrupted[node.id] = job.ready if job is not None else None
+        self.interrupted[node.id] = [job.ready] if job is not None and job.ready else []
         node.disk.crash()
         if node.node is not None:
             self.counters.inbox_drops += node.node.server.dropped
