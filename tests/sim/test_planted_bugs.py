@@ -36,6 +36,7 @@ from catenary.core.metadata.state import MetadataStateMachine
 from catenary.core.metadata.types import Compacted, WatchBatch
 from catenary.core.raft.log import RaftLog
 from catenary.core.raft.node import LEADER, RaftNode
+from catenary.core.raft.progress import PROBE, SNAPSHOT
 from catenary.core.raft.types import (
     AppendEntries,
     AppendEntriesResponse,
@@ -317,6 +318,26 @@ def plant_corrupt_record_ends_log(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(SegmentedStore, "_valid_record_after", nothing_after)
 
 
+def plant_heartbeat_resends_unanswered_data(mp: pytest.MonkeyPatch) -> None:
+    """A heartbeat re-sends entries (a probe) or the snapshot chunk in flight to a follower
+    that never answered the last ones (the Raft core's R6): a cut-off follower is sent a
+    copy of its backlog every heartbeat, and a transport queue delivers them all."""
+    heartbeat = RaftNode._send_heartbeat
+
+    def resend(self: RaftNode, pid: int) -> None:
+        pr = self._progress[pid]
+        if pr.state == PROBE:
+            pr.probe_sent = False
+            self._send_append(pid, allow_empty=True)  # entries, answered or not
+        elif pr.state == SNAPSHOT:
+            if pr.snap_chunk_unacked:
+                self._send_snapshot_chunk(pid)  # the chunk, answered or not
+        else:
+            heartbeat(self, pid)
+
+    mp.setattr(RaftNode, "_send_heartbeat", resend)
+
+
 # ------------------------------------------------------------------ harness
 
 
@@ -403,6 +424,9 @@ CASES: dict[str, Case] = {
     ),
     "lost_join_reply_gets_a_new_id": Case(
         plant_lost_join_reply_gets_a_new_id, (1, 11, 237), ("membership",), steps=700
+    ),
+    "heartbeat_resends_unanswered_data": Case(
+        plant_heartbeat_resends_unanswered_data, (1, 4, 5), ("flow control",)
     ),
     "hard_state_commit_before_suffix": Case(
         plant_hard_state_commit_before_suffix, (32, 40, 44), ("recovery",), nodes=5
