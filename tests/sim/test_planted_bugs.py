@@ -45,7 +45,8 @@ from catenary.core.raft.types import (
     RequestVote,
     RequestVoteResponse,
 )
-from catenary.persist.raft_storage import RaftStorage
+from catenary.persist.raft_storage import RaftStorage, _encoder, _join
+from catenary.storage.atomic import atomic_write
 from catenary.storage.fs import File
 from catenary.storage.fs_sim import SimFile
 from catenary.storage.store import (
@@ -216,13 +217,20 @@ def plant_lost_join_reply_gets_a_new_id(mp: pytest.MonkeyPatch) -> None:
 
 
 def plant_hard_state_commit_before_suffix(mp: pytest.MonkeyPatch) -> None:
-    """RaftStorage.save writes the hard state with the Ready's whole commit before it
+    """RaftStorage.save writes the Ready's hard state, whole commit included, before it
     rewrites a conflicting suffix (the bug the commit rule, raft_storage rule 4, fixed),
-    so a crash in between leaves a commit over stale entries."""
-    write = RaftStorage._write_hard_state
+    so a crash in between leaves a commit over stale entries.
+
+    The hard state is written whenever the commit moved, not only on a term or vote
+    change: since the Raft core sends entries only to a follower that answered (R6), a
+    follower's first Ready of a new term carries no overwrite with a commit above it,
+    and the commit rides on later Readies, which the real save writes no hard state for.
+    """
 
     def with_whole_commit(self: RaftStorage, hard_state: HardState, commit: int) -> None:
-        write(self, hard_state, hard_state.commit)
+        if hard_state != self._hard_state:
+            atomic_write(self._fs, _join(self._directory, "hardstate"), _encoder.encode(hard_state))
+            self._hard_state = hard_state
 
     mp.setattr(RaftStorage, "_write_hard_state", with_whole_commit)
 
@@ -429,7 +437,7 @@ CASES: dict[str, Case] = {
         plant_heartbeat_resends_unanswered_data, (1, 4, 5), ("flow control",)
     ),
     "hard_state_commit_before_suffix": Case(
-        plant_hard_state_commit_before_suffix, (32, 40, 44), ("recovery",), nodes=5
+        plant_hard_state_commit_before_suffix, (32, 44, 47), ("recovery",), nodes=5
     ),
 }
 
