@@ -284,6 +284,37 @@ def test_fast_backup_skips_a_conflicting_term_in_one_round_trip() -> None:
     assert [e.index for e in probe[0].entries] == [7, 8, 9, 10, 11]
 
 
+def test_a_silent_follower_gets_empty_probes_and_its_answer_brings_the_entries() -> None:
+    """R6: a heartbeat does not re-send entries a follower never answered: one cut off
+    is owed heartbeats, not a copy of its backlog per heartbeat (which a transport
+    queue would deliver all at once on its return)."""
+    tail = [Entry(2, i, EntryKind.NORMAL, b"x" * 100) for i in range(7, 11)]
+    n = RaftNode(
+        1,
+        RaftConfig(pre_vote=False),
+        Random(0),
+        hard_state=HardState(2, 0, 6),
+        entries=[*boot_entries(), *tail],
+    )
+    n.campaign()
+    n.ready()
+    n.step(RequestVoteResponse(2, 1, 3, True))
+    probe = [m for m in n.ready().messages if m.dst == 3]
+    assert [(m.prev_index, len(m.entries)) for m in probe] == [(10, 1)]  # the noop
+    n.propose_batch([b"a", b"b"])
+    for _ in range(4):  # four heartbeats; node 3 answers none
+        for _ in range(n.config.heartbeat_interval_ticks):
+            n.tick()
+        to3 = [m for m in n.ready().messages if m.dst == 3]
+        assert [(m.prev_index, m.entries) for m in to3] == [(10, ())]
+    assert n.status().peers[3].unanswered == 1
+    # Its answer (to any of them) brings the entries at once.
+    n.step(AppendEntriesResponse(3, 1, 3, True, 10))
+    to3 = [m for m in n.ready().messages if m.dst == 3]
+    assert [[e.index for e in m.entries] for m in to3] == [[11, 12, 13]]
+    assert n.status().peers[3].unanswered == 1
+
+
 def test_a_commit_rides_on_the_next_append_or_goes_out_at_the_next_tick() -> None:
     c = elected()
     leader, follower = c.nodes[1], c.nodes[2]

@@ -457,6 +457,45 @@ def test_send_queue_bound_drops_the_oldest() -> None:
     run(main())
 
 
+def test_frames_queued_too_long_are_dropped_not_sent() -> None:
+    """Rule 8: a peer back after a cut gets the frames of the last
+    ``send_queue_age_max_ms``, not everything queued while it was away."""
+
+    async def main() -> None:
+        probe = Node(2)
+        await probe.transport.start()
+        port = probe.transport.port
+        await probe.transport.close()  # nothing listens there now
+        config = TransportConfig(
+            send_queue_age_max_ms=300,
+            reconnect_backoff_min_ms=10,
+            reconnect_backoff_max_ms=50,
+            connect_timeout_ms=500,
+        )
+        a = Node(1, config=config)
+        await a.transport.start()
+        b: Node | None = None
+        try:
+            a.transport.set_peer_address(2, f"127.0.0.1:{port}")
+            for term in range(1, 51):
+                assert a.transport.send(2, vote(1, 2, term))
+            await asyncio.sleep(0.5)  # older than the bound by the time the link is up
+            for term in range(51, 56):
+                assert a.transport.send(2, vote(1, 2, term))
+            b = Node(2, port=port)
+            await b.transport.start()
+            await until(lambda: len(b.got(1)) == 5, "the five recent frames")
+            await asyncio.sleep(0.1)
+            assert b.got(1) == [vote(1, 2, t) for t in range(51, 56)]
+            stats = a.transport.stats().peers[0]
+            assert stats.dropped_stale == 50
+            assert stats.queued_messages == 0 and stats.dropped_queue_full == 0
+        finally:
+            await stop(a, *([b] if b else []))
+
+    run(main())
+
+
 def test_slow_reader_backpressure_bounds_memory_and_keeps_the_newest() -> None:
     async def main() -> None:
         config = TransportConfig(

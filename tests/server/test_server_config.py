@@ -276,12 +276,14 @@ def test_sections_map_to_their_components_options() -> None:
         flag_texts={
             "raft.pending_proposals_max": "5",
             "network.peer_send_queue_max": "9",
+            "network.peer_send_queue_age_ms_max": "700",
             "storage.segment_bytes_max": str(1 << 20),
             "metadata.batch_max": "4000",
         },
     )
     assert config.metadata.replica_options(config.raft).max_pending_writes == 5
     assert config.network.transport_options().send_queue_messages_max == 9
+    assert config.network.transport_options().send_queue_age_max_ms == 700
     assert config.storage.options().segment_bytes_max == 1 << 20
     assert config.metadata.host_options(config.raft).batch_max == 4000
     local = config.metadata.local_host_options(config.raft, config.storage)

@@ -36,6 +36,7 @@ from catenary.core.metadata.state import MetadataStateMachine
 from catenary.core.metadata.types import Compacted, WatchBatch
 from catenary.core.raft.log import RaftLog
 from catenary.core.raft.node import LEADER, RaftNode
+from catenary.core.raft.progress import PROBE, SNAPSHOT
 from catenary.core.raft.types import (
     AppendEntries,
     AppendEntriesResponse,
@@ -44,7 +45,8 @@ from catenary.core.raft.types import (
     RequestVote,
     RequestVoteResponse,
 )
-from catenary.persist.raft_storage import RaftStorage
+from catenary.persist.raft_storage import RaftStorage, _encoder, _join
+from catenary.storage.atomic import atomic_write
 from catenary.storage.fs import File
 from catenary.storage.fs_sim import SimFile
 from catenary.storage.store import (
@@ -215,13 +217,20 @@ def plant_lost_join_reply_gets_a_new_id(mp: pytest.MonkeyPatch) -> None:
 
 
 def plant_hard_state_commit_before_suffix(mp: pytest.MonkeyPatch) -> None:
-    """RaftStorage.save writes the hard state with the Ready's whole commit before it
+    """RaftStorage.save writes the Ready's hard state, whole commit included, before it
     rewrites a conflicting suffix (the bug the commit rule, raft_storage rule 4, fixed),
-    so a crash in between leaves a commit over stale entries."""
-    write = RaftStorage._write_hard_state
+    so a crash in between leaves a commit over stale entries.
+
+    The hard state is written whenever the commit moved, not only on a term or vote
+    change: since the Raft core sends entries only to a follower that answered (R6), a
+    follower's first Ready of a new term carries no overwrite with a commit above it,
+    and the commit rides on later Readies, which the real save writes no hard state for.
+    """
 
     def with_whole_commit(self: RaftStorage, hard_state: HardState, commit: int) -> None:
-        write(self, hard_state, hard_state.commit)
+        if hard_state != self._hard_state:
+            atomic_write(self._fs, _join(self._directory, "hardstate"), _encoder.encode(hard_state))
+            self._hard_state = hard_state
 
     mp.setattr(RaftStorage, "_write_hard_state", with_whole_commit)
 
@@ -337,6 +346,26 @@ def plant_corrupt_record_ends_log(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(SegmentedStore, "_valid_record_after", nothing_after)
 
 
+def plant_heartbeat_resends_unanswered_data(mp: pytest.MonkeyPatch) -> None:
+    """A heartbeat re-sends entries (a probe) or the snapshot chunk in flight to a follower
+    that never answered the last ones (the Raft core's R6): a cut-off follower is sent a
+    copy of its backlog every heartbeat, and a transport queue delivers them all."""
+    heartbeat = RaftNode._send_heartbeat
+
+    def resend(self: RaftNode, pid: int) -> None:
+        pr = self._progress[pid]
+        if pr.state == PROBE:
+            pr.probe_sent = False
+            self._send_append(pid, allow_empty=True)  # entries, answered or not
+        elif pr.state == SNAPSHOT:
+            if pr.snap_chunk_unacked:
+                self._send_snapshot_chunk(pid)  # the chunk, answered or not
+        else:
+            heartbeat(self, pid)
+
+    mp.setattr(RaftNode, "_send_heartbeat", resend)
+
+
 # ------------------------------------------------------------------ harness
 
 
@@ -427,8 +456,11 @@ CASES: dict[str, Case] = {
     "group_reported_before_its_sync": Case(
         plant_group_reported_before_its_sync, (1, 4, 7), ("durability",)
     ),
+    "heartbeat_resends_unanswered_data": Case(
+        plant_heartbeat_resends_unanswered_data, (1, 4, 5), ("flow control",)
+    ),
     "hard_state_commit_before_suffix": Case(
-        plant_hard_state_commit_before_suffix, (32, 40, 44), ("recovery",), nodes=5
+        plant_hard_state_commit_before_suffix, (32, 44, 47), ("recovery",), nodes=5
     ),
 }
 

@@ -48,7 +48,10 @@ Theory of operation
    to the peer's queue, bounded by ``send_queue_messages_max`` and
    ``send_queue_bytes_max``.  When full the *oldest* frames are dropped and
    counted: Raft tolerates loss, and newer messages supersede older ones.
-   The queue survives reconnection.  A flush, scheduled once per loop
+   The queue survives reconnection, but not forever: a frame queued longer
+   than ``send_queue_age_max_ms`` is dropped (and counted) when a flush
+   reaches it, so a peer back from a long cut is sent what was said lately,
+   not every heartbeat of the cut.  A flush, scheduled once per loop
    iteration, writes up to ``write_batch_bytes_max`` of queued frames in one
    ``transport.write`` while the connection is writable.
 9. Every frame received from a peer must be ``PEER``, carry the tag of a
@@ -180,6 +183,9 @@ class TransportConfig(msgspec.Struct, frozen=True, kw_only=True):
     reconnect_jitter_ratio: float = 0.5  # each delay is shortened by up to this fraction
     send_queue_messages_max: int = 4096  # per peer; the oldest are dropped past it
     send_queue_bytes_max: int = 64 << 20  # per peer; the oldest are dropped past it
+    # Rule 8: a frame queued this long is stale (four of Raft's default election
+    # timeouts); it is dropped, not sent, once the link is back.
+    send_queue_age_max_ms: int = 2000
     write_batch_bytes_max: int = 1 << 20  # per socket write (a larger single frame goes alone)
     write_buffer_high_bytes: int = 4 << 20  # socket buffer above which writing pauses
     # Liveness (rule 11): ping a peer heard from for this long; abort and redial past the idle
@@ -202,6 +208,7 @@ class TransportConfig(msgspec.Struct, frozen=True, kw_only=True):
             "reconnect_backoff_max_ms",
             "send_queue_messages_max",
             "send_queue_bytes_max",
+            "send_queue_age_max_ms",
             "write_batch_bytes_max",
             "write_buffer_high_bytes",
         ):
@@ -630,6 +637,7 @@ class PeerStats:
     writes: int = 0  # socket writes (each carries a batch of frames)
     received_messages: int = 0
     dropped_queue_full: int = 0
+    dropped_stale: int = 0  # queued longer than send_queue_age_max_ms (rule 8)
     connects: int = 0  # handshakes completed, either direction
     dial_failures: int = 0
     links_lost: int = 0  # the last connection closed (rule 12)
@@ -656,6 +664,7 @@ class _Peer:
         "dial_task",
         "down_since",
         "dropped_queue_full",
+        "dropped_stale",
         "ever_up",
         "flush_scheduled",
         "generation",
@@ -664,6 +673,7 @@ class _Peer:
         "node_id",
         "queue",
         "queue_bytes",
+        "queue_times",
         "received_messages",
         "sent_bytes",
         "sent_messages",
@@ -676,6 +686,7 @@ class _Peer:
         self.conns: dict[int, FramedConnection] = {}  # dialer's node id -> established connection
         self.generation = 0
         self.queue: deque[bytes] = deque()
+        self.queue_times: deque[float] = deque()  # when each frame was queued (monotonic)
         self.queue_bytes = 0
         self.dial_task: asyncio.Task[None] | None = None
         self.dial_attempts = 0
@@ -686,6 +697,7 @@ class _Peer:
         self.writes = 0
         self.received_messages = 0
         self.dropped_queue_full = 0
+        self.dropped_stale = 0
         self.connects = 0
         self.dial_failures = 0
         self.ever_up = False
@@ -825,6 +837,7 @@ class PeerTransport(Generic[M]):
         for dialer in sorted(peer.conns):
             peer.conns[dialer].close(f"N{peer_id} removed")
         peer.queue.clear()
+        peer.queue_times.clear()
         peer.queue_bytes = 0
 
     def connected(self, peer_id: int) -> bool:
@@ -849,6 +862,7 @@ class PeerTransport(Generic[M]):
                     writes=peer.writes,
                     received_messages=peer.received_messages,
                     dropped_queue_full=peer.dropped_queue_full,
+                    dropped_stale=peer.dropped_stale,
                     connects=peer.connects,
                     dial_failures=peer.dial_failures,
                     links_lost=peer.links_lost,
@@ -906,6 +920,7 @@ class PeerTransport(Generic[M]):
             return False
         queue = peer.queue
         queue.append(frame)
+        peer.queue_times.append(time.monotonic())
         peer.queue_bytes += len(frame)
         config = self.config
         while (
@@ -913,6 +928,7 @@ class PeerTransport(Generic[M]):
             or peer.queue_bytes > config.send_queue_bytes_max
         ):
             peer.queue_bytes -= len(queue.popleft())
+            peer.queue_times.popleft()
             peer.dropped_queue_full += 1
         self._schedule_flush(peer)
         return True
@@ -932,11 +948,20 @@ class PeerTransport(Generic[M]):
         if conn is None or not conn.writable or conn.retiring or not peer.queue:
             return
         queue = peer.queue
+        times = peer.queue_times
+        stale_before = time.monotonic() - self.config.send_queue_age_max_ms / 1000.0
+        while times and times[0] < stale_before:
+            peer.queue_bytes -= len(queue.popleft())
+            times.popleft()
+            peer.dropped_stale += 1
+        if not queue:
+            return
         batch: list[bytes] = []
         size = 0
         batch_max = self.config.write_batch_bytes_max
         while queue and (not batch or size + len(queue[0]) <= batch_max):
             frame = queue.popleft()
+            times.popleft()
             batch.append(frame)
             size += len(frame)
         peer.queue_bytes -= size

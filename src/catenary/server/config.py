@@ -187,6 +187,9 @@ class NetworkSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     client_connections_max: int = 1024
     client_inflight_per_connection_max: int = 1024
     peer_send_queue_max: int = 4096  # messages queued per peer before the oldest are dropped
+    # A message queued to a peer this long is dropped, not sent: a peer back from a cut is
+    # sent what is current, not a backlog of stale heartbeats.
+    peer_send_queue_age_ms_max: int = 2000
     reconnect_backoff_ms_min: int = 50
     # A cut peer is redialled at least every peer_connect_timeout_ms + reconnect_backoff_ms_max,
     # one SYN per attempt (below the kernel's first SYN retransmission at 1 s): a healed link
@@ -210,6 +213,7 @@ class NetworkSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             reconnect_backoff_min_ms=self.reconnect_backoff_ms_min,
             reconnect_backoff_max_ms=self.reconnect_backoff_ms_max,
             send_queue_messages_max=self.peer_send_queue_max,
+            send_queue_age_max_ms=self.peer_send_queue_age_ms_max,
             ping_interval_ms=self.peer_ping_interval_ms,
             idle_timeout_ms=self.peer_idle_timeout_ms,
             link_log_interval_ms=self.peer_link_log_interval_ms,

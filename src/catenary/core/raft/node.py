@@ -37,7 +37,13 @@ R6  Replication: per follower a Progress (see progress.py): probe one message at
     commit advance rides on the next append (or heartbeat); if none left by the next
     tick, an empty append carries it then (``eager_commit_broadcast`` sends one at
     once): followers apply while the leader waits on the next batch's fsync, not while
-    it answers the clients of this one.
+    it answers the clients of this one.  Data (entries, a snapshot chunk) goes to a
+    follower only while it answers: once some went out unanswered, a heartbeat
+    re-probes with an empty append (at ``next``, or at the snapshot index when that is
+    compacted) and asks where a snapshot stands with an empty chunk, and the data
+    follows the answer.  So at most ``max_inflight_messages`` data messages are ever
+    unanswered, and a follower cut off for a minute is owed heartbeats on its return,
+    not a full probe per heartbeat of the cut (which a transport queue would deliver).
 R7  Reads (ReadIndex): every AppendEntries carries the leader's current confirmation
     round (``read_ctx``, the core's own counter) and followers echo it; a heartbeat
     broadcast starts a new round.  A read is registered with the commit index (once the
@@ -233,6 +239,7 @@ class PeerStatus(msgspec.Struct, frozen=True):
     state: str  # "probe" | "replicate" | "snapshot"
     learner: bool
     recent_active: bool
+    unanswered: int = 0  # data messages sent since its last answer (R6)
 
 
 class RaftStatus(msgspec.Struct, frozen=True):
@@ -432,6 +439,12 @@ class RaftNode:
         """The newest snapshot (from ``compact`` or installed from the leader)."""
         return self._snapshot
 
+    def unanswered(self) -> dict[int, int]:
+        """Leader only: per follower, the data messages (appends carrying entries,
+        snapshot chunks) sent since it last answered -- at most
+        ``max_inflight_messages`` (R6); a checker reads it."""
+        return {pid: pr.unanswered for pid, pr in self._progress.items()}
+
     def entries(self, lo: int, hi: int) -> list[Entry]:
         """Entries ``[lo, hi)`` still held in memory (for tests and inspection)."""
         return self._log.slice(max(lo, self._log.snap_index + 1), hi)
@@ -441,7 +454,9 @@ class RaftNode:
         if self._role == LEADER:
             for pid in sorted(self._progress):
                 pr = self._progress[pid]
-                peers[pid] = PeerStatus(pr.match, pr.next, pr.state, pr.learner, pr.recent_active)
+                peers[pid] = PeerStatus(
+                    pr.match, pr.next, pr.state, pr.learner, pr.recent_active, pr.unanswered
+                )
         return RaftStatus(
             node_id=self._id,
             role=self._role,
@@ -592,7 +607,7 @@ class RaftNode:
         if pr.match == self._log.last_index:
             self._send_timeout_now(target)
         else:
-            if pr.state == PROBE:
+            if pr.state == PROBE and not pr.unanswered:
                 pr.probe_sent = False  # do not wait for a heartbeat to catch it up
             self._fill_pipeline(target)
 
@@ -617,7 +632,11 @@ class RaftNode:
             pr = self._progress[pid]
             if pr.state == SNAPSHOT and pr.snap_index != index:
                 pr.become_snapshot(index)
-                self._send_snapshot_chunk(pid)
+                if pr.unanswered:
+                    pr.snap_chunk_unacked = True  # R6: ask first, the chunk follows
+                    self._send_snapshot_query(pid)
+                else:
+                    self._send_snapshot_chunk(pid)
 
     # ---------------------------------------------------------------- output
 
@@ -1194,7 +1213,9 @@ class RaftNode:
     def _send(self, msg: Message) -> None:
         self._msgs.append(msg)
 
-    def _send_append(self, pid: int, allow_empty: bool = False) -> None:
+    def _send_append(self, pid: int, allow_empty: bool = False, data: bool = True) -> None:
+        """Send ``pid`` the append its progress calls for; ``data=False`` sends no
+        entries and no snapshot (R6: the follower has not answered the last data)."""
         pr = self._progress[pid]
         if pr.paused(self._cfg.max_inflight_messages):
             return
@@ -1203,17 +1224,23 @@ class RaftNode:
         if prev_term is None:
             # R9: what the follower needs is compacted away.
             assert prev < self._log.snap_index and self._snapshot is not None
-            pr.become_snapshot(self._snapshot.meta.index)
-            self._send_snapshot_chunk(pid)
-            return
+            if not data:
+                # Ask where its log ends at the snapshot's index (its term is known):
+                # the answer lets the snapshot, or the entries after it, follow.
+                prev, prev_term = self._log.snap_index, self._log.snap_term
+            else:
+                pr.become_snapshot(self._snapshot.meta.index)
+                self._send_snapshot_chunk(pid)
+                return
         entries: list[Entry] = []
-        if pr.next <= self._log.last_index:
+        if data and pr.next <= self._log.last_index:
             entries = self._log.slice_bounded(
                 pr.next, self._cfg.max_entries_per_message, self._cfg.max_bytes_per_message
             )
         if not entries and not allow_empty:
             return
         if entries:
+            pr.unanswered += 1
             if pr.state == REPLICATE:
                 pr.next = entries[-1].index + 1
                 pr.inflight.append(entries[-1].index)
@@ -1237,14 +1264,19 @@ class RaftNode:
     def _send_heartbeat(self, pid: int) -> None:
         pr = self._progress[pid]
         if pr.state == PROBE:
+            # R6: entries only if the follower answered the last data sent to it.
             pr.probe_sent = False
-            self._send_append(pid, allow_empty=True)
+            self._send_append(pid, allow_empty=True, data=not pr.unanswered)
             return
         if pr.state == SNAPSHOT:
-            # The follower cannot use an append until the snapshot is in; resend the
-            # chunk in flight in case it or its answer was lost.
+            # The follower cannot use an append until the snapshot is in.  The chunk
+            # in flight, or its answer, may be lost: resend it if the follower answered
+            # since it went out, else ask where it stands (R6).
             if pr.snap_chunk_unacked:
-                self._send_snapshot_chunk(pid)
+                if pr.unanswered:
+                    self._send_snapshot_query(pid)
+                else:
+                    self._send_snapshot_chunk(pid)
             return
         # Replicate: probe at the optimistic point.  If an append was lost the follower
         # rejects and the leader falls back to probing from the match (R6).
@@ -1253,7 +1285,7 @@ class RaftNode:
         if prev_term is None:
             # Compacted past what it holds: it needs the snapshot.
             pr.become_probe()
-            self._send_append(pid)
+            self._send_append(pid, allow_empty=True, data=not pr.unanswered)
             return
         self._send(
             AppendEntries(
@@ -1276,8 +1308,21 @@ class RaftNode:
         chunk = snap.data[pr.snap_offset : pr.snap_offset + size]
         done = pr.snap_offset + len(chunk) >= len(snap.data)
         pr.snap_chunk_unacked = True
+        pr.snap_queried = False
+        pr.unanswered += 1
         self._send(
             InstallSnapshot(self._id, pid, self._term, snap.meta, pr.snap_offset, chunk, done)
+        )
+
+    def _send_snapshot_query(self, pid: int) -> None:
+        """An empty chunk at the offset in flight: the follower answers where it stands
+        (R6), and the chunk is resent, or the next one sent, on its answer."""
+        pr = self._progress[pid]
+        snap = self._snapshot
+        assert snap is not None and snap.meta.index == pr.snap_index
+        pr.snap_queried = True
+        self._send(
+            InstallSnapshot(self._id, pid, self._term, snap.meta, pr.snap_offset, b"", False)
         )
 
     def _send_timeout_now(self, pid: int) -> None:
@@ -1338,6 +1383,7 @@ class RaftNode:
         if pr is None:
             return
         pr.recent_active = True
+        pr.unanswered = 0
         if m.read_ctx > pr.ack_round:
             pr.ack_round = m.read_ctx
             self._check_reads()
@@ -1433,6 +1479,7 @@ class RaftNode:
         if pr is None:
             return
         pr.recent_active = True
+        pr.unanswered = 0
         if pr.state != SNAPSHOT or m.index != pr.snap_index:
             return  # stale
         if m.done:
@@ -1445,7 +1492,11 @@ class RaftNode:
             self._send_append(m.src)
             return
         if m.next_offset == pr.snap_offset:
-            return  # a duplicate answer: that chunk is in flight (or resent on heartbeat)
+            if pr.snap_queried:
+                # The answer to an empty chunk (R6): the chunk in flight never arrived.
+                pr.snap_queried = False
+                self._send_snapshot_chunk(m.src)
+            return  # else a duplicate answer: that chunk is in flight (or resent on heartbeat)
         # Forward: the chunk arrived.  Backward: the follower lost its buffer (restart).
         pr.snap_chunk_unacked = False
         pr.snap_offset = m.next_offset

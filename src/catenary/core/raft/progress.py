@@ -14,6 +14,12 @@ A follower is in one of three states:
   snapshot ``snap_index`` in chunks, one chunk in flight, resuming at the follower's
   ``next_offset``.
 
+``unanswered`` counts the data messages (appends carrying entries, snapshot chunks) sent
+since the follower last answered; any answer resets it.  While it is not zero a
+heartbeat re-sends no data (the core's R6), so a follower that hears nothing -- cut off
+-- is sent heartbeats only, not a copy of its backlog on every one of them, and the
+count never exceeds ``max_inflight_messages``.
+
 Invariants: ``match < next``; ``match`` never decreases within a term; ``inflight`` is
 ascending and bounded.
 """
@@ -39,7 +45,9 @@ class Progress:
         "snap_chunk_unacked",
         "snap_index",
         "snap_offset",
+        "snap_queried",
         "state",
+        "unanswered",
     )
 
     def __init__(self, next_index: int, learner: bool) -> None:
@@ -55,6 +63,9 @@ class Progress:
         self.snap_index = 0
         self.snap_offset = 0
         self.snap_chunk_unacked = False
+        self.snap_queried = False  # asked where the snapshot stands (chunk unanswered)
+        # Data messages (entries, snapshot chunks) sent since the follower last answered.
+        self.unanswered = 0
 
     def become_probe(self) -> None:
         # After a snapshot the follower holds everything up to it.
@@ -68,6 +79,7 @@ class Progress:
         self.snap_index = 0
         self.snap_offset = 0
         self.snap_chunk_unacked = False
+        self.snap_queried = False
 
     def become_replicate(self) -> None:
         self.state = REPLICATE
@@ -82,6 +94,7 @@ class Progress:
         self.snap_index = snap_index
         self.snap_offset = 0
         self.snap_chunk_unacked = False
+        self.snap_queried = False
 
     def update(self, match: int) -> bool:
         """Record an acknowledged match; True if it moved forward."""

@@ -40,6 +40,15 @@ indexes involved; the simulator stops the run there and reports it.
    acknowledged entries up to the acknowledged index (with the terms the
    receiving leader holds there), the installed snapshot.  Checked against
    the durable model (completed saves), not the sender's memory.
+11. Flow control (the Raft core's R6): after every step of a leader, no
+    follower owes it answers to more than ``max_inflight_messages`` data
+    messages (appends carrying entries, snapshot chunks).  White-box: the
+    count is the leader's own (``RaftNode.unanswered``), kept where the core
+    sends data and reset where it takes an answer in; a count of the messages
+    on the wire would also count ones a leader made before an answer and sent
+    after it (the host holds a Ready back while it persists).  A heartbeat
+    that re-sent data to a follower that does not answer (cut off) would pile
+    a copy of its backlog into a transport's queue for every heartbeat.
 """
 
 from __future__ import annotations
@@ -379,6 +388,21 @@ class SafetyChecker:
                     f"recovery: node {node} loaded commit {hard_state.commit} over term "
                     f"{entry.term} at index {entry.index}, but term {known[0]} was "
                     "committed there"
+                )
+
+    # ------------------------------------------------------- flow control
+
+    def check_flow(
+        self, node: int, term: int, unanswered: dict[int, int], inflight_max: int
+    ) -> None:
+        """Rule 11: no follower of leader ``node`` owes answers to more than
+        ``inflight_max`` data messages."""
+        self.checks += 1
+        for peer, sent in unanswered.items():
+            if sent > inflight_max:
+                raise Violation(
+                    f"flow control: leader {node} of term {term} sent node {peer} {sent} "
+                    f"data messages since its last answer (at most {inflight_max})"
                 )
 
     # -------------------------------------------------- durability at delivery

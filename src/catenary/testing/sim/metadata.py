@@ -940,6 +940,12 @@ class MetadataSim:
             self.checker.observe_leader_commit(
                 member.node_id, replica.term, commit, held[0].term if held else None
             )
+            self.checker.check_flow(
+                member.node_id,
+                replica.term,
+                raft.unanswered(),
+                self.raft_config.max_inflight_messages,
+            )
 
     def _check_advanced(self, member: _Member, readies: list[Ready]) -> None:
         """What the host loop applied, checked against what the cluster committed
