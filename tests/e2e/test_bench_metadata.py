@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e"), pytest.mark.timeout(120)]
 
 
-def test_bench_metadata_prints_every_figure_with_its_setup_and_stops_its_nodes() -> None:
+def test_bench_metadata_prints_every_figure_with_its_setup_and_stops_its_nodes(
+    tmp_path: Path,
+) -> None:
     done = subprocess.run(
         [
             sys.executable,
@@ -32,6 +36,9 @@ def test_bench_metadata_prints_every_figure_with_its_setup_and_stops_its_nodes()
         capture_output=True,
         text=True,
         timeout=100,
+        # Its nodes' data directories under this test's own directory: the check
+        # below for leftovers then cannot see another benchmark's servers.
+        env={**os.environ, "TMPDIR": str(tmp_path)},
     )
     assert done.returncode == 0, done.stderr[-3000:]
     figures = [json.loads(line) for line in done.stdout.splitlines()]
@@ -55,12 +62,10 @@ def test_bench_metadata_prints_every_figure_with_its_setup_and_stops_its_nodes()
             if f["clients"] == clients and f["figure"].startswith("put_persist_mean_ms_node")
         ]
         assert len(persist) == 3 and all(v > 0 for v in persist)
-    # Every node it started is gone (it reports their pids in the text output only, so
-    # look for any server process of a benchmark cluster: its data directories are
-    # catenary-bench-*/nodeN; other benchmarks running beside this test, such as
-    # bench log-store's reopen in a fresh process, have other paths).
+    # Every node it started is gone: no server runs on a data directory under
+    # tmp_path (the benchmark's catenary-bench-*/nodeN).
     left = subprocess.run(
-        ["pgrep", "-f", r"server .*--data-dir [^ ]*catenary-bench-[^ /]*/node"],
+        ["pgrep", "-f", f"server .*--data-dir {tmp_path}/catenary-bench-[^ /]*/node"],
         capture_output=True,
         text=True,
         check=False,

@@ -228,12 +228,17 @@ def test_checker_acknowledged_record_lost(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_checker_sealed_records_on_a_write_quorum() -> None:
     s = _ran(0, 400)
-    sealed = sorted(i for i in s.segment_end if i >= s.chain()[0].segments[0].index)
+    trim_point = s.chain()[0].trim_point
+    # A sealed segment still in the chain that holds records past the trim point.
+    sealed = sorted(
+        i
+        for i, end in s.segment_end.items()
+        if i >= s.chain()[0].segments[0].index
+        and end > max(s.segments[i].base_lsn, trim_point + 1)
+    )
     assert sealed
     index = sealed[-1]
     end = s.segment_end[index]
-    segment = s.segments[index]
-    assert end > max(segment.base_lsn, s.chain()[0].trim_point + 1)
     s.segment_end[index] = end + 5  # claim records the servers never got
     with pytest.raises(Violation, match="write quorum"):
         s.final_checks()
