@@ -189,7 +189,7 @@ PLANTS: dict[str, tuple[Plant, list[tuple[int, int]]]] = {
     ),
     "forwarded_lsn_from_the_current_chain": (
         forwarded_lsn_from_the_current_chain,
-        [(5, 3), (122, 3), *MARGIN],
+        [(75, 5), (465, 3), (519, 3), *MARGIN],
     ),
     # The metadata service under the log: caught by the chain checkers.
     "chain_read_served_by_a_follower": (
