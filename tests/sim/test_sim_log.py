@@ -233,8 +233,7 @@ def test_checker_sealed_records_on_a_write_quorum() -> None:
     sealed = sorted(
         i
         for i, end in s.segment_end.items()
-        if i >= s.chain()[0].segments[0].index
-        and end > max(s.segments[i].base_lsn, trim_point + 1)
+        if i >= s.chain()[0].segments[0].index and end > max(s.segments[i].base_lsn, trim_point + 1)
     )
     assert sealed
     index = sealed[-1]
