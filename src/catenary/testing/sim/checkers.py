@@ -58,6 +58,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from catenary.core.metadata.replica import MetadataReplica
 from catenary.core.metadata.state import MetadataStateMachine
 from catenary.core.metadata.types import Compacted, Event, WatchBatch
 from catenary.core.raft.types import (
@@ -70,6 +71,22 @@ from catenary.core.raft.types import (
     RequestVoteResponse,
     Snapshot,
 )
+
+
+def leader_log_terms(
+    replica: MetadataReplica | None, term: int
+) -> Callable[[int], int | None] | None:
+    """The term at an index of a member's log, when it leads ``term``; else None
+    (what ``check_delivery`` compares a delivered message against)."""
+    if replica is None or not replica.is_leader or replica.term != term:
+        return None
+    raft = replica.raft
+
+    def term_at(index: int) -> int | None:
+        held = raft.entries(index, index + 1) if index > raft.snapshot_index else []
+        return held[0].term if held else None
+
+    return term_at
 
 
 class Violation(Exception):

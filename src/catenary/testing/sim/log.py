@@ -133,7 +133,12 @@ from catenary.persist.raft_storage import RaftStorage, RaftStorageCorruption
 from catenary.storage.errors import CorruptionError, StorageError
 from catenary.storage.fs_sim import SimFileSystem
 from catenary.storage.store import StoreConfig
-from catenary.testing.sim.checkers import SafetyChecker, Violation, WatchChecker
+from catenary.testing.sim.checkers import (
+    SafetyChecker,
+    Violation,
+    WatchChecker,
+    leader_log_terms,
+)
 from catenary.testing.sim.crashfs import CrashPointFileSystem, SimulatedCrash
 from catenary.testing.sim.loop import EventLoop
 from catenary.testing.sim.network import NetworkFaults, SimNetwork, split_links
@@ -689,23 +694,9 @@ class LogSimulation:
         node = self.nodes.get(message.dst)
         if node is None or not node.up or node.host is None:
             return
-        self.raft_checker.check_delivery(message, self._log_terms(node, message.term))
+        self.raft_checker.check_delivery(message, leader_log_terms(node.replica, message.term))
         node.host.step(message)
         self.after_input(node)
-
-    @staticmethod
-    def _log_terms(node: _Node, term: int) -> Callable[[int], int | None] | None:
-        """The term at an index of the member's log, when it leads ``term``; else None."""
-        replica = node.replica
-        if replica is None or not replica.is_leader or replica.term != term:
-            return None
-        raft = replica.raft
-
-        def term_at(index: int) -> int | None:
-            held = raft.entries(index, index + 1) if index > raft.snapshot_index else []
-            return held[0].term if held else None
-
-        return term_at
 
     def after_input(self, node: _Node) -> None:
         """An input reached the member's host loop: poll it and execute its output."""

@@ -143,6 +143,7 @@ from catenary.testing.sim.checkers import (
     SafetyChecker,
     Violation,
     WatchChecker,
+    leader_log_terms,
 )
 from catenary.testing.sim.crashfs import CrashPointFileSystem, SimulatedCrash
 from catenary.testing.sim.history import Op
@@ -856,24 +857,10 @@ class MetadataSim:
             return
         if self._deferred(member, lambda: self._deliver(message)):
             return
-        self.checker.check_delivery(message, self._log_terms(member, message.term))
+        self.checker.check_delivery(message, leader_log_terms(member.replica, message.term))
         assert member.host is not None
         member.host.step(message)
         self._after_input(member)
-
-    @staticmethod
-    def _log_terms(member: _Member, term: int) -> Callable[[int], int | None] | None:
-        """The term at an index of the member's log, when it leads ``term``; else None."""
-        replica = member.replica
-        if replica is None or not replica.is_leader or replica.term != term:
-            return None
-        raft = replica.raft
-
-        def term_at(index: int) -> int | None:
-            held = raft.entries(index, index + 1) if index > raft.snapshot_index else []
-            return held[0].term if held else None
-
-        return term_at
 
     # ---------------------------------------------------------- ready/persist
 
