@@ -34,8 +34,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from catenary.api.messages import GetStatus, NodeStatus, StatusReply
-from catenary.runtime.rpc import RpcError, call
+from catenary.api.messages import NodeStatus
+from catenary.client import CatenaryError, Client
 from catenary.testing.faults.disk import SmallDisk
 from catenary.testing.faults.net import Network
 
@@ -207,13 +207,19 @@ class FaultCluster:
         node = self.node(index)
         if not node.running() or node.paused:
             return None
+        # Through the public client (one connection, one attempt), as an operator's
+        # script would ask: the harness stands outside the node like any user.
         try:
-            reply = await call(
-                node.client_address, GetStatus(1), cluster_name=CLUSTER_NAME, timeout_s=timeout_s
-            )
-        except (RpcError, OSError):
+            async with Client(
+                [node.client_address],
+                cluster_name=CLUSTER_NAME,
+                timeout_s=timeout_s,
+                attempt_timeout_s=timeout_s,
+                connect_timeout_s=timeout_s,
+            ) as client:
+                return await client.status(node.client_address, timeout_s=timeout_s)
+        except (CatenaryError, OSError, TimeoutError):
             return None
-        return reply.status if isinstance(reply, StatusReply) else None
 
     async def statuses(self) -> list[NodeStatus | None]:
         return list(await asyncio.gather(*(self.status(n.index) for n in self.nodes)))
