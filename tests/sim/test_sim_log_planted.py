@@ -178,7 +178,7 @@ MARGIN = [(seed, 3) for seed in range(12)]
 
 PLANTS: dict[str, tuple[Plant, list[tuple[int, int]]]] = {
     # name -> (plant, [(seed, nodes)])
-    "commit_below_quorum": (commit_below_quorum, [(7, 3), (9, 3), (10, 3), *MARGIN]),
+    "commit_below_quorum": (commit_below_quorum, [(9, 3), (10, 3), (7, 3), *MARGIN]),
     "store_after_seal": (store_after_seal, [(0, 3), (1, 3), *MARGIN]),
     "find_tail_without_repair": (find_tail_without_repair, [(1, 3), (2, 3), *MARGIN]),
     "find_tail_lowest": (find_tail_lowest, [(0, 3), (1, 3), *MARGIN]),
