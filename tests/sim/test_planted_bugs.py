@@ -392,7 +392,7 @@ def _catch(case: Case) -> tuple[int, SimResult] | None:
 CASES: dict[str, Case] = {
     "vote_without_up_to_date_check": Case(
         plant_vote_without_up_to_date_check,
-        (24, 26, 29, 14, 10, 16),
+        (14, 24, 26, 29, 10, 16),
         ("committed entry lost", "commit rule", "safety", "linear"),
     ),
     "figure8_commit_by_counting": Case(
@@ -424,7 +424,7 @@ CASES: dict[str, Case] = {
     # An abandoned lease needs an election during its life and a probe after its
     # deadline: a 10 s run.
     "leases_reset_to_full_ttl": Case(
-        plant_leases_reset_to_full_ttl, (18, 27, 32), ("expired late",), steps=1000
+        plant_leases_reset_to_full_ttl, (27, 32, 18), ("expired late",), steps=1000
     ),
     "lessor_forgets_deadlines": Case(
         plant_lessor_forgets_deadlines, (12, 18, 26), ("expired early",)
@@ -441,26 +441,26 @@ CASES: dict[str, Case] = {
     # bug it loads a log cut short at the rot.
     "corrupt_record_ends_log": Case(
         plant_corrupt_record_ends_log,
-        (1, 4, 60),
+        (4, 60, 1),
         ("durability", "recovery", "committed entry lost"),
     ),
     "watch_redelivers": Case(plant_watch_redelivers, (1, 2, 3), ("watch",)),
     "watch_skips": Case(plant_watch_skips, (1, 2, 3), ("watch",)),
     # Joins are decided when a rotted member is replaced (bit-rot seeds).
     "removed_node_may_rejoin": Case(
-        plant_removed_node_may_rejoin, (1, 11, 237), ("membership",), steps=700
+        plant_removed_node_may_rejoin, (11, 237, 1), ("membership",), steps=700
     ),
     "lost_join_reply_gets_a_new_id": Case(
-        plant_lost_join_reply_gets_a_new_id, (1, 11, 237), ("membership",), steps=700
+        plant_lost_join_reply_gets_a_new_id, (11, 237, 1), ("membership",), steps=700
     ),
     "group_reported_before_its_sync": Case(
         plant_group_reported_before_its_sync, (1, 4, 7), ("durability",)
     ),
     "heartbeat_resends_unanswered_data": Case(
-        plant_heartbeat_resends_unanswered_data, (1, 4, 5), ("flow control",)
+        plant_heartbeat_resends_unanswered_data, (4, 5, 1), ("flow control",)
     ),
     "hard_state_commit_before_suffix": Case(
-        plant_hard_state_commit_before_suffix, (32, 44, 47), ("recovery",), nodes=5
+        plant_hard_state_commit_before_suffix, (32, 47, 44), ("recovery",), nodes=5
     ),
 }
 
