@@ -377,6 +377,22 @@ class SafetyChecker:
                 )
         model.reload(hard_state, snapshot, entries)
 
+    def reloaded(
+        self,
+        node: int,
+        hard_state: HardState,
+        snapshot: Snapshot | None,
+        entries: list[Entry],
+        interrupted: list[Ready],
+    ) -> None:
+        """A member restarted from what its storage loaded: every check of a restart,
+        then it applies again from its snapshot."""
+        self.check_recovered(node, hard_state, snapshot, entries, interrupted)
+        self.check_recovered_commit(node, hard_state, snapshot, entries)
+        self.restarted(node)
+        if snapshot is not None:
+            self.observe_installed(node, snapshot)
+
     # ------------------------------------------------------------- recovery
 
     def check_recovered_commit(

@@ -645,14 +645,9 @@ class LogSimulation:
             hard_state, snapshot, entries = storage.load()
         except (CorruptionError, RaftStorageCorruption, StorageError) as exc:
             self.fail(f"node {node.id} cannot recover its Raft storage: {exc}")
-        checker = self.raft_checker
-        checker.check_recovered(
+        self.raft_checker.reloaded(
             node.id, hard_state, snapshot, entries, self.interrupted.pop(node.id, [])
         )
-        checker.check_recovered_commit(node.id, hard_state, snapshot, entries)
-        checker.restarted(node.id)
-        if snapshot is not None:
-            checker.observe_installed(node.id, snapshot)
         node.storage = storage
         node.meta_jobs = []
         node.replica = MetadataReplica(

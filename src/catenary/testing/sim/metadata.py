@@ -730,17 +730,9 @@ class MetadataSim:
             self.loop.note(
                 f"rotten disk of {member.node_id} loaded: {storage.store_recovery.summary()}"
             )
-        self.checker.check_recovered(
-            member.node_id,
-            hard_state,
-            snapshot,
-            entries,
-            self.interrupted.pop(member.node_id, []),
+        self.checker.reloaded(
+            member.node_id, hard_state, snapshot, entries, self.interrupted.pop(member.node_id, [])
         )
-        self.checker.check_recovered_commit(member.node_id, hard_state, snapshot, entries)
-        self.checker.restarted(member.node_id)
-        if snapshot is not None:
-            self.checker.observe_installed(member.node_id, snapshot)
         member.storage = storage
         member.incarnation += 1
         member.job = None
