@@ -151,6 +151,12 @@ def test_log_service_in_status_and_metrics() -> None:
             assert 'catenary_log_messages_total{direction="in"} 7.0' in text
             assert "catenary_log_inflight_records 2.0" in text
             assert "catenary_log_disk_full 0.0" in text
+            # The process's own figures, for CPU per operation (``catenary bench metadata``).
+            cpu = [
+                line for line in text.splitlines() if line.startswith("process_cpu_seconds_total ")
+            ]
+            assert len(cpu) == 1 and float(cpu[0].split()[1]) > 0, cpu
+            assert "process_resident_memory_bytes " in text
             data = await (await http.get("/v1/status")).json()
             assert data["log_service"]["logs"][0]["log"] == 0
             assert data["log_service"]["figures"]["appends"] == 1

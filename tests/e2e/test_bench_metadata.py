@@ -62,6 +62,20 @@ def test_bench_metadata_prints_every_figure_with_its_setup_and_stops_its_nodes(
             if f["clients"] == clients and f["figure"].startswith("put_persist_mean_ms_node")
         ]
         assert len(persist) == 3 and all(v > 0 for v in persist)
+        for kind in ("put", "get"):
+            # Where the time goes: each node's CPU per operation (the leader works on
+            # every one), the mean time in a node, and the rest outside the nodes.
+            node_cpu = [by_key[(f"{kind}_cpu_us_node{n}", clients)]["value"] for n in (1, 2, 3)]
+            assert all(v >= 0 for v in node_cpu) and max(node_cpu) > 0, node_cpu
+            total = by_key[(f"{kind}_cpu_us_total", clients)]["value"]
+            client_cpu = by_key[(f"{kind}_client_cpu_us", clients)]["value"]
+            assert abs(total - client_cpu - sum(node_cpu)) < 0.01 * total + 0.01
+            assert by_key[(f"{kind}_cpu_busy_pct", clients)]["value"] > 0
+            node_ms = by_key[(f"{kind}_node_mean_ms", clients)]["value"]
+            mean_ms = by_key[(f"{kind}_mean_ms", clients)]["value"]
+            assert 0 < node_ms < mean_ms
+            outside = by_key[(f"{kind}_outside_nodes_mean_ms", clients)]["value"]
+            assert abs(node_ms + outside - mean_ms) < 0.01
     # Every node it started is gone: no server runs on a data directory under
     # tmp_path (the benchmark's catenary-bench-*/nodeN).
     left = subprocess.run(

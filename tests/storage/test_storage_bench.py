@@ -42,9 +42,15 @@ def test_bench_storage_json_figures(tmp_path: Path) -> None:
                     "fsyncs_per_s",
                     "fsync_latency_p50_ms",
                     "fsync_latency_p99_ms",
+                    "cpu_us_per_record",
+                    "cpu_user_us_per_record",
+                    "cpu_system_us_per_record",
+                    "cpu_busy_pct",
                 ):
                     assert (name, appenders, record_bytes, preallocate) in figures
     assert all(r["segment_bytes_max"] == 1 << 20 for r in rows)
     assert all(r["fsync"] is True for r in rows)
     assert all(r["value"] > 0 for r in rows if r["figure"] == "append_records_per_s")
+    # The process worked while records were appended: its CPU per record is counted.
+    assert all(r["value"] > 0 for r in rows if r["figure"] == "cpu_us_per_record")
     assert list(tmp_path.iterdir()) == []  # the temporary store is deleted

@@ -327,6 +327,8 @@ async def _phase(
         Figure(f"{kind}_ops_per_s", len(merged) / elapsed, "ops/s", clients),
         Figure(f"{kind}_p50_ms", _percentile_ms(merged, 0.50), "ms", clients),
         Figure(f"{kind}_p99_ms", _percentile_ms(merged, 0.99), "ms", clients),
+        Figure(f"{kind}_mean_ms", sum(merged) / max(1, len(merged)) * 1000.0, "ms", clients),
+        Figure(f"{kind}_seconds", elapsed, "s", clients),
         # The client process's CPU (all threads, this loop included) per operation.
         Figure(f"{kind}_client_cpu_us", cpu_s / max(1, len(merged)) * 1e6, "us/op", clients),
     ]
@@ -344,10 +346,14 @@ async def bench_metadata(
 ) -> tuple[list[Figure], int]:
     """Run every phase against ``addresses``; returns the figures and the voter count.
 
-    With the nodes' ``admin_addresses`` it also reports, per phase and node, the
-    mean time the node took to persist one Ready (write + fdatasync, from its
-    ``catenary_raft_persist_seconds`` histogram): what the disk costs under
-    that load.
+    With the nodes' ``admin_addresses`` it also reports, per phase and node, from
+    each node's ``/metrics`` read before and after the phase: the mean time the
+    node took to persist one Ready (write + fdatasync, its
+    ``catenary_raft_persist_seconds`` histogram), what the disk costs under that
+    load; the node's CPU per operation (``process_cpu_seconds_total``); and the
+    mean time the nodes spent on a request, from decoding it to handing its reply
+    to the socket (``catenary_request_seconds``): the client's mean latency
+    minus that is what the client process and the loopback hops cost.
     """
     value = b"v" * value_bytes
     async with Client(addresses, cluster_name=cluster_name, timeout_s=10.0) as client:
@@ -362,36 +368,91 @@ async def bench_metadata(
             for kind, keys_per_client in (("put", 64), ("get", 1)):
                 if kind not in ops:
                     continue
-                before = await asyncio.to_thread(_persist_totals, admin_addresses)
-                figures += await _phase(client, kind, clients, seconds, value, keys_per_client)
-                after = await asyncio.to_thread(_persist_totals, admin_addresses)
-                for node, ((s0, c0), (s1, c1)) in enumerate(zip(before, after, strict=True), 1):
-                    if c1 > c0:
-                        mean_ms = (s1 - s0) / (c1 - c0) * 1000.0
-                        figures.append(
-                            Figure(f"{kind}_persist_mean_ms_node{node}", mean_ms, "ms", clients)
-                        )
+                before = await asyncio.to_thread(_scrape, admin_addresses, kind)
+                phase = await _phase(client, kind, clients, seconds, value, keys_per_client)
+                after = await asyncio.to_thread(_scrape, admin_addresses, kind)
+                figures += phase
+                figures += _node_figures(kind, clients, phase, before, after)
         return figures, voters
 
 
-def _persist_totals(admin_addresses: Sequence[str]) -> list[tuple[float, float]]:
-    """(sum of seconds, count) of each node's persist histogram; (0, 0) if unreachable."""
-    totals: list[tuple[float, float]] = []
+@dataclass(frozen=True)
+class _NodeTotals:
+    """Running totals read from one node's ``/metrics`` (``None``: unreachable)."""
+
+    persist_s: float
+    persists: float
+    cpu_s: float
+    request_s: float
+    requests: float
+
+
+def _scrape(admin_addresses: Sequence[str], kind: str) -> list[_NodeTotals | None]:
+    totals: list[_NodeTotals | None] = []
+    wanted = {
+        "catenary_raft_persist_seconds_sum": "persist_s",
+        "catenary_raft_persist_seconds_count": "persists",
+        "process_cpu_seconds_total": "cpu_s",
+        f'catenary_request_seconds_sum{{kind="{kind}"}}': "request_s",
+        f'catenary_request_seconds_count{{kind="{kind}"}}': "requests",
+    }
     for address in admin_addresses:
-        seconds = count = 0.0
         try:
             with urllib.request.urlopen(f"http://{address}/metrics", timeout=2.0) as response:
                 text = response.read().decode()
         except OSError:
-            totals.append((0.0, 0.0))
+            totals.append(None)
             continue
+        found = dict.fromkeys(wanted.values(), 0.0)
         for line in text.splitlines():
-            if line.startswith("catenary_raft_persist_seconds_sum "):
-                seconds = float(line.split()[1])
-            elif line.startswith("catenary_raft_persist_seconds_count "):
-                count = float(line.split()[1])
-        totals.append((seconds, count))
+            name, _, number = line.rpartition(" ")
+            field_name = wanted.get(name)
+            if field_name is not None:
+                found[field_name] = float(number)
+        totals.append(_NodeTotals(**found))
     return totals
+
+
+def _node_figures(
+    kind: str,
+    clients: int,
+    phase: list[Figure],
+    before: list[_NodeTotals | None],
+    after: list[_NodeTotals | None],
+) -> list[Figure]:
+    """Per node: persist mean and CPU per operation; over the nodes: the mean time a
+    request spent in a node, and the CPU per operation of the client and nodes together."""
+    by_name = {f.figure: f.value for f in phase}
+    operations = by_name[f"{kind}_ops_per_s"] * by_name[f"{kind}_seconds"]
+    if not before or operations <= 0:
+        return []
+    figures: list[Figure] = []
+    total_cpu_us = by_name[f"{kind}_client_cpu_us"]
+    request_s = requests = 0.0
+    complete = True
+    for node, (b, a) in enumerate(zip(before, after, strict=True), 1):
+        if a is None or b is None:
+            complete = False
+            continue
+        if a.persists > b.persists:
+            mean_ms = (a.persist_s - b.persist_s) / (a.persists - b.persists) * 1000.0
+            figures.append(Figure(f"{kind}_persist_mean_ms_node{node}", mean_ms, "ms", clients))
+        cpu_us = (a.cpu_s - b.cpu_s) / operations * 1e6
+        total_cpu_us += cpu_us
+        figures.append(Figure(f"{kind}_cpu_us_node{node}", cpu_us, "us/op", clients))
+        request_s += a.request_s - b.request_s
+        requests += a.requests - b.requests
+    if requests > 0:
+        node_ms = request_s / requests * 1000.0
+        figures.append(Figure(f"{kind}_node_mean_ms", node_ms, "ms", clients))
+        outside = by_name[f"{kind}_mean_ms"] - node_ms
+        figures.append(Figure(f"{kind}_outside_nodes_mean_ms", outside, "ms", clients))
+    if complete:
+        figures.append(Figure(f"{kind}_cpu_us_total", total_cpu_us, "us/op", clients))
+        # The share of the machine's processors the client and nodes kept busy.
+        busy = total_cpu_us * by_name[f"{kind}_ops_per_s"] / 1e6 / (os.cpu_count() or 1)
+        figures.append(Figure(f"{kind}_cpu_busy_pct", busy * 100.0, "%", clients))
+    return figures
 
 
 def run_bench(
@@ -405,6 +466,7 @@ def run_bench(
     cluster_name: str | None = None,
     ops: Sequence[str] = ("put", "get"),
     settings: Sequence[str] = (),
+    base_dir: str | None = None,
     out: Any = None,
 ) -> int:
     """The ``catenary bench metadata`` command body; returns the exit code."""
@@ -431,7 +493,7 @@ def run_bench(
             addresses = list(address)
             setup = f"cluster at {','.join(addresses)}"
         else:
-            root = Path(tempfile.mkdtemp(prefix="catenary-bench-"))
+            root = Path(tempfile.mkdtemp(prefix="catenary-bench-", dir=base_dir))
             cluster = LocalCluster(root, cluster_name="bench", settings=settings)
             cluster_name = cluster.cluster_name
             if not as_json:
@@ -440,7 +502,7 @@ def run_bench(
             addresses = cluster.client_addresses
             admin_addresses = [n.admin_address for n in cluster.nodes]
             pids = ",".join(str(n.pid) for n in cluster.nodes)
-            setup = f"{nodes} local catenary server processes (pids {pids})"
+            setup = f"{nodes} local catenary server processes (pids {pids}; data in {root})"
         figures, voters = run(
             bench_metadata(
                 addresses,
@@ -509,4 +571,50 @@ def run_bench(
                         f"n{f.figure.rsplit('node', 1)[1]} {f.value:.2f}" for f in row
                     )
                     say(f"  {kind:<4} {clients:>3} clients: {nodes_text}")
+    _say_where_time_goes(say, figures, concurrency)
     return 0
+
+
+def _say_where_time_goes(
+    say: Callable[[str], None], figures: Sequence[Figure], concurrency: Sequence[int]
+) -> None:
+    """The mean latency split into time in the nodes and outside them, and the CPU
+    per operation of each process (read from the nodes' ``/metrics``)."""
+    by_key = {(f.figure, f.clients): f.value for f in figures}
+    rows = [
+        (kind, clients)
+        for clients in concurrency
+        for kind in ("put", "get")
+        if (f"{kind}_node_mean_ms", clients) in by_key
+    ]
+    if not rows:
+        return
+    nodes = sorted(
+        {int(f.figure.rsplit("node", 1)[1]) for f in figures if "_cpu_us_node" in f.figure}
+    )
+    say(
+        "where the time goes: mean latency at the client = mean time in a node "
+        "(request decoded to reply handed to the socket) + outside the nodes "
+        "(client process, loopback); CPU per operation of each process, and the share "
+        f"of the machine's {os.cpu_count()} processors they kept busy:"
+    )
+    say(
+        f"  {'op':<4} {'clients':>7} {'mean ms':>8} {'in node':>8} {'outside':>8}   "
+        + "CPU us/op: "
+        + f"{'client':>7} "
+        + " ".join(f"{'n' + str(n):>6}" for n in nodes)
+        + f" {'total':>7} {'busy':>6}"
+    )
+    for kind, clients in rows:
+        node_cpu = " ".join(
+            f"{by_key.get((f'{kind}_cpu_us_node{n}', clients), float('nan')):>6.1f}" for n in nodes
+        )
+        total = by_key.get((f"{kind}_cpu_us_total", clients), float("nan"))
+        busy = by_key.get((f"{kind}_cpu_busy_pct", clients), float("nan"))
+        say(
+            f"  {kind:<4} {clients:>7} {by_key[(f'{kind}_mean_ms', clients)]:>8.2f} "
+            f"{by_key[(f'{kind}_node_mean_ms', clients)]:>8.2f} "
+            f"{by_key[(f'{kind}_outside_nodes_mean_ms', clients)]:>8.2f}   "
+            f"           {by_key[(f'{kind}_client_cpu_us', clients)]:>7.1f} {node_cpu} "
+            f"{total:>7.1f} {busy:>5.0f}%"
+        )

@@ -11,6 +11,12 @@ Little's law records/s <= N / (mean append latency) < N / (mean fsync time). The
 ``ceiling_records_per_s`` figure is that last bound, measured in the same run: how close
 records/s comes to it shows what the engine costs beyond the disk.
 
+It also reports the process's CPU per record (user and system, every thread) over the
+measured window.  The appenders wait for their fsync and the writer for their next
+appends, so a batch's CPU and its fsync mostly follow each other: records/s is about
+records-per-fsync / (mean fsync + CPU of one batch), and the CPU per record says how much
+of each cycle is the engine's own work.
+
 Each case runs with preallocated segments (files created at full size in written zeros, then
 overwritten in place, so an fdatasync changes no file size) and/or without (files grow with
 every write, so every fdatasync also commits the file-system journal for the new size); both
@@ -22,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
+import resource
 import shutil
 import sys
 import tempfile
@@ -111,11 +118,13 @@ async def _case(
     await asyncio.sleep(WARMUP_S)
     fsyncs0 = fs.fsyncs[0]
     times0 = len(fs.fsync_times)
+    usage0 = resource.getrusage(resource.RUSAGE_SELF)
     start = clock()
     measuring = True
     await asyncio.sleep(seconds)
     measuring = False
     elapsed = clock() - start
+    usage1 = resource.getrusage(resource.RUSAGE_SELF)
     fsyncs = fs.fsyncs[0] - fsyncs0
     fsync_times = sorted(fs.fsync_times[times0:])
     fsync_mean = sum(fsync_times) / len(fsync_times) if fsync_times else float("nan")
@@ -124,7 +133,15 @@ async def _case(
     await store.close()
     latencies.sort()
     records = len(latencies)
+    # The process's CPU (every thread: the event loop, the writer, the kernel's work
+    # for their system calls) per record: with the fsync, what bounds records/s.
+    user_us = (usage1.ru_utime - usage0.ru_utime) / max(1, records) * 1e6
+    system_us = (usage1.ru_stime - usage0.ru_stime) / max(1, records) * 1e6
     return {
+        "cpu_us_per_record": user_us + system_us,
+        "cpu_user_us_per_record": user_us,
+        "cpu_system_us_per_record": system_us,
+        "cpu_busy_pct": (user_us + system_us) * records / 1e6 / elapsed * 100.0,
         "records_per_s": records / elapsed,
         "mb_per_s": records * record_bytes / elapsed / 1e6,
         "p50_ms": _percentile(latencies, 0.50) * 1e3,
@@ -201,6 +218,10 @@ def run(
                 ("fsync_latency_p99_ms", result["fsync_p99_ms"], "ms"),
                 ("fsync_latency_mean_ms", result["fsync_mean_ms"], "ms"),
                 ("ceiling_records_per_s", result["ceiling_records_per_s"], "records/s"),
+                ("cpu_us_per_record", result["cpu_us_per_record"], "us/record"),
+                ("cpu_user_us_per_record", result["cpu_user_us_per_record"], "us/record"),
+                ("cpu_system_us_per_record", result["cpu_system_us_per_record"], "us/record"),
+                ("cpu_busy_pct", result["cpu_busy_pct"], "%"),
             ):
                 figures.append(Figure(name, round(value, 4), unit, setup))
             if progress is not None:
@@ -214,7 +235,11 @@ def run(
                     f"(p50 {result['fsync_p50_ms']:.3f} ms, "
                     f"p99 {result['fsync_p99_ms']:.3f} ms, "
                     f"mean {result['fsync_mean_ms']:.3f} ms; "
-                    f"ceiling {result['ceiling_records_per_s']:,.0f} records/s)"
+                    f"ceiling {result['ceiling_records_per_s']:,.0f} records/s)  "
+                    f"CPU {result['cpu_us_per_record']:.2f} us/record "
+                    f"(user {result['cpu_user_us_per_record']:.2f}, "
+                    f"system {result['cpu_system_us_per_record']:.2f}; "
+                    f"{result['cpu_busy_pct']:.0f}% of one processor)"
                 )
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -116,6 +116,14 @@ def storage(
     help="Server option for the nodes it starts (repeatable), "
     "e.g. --set metadata.persists_in_flight_max=4.",
 )
+@click.option(
+    "--dir",
+    "base_dir",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="Directory for the data of the nodes it starts (default: the system temp dir): "
+    "the disk whose fsyncs are measured.",
+)
 def metadata(
     as_json: bool,
     addresses: tuple[str, ...],
@@ -123,6 +131,7 @@ def metadata(
     concurrency: tuple[int, ...],
     ops: tuple[str, ...],
     settings: tuple[str, ...],
+    base_dir: str | None,
 ) -> None:
     """Metadata puts and linearizable gets with 1, 16 and 64 concurrent clients."""
     import sys
@@ -138,6 +147,7 @@ def metadata(
             concurrency=concurrency or (1, 16, 64),
             ops=ops or ("put", "get"),
             settings=settings,
+            base_dir=base_dir,
         )
     )
 

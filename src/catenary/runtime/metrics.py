@@ -3,7 +3,9 @@
 Request counters and latency histograms are updated as requests finish; Raft
 figures (term, commit, applied, leader) are read from the node's status when
 scraped, and the log service's counters from ``LogService.figures()``, so
-they can never go stale and cost nothing between scrapes.
+they can never go stale and cost nothing between scrapes.  The process's own
+figures (``process_cpu_seconds_total``, resident memory, open files) are the
+standard Prometheus process collector's, read from ``/proc`` when scraped.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
@@ -291,6 +293,7 @@ class ServerMetrics:
             registry=self.registry,
         )
         self.registry.register(_StatusCollector(status))
+        ProcessCollector(registry=self.registry)
 
     def watch_logs(self, figures: Callable[[], Mapping[str, object]]) -> None:
         """Expose the log service's counters (``LogService.figures()``), read when scraped."""
