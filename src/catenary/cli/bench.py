@@ -50,6 +50,14 @@ def bench() -> None:
     help="Segment size in MiB (what preallocation writes in zeros per segment; the "
     "store's default is 64).",
 )
+@click.option(
+    "--records-per-append",
+    type=click.IntRange(min=1, max=65536),
+    default=1,
+    show_default=True,
+    help="Records each appender hands over per await (append_many when > 1): what one "
+    "await costs, against what the engine's write path can carry.",
+)
 def storage(
     as_json: bool,
     seconds: float,
@@ -57,6 +65,7 @@ def storage(
     loop: str | None,
     preallocate: str,
     segment_mib: int,
+    records_per_append: int,
 ) -> None:
     """Durable appends through the storage engine: 1 and 64 appenders, 100 B and 4 KiB."""
     from catenary.bench import storage as bench_storage
@@ -72,6 +81,7 @@ def storage(
         progress=None if as_json else click.echo,
         preallocate=modes,
         segment_bytes_max=segment_bytes_max,
+        records_per_append=records_per_append,
     )
     if as_json:
         for figure in figures:
