@@ -74,6 +74,12 @@ def test_bench_metadata_prints_every_figure_with_its_setup_and_stops_its_nodes(
             node_ms = by_key[(f"{kind}_node_mean_ms", clients)]["value"]
             mean_ms = by_key[(f"{kind}_mean_ms", clients)]["value"]
             assert 0 < node_ms < mean_ms
+            # Every put went through a Ready on the node that led (at least one per
+            # batch of operations), and each node reports its count.
+            readies = [
+                by_key[(f"{kind}_readies_per_op_node{n}", clients)]["value"] for n in (1, 2, 3)
+            ]
+            assert all(v >= 0 for v in readies) and (kind == "get" or max(readies) > 0)
             outside = by_key[(f"{kind}_outside_nodes_mean_ms", clients)]["value"]
             assert abs(node_ms + outside - mean_ms) < 0.01
     # Every node it started is gone: no server runs on a data directory under

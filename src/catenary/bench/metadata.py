@@ -385,6 +385,7 @@ class _NodeTotals:
     cpu_s: float
     request_s: float
     requests: float
+    readies: float
 
 
 def _scrape(admin_addresses: Sequence[str], kind: str) -> list[_NodeTotals | None]:
@@ -395,6 +396,7 @@ def _scrape(admin_addresses: Sequence[str], kind: str) -> list[_NodeTotals | Non
         "process_cpu_seconds_total": "cpu_s",
         f'catenary_request_seconds_sum{{kind="{kind}"}}': "request_s",
         f'catenary_request_seconds_count{{kind="{kind}"}}': "requests",
+        "catenary_raft_ready_batches_total": "readies",
     }
     for address in admin_addresses:
         try:
@@ -440,6 +442,8 @@ def _node_figures(
         cpu_us = (a.cpu_s - b.cpu_s) / operations * 1e6
         total_cpu_us += cpu_us
         figures.append(Figure(f"{kind}_cpu_us_node{node}", cpu_us, "us/op", clients))
+        readies = (a.readies - b.readies) / operations
+        figures.append(Figure(f"{kind}_readies_per_op_node{node}", readies, "readies/op", clients))
         request_s += a.request_s - b.request_s
         requests += a.requests - b.requests
     if requests > 0:
@@ -618,3 +622,10 @@ def _say_where_time_goes(
             f"           {by_key[(f'{kind}_client_cpu_us', clients)]:>7.1f} {node_cpu} "
             f"{total:>7.1f} {busy:>5.0f}%"
         )
+    say("  Raft Readies (host-loop passes that persist, send or apply) per operation on each node:")
+    for kind, clients in rows:
+        readies = "  ".join(
+            f"n{n} {by_key.get((f'{kind}_readies_per_op_node{n}', clients), float('nan')):.3f}"
+            for n in nodes
+        )
+        say(f"  {kind:<4} {clients:>7}   {readies}")
