@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -11,8 +12,8 @@ from click.testing import CliRunner
 from catenary.cli.bench import bench
 
 
-@pytest.mark.timeout(60)
-def test_bench_storage_json_figures(tmp_path: Path) -> None:
+def _bench_storage(tmp_path: Path, *options: str) -> list[dict[str, Any]]:
+    """``catenary bench storage --json`` for 0.2 s per case in ``tmp_path``; its rows."""
     result = CliRunner().invoke(
         bench,
         [
@@ -22,14 +23,18 @@ def test_bench_storage_json_figures(tmp_path: Path) -> None:
             "0.2",
             "--dir",
             str(tmp_path),
-            "--loop",
-            "asyncio",
             "--segment-mib",
             "1",
+            *options,
         ],
     )
     assert result.exit_code == 0, result.output
-    rows = [json.loads(line) for line in result.output.splitlines()]
+    return [json.loads(line) for line in result.output.splitlines()]
+
+
+@pytest.mark.timeout(60)
+def test_bench_storage_json_figures(tmp_path: Path) -> None:
+    rows = _bench_storage(tmp_path, "--loop", "asyncio")
     figures = {(r["figure"], r["appenders"], r["record_bytes"], r["preallocate"]) for r in rows}
     for preallocate in (True, False):  # both modes in one run, by default
         for appenders in (1, 64):
@@ -59,25 +64,7 @@ def test_bench_storage_json_figures(tmp_path: Path) -> None:
 @pytest.mark.timeout(60)
 def test_bench_storage_several_records_per_append(tmp_path: Path) -> None:
     """``--records-per-append 4``: each await carries four records, counted as four."""
-    result = CliRunner().invoke(
-        bench,
-        [
-            "storage",
-            "--json",
-            "--seconds",
-            "0.2",
-            "--dir",
-            str(tmp_path),
-            "--preallocate",
-            "on",
-            "--segment-mib",
-            "1",
-            "--records-per-append",
-            "4",
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    rows = [json.loads(line) for line in result.output.splitlines()]
+    rows = _bench_storage(tmp_path, "--preallocate", "on", "--records-per-append", "4")
     assert rows and all(r["records_per_append"] == 4 for r in rows)
     # Every record is counted once in the latency samples: a multiple of four.
     assert all(r["records"] % 4 == 0 and r["records"] > 0 for r in rows)

@@ -112,28 +112,20 @@ async def _case(
     running = True
     clock = time.perf_counter
 
-    async def appender() -> None:
-        append = store.append
-        record = latencies.append
-        while running:
-            t0 = clock()
-            await append(payload)
-            if measuring:
-                record(clock() - t0)
+    # One record per await (``append``) or several (``append_many``): each latency
+    # sample stands for every record of its call, so records/s counts records.
+    append: Callable[[Any], Any] = store.append if records_per_append == 1 else store.append_many
+    item: Any = payload if records_per_append == 1 else payloads
 
-    async def batch_appender() -> None:
-        # Several records per await (``append_many``): each latency sample stands for
-        # the records of its call, so records/s counts records, not calls.
-        append_many = store.append_many
+    async def appender() -> None:
         record = latencies.extend
         while running:
             t0 = clock()
-            await append_many(payloads)
+            await append(item)
             if measuring:
-                record([clock() - t0] * records_per_append)
+                record((clock() - t0,) * records_per_append)
 
-    body = appender if records_per_append == 1 else batch_appender
-    tasks = [asyncio.create_task(body()) for _ in range(appenders)]
+    tasks = [asyncio.create_task(appender()) for _ in range(appenders)]
     await asyncio.sleep(WARMUP_S)
     fsyncs0 = fs.fsyncs[0]
     times0 = len(fs.fsync_times)
