@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import os
 import subprocess
@@ -9,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from catenary.bench.metadata import LocalCluster, run_bench
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e"), pytest.mark.timeout(120)]
 
@@ -91,3 +95,30 @@ def test_bench_metadata_prints_every_figure_with_its_setup_and_stops_its_nodes(
         check=False,
     )
     assert left.stdout.strip() == "", left.stdout
+
+
+def test_bench_metadata_of_a_running_cluster_finds_the_nodes_metrics(tmp_path: Path) -> None:
+    """With ``--address`` the benchmark did not start the nodes: it asks the cluster for
+    their admin addresses and still says where the time goes, node by node."""
+    cluster = LocalCluster(tmp_path, cluster_name="given")
+    try:
+        asyncio.run(cluster.start_cluster(3))
+        out = io.StringIO()
+        code = run_bench(
+            address=cluster.client_addresses[:1],
+            seconds=0.3,
+            as_json=True,
+            concurrency=(2,),
+            ops=("put",),
+            out=out,
+        )
+    finally:
+        cluster.stop_all()
+    assert code == 0
+    by_key = {f["figure"]: f["value"] for f in map(json.loads, out.getvalue().splitlines())}
+    for node in (1, 2, 3):
+        assert by_key[f"put_persist_mean_ms_node{node}"] > 0
+        assert by_key[f"put_readies_per_op_node{node}"] > 0
+    assert 0 < by_key["put_node_mean_ms"] < by_key["put_mean_ms"]
+    # The nodes answer on this machine's loopback: their CPU is this machine's.
+    assert by_key["put_cpu_busy_pct"] > 0

@@ -346,7 +346,9 @@ async def bench_metadata(
 ) -> tuple[list[Figure], int]:
     """Run every phase against ``addresses``; returns the figures and the voter count.
 
-    With the nodes' ``admin_addresses`` it also reports, per phase and node, from
+    It also reports, per phase and node (``admin_addresses``; by default those the
+    cluster's nodes advertise, in node-id order, so ``--address`` clusters get them
+    too; a node whose ``/metrics`` does not answer is left out), from
     each node's ``/metrics`` read before and after the phase: the mean time the
     node took to persist one Ready (write + fdatasync, its
     ``catenary_raft_persist_seconds`` histogram), what the disk costs under that
@@ -359,6 +361,12 @@ async def bench_metadata(
     async with Client(addresses, cluster_name=cluster_name, timeout_s=10.0) as client:
         servers = await client.servers()
         voters = sum(1 for x in servers.members if x.role == "voter")
+        if not admin_addresses:
+            admin_addresses = [
+                n.admin_address
+                for n in sorted(await client.nodes(), key=lambda n: n.node)
+                if n.state != "removed"
+            ]
         figures: list[Figure] = []
         for clients in concurrency:
             # Warm-up: connections open, keys exist for the get phase.
@@ -372,7 +380,9 @@ async def bench_metadata(
                 phase = await _phase(client, kind, clients, seconds, value, keys_per_client)
                 after = await asyncio.to_thread(_scrape, admin_addresses, kind)
                 figures += phase
-                figures += _node_figures(kind, clients, phase, before, after)
+                figures += _node_figures(
+                    kind, clients, phase, before, after, on_this_machine=_loopback(addresses)
+                )
         return figures, voters
 
 
@@ -386,6 +396,11 @@ class _NodeTotals:
     request_s: float
     requests: float
     readies: float
+
+
+def _loopback(addresses: Sequence[str]) -> bool:
+    """Every node is reached on this machine's loopback (so its CPU is this machine's)."""
+    return all(a.startswith(("127.", "localhost:", "[::1]:")) for a in addresses)
 
 
 def _scrape(admin_addresses: Sequence[str], kind: str) -> list[_NodeTotals | None]:
@@ -421,9 +436,13 @@ def _node_figures(
     phase: list[Figure],
     before: list[_NodeTotals | None],
     after: list[_NodeTotals | None],
+    *,
+    on_this_machine: bool,
 ) -> list[Figure]:
     """Per node: persist mean and CPU per operation; over the nodes: the mean time a
-    request spent in a node, and the CPU per operation of the client and nodes together."""
+    request spent in a node, and the CPU per operation of the client and nodes together
+    (with the share of this machine's processors they kept busy, when the nodes run on
+    it)."""
     by_name = {f.figure: f.value for f in phase}
     operations = by_name[f"{kind}_ops_per_s"] * by_name[f"{kind}_seconds"]
     if not before or operations <= 0:
@@ -453,6 +472,7 @@ def _node_figures(
         figures.append(Figure(f"{kind}_outside_nodes_mean_ms", outside, "ms", clients))
     if complete:
         figures.append(Figure(f"{kind}_cpu_us_total", total_cpu_us, "us/op", clients))
+    if complete and on_this_machine:
         # The share of the machine's processors the client and nodes kept busy.
         busy = total_cpu_us * by_name[f"{kind}_ops_per_s"] / 1e6 / (os.cpu_count() or 1)
         figures.append(Figure(f"{kind}_cpu_busy_pct", busy * 100.0, "%", clients))
