@@ -86,6 +86,9 @@ def test_bench_metadata_prints_every_figure_with_its_setup_and_stops_its_nodes(
             assert all(v >= 0 for v in readies) and (kind == "get" or max(readies) > 0)
             outside = by_key[(f"{kind}_outside_nodes_mean_ms", clients)]["value"]
             assert abs(node_ms + outside - mean_ms) < 0.01
+    # Before the first figure, the idle nodes' own CPU (ticks, timers).
+    idle = [f for f in figures if f["figure"].startswith("idle_cpu_pct_node")]
+    assert len(idle) == 3 and all(f["clients"] == 0 and 0 <= f["value"] < 100 for f in idle)
     # Every node it started is gone: no server runs on a data directory under
     # tmp_path (the benchmark's catenary-bench-*/nodeN).
     left = subprocess.run(

@@ -368,6 +368,8 @@ async def bench_metadata(
                 if n.state != "removed"
             ]
         figures: list[Figure] = []
+        if admin_addresses:
+            figures += await _idle_figures(admin_addresses, IDLE_SECONDS)
         for clients in concurrency:
             # Warm-up: connections open, keys exist for the get phase.
             await asyncio.gather(
@@ -396,6 +398,25 @@ class _NodeTotals:
     request_s: float
     requests: float
     readies: float
+
+
+IDLE_SECONDS = 2.0
+
+
+async def _idle_figures(admin_addresses: Sequence[str], seconds: float) -> list[Figure]:
+    """Each node's CPU while no request is sent (its ticks and timers): the share of one
+    processor every operation's figures below also carry."""
+    before = await asyncio.to_thread(_scrape, admin_addresses, "put")
+    started = time.perf_counter()
+    await asyncio.sleep(seconds)
+    after = await asyncio.to_thread(_scrape, admin_addresses, "put")
+    elapsed = time.perf_counter() - started
+    figures = []
+    for node, (b, a) in enumerate(zip(before, after, strict=True), 1):
+        if a is not None and b is not None:
+            share = (a.cpu_s - b.cpu_s) / elapsed * 100.0
+            figures.append(Figure(f"idle_cpu_pct_node{node}", share, "%", 0))
+    return figures
 
 
 def _loopback(addresses: Sequence[str]) -> bool:
@@ -605,6 +626,13 @@ def _say_where_time_goes(
     """The mean latency split into time in the nodes and outside them, and the CPU
     per operation of each process (read from the nodes' ``/metrics``)."""
     by_key = {(f.figure, f.clients): f.value for f in figures}
+    idle = [f for f in figures if f.figure.startswith("idle_cpu_pct_node")]
+    if idle:
+        say(
+            f"idle nodes ({IDLE_SECONDS:g} s without requests, before the first figure), "
+            "CPU as a share of one processor: "
+            + "  ".join(f"n{f.figure.rsplit('node', 1)[1]} {f.value:.1f}%" for f in idle)
+        )
     rows = [
         (kind, clients)
         for clients in concurrency
