@@ -215,6 +215,38 @@ def test_unavailable_and_overloaded_writes_are_retried() -> None:
     run(body)
 
 
+def test_no_retry_is_started_too_close_to_the_deadline() -> None:
+    """Rule 3: a write refused again and again is retried while ``retry_time_min_s`` of
+    its deadline is left, and then ends as a deadline with nothing in flight; an attempt
+    sent later could not be answered in time and would make the write indeterminate."""
+
+    async def body(node: FakeNode) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        late: list[float] = []
+
+        def hook(req: m.Request) -> m.Reply | str | None:
+            if not isinstance(req, m.Put):
+                return None
+            at = loop.time() - start
+            if at > 0.85:  # under 0.15 s left: this node would answer too late
+                late.append(at)
+                return "ignore"
+            return m.ErrorReply(req.id, m.ErrorCode.UNAVAILABLE, "no leader yet")
+
+        node.hook = hook
+        async with Client(
+            [node.address], backoff_initial_ms=10, backoff_max_ms=20, retry_time_min_s=0.2
+        ) as client:
+            with pytest.raises(DeadlineExceededError, match="too close to retry"):
+                await client.metadata.put("/k", b"v", timeout_s=1.0)
+            assert late == []
+            assert 0.75 <= loop.time() - start < 0.95
+            assert sum(isinstance(r, m.Put) for r in node.received) > 10  # it did retry
+
+    run(body)
+
+
 def test_nothing_reachable_is_a_deadline_not_indeterminate() -> None:
     async def body() -> None:
         async with Client([closed_port_address()], timeout_s=0.3) as client:

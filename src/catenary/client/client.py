@@ -12,7 +12,11 @@ Theory of operation
    the next address after a backoff.
 3. Every call has a deadline (``timeout_s``).  Retries happen only before it,
    with exponential, jittered, bounded backoff (``backoff_initial_ms`` ..
-   ``backoff_max_ms``).
+   ``backoff_max_ms``), and only while at least ``retry_time_min_s`` of it is
+   left: a later attempt could not be answered in time, and a write left in
+   flight at the deadline is indeterminate although every earlier answer said it
+   did not happen.  The call then ends as at the deadline with nothing in
+   flight (rule 6).
 4. Reads (and idempotent requests: keep-alive, provision, status) are retried
    on any transient failure, each attempt bounded by ``attempt_timeout_s``.
 5. A write is retried only when it surely did not happen: the connection
@@ -308,6 +312,7 @@ class Client:
         connect_timeout_s: float = 1.0,
         backoff_initial_ms: int = 10,
         backoff_max_ms: int = 250,
+        retry_time_min_s: float = 0.2,
         frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT,
         pending_max: int = 65536,
         watch_queue_max: int = 1024,
@@ -334,6 +339,9 @@ class Client:
         self.idle_timeout_s = idle_timeout_s
         if backoff_initial_ms <= 0 or backoff_max_ms < backoff_initial_ms:
             raise BadRequestError("need 0 < backoff_initial_ms <= backoff_max_ms")
+        if not retry_time_min_s >= 0:
+            raise BadRequestError(f"retry_time_min_s must be >= 0, got {retry_time_min_s}")
+        self.retry_time_min_s = retry_time_min_s
         if frame_bytes_max <= 0 or pending_max <= 0 or watch_queue_max <= 0:
             raise BadRequestError("frame_bytes_max, pending_max and watch_queue_max must be > 0")
         if write_batch_max <= 0:
@@ -551,12 +559,19 @@ class Client:
         not_catenary: set[str] = set()  # addresses that answered as something else
         while True:
             remaining = deadline - loop.time()
-            if remaining <= 0:
+            # Rule 3: no retry that the deadline leaves no time to answer.
+            if remaining <= 0 or ((attempt or redirects) and remaining < self.retry_time_min_s):
                 if last_disk_full:
-                    raise DiskFullError(f"deadline passed; last failure: {last}")
+                    raise DiskFullError(
+                        f"deadline passed or too close to retry; last failure: {last}"
+                    )
                 if last_sealed:
-                    raise SealedError(f"deadline passed; last failure: {last}")
-                raise DeadlineExceededError(f"deadline passed; last failure: {last}")
+                    raise SealedError(
+                        f"deadline passed or too close to retry; last failure: {last}"
+                    )
+                raise DeadlineExceededError(
+                    f"deadline passed or too close to retry; last failure: {last}"
+                )
             last_disk_full = last_sealed = False
             address = self._pick(target)
             # 1. connect: a failure here means nothing was sent.
