@@ -97,6 +97,26 @@ def test_requests_are_answered_by_id_and_errors_mapped() -> None:
     asyncio.run(main())
 
 
+def test_a_one_shot_call_answers_the_nodes_pings_while_it_waits() -> None:
+    """A request the node takes long to answer (a join waiting for its commit): the node
+    pings the silent caller, and the one-shot call answers and keeps waiting."""
+
+    async def main() -> None:
+        port, address = await start_port(ping_interval_ms=50, idle_timeout_ms=2000)
+        node = port.handler
+        assert isinstance(node, FakeNode)
+        try:
+            waiting = asyncio.ensure_future(call(address, api.Get(1, "slow"), timeout_s=10))
+            await asyncio.sleep(0.4)  # several ping intervals with the request in progress
+            assert not waiting.done()
+            node.gate.set()
+            assert await waiting == api.GetReply(1, None, 7)
+        finally:
+            await port.close()
+
+    asyncio.run(main())
+
+
 def test_bad_input_drops_only_that_connection() -> None:
     async def main() -> None:
         port, address = await start_port(frame_bytes_max=1 << 16)

@@ -3,6 +3,9 @@
 A node talking to another node's client port (to join, or to announce its new
 generation) needs a few requests, not a client library: open, handshake, send
 the requests, read the replies, close.  Everything is bounded by one timeout.
+The node pings a client it has heard nothing from while a request is in
+progress (a join waiting for its membership change to commit): a PING is
+answered with its PONG, as the client library does, and does not end the call.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from catenary.wire import (
     decode_payload,
     encode_hello,
     encode_message,
+    encode_pong,
     make_hello,
 )
 from catenary.wire.address import AddressError, parse_address
@@ -87,6 +91,11 @@ async def call_many(
                         for r in requests
                     )
                     sent = True
+                    continue
+                if kind == FrameKind.PING:
+                    writer.write(encode_pong(payload))
+                    continue
+                if kind == FrameKind.PONG:
                     continue
                 if kind != FrameKind.REPLY:
                     raise RpcError(f"{address}: unexpected frame kind {kind}", sent=sent)
