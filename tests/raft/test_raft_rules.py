@@ -262,8 +262,10 @@ def test_proposals_between_readies_leave_in_one_message_bounded_by_bytes() -> No
     assert [len(m.entries) for m in to2] == [2, 2, 2]
 
 
-def test_fast_backup_skips_a_conflicting_term_in_one_round_trip() -> None:
-    tail = [Entry(2, i, EntryKind.NORMAL, b"") for i in range(7, 11)]
+def leader_of_term_3_over_a_term_2_tail(payload: bytes) -> RaftNode:
+    """Node 1 holding entries 7-10 of term 2 (``payload`` each), elected for term 3 by
+    node 2's vote; node 3 has not answered yet."""
+    tail = [Entry(2, i, EntryKind.NORMAL, payload) for i in range(7, 11)]
     n = RaftNode(
         1,
         RaftConfig(pre_vote=False),
@@ -274,6 +276,11 @@ def test_fast_backup_skips_a_conflicting_term_in_one_round_trip() -> None:
     n.campaign()
     n.ready()
     n.step(RequestVoteResponse(2, 1, 3, True))
+    return n
+
+
+def test_fast_backup_skips_a_conflicting_term_in_one_round_trip() -> None:
+    n = leader_of_term_3_over_a_term_2_tail(b"")
     probe = [m for m in n.ready().messages if m.dst == 3]
     assert probe[0].prev_index == 10
     # Follower 3 has entries of term 1 only up to 6: it says so in its hint, and the
@@ -288,17 +295,7 @@ def test_a_silent_follower_gets_empty_probes_and_its_answer_brings_the_entries()
     """R6: a heartbeat does not re-send entries a follower never answered: one cut off
     is owed heartbeats, not a copy of its backlog per heartbeat (which a transport
     queue would deliver all at once on its return)."""
-    tail = [Entry(2, i, EntryKind.NORMAL, b"x" * 100) for i in range(7, 11)]
-    n = RaftNode(
-        1,
-        RaftConfig(pre_vote=False),
-        Random(0),
-        hard_state=HardState(2, 0, 6),
-        entries=[*boot_entries(), *tail],
-    )
-    n.campaign()
-    n.ready()
-    n.step(RequestVoteResponse(2, 1, 3, True))
+    n = leader_of_term_3_over_a_term_2_tail(b"x" * 100)
     probe = [m for m in n.ready().messages if m.dst == 3]
     assert [(m.prev_index, len(m.entries)) for m in probe] == [(10, 1)]  # the noop
     n.propose_batch([b"a", b"b"])

@@ -425,19 +425,26 @@ def test_silent_connection_is_closed_after_the_handshake_timeout() -> None:
     run(main())
 
 
+async def closed_peer_port() -> int:
+    """A port node 2 listened on and closed: its peer is down until a node starts there."""
+    probe = Node(2)
+    await probe.transport.start()
+    port: int = probe.transport.port
+    await probe.transport.close()
+    return port
+
+
+def quick_redial(**bounds: int) -> TransportConfig:
+    """Short reconnect backoff, so a peer that comes up is reached within tens of ms."""
+    return TransportConfig(
+        reconnect_backoff_min_ms=10, reconnect_backoff_max_ms=50, connect_timeout_ms=500, **bounds
+    )
+
+
 def test_send_queue_bound_drops_the_oldest() -> None:
     async def main() -> None:
-        probe = Node(2)
-        await probe.transport.start()
-        port = probe.transport.port
-        await probe.transport.close()  # nothing listens there now
-        config = TransportConfig(
-            send_queue_messages_max=10,
-            reconnect_backoff_min_ms=10,
-            reconnect_backoff_max_ms=50,
-            connect_timeout_ms=500,
-        )
-        a = Node(1, config=config)
+        port = await closed_peer_port()
+        a = Node(1, config=quick_redial(send_queue_messages_max=10))
         await a.transport.start()
         b: Node | None = None
         try:
@@ -462,17 +469,8 @@ def test_frames_queued_too_long_are_dropped_not_sent() -> None:
     ``send_queue_age_max_ms``, not everything queued while it was away."""
 
     async def main() -> None:
-        probe = Node(2)
-        await probe.transport.start()
-        port = probe.transport.port
-        await probe.transport.close()  # nothing listens there now
-        config = TransportConfig(
-            send_queue_age_max_ms=300,
-            reconnect_backoff_min_ms=10,
-            reconnect_backoff_max_ms=50,
-            connect_timeout_ms=500,
-        )
-        a = Node(1, config=config)
+        port = await closed_peer_port()
+        a = Node(1, config=quick_redial(send_queue_age_max_ms=300))
         await a.transport.start()
         b: Node | None = None
         try:

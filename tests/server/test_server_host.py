@@ -52,6 +52,17 @@ async def until_leader(host: MetadataHost) -> None:
             await asyncio.sleep(0.01)
 
 
+async def keys_after_restart(directory: Path, prefix: str) -> int:
+    """Restart a host on ``directory``'s storage; how many keys under ``prefix`` it serves."""
+    again = open_host(directory, [])
+    again.start()
+    try:
+        await until_leader(again)
+        return len((await again.read(ListQuery(prefix, 0))).kvs)
+    finally:
+        await again.stop()
+
+
 def ready_batches(host: MetadataHost) -> float:
     value = host._metrics.registry.get_sample_value("catenary_raft_ready_batches_total")
     assert value is not None
@@ -85,14 +96,7 @@ def test_writes_reads_and_batching(tmp_path: Path) -> None:
             await host.stop()
 
         # Everything acknowledged is there after a restart from the same storage.
-        again = open_host(tmp_path / "raft", [])
-        again.start()
-        try:
-            await until_leader(again)
-            read = await again.read(ListQuery("k", 0))
-            assert len(read.kvs) == 200
-        finally:
-            await again.stop()
+        assert await keys_after_restart(tmp_path / "raft", "k") == 200
 
     asyncio.run(main())
 
@@ -434,13 +438,6 @@ def test_jobs_queued_behind_a_running_one_share_one_sync(tmp_path: Path) -> None
         finally:
             await host.stop()
 
-        again = open_host(tmp_path / "raft", [])
-        again.start()
-        try:
-            await until_leader(again)
-            read = await again.read(ListQuery("g", 0))
-            assert len(read.kvs) == 60
-        finally:
-            await again.stop()
+        assert await keys_after_restart(tmp_path / "raft", "g") == 60
 
     asyncio.run(main())
